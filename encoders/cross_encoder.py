@@ -1,0 +1,174 @@
+"""CrossEncoder: pairs -> scores, wrapping sentence-transformers' CrossEncoder.
+
+``CrossEncoder.load`` takes a trained cross-encoder directory or hub name.
+``CrossEncoder.from_backbone`` starts a new one (fresh one-logit head) from
+any transformer, including a sentence-transformers bi-encoder directory such
+as the default model: only its transformer files are used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pairsmith.encoders.runtime import Backend, Runner, TorchRunner, resolve_device
+from pairsmith.encoders.source import ModelSource, fingerprint, read_json, resolve_model
+from pairsmith.encoders.tokenize import TextTokenizer
+from pairsmith.encoders.types import Activation, Scores
+from pairsmith.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+# sentence-transformers bi-encoder files that must not be seen by a cross-encoder loader.
+_BI_ONLY = {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "README.md"}
+
+
+def is_bi_encoder_dir(source: ModelSource) -> bool:
+    if not source.is_sentence_transformer:
+        return False
+    modules = read_json(source.path / "modules.json")  # type: ignore[operator]
+    return any("Pooling" in m.get("type", "") for m in modules)
+
+
+def backbone_view(source: ModelSource) -> tempfile.TemporaryDirectory | None:
+    """A temp dir of symlinks to a bi-encoder's transformer files (no ST pipeline files)."""
+    if not is_bi_encoder_dir(source):
+        return None
+    tmp = tempfile.TemporaryDirectory(prefix="pairsmith-backbone-")
+    for p in source.path.iterdir():  # type: ignore[union-attr]
+        if p.is_file() and p.name not in _BI_ONLY:
+            os.symlink(p, Path(tmp.name) / p.name)
+    return tmp
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class CrossEncoder:
+    """Scores sentence pairs jointly (one forward pass per pair)."""
+
+    def __init__(
+        self,
+        st_model,
+        *,
+        source: ModelSource,
+        device: str = "cpu",
+        runner: Runner | None = None,
+        backend: Backend = Backend.TORCH,
+        keepalive: object | None = None,
+    ) -> None:
+        self.st_model = st_model
+        self.source = source
+        self.device = device
+        self.backend = backend
+        self._keepalive = keepalive  # temp backbone view, if any
+        max_len = int(getattr(st_model, "max_length", None) or 512)
+        self.tokenizer = TextTokenizer(st_model.tokenizer, max_len)
+        self.runner: Runner = runner or TorchRunner(st_model, device, "scores")
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str | None = "auto",
+        max_length: int | None = None,
+        backend: Backend | str = Backend.TORCH,
+        onnx_variant: str | None = None,
+    ) -> CrossEncoder:
+        """Load a trained cross-encoder. A bi-encoder directory is refused: use from_backbone."""
+        source = resolve_model(model)
+        if is_bi_encoder_dir(source):
+            raise InvalidInput(
+                f"cross-encoder: {source.ref} is a bi-encoder (sentence-transformers pooling model); "
+                "train a cross-encoder from it first (pairsmith train cross-encoder) or use CrossEncoder.from_backbone"
+            )
+        from sentence_transformers import CrossEncoder as STCrossEncoder
+
+        dev = resolve_device(device)
+        local = {"local_files_only": True} if source.is_local else {}
+        st = STCrossEncoder(source.load_arg, device=dev, max_length=max_length, **local)
+        be = Backend.parse(backend)
+        runner = None
+        if be is Backend.ONNX:
+            from pairsmith.encoders.onnx_runtime import load_onnx_runner
+
+            runner = load_onnx_runner(source, kind="cross", variant=onnx_variant, device=dev)
+        return cls(st, source=source, device=dev, runner=runner, backend=be)
+
+    @classmethod
+    def from_backbone(
+        cls, model: str, *, device: str | None = "auto", max_length: int = 128, seed: int | None = None
+    ) -> CrossEncoder:
+        """A new cross-encoder (one logit, untrained head) on ``model``'s transformer weights."""
+        from sentence_transformers import CrossEncoder as STCrossEncoder
+
+        source = resolve_model(model)
+        view = backbone_view(source)
+        arg = view.name if view is not None else source.load_arg
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)
+        dev = resolve_device(device)
+        local = {"local_files_only": True} if source.is_local else {}
+        st = STCrossEncoder(arg, num_labels=1, device=dev, max_length=max_length, **local)
+        log.info("cross-encoder on %s: classification head is newly initialised", source.ref)
+        return cls(st, source=source, device=dev, keepalive=view)
+
+    @property
+    def model_id(self) -> str:
+        return self.source.display_id
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.max_length
+
+    @property
+    def fingerprint(self) -> str:
+        if self.source.path is None:
+            return f"hub:{self.source.hub_id}"
+        return fingerprint(self.source.path)
+
+    def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        activation: Activation = Activation.SIGMOID,
+        symmetric: bool = False,
+        batch_size: int = 32,
+        max_tokens: int | None = None,
+        show_progress: bool = False,
+    ) -> Scores:
+        """One score per pair. ``symmetric`` averages the scores of (a, b) and (b, a)."""
+        pairs = list(pairs)
+        logits, counts, trunc = self._logits(pairs, batch_size, max_tokens, show_progress)
+        vals = _sigmoid(logits) if activation is Activation.SIGMOID else logits
+        if symmetric:
+            rl, rc, rt = self._logits([(b, a) for a, b in pairs], batch_size, max_tokens, show_progress)
+            rvals = _sigmoid(rl) if activation is Activation.SIGMOID else rl
+            vals = (vals + rvals) / 2.0
+            counts = counts + rc
+            trunc = trunc | rt
+        return Scores(values=vals.astype(np.float32), token_counts=counts, truncated=trunc)
+
+    def _logits(self, pairs, batch_size, max_tokens, show_progress):
+        enc = self.tokenizer.encode_pairs(pairs)
+        out = np.zeros(len(enc), dtype=np.float32)
+        bar = tqdm(total=len(enc), desc="score", unit="pair", disable=not show_progress)
+        for idx, batch in self.tokenizer.batches(enc, batch_size=batch_size, max_tokens=max_tokens):
+            res = self.runner.run(batch)
+            out[idx] = res.reshape(len(idx), -1)[:, 0]
+            bar.update(len(idx))
+        bar.close()
+        return out, enc.token_counts, enc.truncated
+
+    def save(self, path: str | Path) -> None:
+        self.st_model.save(str(path))

@@ -1,0 +1,3 @@
+from pairsmith.service.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Shared fixtures: the packaged default model, tiny random models, the data dir."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.tiny import make_tiny_bi_encoder, make_tiny_cross_encoder  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("PAIRSMITH_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = data_dir()
+    if not (d / "sts").is_dir():
+        pytest.skip(f"evaluation data not found at {d} (set PAIRSMITH_DATA to the shared data folder)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def default_bi():
+    from pairsmith.encoders import BiEncoder
+
+    return BiEncoder.load("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_dir(tmp_path_factory) -> Path:
+    return make_tiny_bi_encoder(tmp_path_factory.mktemp("tiny-bi") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_dir(tmp_path_factory) -> Path:
+    return make_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross") / "model")
