@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_transformers() -> None:
+    """Hide transformers' per-load weight bars and load reports; ours show progress instead."""
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "transformers", "sentence_transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if args.verbose < 2:
+        _quiet_transformers()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
