@@ -120,10 +120,14 @@ def read_sts_tab(path: str | os.PathLike[str], name: str | None = None) -> PairS
             score_col = next((c for c in (4, 3) if len(f) > c + 2 and _isfloat(f[c])), None)
             if score_col is None:
                 raise DataFormatError(
-                    path, "not an STS-B/companion line: expected a score in field 5 (or 4) and two sentences", line=no
+                    path,
+                    "not an STS-B/companion line: expected a score in field 5 (or 4) and two sentences",
+                    line=no,
                 )
         if len(f) < score_col + 3:
-            raise DataFormatError(path, f"expected at least {score_col + 3} TAB-separated fields, got {len(f)}", line=no)
+            raise DataFormatError(
+                path, f"expected at least {score_col + 3} TAB-separated fields, got {len(f)}", line=no
+            )
         rows.append((f[score_col + 1], f[score_col + 2], _float(path, no, f[score_col], "score")))
     return _pairset(name or path.stem, rows, path)
 
@@ -335,7 +339,9 @@ class RetrievalSet:
     candidates: dict[str, list[str]] | None = field(default=None)
 
 
-def read_nfcorpus(folder: str | os.PathLike[str], split: str = "dev", queries: str = "titles") -> RetrievalSet:
+def read_nfcorpus(
+    folder: str | os.PathLike[str], split: str = "dev", queries: str = "titles"
+) -> RetrievalSet:
     """NFCorpus layout: ``{split}.docs``, ``{split}.{queries}.queries``, ``{split}.3-2-1.qrel`` (graded)."""
     folder = _need(Path(folder), "NFCorpus folder")
     docs = _read_id_text(_need(folder / f"{split}.docs", "NFCorpus docs"))

@@ -39,7 +39,9 @@ def cross_scorer(ce: CrossEncoder, symmetric: bool = False, batch_size: int = 32
 
     def score(a: list[str], b: list[str]) -> np.ndarray:
         pairs = list(zip(a, b, strict=True))
-        return ce.score(pairs, activation=Activation.SIGMOID, symmetric=symmetric, batch_size=batch_size).values
+        return ce.score(
+            pairs, activation=Activation.SIGMOID, symmetric=symmetric, batch_size=batch_size
+        ).values
 
     return score
 
@@ -55,7 +57,7 @@ def eval_sts(
             from pairsmith.errors import InvalidInput
 
             raise InvalidInput(f"STS set {name}: has no gold scores to evaluate against")
-        out[name] = metrics.spearman(scorer(ps.s1, ps.s2), ps.scores)
+        out[ps.name] = metrics.spearman(scorer(ps.s1, ps.s2), ps.scores)
     out["avg"] = float(np.mean([v for k, v in out.items() if k != "avg"]))
     return out
 
@@ -172,5 +174,9 @@ def eval_response(ds: DialogueSet, scorer: Scorer) -> ResponseResult:
         start += n
     r = np.array(ranks)
     return ResponseResult(
-        float((r <= 1).mean()), float((r <= 2).mean()), float((r <= 5).mean()), float((1.0 / r).mean()), len(r)
+        float((r <= 1).mean()),
+        float((r <= 2).mean()),
+        float((r <= 5).mean()),
+        float((1.0 / r).mean()),
+        len(r),
     )

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 def load_sentence_transformer(source: ModelSource, *, pooling: Pooling | None, device: str):
     """A SentenceTransformer for ``source``; ``pooling`` overrides the saved head."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling as STPooling
-    from sentence_transformers.sentence_transformer.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
 
     local = {"local_files_only": True} if source.is_local else {}
     if source.is_sentence_transformer or not source.is_local:
@@ -101,7 +101,9 @@ class BiEncoder:
         runner = None
         if be is Backend.ONNX:
             if pool is not None:
-                raise InvalidInput("pooling: cannot override pooling with backend=onnx; export the model with it")
+                raise InvalidInput(
+                    "pooling: cannot override pooling with backend=onnx; export the model with it"
+                )
             from pairsmith.encoders.onnx_runtime import load_onnx_runner
 
             runner = load_onnx_runner(source, kind="bi", variant=onnx_variant, device=dev)

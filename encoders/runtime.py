@@ -31,7 +31,9 @@ class Backend(enum.Enum):
         try:
             return cls(value.strip().lower())
         except ValueError:
-            raise InvalidInput(f"backend: unknown {value!r}; choose one of {[b.value for b in cls]}") from None
+            raise InvalidInput(
+                f"backend: unknown {value!r}; choose one of {[b.value for b in cls]}"
+            ) from None
 
 
 class Runner(Protocol):

@@ -18,8 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tasks = ev.add_subparsers(dest="task", metavar="TASK", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default="default", help="bi-encoder: 'default', a model directory or hub name")
-        p.add_argument("--data", default=None, help="data folder (default: $PAIRSMITH_DATA or ../shared/data)")
+        p.add_argument(
+            "--model", default="default", help="bi-encoder: 'default', a model directory or hub name"
+        )
+        p.add_argument(
+            "--data", default=None, help="data folder (default: $PAIRSMITH_DATA or ../shared/data)"
+        )
         p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
         p.add_argument("--batch-size", type=int, default=64)
         p.add_argument("--device", default="auto")
@@ -28,12 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sts = tasks.add_parser("sts", help="Spearman x100 on STS sets (or any STS-format file)")
     common(sts)
-    sts.add_argument("--cross-encoder", action="store_true", help="--model is a cross-encoder: score pairs jointly")
+    sts.add_argument(
+        "--cross-encoder", action="store_true", help="--model is a cross-encoder: score pairs jointly"
+    )
     sts.add_argument("--symmetric", action="store_true", help="cross-encoder: average both orders")
-    sts.add_argument("--sets", default=DEFAULT_STS, help=f"comma list of names or file paths (default {DEFAULT_STS})")
+    sts.add_argument(
+        "--sets", default=DEFAULT_STS, help=f"comma list of names or file paths (default {DEFAULT_STS})"
+    )
     sts.set_defaults(func=_run_sts)
 
-    rr = tasks.add_parser("rerank", help="bi-encoder top-100 (+ optional cross-encoder rerank): nDCG@10, MRR@10, MAP, R@100")
+    rr = tasks.add_parser(
+        "rerank", help="bi-encoder top-100 (+ optional cross-encoder rerank): nDCG@10, MRR@10, MAP, R@100"
+    )
     common(rr)
     rr.add_argument("--reranker", default=None, help="cross-encoder to rerank the first-stage top-k")
     rr.add_argument("--dataset", required=True, help="nfcorpus-dev | wikiqa-dev | trecqa-dev | PATH")
@@ -42,8 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rs = tasks.add_parser("response", help="response selection: each positive vs its negatives: R@1/2/5, MRR")
     common(rs)
-    rs.add_argument("--reranker", default=None, help="score with this cross-encoder instead of the bi-encoder")
-    rs.add_argument("--dataset", default="dailydialog-dev", help="dailydialog-dev | PATH (DailyDialog++ JSON lines)")
+    rs.add_argument(
+        "--reranker", default=None, help="score with this cross-encoder instead of the bi-encoder"
+    )
+    rs.add_argument(
+        "--dataset", default="dailydialog-dev", help="dailydialog-dev | PATH (DailyDialog++ JSON lines)"
+    )
     rs.set_defaults(func=_run_response)
 
 
@@ -78,7 +92,9 @@ def _run_sts(args: argparse.Namespace) -> int:
         scorer = bi_scorer(_load_bi(args), batch_size=args.batch_size)
         kind = "bi-encoder (cosine)"
     res = eval_sts(scorer, sets, args.data)
-    _emit(args, "sts", kind, {k: round(v, 2) for k, v in res.items()}, "Spearman x100", time.perf_counter() - t0)
+    _emit(
+        args, "sts", kind, {k: round(v, 2) for k, v in res.items()}, "Spearman x100", time.perf_counter() - t0
+    )
     return 0
 
 
@@ -131,7 +147,9 @@ def format_table(title: str, row: dict[str, Any]) -> str:
     return f"{title}\n{sep}\n{head}\n{sep}\n{body}\n{sep}"
 
 
-def _emit(args: argparse.Namespace, task: str, kind: str, row: dict[str, Any], unit: str, secs: float) -> None:
+def _emit(
+    args: argparse.Namespace, task: str, kind: str, row: dict[str, Any], unit: str, secs: float
+) -> None:
     print(format_table(f"{task} — {args.model} — {kind} — {unit}", row))
     print(f"({secs:.1f} s)")
     if args.json_out:
