@@ -53,9 +53,15 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
 
 def _fix_imports(text: str) -> str:
     # "from pairsmith.v1 import x_pb2 as ..." -> package-qualified import.
-    text = re.sub(r"^from pairsmith\.v1 import ", f"from {GEN_PACKAGE}.pairsmith.v1 import ", text, flags=re.M)
-    # The module name protobuf records for the generated classes.
-    text = text.replace("'pairsmith.v1.", f"'{GEN_PACKAGE}.pairsmith.v1.")
+    text = re.sub(
+        r"^from pairsmith\.v1 import ", f"from {GEN_PACKAGE}.pairsmith.v1 import ", text, flags=re.M
+    )
+    # The module name protobuf records for the generated classes (not the proto package names).
+    text = re.sub(
+        r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, )'pairsmith\.v1\.",
+        rf"\1'{GEN_PACKAGE}.pairsmith.v1.",
+        text,
+    )
     return text
 
 

@@ -252,9 +252,9 @@ def add_PairsmithServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'pairsmith.service.gen.pairsmith.v1.PairsmithService', rpc_method_handlers)
+            'pairsmith.v1.PairsmithService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('pairsmith.service.gen.pairsmith.v1.PairsmithService', rpc_method_handlers)
+    server.add_registered_method_handlers('pairsmith.v1.PairsmithService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.

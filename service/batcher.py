@@ -1,0 +1,285 @@
+"""Dynamic batching by token budget (the text-embeddings-inference scheme).
+
+Each request is tokenised on its own (in a small thread pool), then queued.
+One worker task per model pops queued requests in arrival order until the
+next one would exceed ``max_batch_tokens`` real tokens, merges them, and runs
+the merged set as length-sorted padded sub-batches (each at most
+``max_batch_tokens`` padded tokens) on the model executor. There is no delay
+timer: the wait for the running batch is the coalescing window, so a lone
+request starts at once and a busy server forms large batches by itself.
+
+Requests whose caller went away (cancelled future) or whose deadline passed
+are dropped when popped. ``max_pending`` bounds queued + running requests;
+beyond it :class:`ResourceExhausted` is raised at submit time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from pairsmith.encoders.tokenize import TextTokenizer
+from pairsmith.encoders.types import Encoded
+from pairsmith.errors import InvalidInput, ResourceExhausted, Unavailable
+from pairsmith.service.errors import RequestExpired
+
+log = logging.getLogger(__name__)
+
+
+class OutputKind(enum.Enum):
+    VECTORS = "vectors"  # (B, D) rows, e.g. sentence embeddings
+    SCALARS = "scalars"  # (B,) or (B, 1), e.g. cross-encoder logits
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's share of the model output, in request order."""
+
+    values: np.ndarray  # (N, D) float32 for VECTORS, (N,) for SCALARS
+    token_counts: np.ndarray  # (N,) int64
+    truncated: np.ndarray  # (N,) bool
+    queue_ms: float
+    tokenize_ms: float
+    inference_ms: float
+
+
+@dataclass
+class _Job:
+    enc: Encoded
+    future: asyncio.Future
+    deadline: float | None  # time.monotonic() limit, or None
+    enqueued: float
+
+    @property
+    def n_tokens(self) -> int:
+        return int(sum(len(x) for x in self.enc.ids))
+
+
+class TokenBatcher:
+    """Queues tokenised requests for one model and runs them in token-budget batches."""
+
+    def __init__(
+        self,
+        name: str,
+        tokenizer: TextTokenizer,
+        runner,
+        *,
+        output: OutputKind,
+        max_batch_tokens: int,
+        max_pending: int,
+        model_executor: Executor,
+        tokenize_executor: Executor,
+        metrics=None,
+    ) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.runner = runner
+        self.output = output
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.max_pending = int(max_pending)
+        self._model_executor = model_executor
+        self._tok_executor = tokenize_executor
+        self._metrics = metrics
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._wake = asyncio.Event()
+        self._pending = 0  # admitted and not yet answered
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self.batches_run = 0
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.name}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(Unavailable("server is shutting down"))
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    # -- submit -------------------------------------------------------------
+    async def submit_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        truncate: bool = True,
+        deadline: float | None = None,
+        field: str = "texts",
+    ) -> BatchResult:
+        return await self._submit(texts, None, truncate, deadline, field)
+
+    async def submit_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        truncate: bool = True,
+        deadline: float | None = None,
+        field: str = "pairs",
+    ) -> BatchResult:
+        return await self._submit(None, pairs, truncate, deadline, field)
+
+    async def _submit(self, texts, pairs, truncate: bool, deadline: float | None, field: str) -> BatchResult:
+        if self._closed:
+            raise Unavailable("server is shutting down")
+        if self._pending >= self.max_pending:
+            raise ResourceExhausted(
+                f"server busy: {self._pending} requests in flight for the {self.name} model "
+                f"(max_concurrent_requests={self.max_pending}); retry with backoff"
+            )
+        self._pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            t0 = time.perf_counter()
+            n = len(texts) if texts is not None else len(pairs)
+            if n == 0:
+                return _empty(self.output)
+            if texts is not None:
+                enc = await loop.run_in_executor(self._tok_executor, self.tokenizer.encode, list(texts))
+            else:
+                enc = await loop.run_in_executor(self._tok_executor, self.tokenizer.encode_pairs, list(pairs))
+            tokenize_ms = (time.perf_counter() - t0) * 1e3
+            if not truncate and enc.truncated.any():
+                i = int(np.flatnonzero(enc.truncated)[0])
+                raise InvalidInput(
+                    f"{field}[{i}]: longer than the model's limit of {self.tokenizer.max_length} tokens "
+                    f"(set truncate=true to cut it)"
+                )
+            fut: asyncio.Future = loop.create_future()
+            job = _Job(enc=enc, future=fut, deadline=deadline, enqueued=time.perf_counter())
+            self._queue.append(job)
+            self._set_depth()
+            self._wake.set()
+            values, queue_ms, inference_ms = await fut
+            return BatchResult(
+                values=values,
+                token_counts=enc.token_counts,
+                truncated=enc.truncated,
+                queue_ms=queue_ms,
+                tokenize_ms=tokenize_ms,
+                inference_ms=inference_ms,
+            )
+        finally:
+            self._pending -= 1
+
+    # -- worker -------------------------------------------------------------
+    def _take(self) -> list[_Job]:
+        """Pop live jobs in arrival order until the token budget is reached (at least one)."""
+        jobs: list[_Job] = []
+        tokens = 0
+        now = time.monotonic()
+        while self._queue:
+            job = self._queue[0]
+            if job.future.done():  # caller cancelled
+                self._queue.popleft()
+                self._dropped()
+                continue
+            if job.deadline is not None and now >= job.deadline:
+                self._queue.popleft()
+                job.future.set_exception(RequestExpired("deadline passed while queued"))
+                self._dropped()
+                continue
+            if jobs and tokens + job.n_tokens > self.max_batch_tokens:
+                break
+            self._queue.popleft()
+            jobs.append(job)
+            tokens += job.n_tokens
+        self._set_depth()
+        return jobs
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            jobs = self._take()
+            if not jobs:
+                continue
+            start = time.perf_counter()
+            ids = [row for j in jobs for row in j.enc.ids]
+            type_ids = [row for j in jobs for row in j.enc.type_ids]
+            try:
+                out = await loop.run_in_executor(self._model_executor, self._run, ids, type_ids)
+            except asyncio.CancelledError:
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(Unavailable("server is shutting down"))
+                raise
+            except Exception as exc:  # a model failure fails this batch only
+                log.exception("%s batch of %d inputs failed", self.name, len(ids))
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            inference_ms = (time.perf_counter() - start) * 1e3
+            self.batches_run += 1
+            if self._metrics is not None:
+                self._metrics.batch_size.labels(self.name).observe(len(ids))
+                self._metrics.batch_tokens.labels(self.name).observe(sum(len(r) for r in ids))
+                self._metrics.inference.labels(self.name).observe(inference_ms / 1e3)
+            pos = 0
+            for j in jobs:
+                n = len(j.enc.ids)
+                if not j.future.done():
+                    queue_ms = (start - j.enqueued) * 1e3
+                    j.future.set_result((out[pos : pos + n], queue_ms, inference_ms))
+                pos += n
+
+    def _run(self, ids: list[list[int]], type_ids: list[list[int]]) -> np.ndarray:
+        """Model executor: length-sorted padded sub-batches of at most max_batch_tokens."""
+        enc = Encoded(ids=ids, type_ids=type_ids, truncated=np.zeros(len(ids), dtype=bool))
+        out: np.ndarray | None = None
+        for idx, batch in self.tokenizer.batches(enc, batch_size=len(ids), max_tokens=self.max_batch_tokens):
+            res = np.asarray(self.runner.run(batch), dtype=np.float32)
+            res = res.reshape(len(idx), -1)
+            if out is None:
+                out = np.empty((len(ids), res.shape[1]), dtype=np.float32)
+            out[idx] = res
+        assert out is not None
+        return out[:, 0].copy() if self.output is OutputKind.SCALARS else out
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+
+    def _dropped(self) -> None:
+        if self._metrics is not None:
+            self._metrics.dropped.labels(self.name).inc()
+
+
+def _empty(output: OutputKind) -> BatchResult:
+    shape = (0,) if output is OutputKind.SCALARS else (0, 0)
+    return BatchResult(
+        values=np.zeros(shape, dtype=np.float32),
+        token_counts=np.zeros(0, dtype=np.int64),
+        truncated=np.zeros(0, dtype=bool),
+        queue_ms=0.0,
+        tokenize_ms=0.0,
+        inference_ms=0.0,
+    )

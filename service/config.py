@@ -1,0 +1,174 @@
+"""Server configuration: one validated dataclass, read once at start-up.
+
+Sources, later wins: defaults < TOML file (``--config``) < CLI flags. An
+unknown TOML key is an error (a typo must not silently fall back to a
+default). Paths are resolved at load time; secrets (the API key) are read
+from a file, never from the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from pairsmith.errors import InvalidInput, NotFound
+
+DEFAULT_PORT = 50051
+DEFAULT_METRICS_PORT = 9464
+
+
+def default_data_dir() -> Path:
+    """``$PAIRSMITH_HOME``, else the user's data dir (``$XDG_DATA_HOME/pairsmith``)."""
+    env = os.environ.get("PAIRSMITH_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pairsmith"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``pairsmith serve`` needs. Validated in ``__post_init__``."""
+
+    model: str = "default"  # bi-encoder: 'default', a directory or a hub name
+    cross_encoder: str | None = None  # enables Score/Rerank CROSS_ENCODER
+    uni_encoder: str | None = None  # Rerank UNI_ENCODER (not available in this build yet)
+    backend: str = "torch"  # torch | onnx
+    device: str = "cpu"
+    data_dir: Path | None = None  # index store root; None: default_data_dir()
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    api_key_file: Path | None = None  # one key per line; none: no auth
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: clients must present a cert signed by it (mTLS)
+    metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
+    metrics_host: str = "0.0.0.0"
+    max_batch_tokens: int = 8192  # padded tokens per forward pass
+    max_concurrent_requests: int = 512  # in-flight model calls; beyond: RESOURCE_EXHAUSTED
+    max_texts_per_request: int = 1024
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_top_k: int = 1000
+    max_stream_inflight: int = 32  # EmbedStream messages processed ahead of the reply
+    tokenizer_threads: int = 2
+    shutdown_grace_s: float = 10.0
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        if not str(self.model).strip():
+            raise InvalidInput("model: must not be empty")
+        if self.backend not in ("torch", "onnx"):
+            raise InvalidInput(f"backend: must be 'torch' or 'onnx', got {self.backend!r}")
+        for name in ("port", "metrics_port"):
+            v = getattr(self, name)
+            if v is not None and not (0 <= int(v) <= 65535):
+                raise InvalidInput(f"{name}: must be in 0..65535, got {v}")
+        positive = (
+            "max_batch_tokens",
+            "max_concurrent_requests",
+            "max_texts_per_request",
+            "max_message_bytes",
+            "max_top_k",
+            "max_stream_inflight",
+            "tokenizer_threads",
+        )
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise InvalidInput(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_batch_tokens < 64:
+            raise InvalidInput(f"max_batch_tokens: must be >= 64, got {self.max_batch_tokens}")
+        if self.max_message_bytes < 64 * 1024:
+            raise InvalidInput(f"max_message_bytes: must be >= 65536, got {self.max_message_bytes}")
+        if self.shutdown_grace_s < 0:
+            raise InvalidInput(f"shutdown_grace_s: must be >= 0, got {self.shutdown_grace_s}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInput("tls_cert / tls_key: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidInput("tls_client_ca: mutual TLS needs tls_cert and tls_key as well")
+        for name in ("api_key_file", "tls_cert", "tls_key", "tls_client_ca"):
+            p = getattr(self, name)
+            if p is not None and not Path(p).is_file():
+                raise NotFound(f"{name}: file {p} does not exist")
+
+    @property
+    def store_root(self) -> Path:
+        return Path(self.data_dir) if self.data_dir is not None else default_data_dir()
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def to_json(self) -> str:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in d.items()}, indent=2)
+
+    # -- loading -----------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], *, source: str = "config") -> ServeConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InvalidInput(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        kwargs = {}
+        for key, value in values.items():
+            kwargs[key] = _coerce(known[key], value, source)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> ServeConfig:
+        """Read ``path`` (top-level keys, or a ``[serve]`` table) and apply ``overrides``."""
+        values = read_toml(Path(path))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(values, source=str(path))
+
+    def replace(self, **changes: Any) -> ServeConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    if not path.is_file():
+        raise NotFound(f"config: file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid TOML ({exc})") from exc
+    if set(data) == {"serve"} and isinstance(data["serve"], dict):
+        data = data["serve"]
+    return dict(data)
+
+
+_PATH_FIELDS = {"data_dir", "api_key_file", "tls_cert", "tls_key", "tls_client_ca"}
+
+
+def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    name = f.name
+    if value is None:
+        return None
+    if name in _PATH_FIELDS:
+        if not isinstance(value, (str, os.PathLike)):
+            raise InvalidInput(f"{source}: {name} must be a path string, got {type(value).__name__}")
+        return Path(value).expanduser()
+    default = f.default if f.default is not dataclasses.MISSING else None
+    want: tuple[type, ...]
+    if name == "metrics_port" or isinstance(default, int) and not isinstance(default, bool):
+        want = (int,)
+    elif isinstance(default, bool):
+        want = (bool,)
+    elif isinstance(default, float):
+        want = (int, float)
+    else:
+        want = (str,)
+    if isinstance(value, bool) and bool not in want or not isinstance(value, want):
+        raise InvalidInput(f"{source}: {name} must be {want[0].__name__}, got {value!r}")
+    return float(value) if float in want else value
+
+
+__all__ = ["ServeConfig", "default_data_dir", "DEFAULT_PORT", "DEFAULT_METRICS_PORT"]

@@ -1,0 +1,123 @@
+"""Protobuf <-> numpy / store types, in one place (the edge of the wire layer).
+
+Nothing past this module sees a protobuf message; nothing before it sees a
+tensor. Every check here raises :class:`InvalidInput` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+
+from pairsmith.errors import InvalidInput
+from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
+
+METRIC_TO_PB = {"cosine": pb.METRIC_COSINE, "ip": pb.METRIC_INNER_PRODUCT, "l2": pb.METRIC_L2}
+PB_TO_METRIC = {v: k for k, v in METRIC_TO_PB.items()}
+MAX_ID_CHARS = 512
+
+
+def vector_from(msg, which: str, field: str, dim: int) -> np.ndarray:
+    """A float32 vector from a ``bytes vector`` / ``FloatVector vector_values`` oneof member."""
+    if which == "vector":
+        raw = msg.vector
+        if len(raw) != 4 * dim:
+            raise InvalidInput(
+                f"{field}.vector: {len(raw)} bytes, expected {4 * dim} (packed float32, dimension {dim})"
+            )
+        vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    else:
+        values = msg.vector_values.values
+        if len(values) != dim:
+            raise InvalidInput(f"{field}.vector_values: {len(values)} values, expected dimension {dim}")
+        vec = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(vec).all():
+        raise InvalidInput(f"{field}: vector holds NaN or infinity")
+    return vec
+
+
+def embeddings_pb(vectors: np.ndarray, token_counts, truncated, fmt: int) -> list:
+    """``Embedding`` messages for rows of ``vectors`` in the requested format."""
+    out = []
+    as_list = fmt == pb.VECTOR_FORMAT_FLOAT_LIST
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    for i in range(vectors.shape[0]):
+        if as_list:
+            e = pb.Embedding(
+                values=vectors[i].tolist(), token_count=int(token_counts[i]), truncated=bool(truncated[i])
+            )
+        else:
+            e = pb.Embedding(
+                vector=vectors[i].tobytes(), token_count=int(token_counts[i]), truncated=bool(truncated[i])
+            )
+        out.append(e)
+    return out
+
+
+def check_format(fmt: int, field: str = "format") -> int:
+    if fmt not in (pb.VECTOR_FORMAT_UNSPECIFIED, pb.VECTOR_FORMAT_FLOAT32_BYTES, pb.VECTOR_FORMAT_FLOAT_LIST):
+        raise InvalidInput(f"{field}: unknown VectorFormat {fmt}")
+    return fmt
+
+
+def payload_to_dict(msg) -> dict | None:
+    if not msg.HasField("payload"):
+        return None
+    return json_format.MessageToDict(msg.payload)
+
+
+def payload_pb(payload: dict | None) -> struct_pb2.Struct | None:
+    if payload is None:
+        return None
+    s = struct_pb2.Struct()
+    s.update(_jsonable(payload))
+    return s
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def check_id(item_id: str, field: str) -> str:
+    if not item_id:
+        raise InvalidInput(f"{field}.id: must not be empty")
+    if len(item_id) > MAX_ID_CHARS:
+        raise InvalidInput(f"{field}.id: {len(item_id)} characters, at most {MAX_ID_CHARS}")
+    return item_id
+
+
+def index_info_pb(info) -> pb.IndexInfo:
+    metric = getattr(info.metric, "value", info.metric)
+    return pb.IndexInfo(
+        name=info.name,
+        dim=int(info.dim),
+        factory=str(info.factory),
+        metric=METRIC_TO_PB.get(str(metric), pb.METRIC_UNSPECIFIED),
+        count=int(info.count),
+        encoder_fingerprint=str(info.encoder_fingerprint or ""),
+        encoder_id=str(info.encoder_id or ""),
+        size_bytes=int(info.size_bytes or 0),
+        created_at=float(info.created_at or 0.0),
+        updated_at=float(info.updated_at or 0.0),
+        needs_rebuild_on_delete=bool(info.needs_rebuild_on_delete),
+    )
+
+
+def finalize_vectors(vectors: np.ndarray, *, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """Prefix-truncate to ``dimensions`` then (optionally) L2-normalise, as float32."""
+    out = vectors[:, :dimensions] if dimensions is not None else vectors
+    out = np.array(out, dtype=np.float32, copy=True)
+    if normalize and out.size:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.maximum(norms, 1e-12)
+    return out
