@@ -1,0 +1,280 @@
+"""``pairsmith serve`` (the gRPC server) and ``pairsmith client ...`` (a command-line client)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# CLI flag -> ServeConfig field, for flags that map one to one.
+_FLAG_FIELDS = (
+    "model",
+    "cross_encoder",
+    "uni_encoder",
+    "backend",
+    "device",
+    "data_dir",
+    "host",
+    "port",
+    "api_key_file",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "metrics_port",
+    "max_batch_tokens",
+    "max_concurrent_requests",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the gRPC server (Embed, Score, Rerank, Search, indexes)")
+    p.add_argument("--config", type=Path, help="TOML file with ServeConfig keys (flags override it)")
+    p.add_argument(
+        "--model", help="bi-encoder: 'default', a model directory or a hub name (default: default)"
+    )
+    p.add_argument(
+        "--cross-encoder", help="cross-encoder model (enables CROSS_ENCODER scoring and reranking)"
+    )
+    p.add_argument("--uni-encoder", help="Uni-Encoder model (accepted; not servable in this build yet)")
+    p.add_argument("--backend", choices=("torch", "onnx"), help="inference runtime (default torch)")
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument(
+        "--data-dir", type=Path, help="index store root (default $PAIRSMITH_HOME or ~/.local/share/pairsmith)"
+    )
+    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    p.add_argument("--api-key-file", type=Path, help="file with API keys, one per line (enables auth)")
+    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); with --tls-key enables TLS")
+    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca", type=Path, help="CA that client certificates must chain to (mutual TLS)"
+    )
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: off)")
+    p.add_argument("--max-batch-tokens", type=int, help="token budget per forward batch (default 8192)")
+    p.add_argument(
+        "--max-concurrent-requests", type=int, help="in-flight model requests before RESOURCE_EXHAUSTED"
+    )
+    p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
+    p.set_defaults(func=run_serve)
+
+    c = sub.add_parser("client", help="call a running pairsmith server")
+    c.add_argument(
+        "--target", default=os.environ.get("PAIRSMITH_TARGET", "localhost:50051"), help="host:port"
+    )
+    c.add_argument("--api-key-file", type=Path, help="file whose first key is sent as the Bearer token")
+    c.add_argument("--tls-ca", type=Path, help="CA certificate to verify the server (enables TLS)")
+    c.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    c.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
+    c.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    cs = c.add_subparsers(dest="client_command", metavar="CALL", required=True)
+
+    e = cs.add_parser("embed", help="embed texts; prints JSON lines {index, token_count, vector}")
+    e.add_argument("texts", nargs="+")
+    e.add_argument("--dimensions", type=int)
+    e.add_argument("--no-normalize", action="store_true")
+    e.set_defaults(func=_client_embed)
+
+    s = cs.add_parser("score", help="score pairs given as TEXT_A TEXT_B [TEXT_A TEXT_B ...]")
+    s.add_argument("texts", nargs="+")
+    s.add_argument("--method", choices=("auto", "bi", "cross"), default="auto")
+    s.set_defaults(func=_client_score)
+
+    r = cs.add_parser("rerank", help="rerank candidate texts for a query")
+    r.add_argument("query")
+    r.add_argument("texts", nargs="+")
+    r.add_argument("--method", choices=("auto", "bi", "cross", "uni"), default="auto")
+    r.add_argument("--top-n", type=int)
+    r.set_defaults(func=_client_rerank)
+
+    q = cs.add_parser("search", help="search an index with a text query")
+    q.add_argument("index")
+    q.add_argument("query")
+    q.add_argument("--top-k", type=int, default=10)
+    q.add_argument("--rerank", choices=("auto", "bi", "cross", "uni"))
+    q.add_argument("--candidates", type=int)
+    q.set_defaults(func=_client_search)
+
+    u = cs.add_parser("upsert", help="stream a .jsonl file of {id, text | vector, payload} into an index")
+    u.add_argument("index")
+    u.add_argument("file", type=Path)
+    u.add_argument("--create", action="store_true", help="create the index first if it does not exist")
+    u.set_defaults(func=_client_upsert)
+
+
+def config_from_args(args: argparse.Namespace):
+    from pairsmith.service.config import ServeConfig
+
+    overrides = {f: getattr(args, f, None) for f in _FLAG_FIELDS}
+    overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items() if v is not None}
+    if args.config is not None:
+        return ServeConfig.from_toml(args.config, **overrides)
+    return ServeConfig.from_mapping(overrides, source="command line")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("pairsmith").setLevel(logging.INFO)
+    config = config_from_args(args)
+    return asyncio.run(_serve(config, args.port_file))
+
+
+async def _serve(config, port_file: Path | None) -> int:
+    from pairsmith.service.server import build_server
+
+    server, port = await build_server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        os.replace(tmp, port_file)
+    print(f"pairsmith: listening on {config.host}:{port}; loading models...", file=sys.stderr, flush=True)
+    ready = asyncio.ensure_future(server.wait_ready())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done() and ready.exception() is not None:
+        stopping.cancel()
+        await server.stop(0)
+        raise ready.exception()
+    if not stop.is_set():
+        extra = f", metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""
+        print(f"pairsmith: serving on port {port}{extra} (SIGTERM to stop)", file=sys.stderr, flush=True)
+        await stopping
+    ready.cancel()
+    print("pairsmith: shutting down (draining in-flight calls)", file=sys.stderr, flush=True)
+    await server.stop()
+    return 0
+
+
+# -- client ------------------------------------------------------------------
+def _client(args: argparse.Namespace):
+    from pairsmith.service.client import PairsmithClient
+
+    key = None
+    if args.api_key_file is not None:
+        from pairsmith.service.auth import load_api_keys
+
+        key = load_api_keys(args.api_key_file)[0].decode()
+    return PairsmithClient(
+        args.target,
+        api_key=key,
+        tls_ca=args.tls_ca,
+        client_cert=args.tls_cert,
+        client_key=args.tls_key,
+        timeout=args.timeout,
+    )
+
+
+def _run_client(args, fn) -> int:
+    import grpc
+
+    from pairsmith.errors import PairsmithError
+    from pairsmith.service.errors import STATUS_FOR_KIND
+
+    try:
+        with _client(args) as c:
+            fn(c)
+    except grpc.RpcError as exc:
+        kind = {v: k for k, v in STATUS_FOR_KIND.items()}.get(exc.code())
+        msg = f"{exc.code().name}: {exc.details()}"
+        if kind is None:
+            print(f"pairsmith client: {msg}", file=sys.stderr)
+            return 1
+        raise PairsmithError(msg, kind=kind) from None
+    return 0
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False))
+
+
+def _client_embed(args) -> int:
+    def go(c):
+        res = c.embed(args.texts, dimensions=args.dimensions, normalize=not args.no_normalize)
+        for i, v in enumerate(res.vectors):
+            _print(
+                {
+                    "index": i,
+                    "token_count": int(res.token_counts[i]),
+                    "vector": [round(float(x), 6) for x in v],
+                }
+            )
+
+    return _run_client(args, go)
+
+
+def _client_score(args) -> int:
+    from pairsmith.errors import InvalidInput
+
+    if len(args.texts) % 2:
+        raise InvalidInput("score: give an even number of texts (TEXT_A TEXT_B pairs)")
+    pairs = list(zip(args.texts[::2], args.texts[1::2], strict=True))
+
+    def go(c):
+        for (a, b), s in zip(pairs, c.score(pairs, method=args.method), strict=True):
+            _print({"text_a": a, "text_b": b, "score": float(s)})
+
+    return _run_client(args, go)
+
+
+def _client_rerank(args) -> int:
+    def go(c):
+        for r in c.rerank(args.query, args.texts, method=args.method, top_n=args.top_n, return_text=True):
+            _print(r)
+
+    return _run_client(args, go)
+
+
+def _client_search(args) -> int:
+    def go(c):
+        hits = c.search(
+            args.index, text=args.query, top_k=args.top_k, rerank=args.rerank, candidates=args.candidates
+        )
+        for h in hits:
+            _print({"id": h.id, "score": h.score, "payload": h.payload})
+
+    return _run_client(args, go)
+
+
+def _client_upsert(args) -> int:
+    from pairsmith.errors import DataFormatError, NotFound
+
+    if not args.file.is_file():
+        raise NotFound(f"upsert: file {args.file} does not exist")
+
+    def items():
+        with open(args.file, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataFormatError(args.file, f"not JSON ({exc.msg})", line=n) from None
+                if not isinstance(row, dict) or "id" not in row or not ("text" in row or "vector" in row):
+                    raise DataFormatError(args.file, "expected an object with id and text or vector", line=n)
+                yield row
+
+    def go(c):
+        import grpc
+
+        if args.create:
+            try:
+                c.get_index(args.index)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                c.create_index(args.index)
+        n = c.upsert(args.index, items())
+        _print({"index": args.index, "upserted": n, "count": int(c.get_index(args.index).get("count", 0))})
+
+    return _run_client(args, go)
