@@ -22,12 +22,10 @@ DEFAULT_METRICS_PORT = 9464
 
 
 def default_data_dir() -> Path:
-    """``$PAIRSMITH_HOME``, else the user's data dir (``$XDG_DATA_HOME/pairsmith``)."""
-    env = os.environ.get("PAIRSMITH_HOME")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "pairsmith"
+    """The index store's default root: ``$PAIRSMITH_HOME``, else the user's data dir + ``pairsmith``."""
+    from pairsmith.service.index_store import default_root
+
+    return default_root()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from pairsmith.errors import InvalidInput
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
@@ -107,10 +107,23 @@ def index_info_pb(info) -> pb.IndexInfo:
         encoder_fingerprint=str(info.encoder_fingerprint or ""),
         encoder_id=str(info.encoder_id or ""),
         size_bytes=int(info.size_bytes or 0),
-        created_at=float(info.created_at or 0.0),
-        updated_at=float(info.updated_at or 0.0),
+        created_at=_timestamp(info.created_at),
+        updated_at=_timestamp(info.updated_at),
         needs_rebuild_on_delete=bool(info.needs_rebuild_on_delete),
     )
+
+
+def _timestamp(value) -> timestamp_pb2.Timestamp:
+    """A Timestamp from an RFC 3339 string or epoch seconds (unset when unknown)."""
+    ts = timestamp_pb2.Timestamp()
+    if isinstance(value, str) and value:
+        try:
+            ts.FromJsonString(value)
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and value:
+        ts.FromNanoseconds(int(value * 1e9))
+    return ts
 
 
 def finalize_vectors(vectors: np.ndarray, *, dimensions: int | None, normalize: bool) -> np.ndarray:

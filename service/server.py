@@ -55,7 +55,8 @@ class Runtime:
     metrics: Metrics
     model_executor: ThreadPoolExecutor
     tokenize_executor: ThreadPoolExecutor
-    store_executor: ThreadPoolExecutor
+    store_executor: ThreadPoolExecutor  # writes (one writer)
+    read_executor: ThreadPoolExecutor  # searches and lookups (readers use immutable snapshots)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     models: Models | None = None
     bi_batcher: TokenBatcher | None = None
@@ -123,7 +124,8 @@ class PairsmithServer:
             tokenize_executor=ThreadPoolExecutor(
                 config.tokenizer_threads, thread_name_prefix="pairsmith-tok"
             ),
-            store_executor=ThreadPoolExecutor(1, thread_name_prefix="pairsmith-store"),
+            store_executor=ThreadPoolExecutor(1, thread_name_prefix="pairsmith-store-w"),
+            read_executor=ThreadPoolExecutor(2, thread_name_prefix="pairsmith-store-r"),
             runtime_versions=runtime_versions(),
         )
         self.health = health.aio.HealthServicer()
@@ -265,7 +267,12 @@ class PairsmithServer:
         loop = asyncio.get_running_loop()
         if self.rt.store is not None:
             await loop.run_in_executor(self.rt.store_executor, self.rt.store.close)
-        for ex in (self.rt.model_executor, self.rt.tokenize_executor, self.rt.store_executor):
+        for ex in (
+            self.rt.model_executor,
+            self.rt.tokenize_executor,
+            self.rt.store_executor,
+            self.rt.read_executor,
+        ):
             ex.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
         self._stopped.set()

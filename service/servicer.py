@@ -74,7 +74,12 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         return self.rt.store
 
     async def _in_store(self, fn, *args):
+        """A store write (create, upsert, delete, drop) on the single writer thread."""
         return await asyncio.get_running_loop().run_in_executor(self.rt.store_executor, fn, *args)
+
+    async def _read_store(self, fn, *args):
+        """A store read (search, get, list, check_encoder) on the reader pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.rt.read_executor, fn, *args)
 
     def _check_count(self, n: int, field: str, *, allow_empty: bool = True) -> None:
         if n == 0 and not allow_empty:
@@ -283,15 +288,15 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                 )
             if which != "text":
                 raise InvalidInput("rerank: a rerank stage needs a text query (set query.text, not a vector)")
-        info = await self._in_store(store.get, request.index)
+        info = await self._read_store(store.get, request.index)
         if which == "text":
-            await self._in_store(store.check_encoder, request.index, m.bi.fingerprint)
+            await self._read_store(store.check_encoder, request.index, m.bi.fingerprint)
             res = await self._embed([request.text], timer, context, field="text")
             query = convert.finalize_vectors(res.values, dimensions=None, normalize=True)
         else:
             query = convert.vector_from(request, which, "query", int(info.dim))[None, :]
         t0 = time.perf_counter()
-        hits = (await self._in_store(store.search, request.index, query, k))[0]
+        hits = (await self._read_store(store.search, request.index, query, k))[0]
         timer.search_ms += (time.perf_counter() - t0) * 1e3
         first = {h.id: float(h.score) for h in hits}
         if stage is not None and hits:
@@ -323,7 +328,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
 
     # -- index lifecycle ------------------------------------------------------
     async def _refresh_index_metrics(self, name: str):
-        info = await self._in_store(self.rt.store.get, name)
+        info = await self._read_store(self.rt.store.get, name)
         self.rt.metrics.set_index(info.name, int(info.count), int(info.size_bytes or 0))
         return info
 
@@ -375,7 +380,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             texts = [c[1] for c in chunk if c[3]]
             vecs = None
             if texts:
-                await self._in_store(store.check_encoder, name, m.bi.fingerprint)
+                await self._read_store(store.check_encoder, name, m.bi.fingerprint)
                 res = await self._embed(texts, timer, context, field="items.text")
                 vecs = iter(convert.finalize_vectors(res.values, dimensions=None, normalize=True))
             items = [
@@ -393,7 +398,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                     if not req.index:
                         raise InvalidInput("message[0].index: the first message must name the index")
                     name = req.index
-                    info = await self._in_store(store.get, name)
+                    info = await self._read_store(store.get, name)
                 elif req.index and req.index != name:
                     raise InvalidInput(
                         f"message[{seq}].index: {req.index!r} differs from {name!r} in message[0]"
@@ -455,7 +460,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     @rpc("ListIndexes")
     async def ListIndexes(self, request, context, timer):
         store = self._store()
-        infos = await self._in_store(store.list)
+        infos = await self._read_store(store.list)
         for info in infos:
             self.rt.metrics.set_index(info.name, int(info.count), int(info.size_bytes or 0))
         infos = sorted(infos, key=lambda i: i.name)

@@ -1,4 +1,7 @@
+import datetime
+
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -321,10 +324,10 @@ class IndexInfo(_message.Message):
     encoder_fingerprint: str
     encoder_id: str
     size_bytes: int
-    created_at: float
-    updated_at: float
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
     needs_rebuild_on_delete: bool
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., factory: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., encoder_fingerprint: _Optional[str] = ..., encoder_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., needs_rebuild_on_delete: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., factory: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., encoder_fingerprint: _Optional[str] = ..., encoder_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., needs_rebuild_on_delete: _Optional[bool] = ...) -> None: ...
 
 class CreateIndexResponse(_message.Message):
     __slots__ = ("index", "timing")
