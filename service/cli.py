@@ -25,6 +25,7 @@ from pairsmith.errors import ErrorKind, PairsmithError  # noqa: E402
 _MODULES = (
     "pairsmith.service.cli_eval",
     "pairsmith.service.cli_serve",
+    "pairsmith.service.cli_index",
     "pairsmith.service.cli_export",
     "pairsmith.service.cli_distill",
 )
