@@ -1,0 +1,313 @@
+"""FAISS plumbing for the index store: factory strings, training needs, snapshots, atomic files.
+
+Nothing here knows about SQLite or names; :mod:`pairsmith.service.index_store`
+owns those. The pieces:
+
+- :func:`new_index` builds an index from any factory string. Indexes that
+  cannot take external ids (Flat, HNSW, PQ, SQ, Refine...) are wrapped in
+  ``IndexIDMap2``; IVF indexes take ids natively and get a hashtable direct map
+  so removals cost O(removed), not a full scan.
+- :func:`train_requirement` says how many vectors an index needs before it can
+  be trained (IVF: ``nlist``; PQ: ``2**nbits`` per sub-quantizer).
+- :class:`Snapshot` is what readers search: an immutable base FAISS index,
+  the ids deleted from it but still physically present (filtered at search
+  time), and a small exact "delta" of recent vectors not yet merged in.
+- :func:`write_index_atomic` / :func:`write_bytes_atomic`: temp + fsync + rename.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from pairsmith.errors import InvalidInput
+
+
+class Metric(enum.Enum):
+    """Similarity of an index. COSINE = L2-normalise vectors and queries, then inner product."""
+
+    COSINE = "cosine"
+    INNER_PRODUCT = "ip"
+    L2 = "l2"
+
+    @classmethod
+    def parse(cls, value: str | Metric) -> Metric:
+        if isinstance(value, Metric):
+            return value
+        norm = str(value).strip().lower().replace("-", "_")
+        aliases = {"inner_product": "ip", "dot": "ip", "euclidean": "l2"}
+        norm = aliases.get(norm, norm)
+        for m in cls:
+            if m.value == norm:
+                return m
+        raise InvalidInput(f"metric: unknown {value!r}; choose one of {[m.value for m in cls]}")
+
+    @property
+    def faiss_metric(self) -> int:
+        return faiss.METRIC_L2 if self is Metric.L2 else faiss.METRIC_INNER_PRODUCT
+
+
+def _short(exc: BaseException) -> str:
+    """FAISS errors carry a C++ location line; keep only the message."""
+    text = str(exc).strip().splitlines()
+    msg = [t for t in text if not t.startswith("Error in ")]
+    return (msg[-1] if msg else text[-1] if text else repr(exc))[:300]
+
+
+def _unwrap(index: faiss.Index) -> faiss.Index:
+    """The innermost index that holds codes (through IDMap, PreTransform, Refine)."""
+    node = faiss.downcast_index(index)
+    for _ in range(8):
+        if isinstance(node, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            node = faiss.downcast_index(node.index)
+        elif isinstance(node, faiss.IndexPreTransform):
+            node = faiss.downcast_index(node.index)
+        elif isinstance(node, faiss.IndexRefine):
+            node = faiss.downcast_index(node.base_index)
+        else:
+            break
+    return node
+
+
+def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    core = _unwrap(index)
+    return core if isinstance(core, faiss.IndexIVF) else None
+
+
+def hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
+    core = _unwrap(index)
+    return core if isinstance(core, faiss.IndexHNSW) else None
+
+
+def new_index(factory: str, dim: int, metric: Metric) -> faiss.Index:
+    """An empty index for ``factory`` that accepts ``add_with_ids``."""
+    try:
+        index = faiss.index_factory(int(dim), factory, metric.faiss_metric)
+    except (RuntimeError, ValueError) as exc:
+        raise InvalidInput(f"factory: FAISS cannot build {factory!r} for dim {dim}: {_short(exc)}") from None
+    top = faiss.downcast_index(index)
+    takes_ids = isinstance(top, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexIVF)) or (
+        isinstance(top, faiss.IndexPreTransform)
+        and isinstance(faiss.downcast_index(top.index), faiss.IndexIVF)
+    )
+    if not takes_ids:
+        index = faiss.IndexIDMap2(index)
+    ivf = ivf_of(index)
+    if ivf is not None:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    core = _unwrap(index)
+    if getattr(core, "do_polysemous_training", False):
+        # Polysemous codes serve only polysemous_ht search, which the store never uses, and the
+        # training is ~100x slower than the PQ k-means itself (factory suffix "np" does the same).
+        core.do_polysemous_training = False
+    return index
+
+
+def train_requirement(index: faiss.Index) -> int:
+    """Fewest training vectors FAISS accepts (0 when the index needs no training)."""
+    if index.is_trained:
+        return 0
+    core = _unwrap(index)
+    need = 1
+    if isinstance(core, faiss.IndexIVF):
+        need = max(need, int(core.nlist))
+    pq = getattr(core, "pq", None)
+    if pq is not None:
+        need = max(need, int(pq.ksub))
+    return need
+
+
+def can_remove(index: faiss.Index) -> bool:
+    """Whether ``remove_ids`` works (HNSW, NSG and Refine indexes cannot remove)."""
+    none = np.zeros(0, dtype=np.int64)
+    for sel in (faiss.IDSelectorBatch(none), faiss.IDSelectorArray(none)):
+        try:
+            index.remove_ids(sel)
+            return True
+        except RuntimeError:
+            continue
+    return False
+
+
+def default_search_params(index: faiss.Index) -> dict[str, int]:
+    """nprobe for IVF (32 or nlist), efSearch for HNSW (64): recall >= ~0.95 on real embeddings."""
+    params: dict[str, int] = {}
+    ivf = ivf_of(index)
+    if ivf is not None:
+        params["nprobe"] = int(min(ivf.nlist, 32))
+    if hnsw_of(index) is not None:
+        params["efSearch"] = 64
+    return params
+
+
+def apply_search_params(index: faiss.Index, params: dict[str, int]) -> None:
+    """Set nprobe / efSearch on an index (before it is published to readers)."""
+    ps = faiss.ParameterSpace()
+    for key, value in params.items():
+        if key == "nprobe" and ivf_of(index) is None:
+            continue
+        if key == "efSearch" and hnsw_of(index) is None:
+            continue
+        try:
+            ps.set_index_parameter(index, key, int(value))
+        except RuntimeError as exc:
+            raise InvalidInput(f"search_params.{key}: {_short(exc)}") from None
+
+
+def _selector_params(index: faiss.Index, sel: faiss.IDSelector, params: dict[str, int]):
+    if ivf_of(index) is not None:
+        p = faiss.SearchParametersIVF(sel=sel, nprobe=int(params.get("nprobe", ivf_of(index).nprobe)))
+    elif hnsw_of(index) is not None:
+        p = faiss.SearchParametersHNSW(
+            sel=sel, efSearch=int(params.get("efSearch", hnsw_of(index).hnsw.efSearch))
+        )
+    else:
+        p = faiss.SearchParameters(sel=sel)
+    return p
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """What readers search; never mutated after publication (writers publish a new one).
+
+    ``base`` holds the bulk of the vectors (None while an index waits for
+    training), ``dead`` the ids removed logically but still inside ``base``,
+    ``delta_ids``/``delta_vecs`` recent vectors searched exactly. Vectors are
+    stored already normalised for COSINE.
+    """
+
+    dim: int
+    metric: Metric
+    base: faiss.Index | None
+    dead: np.ndarray  # (n_dead,) int64, sorted
+    delta_ids: np.ndarray  # (m,) int64
+    delta_vecs: np.ndarray  # (m, dim) float32
+    params: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Built once per snapshot, shared by every search on it (FAISS selectors are read-only).
+        sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.dead)) if len(self.dead) else None
+        object.__setattr__(self, "_sel", sel)
+
+    @property
+    def base_count(self) -> int:
+        return 0 if self.base is None else int(self.base.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` per query: (scores (Q, k), ids (Q, k)); higher score is better, id -1 pads."""
+        nq = queries.shape[0]
+        parts_s: list[np.ndarray] = []
+        parts_i: list[np.ndarray] = []
+        if self.base is not None and self.base.ntotal > 0:
+            s, i = self._search_base(queries, k)
+            parts_s.append(s)
+            parts_i.append(i)
+        if len(self.delta_ids):
+            s, i = exact_search(self.delta_vecs, self.delta_ids, queries, k, self.metric)
+            parts_s.append(s)
+            parts_i.append(i)
+        if not parts_s:
+            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+        return merge_topk(parts_s, parts_i, k)
+
+    def _search_base(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        base = self.base
+        assert base is not None
+        kk = min(k, int(base.ntotal))
+        if len(self.dead):
+            try:
+                dist, ids = base.search(queries, kk, params=_selector_params(base, self._sel, self.params))
+            except RuntimeError:
+                # Index types without selector support (PQ, Refine): over-fetch and filter.
+                kk = min(int(base.ntotal), k + len(self.dead))
+                dist, ids = base.search(queries, kk)
+                drop = np.isin(ids, self.dead)
+                ids = np.where(drop, -1, ids)
+        else:
+            dist, ids = base.search(queries, kk)
+        scores = -dist if self.metric is Metric.L2 else dist
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        return scores, ids
+
+
+def exact_search(
+    vecs: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, metric: Metric
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k in numpy (the reference for every approximate index)."""
+    sims = queries @ vecs.T  # (Q, m)
+    if metric is Metric.L2:
+        sims = -(
+            np.sum(queries * queries, axis=1, keepdims=True) - 2 * sims + np.sum(vecs * vecs, axis=1)[None, :]
+        )
+    kk = min(k, vecs.shape[0])
+    part = (
+        np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        if kk < vecs.shape[0]
+        else np.tile(np.arange(vecs.shape[0]), (queries.shape[0], 1))
+    )
+    s = np.take_along_axis(sims, part, axis=1)
+    order = np.argsort(-s, axis=1, kind="stable")
+    return np.take_along_axis(s, order, axis=1).astype(np.float32), ids[
+        np.take_along_axis(part, order, axis=1)
+    ]
+
+
+def merge_topk(parts_s: list[np.ndarray], parts_i: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = np.concatenate(parts_s, axis=1)
+    i = np.concatenate(parts_i, axis=1)
+    s = np.where(i < 0, -np.inf, s)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(s, order, axis=1)
+    i = np.take_along_axis(i, order, axis=1)
+    if s.shape[1] < k:
+        pad = k - s.shape[1]
+        s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return s.astype(np.float32), i
+
+
+# -- atomic files ------------------------------------------------------------------------
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_index_atomic(index: faiss.Index, path: Path) -> str:
+    """Write ``index`` to ``path`` (temp + fsync + rename); returns the file's sha256."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    faiss.write_index(index, str(tmp))
+    digest = sha256_file(tmp, fsync=True)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return digest
+
+
+def sha256_file(path: Path, *, fsync: bool = False) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+        if fsync:
+            os.fsync(fh.fileno())
+    return h.hexdigest()
