@@ -1,0 +1,191 @@
+"""Unit tests: the token-budget batcher (real tokenizer, counting runner), config, error table."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from pairsmith.encoders.tokenize import TextTokenizer
+from pairsmith.errors import ErrorKind, InvalidInput, NotFound, ResourceExhausted
+from pairsmith.service.batcher import OutputKind, TokenBatcher
+from pairsmith.service.cli_serve import config_from_args
+from pairsmith.service.config import ServeConfig
+from pairsmith.service.errors import STATUS_FOR_KIND, RequestExpired, status_for
+
+
+class CountingRunner:
+    """Row i of the output = [sum of its token ids, its real length]; records batch shapes."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.shapes: list[tuple[int, int]] = []
+        self.delay = delay
+
+    def run(self, batch):
+        if self.delay:
+            time.sleep(self.delay)
+        self.shapes.append(batch.shape)
+        ids = batch.input_ids * batch.attention_mask
+        return np.stack([ids.sum(1), batch.attention_mask.sum(1)], axis=1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bi_dir):
+    from transformers import AutoTokenizer
+
+    return TextTokenizer(AutoTokenizer.from_pretrained(str(tiny_bi_dir)), 64)
+
+
+def _batcher(tokenizer, runner, **kw):
+    ex = ThreadPoolExecutor(1)
+    defaults = dict(output=OutputKind.VECTORS, max_batch_tokens=256, max_pending=100)
+    defaults.update(kw)
+    return TokenBatcher("t", tokenizer, runner, model_executor=ex, tokenize_executor=ex, **defaults)
+
+
+def test_merges_concurrent_requests_within_the_token_budget(tokenizer):
+    runner = CountingRunner(delay=0.05)
+    texts = [[f"request {i} word " * (1 + i % 4)] * (1 + i % 3) for i in range(30)]
+
+    async def go():
+        b = _batcher(tokenizer, runner)
+        b.start()
+        results = await asyncio.gather(*(b.submit_texts(t) for t in texts))
+        await b.close()
+        return b, results
+
+    b, results = asyncio.run(go())
+    for t, r in zip(texts, results, strict=True):
+        enc = tokenizer.encode(t)
+        want = np.array([[sum(ids), len(ids)] for ids in enc.ids], dtype=np.float32)
+        np.testing.assert_array_equal(r.values, want)  # each request gets its own rows, in order
+    assert b.batches_run < len(texts)  # requests were merged
+    assert all(rows * width <= 256 for rows, width in runner.shapes)  # padded budget respected
+
+
+def test_no_delay_for_a_lone_request(tokenizer):
+    async def go():
+        b = _batcher(tokenizer, CountingRunner())
+        b.start()
+        t0 = time.perf_counter()
+        r = await b.submit_texts(["alone"])
+        dt = time.perf_counter() - t0
+        await b.close()
+        return r, dt
+
+    r, dt = asyncio.run(go())
+    assert r.values.shape == (1, 2) and dt < 0.5 and r.queue_ms < 100
+
+
+def test_cancelled_and_expired_requests_are_dropped(tokenizer):
+    runner = CountingRunner(delay=0.3)
+
+    async def go():
+        b = _batcher(tokenizer, runner)
+        b.start()
+        first = asyncio.ensure_future(b.submit_texts(["first"]))
+        await asyncio.sleep(0.1)  # first is running
+        cancelled = asyncio.ensure_future(b.submit_texts(["cancelled"]))
+        expired = asyncio.ensure_future(b.submit_texts(["expired"], deadline=time.monotonic() + 0.05))
+        kept = asyncio.ensure_future(b.submit_texts(["kept"]))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        await first
+        with pytest.raises(RequestExpired):
+            await expired
+        await kept
+        await b.close()
+        return b
+
+    b = asyncio.run(go())
+    assert b.batches_run == 2  # [first], then [kept] only
+    assert [rows for rows, _ in runner.shapes] == [1, 1]
+
+
+def test_pending_limit_is_resource_exhausted(tokenizer):
+    async def go():
+        b = _batcher(tokenizer, CountingRunner(delay=0.2), max_pending=2)
+        b.start()
+        tasks = [asyncio.ensure_future(b.submit_texts(["x"])) for _ in range(3)]
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        await b.close()
+        return done
+
+    done = asyncio.run(go())
+    assert sum(isinstance(d, ResourceExhausted) for d in done) == 1
+
+
+def test_truncate_false_names_the_text(tokenizer):
+    async def go():
+        b = _batcher(tokenizer, CountingRunner())
+        b.start()
+        try:
+            await b.submit_texts(["ok", "long " * 200], truncate=False)
+        finally:
+            await b.close()
+
+    with pytest.raises(InvalidInput, match=r"texts\[1\].*64 tokens"):
+        asyncio.run(go())
+
+
+def test_scalar_output_and_pairs(tokenizer):
+    async def go():
+        b = _batcher(tokenizer, CountingRunner(), output=OutputKind.SCALARS)
+        b.start()
+        r = await b.submit_pairs([("a", "b"), ("c d", "e")])
+        await b.close()
+        return r
+
+    r = asyncio.run(go())
+    enc = tokenizer.encode_pairs([("a", "b"), ("c d", "e")])
+    assert r.values.tolist() == [float(sum(ids)) for ids in enc.ids]
+
+
+# -- config ----------------------------------------------------------------------
+def test_config_from_toml_and_flags(tmp_path):
+    f = tmp_path / "serve.toml"
+    f.write_text('[serve]\nmodel = "m1"\nport = 7000\nmax_batch_tokens = 4096\ndata_dir = "~/idx"\n')
+    cfg = ServeConfig.from_toml(f, port=7001)
+    assert cfg.model == "m1" and cfg.port == 7001 and cfg.max_batch_tokens == 4096
+    assert str(cfg.data_dir).endswith("/idx") and "~" not in str(cfg.data_dir)
+    import argparse
+
+    from pairsmith.service.cli_serve import _FLAG_FIELDS
+
+    ns = argparse.Namespace(config=f, port_file=None, **dict.fromkeys(_FLAG_FIELDS))
+    ns.backend = "onnx"
+    cfg = config_from_args(ns)
+    assert cfg.backend == "onnx" and cfg.model == "m1" and cfg.port == 7000
+    assert '"model": "m1"' in cfg.to_json()
+
+
+@pytest.mark.parametrize(
+    ("text", "exc", "match"),
+    [
+        ('modle = "x"\n', InvalidInput, "unknown key"),
+        ("port = 70000\n", InvalidInput, "port"),
+        ('port = "80"\n', InvalidInput, "port must be int"),
+        ("max_batch_tokens = 8\n", InvalidInput, "max_batch_tokens"),
+        ('backend = "tensorrt"\n', InvalidInput, "backend"),
+        ('tls_cert = "/nonexistent.pem"\ntls_key = "/nonexistent.key"\n', NotFound, "tls_cert"),
+        ('tls_client_ca = "/etc/hostname"\n', InvalidInput, "tls_client_ca"),
+        ("warmup = 1\n", InvalidInput, "warmup must be bool"),
+        ("port = [\n", InvalidInput, "not valid TOML"),
+    ],
+)
+def test_config_errors(tmp_path, text, exc, match):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(exc, match=match):
+        ServeConfig.from_toml(f)
+
+
+def test_error_table_covers_every_kind():
+    assert set(STATUS_FOR_KIND) == set(ErrorKind)
+    assert status_for(InvalidInput("x")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_for(RequestExpired()) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert status_for(KeyError("bug")) == grpc.StatusCode.INTERNAL
