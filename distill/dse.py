@@ -1,0 +1,384 @@
+"""DSE: Distilled Sentence Embedding (Barkan et al., AAAI 2020) on sentence-transformers.
+
+A bi-encoder student learns to reproduce a cross-encoder teacher's pair scores
+(METHODS.md section 2). Loss per batch::
+
+    L = (1 - alpha) * L_task(s, y) + alpha * MSE(s, t)
+
+Head ``cosine`` (default; embeddings usable in a FAISS index): s = cos(u, v),
+t = sigmoid(teacher logit), L_task = MSE(s, y) with gold y scaled to [0, 1].
+Head ``mlp`` (the paper's default, for rescoring a shortlist): s = MLP([u, v,
+u*v, |u-v|]) is a logit, t = the teacher's logit (the paper regresses the
+binary log-odds), L_task = BCE-with-logits(s, y). Without labels the loss is
+the teacher term alone.
+
+Teacher scores are computed once and cached keyed by a hash of the pair text
+(:func:`~pairsmith.distill.pairsets.pair_key`), never by row order: the
+official code's silent misalignment trap cannot happen, and a shuffled or
+extended pair file reuses the cache.
+
+Output: ``out/student`` (a sentence-transformers directory; with the mlp head
+also ``out/student/dse_head``), ``out/teacher_cache.npz``, ``config.json``,
+``report.json`` (rows: student start, teacher, student; dev and test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pairsmith.distill.data import PairSet
+from pairsmith.distill.labels import parse_enum
+from pairsmith.distill.pairsets import load_pairs, pair_key, scale_scores, score_range_for, subsample
+from pairsmith.distill.runstate import RunState, save_dir_atomic, write_bytes_atomic, write_json_atomic
+from pairsmith.distill.selection import Metric, binary_metrics, pair_metric
+from pairsmith.distill.supervised import resolve_cross_dir
+from pairsmith.distill.train import FitConfig, PairEmbedder, run_fit
+from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
+from pairsmith.errors import FailedPrecondition, InvalidInput
+
+log = logging.getLogger(__name__)
+
+DSE_FIT_DEFAULT = FitConfig(epochs=4, batch_size=16, lr=2e-5, warmup_ratio=0.1, max_length=128, eval_steps=0)
+HEAD_DIR = "dse_head"
+
+
+class Head(enum.Enum):
+    COSINE = "cosine"
+    MLP = "mlp"
+
+
+class MLPHead(nn.Module):
+    """The DSE pair head: Linear(4D, H) -> ReLU -> Linear(H, 1) over [u, v, u*v, |u-v|]."""
+
+    def __init__(self, dim: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.dim, self.hidden = dim, hidden
+        self.net = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        g = torch.cat([u, v, u * v, (u - v).abs()], dim=-1)  # (B, 4D)
+        return self.net(g).squeeze(-1)  # (B,) logits
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "head.safetensors"))
+        (folder / "config.json").write_text(
+            json.dumps({"type": "dse-mlp", "dim": self.dim, "hidden": self.hidden})
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> MLPHead:
+        from safetensors.torch import load_file
+
+        cfg = json.loads((folder / "config.json").read_text())
+        head = cls(int(cfg["dim"]), int(cfg["hidden"]))
+        head.load_state_dict(load_file(str(folder / "head.safetensors")))
+        head.eval()
+        return head
+
+
+class DSEStudent:
+    """A trained student: a bi-encoder plus, for the mlp head, the pair head."""
+
+    def __init__(self, encoder: BiEncoder, head: MLPHead | None) -> None:
+        self.encoder = encoder
+        self.head = head
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = "cpu") -> DSEStudent:
+        p = Path(path)
+        if (p / "student").is_dir():
+            p = p / "student"
+        head = MLPHead.load(p / HEAD_DIR) if (p / HEAD_DIR / "config.json").exists() else None
+        return cls(BiEncoder.load(str(p), device=device), head)
+
+    def pair_scores_from_vectors(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Scores in [0, 1] for cosine (as cos) and mlp (sigmoid of the logit) heads."""
+        if self.head is None:
+            un = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+            vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            return np.einsum("nd,nd->n", un, vn).astype(np.float32)
+        dev = next(self.head.parameters()).device
+        with torch.inference_mode():
+            z = self.head(torch.from_numpy(u).to(dev), torch.from_numpy(v).to(dev))
+        return torch.sigmoid(z).cpu().numpy().astype(np.float32)
+
+    def score(self, s1: list[str], s2: list[str], batch_size: int = 64) -> np.ndarray:
+        uniq = list(dict.fromkeys([*s1, *s2]))
+        vec = self.encoder.encode(uniq, batch_size=batch_size, normalize=self.head is None).vectors
+        pos = {t: i for i, t in enumerate(uniq)}
+        u = vec[[pos[t] for t in s1]]
+        v = vec[[pos[t] for t in s2]]
+        return self.pair_scores_from_vectors(u, v)
+
+
+# --------------------------------------------------------------------------- teacher cache
+
+
+class TeacherCache:
+    """Teacher logits keyed by :func:`pair_key` of the pair text, stored in one .npz + .json sidecar."""
+
+    def __init__(self, path: Path, meta: dict) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self.table: dict[str, float] = {}
+        side = self.path.with_suffix(".json")
+        if self.path.exists() and side.exists():
+            old = json.loads(side.read_text())
+            if old.get("teacher") != meta:
+                log.warning(
+                    "teacher cache %s: made by another teacher/setting; starting a new one", self.path
+                )
+            else:
+                with np.load(self.path, allow_pickle=False) as z:
+                    self.table = dict(
+                        zip(z["keys"].tolist(), z["logits"].astype(float).tolist(), strict=True)
+                    )
+
+    def lookup(self, pairs: list[tuple[str, str]], teacher_fn) -> tuple[np.ndarray, int]:
+        """Logits for ``pairs`` (input order), computing and storing the missing ones; returns (logits, n_new)."""
+        keys = [pair_key(a, b) for a, b in pairs]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.table))
+        if missing:
+            where = {}
+            for k, p in zip(keys, pairs, strict=True):
+                where.setdefault(k, p)
+            new = teacher_fn([where[k] for k in missing])
+            self.table.update(zip(missing, (float(x) for x in new), strict=True))
+            self.save()
+        return np.array([self.table[k] for k in keys], dtype=np.float32), len(missing)
+
+    def save(self) -> None:
+        import io
+
+        buf = io.BytesIO()
+        keys = np.array(list(self.table), dtype="<U32")
+        np.savez(buf, keys=keys, logits=np.array(list(self.table.values()), dtype=np.float32))
+        write_bytes_atomic(self.path, buf.getvalue())
+        write_json_atomic(self.path.with_suffix(".json"), {"teacher": self.meta, "n": len(self.table)})
+
+
+def teacher_logits(
+    ce: CrossEncoder, pairs: list[tuple[str, str]], symmetric: bool, progress: bool
+) -> np.ndarray:
+    raw = ce.score(pairs, activation=Activation.RAW, batch_size=32, show_progress=progress).values
+    if symmetric:
+        rev = ce.score([(b, a) for a, b in pairs], activation=Activation.RAW, batch_size=32).values
+        raw = (raw + rev) / 2.0
+    return raw.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- config and run
+
+
+@dataclass(frozen=True)
+class DSEConfig:
+    teacher: str  # cross-encoder directory (or a train cross-encoder / trans-encoder output folder)
+    pairs: str  # training pairs; gold scores used for the task term when present
+    student: str = "default"
+    head: str = Head.COSINE.value
+    alpha: float = 0.5  # weight of the teacher term (DSE's distillation_coeff)
+    dev: str | None = None
+    test: str | None = None
+    metric: str = "auto"  # spearman | accuracy | auto (accuracy for 0/1 gold)
+    score_range: str | None = None
+    teacher_symmetric: bool = False  # teacher score = mean over both orders (official: one order)
+    use_labels: bool = True
+    max_pairs: int | None = None
+    mlp_hidden: int = 512
+    fit: FitConfig = field(default_factory=lambda: DSE_FIT_DEFAULT)
+
+    def __post_init__(self) -> None:
+        parse_enum(Head, self.head, "--head")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InvalidInput(f"--alpha: must be in [0, 1], got {self.alpha}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _metric(cfg: DSEConfig, gold: np.ndarray | None) -> Metric:
+    if cfg.metric != "auto":
+        return parse_enum(Metric, cfg.metric, "--metric")  # type: ignore[return-value]
+    if gold is not None and set(np.unique(gold).tolist()) <= {0.0, 1.0}:
+        return Metric.ACCURACY
+    return Metric.SPEARMAN
+
+
+def _rows_eval(scores_dev, dev: PairSet | None, scores_test, test: PairSet | None, metric: Metric) -> dict:
+    row: dict = {}
+    thr = None
+    if dev is not None:
+        if metric is Metric.ACCURACY:
+            m = binary_metrics(scores_dev, dev.scores)
+            thr = m["threshold"]
+            row["dev"] = m
+        else:
+            row["dev"] = {"spearman": pair_metric(scores_dev, dev.scores, metric)}
+    if test is not None:
+        if metric is Metric.ACCURACY:
+            row["test"] = binary_metrics(scores_test, test.scores, thr)  # threshold chosen on dev
+        else:
+            row["test"] = {"spearman": pair_metric(scores_test, test.scores, metric)}
+    return row
+
+
+def run_dse(
+    cfg: DSEConfig, out: str | Path, *, resume: bool = False, device: str | None = "auto", progress=True
+) -> dict:
+    from pairsmith.encoders.runtime import resolve_device
+
+    out = Path(out)
+    dev_name = resolve_device(device)
+    head_kind = parse_enum(Head, cfg.head, "--head")
+    train = subsample(load_pairs(cfg.pairs, labeled=cfg.use_labels), cfg.max_pairs, cfg.fit.seed)
+    y = None
+    if cfg.use_labels:
+        y = scale_scores(train.scores, score_range_for(cfg.pairs, train.scores, cfg.score_range))  # type: ignore[arg-type]
+    if y is None and cfg.alpha == 0.0:
+        raise InvalidInput("--alpha 0 uses labels only, but the pairs have none (or --no-labels was given)")
+    metric = _metric(cfg, train.scores if cfg.use_labels else None)
+    dev = load_pairs(cfg.dev, labeled=True, dedup=False, for_training=False) if cfg.dev else None
+    test = load_pairs(cfg.test, labeled=True, dedup=False, for_training=False) if cfg.test else None
+    teacher_dir = resolve_cross_dir(cfg.teacher)
+    state = RunState(out, cfg.to_dict(), resume=resume, kind="dse")
+    write_json_atomic(out / "config.json", {"kind": "dse", **cfg.to_dict()})
+    report: dict = {"kind": "dse", "config": cfg.to_dict(), "train_pairs": len(train), "metric": metric.value}
+    report["rows"] = {}
+
+    # 1. teacher scores (cached by pair text) and the teacher's own row
+    need_teacher = cfg.alpha > 0 or dev is not None or test is not None
+    if need_teacher and not state.is_done("teacher"):
+        ce = CrossEncoder.load(teacher_dir, device=dev_name)
+        meta = {
+            "fingerprint": ce.fingerprint,
+            "max_length": ce.max_length,
+            "symmetric": cfg.teacher_symmetric,
+        }
+        cache = TeacherCache(out / "teacher_cache.npz", meta)
+        fn = lambda ps: teacher_logits(ce, ps, cfg.teacher_symmetric, progress)  # noqa: E731
+        t0 = time.time()
+        _, n_new = cache.lookup(train.pairs, fn) if cfg.alpha > 0 else (None, 0)
+        sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+        sd = sig(cache.lookup(dev.pairs, fn)[0]) if dev is not None else None
+        stt = sig(cache.lookup(test.pairs, fn)[0]) if test is not None else None
+        row = _rows_eval(sd, dev, stt, test, metric)
+        state.mark("teacher", row=row, cache={"pairs_scored": n_new, "seconds": round(time.time() - t0, 1)})
+    if need_teacher:
+        report["rows"]["teacher"] = state.info("teacher").get("row")
+        report["teacher_cache"] = state.info("teacher").get("cache")
+
+    # 2. the student's starting point (cosine of the undistilled model)
+    if not state.is_done("student-start"):
+        start = DSEStudent(BiEncoder.load(cfg.student, device=dev_name), None)
+        sd = start.score(dev.s1, dev.s2) if dev is not None else None
+        stt = start.score(test.s1, test.s2) if test is not None else None
+        state.mark("student-start", row=_rows_eval(sd, dev, stt, test, metric))
+    report["rows"]["student_start"] = state.info("student-start").get("row")
+
+    # 3. the fit
+    student_dir = out / "student"
+    if not state.is_done("fit"):
+        t_logit = None
+        if cfg.alpha > 0:
+            ce_meta = json.loads((out / "teacher_cache.json").read_text())["teacher"]
+            cache = TeacherCache(out / "teacher_cache.npz", ce_meta)
+
+            def refuse(_pairs):
+                raise FailedPrecondition("teacher cache lost pairs between steps; rerun without --resume")
+
+            t_logit, _ = cache.lookup(train.pairs, refuse)
+        enc = BiEncoder.load(cfg.student, device=dev_name)
+        head = MLPHead(enc.dim, cfg.mlp_hidden).to(dev_name) if head_kind is Head.MLP else None
+        res = fit_dse(enc, head, train, y, t_logit, cfg, dev, metric, dev_name, progress)
+        save_dir_atomic(student_dir, lambda d: _save_student(enc, head, d))
+        state.mark("fit", fit=res.as_dict())
+    report["fit"] = state.info("fit").get("fit")
+
+    if not state.is_done("student-eval"):
+        st = DSEStudent.load(student_dir, device=dev_name)
+        sd = st.score(dev.s1, dev.s2) if dev is not None else None
+        stt = st.score(test.s1, test.s2) if test is not None else None
+        state.mark("student-eval", row=_rows_eval(sd, dev, stt, test, metric))
+    report["rows"]["student"] = state.info("student-eval").get("row")
+    report["wall_s"] = round(state.elapsed(), 1)
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+def _save_student(enc: BiEncoder, head: MLPHead | None, d: Path) -> None:
+    enc.save(d)
+    if head is not None:
+        head.cpu().save(d / HEAD_DIR)
+
+
+def fit_dse(
+    enc: BiEncoder,
+    head: MLPHead | None,
+    train: PairSet,
+    y: np.ndarray | None,
+    t_logit: np.ndarray | None,
+    cfg: DSEConfig,
+    dev: PairSet | None,
+    metric: Metric,
+    device: str,
+    progress: bool,
+):
+    """Train the student (and head) in place; best dev checkpoint restored."""
+    st_model = enc.st_model
+    model: nn.Module = st_model if head is None else nn.ModuleDict({"encoder": st_model, "head": head})
+    pe = PairEmbedder(st_model, train.s1, train.s2, cfg.fit.max_length, device)
+    yt = torch.as_tensor(y) if y is not None else None
+    tt = torch.as_tensor(t_logit) if t_logit is not None else None
+    alpha = cfg.alpha if yt is not None else 1.0
+
+    def loss(idx: np.ndarray) -> torch.Tensor:
+        u, v = pe.pair_embeddings(idx)  # (B, D) each
+        total = torch.zeros((), device=u.device)
+        if head is None:
+            s = F.cosine_similarity(u, v, dim=-1)  # (B,)
+            if alpha > 0:
+                total = total + alpha * F.mse_loss(s, torch.sigmoid(tt[idx].to(s.device)))  # type: ignore[index]
+            if alpha < 1:
+                total = total + (1 - alpha) * F.mse_loss(s, yt[idx].to(s.device))  # type: ignore[index]
+        else:
+            z = head(u, v)  # (B,) logits
+            if alpha > 0:
+                total = total + alpha * F.mse_loss(z, tt[idx].to(z.device))  # type: ignore[index]
+            if alpha < 1:
+                total = total + (1 - alpha) * F.binary_cross_entropy_with_logits(z, yt[idx].to(z.device))  # type: ignore[index]
+        return total
+
+    evaluator = None
+    if dev is not None:
+
+        def evaluator() -> float:
+            s = DSEStudent(enc, head).score(dev.s1, dev.s2)
+            return pair_metric(s, dev.scores, metric)
+
+    return run_fit(
+        model,
+        len(train),
+        loss,
+        cfg.fit,
+        evaluator=evaluator,
+        lengths=pe.lengths,
+        desc="dse student",
+        progress=progress,
+    )
+
+
+__all__ = ["DSEConfig", "DSEStudent", "DSE_FIT_DEFAULT", "Head", "MLPHead", "TeacherCache", "run_dse"]

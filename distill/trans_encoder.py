@@ -1,0 +1,428 @@
+"""Trans-Encoder: self- and mutual-distillation between bi- and cross-encoders (Liu et al., ICLR 2022).
+
+Faithful by default to the official code (amzn/trans-encoder ``src/self_distill.py``,
+``src/mutual_distill_parallel.py``; see METHODS.md section 1); every deviation is an
+explicit :class:`TransEncoderConfig` field. One cycle, for every model i of ``models``:
+
+1. bi -> labels: y = cos(f_i(a), f_i(b)) for every unlabeled pair; several models are
+   combined (:class:`~pairsmith.distill.labels.Combine`, official: plain mean); then the
+   range step (:class:`~pairsmith.distill.labels.LabelRange`, pairsmith default ``clamp``
+   to [0, 1]; the official code feeds raw cosines: ``raw``).
+2. cross fit: a cross-encoder started afresh (``warm_start=False``, the paper's choice)
+   from ``cross_init[i]`` (default: model i's own transformer; the paper uses a vanilla
+   PLM) is trained with BCE on (a, b, y) and (b, a, y), best dev checkpoint kept.
+3. cross -> labels: sigmoid(c_i(a, b)) (one order, as the paper; ``symmetric_labels``
+   averages both), combined across models.
+4. bi fit: the bi-encoder restarts from its initial weights and is trained with MSE
+   between its cosine and those labels, best dev checkpoint kept.
+5. evaluation of every new model on the dev set and the ``eval_sets``.
+
+After the last cycle the best bi- and cross-encoder per model (dev score across the
+trained cycles, as the official ``argmax``) are copied to ``best-bi``/``best-cross``
+(``best-bi-m{i}``/``best-cross-m{i}`` for several models). Every step is recorded in
+``state.json``; ``--resume`` continues from the last finished step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pairsmith.distill.data import STS7, PairSet, load_sts_set
+from pairsmith.distill.labels import (
+    Combine,
+    LabelRange,
+    apply_range,
+    combine,
+    label_stats,
+    log_stats,
+    parse_enum,
+)
+from pairsmith.distill.pairsets import drop_pairs_in, load_pairs, overlap, subsample
+from pairsmith.distill.runstate import RunState, save_dir_atomic, save_npy_atomic, write_json_atomic
+from pairsmith.distill.selection import Metric, bi_scores, cross_scores, make_evaluator
+from pairsmith.distill.train import FitConfig, fit_bi_encoder, fit_cross_encoder
+from pairsmith.encoders import BiEncoder, CrossEncoder
+from pairsmith.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+CROSS_DEFAULT = FitConfig(epochs=1, batch_size=32, lr=2e-5, warmup_ratio=0.1, max_length=64, eval_steps=200)
+BI_DEFAULT = FitConfig(epochs=10, batch_size=128, lr=5e-5, warmup_ratio=0.0, max_length=32, eval_steps=200)
+
+
+@dataclass(frozen=True)
+class TransEncoderConfig:
+    pairs: str  # unlabeled pairs: file(s) or set names / pools (sts-all, sts-inductive)
+    models: tuple[str, ...] = ("default",)  # one: self-distillation; several: mutual
+    pooling: str | None = None  # override the starting bi-encoders' pooling (e.g. cls)
+    cross_init: tuple[str, ...] | None = None  # per model; default: the model's own transformer
+    cycles: int = 3
+    dev: str | None = "stsb-dev"  # labeled set for checkpoint and cycle selection
+    eval_sets: tuple[str, ...] = tuple(STS7)  # reported per cycle, never used for selection
+    max_pairs: int | None = None  # subsample the unlabeled pool (CPU budgets)
+    exclude_eval_pairs: bool = False  # drop pool pairs found in dev/eval sets (strictly inductive)
+    label_range: str = LabelRange.CLAMP.value  # bi -> cross labels: clamp | raw (official) | minmax
+    combine: str = Combine.MEAN.value  # mutual: mean (official) | rank | zscore
+    cross_both_orders: bool = True  # train the cross-encoder on (a, b) and (b, a) (official)
+    symmetric_labels: bool = False  # cross -> bi labels average both orders (official: one order)
+    symmetric_eval: bool = False  # cross-encoder dev/eval scores average both orders
+    warm_start: bool = False  # start each cycle's fits from the previous cycle (official: fresh)
+    cross: FitConfig = CROSS_DEFAULT
+    bi: FitConfig = BI_DEFAULT
+    seed: int = 2021
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise InvalidInput("--models: give at least one model")
+        if self.cycles < 1:
+            raise InvalidInput(f"--cycles: must be >= 1, got {self.cycles}")
+        if self.cross_init is not None and len(self.cross_init) != len(self.models):
+            raise InvalidInput(f"--cross-init: {len(self.cross_init)} given for {len(self.models)} models")
+        parse_enum(LabelRange, self.label_range, "--label-range")
+        parse_enum(Combine, self.combine, "--combine")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TransEncoderConfig:
+        d = dict(d)
+        d.pop("kind", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InvalidInput(f"trans-encoder config: unknown keys {unknown}")
+        for k in ("cross", "bi"):
+            if isinstance(d.get(k), dict):
+                d[k] = FitConfig.from_dict(d[k])
+        for k in ("models", "cross_init", "eval_sets"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclass
+class _Ctx:
+    cfg: TransEncoderConfig
+    out: Path
+    state: RunState
+    pool: PairSet
+    dev: PairSet | None
+    devices: list[str]
+    progress: bool
+    tags: list[str] = field(default_factory=list)
+
+
+def _devices(device: str | None, n_models: int) -> list[str]:
+    """One device per model where several GPUs exist, else all on one."""
+    from pairsmith.encoders.runtime import resolve_device
+
+    dev = resolve_device(device)
+    if dev == "cuda":
+        import torch
+
+        n = torch.cuda.device_count()
+        return [f"cuda:{i % n}" for i in range(n_models)]
+    return [dev] * n_models
+
+
+def run_trans_encoder(
+    cfg: TransEncoderConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str | None = "auto",
+    progress=True,
+) -> dict:
+    """Run (or resume) a Trans-Encoder job; returns the report (also written to ``out/report.json``)."""
+    out = Path(out)
+    pool = load_pairs(cfg.pairs)
+    if cfg.exclude_eval_pairs:
+        pool = drop_pairs_in(pool, [*cfg.eval_sets, *([cfg.dev] if cfg.dev else [])])
+    pool = subsample(pool, cfg.max_pairs, cfg.seed)
+    dev = load_pairs(cfg.dev, labeled=True, dedup=False, for_training=False) if cfg.dev else None
+    # Inputs are valid: only now claim the output directory.
+    state = RunState(out, cfg.to_dict(), resume=resume, kind="trans-encoder")
+    write_json_atomic(out / "config.json", {"kind": "trans-encoder", **cfg.to_dict()})
+    n = len(cfg.models)
+    ctx = _Ctx(cfg, out, state, pool, dev, _devices(device, n), progress)
+    ctx.tags = [f"m{i}" for i in range(n)]
+    log.info("trans-encoder: %d unlabeled pairs, %d model(s), %d cycle(s)", len(pool), n, cfg.cycles)
+
+    for i in range(n):  # cycle 0: the starting bi-encoders
+        _eval_step(ctx, 0, "bi", i, lambda i=i: _start_bi(ctx, i))
+    for c in range(1, cfg.cycles + 1):
+        _cycle(ctx, c)
+    _finalise(ctx)
+    report = build_report(ctx)
+    write_json_atomic(out / "report.json", report)
+    try:
+        plot_report(report, out / "dev_scores.png")
+    except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished run
+        log.warning("plot failed: %s", exc)
+    return report
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _start_bi(ctx: _Ctx, i: int) -> BiEncoder:
+    return BiEncoder.load(ctx.cfg.models[i], pooling=ctx.cfg.pooling, device=ctx.devices[i])
+
+
+def _cdir(ctx: _Ctx, c: int) -> Path:
+    return ctx.out / f"cycle{c}"
+
+
+def _bi_at(ctx: _Ctx, c: int, i: int) -> BiEncoder:
+    """The bi-encoder after cycle ``c`` (c = 0: the starting model)."""
+    if c == 0:
+        return _start_bi(ctx, i)
+    return BiEncoder.load(str(_cdir(ctx, c) / f"bi-{ctx.tags[i]}"), device=ctx.devices[i])
+
+
+def _new_cross(ctx: _Ctx, c: int, i: int) -> CrossEncoder:
+    cfg = ctx.cfg
+    if cfg.warm_start and c > 1:
+        ce = CrossEncoder.load(str(_cdir(ctx, c - 1) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i])
+        ce.st_model.max_seq_length = cfg.cross.max_length
+        return ce
+    init = cfg.cross_init[i] if cfg.cross_init else cfg.models[i]
+    return CrossEncoder.from_backbone(
+        init, device=ctx.devices[i], max_length=cfg.cross.max_length, seed=cfg.seed
+    )
+
+
+def _new_bi(ctx: _Ctx, c: int, i: int) -> BiEncoder:
+    if ctx.cfg.warm_start and c > 1:
+        return _bi_at(ctx, c - 1, i)
+    return _start_bi(ctx, i)
+
+
+# --------------------------------------------------------------------------- one cycle
+
+
+def _cycle(ctx: _Ctx, c: int) -> None:
+    cfg, st, pool = ctx.cfg, ctx.state, ctx.pool
+    cdir = _cdir(ctx, c)
+    t0 = time.time()
+    # 1. bi -> labels
+    if not st.is_done(f"c{c}/labels-bi"):
+        raw = []
+        for i in range(len(cfg.models)):
+            enc = _bi_at(ctx, c - 1, i)
+            s = bi_scores(enc.st_model, enc.source, pool.s1, pool.s2)
+            save_npy_atomic(cdir / f"scores-bi-{ctx.tags[i]}.npy", s)
+            raw.append(s)
+        merged = combine(raw, parse_enum(Combine, cfg.combine, "combine"))
+        y = apply_range(merged, parse_enum(LabelRange, cfg.label_range, "label_range"))
+        save_npy_atomic(cdir / "labels-bi.npy", y)
+        stats = {
+            "per_model": {ctx.tags[i]: label_stats(r) for i, r in enumerate(raw)},
+            "combined": label_stats(merged),
+            "targets": label_stats(y),
+        }
+        log_stats(f"cycle {c} bi labels (before {cfg.label_range})", stats["combined"])
+        st.mark(f"c{c}/labels-bi", stats=stats)
+    y_bi = np.load(cdir / "labels-bi.npy")
+    # 2. cross fits
+    for i in range(len(cfg.models)):
+        step = f"c{c}/cross/{i}"
+        if st.is_done(step):
+            continue
+        ce = _new_cross(ctx, c, i)
+        ev = None
+        if ctx.dev is not None:
+            ev = make_evaluator(
+                "cross", ce.st_model, ce.source, ctx.dev, Metric.SPEARMAN, symmetric=cfg.symmetric_eval
+            )
+        res = fit_cross_encoder(
+            ce.st_model,
+            pool.s1,
+            pool.s2,
+            y_bi,
+            dataclasses.replace(cfg.cross, seed=cfg.cross.seed + c),
+            both_orders=cfg.cross_both_orders,
+            device=ctx.devices[i],
+            evaluator=ev,
+            desc=f"cycle {c} cross {ctx.tags[i]}",
+            progress=ctx.progress,
+        )
+        save_dir_atomic(cdir / f"cross-{ctx.tags[i]}", lambda d, ce=ce: ce.save(d))
+        st.mark(step, fit=res.as_dict())
+    for i in range(len(cfg.models)):
+        _eval_step(ctx, c, "cross", i, lambda i=i: _load_cross(ctx, c, i))
+    # 3. cross -> labels
+    if not st.is_done(f"c{c}/labels-cross"):
+        raw = []
+        for i in range(len(cfg.models)):
+            ce = _load_cross(ctx, c, i)
+            s = cross_scores(ce.st_model, ce.source, pool.s1, pool.s2, symmetric=cfg.symmetric_labels)
+            save_npy_atomic(cdir / f"scores-cross-{ctx.tags[i]}.npy", s)
+            raw.append(s)
+        y = combine(raw, parse_enum(Combine, cfg.combine, "combine"))
+        save_npy_atomic(cdir / "labels-cross.npy", y)
+        stats = {
+            "per_model": {ctx.tags[i]: label_stats(r) for i, r in enumerate(raw)},
+            "targets": label_stats(y),
+        }
+        log_stats(f"cycle {c} cross labels", stats["targets"])
+        st.mark(f"c{c}/labels-cross", stats=stats)
+    y_cross = np.load(cdir / "labels-cross.npy")
+    # 4. bi fits
+    for i in range(len(cfg.models)):
+        step = f"c{c}/bi/{i}"
+        if st.is_done(step):
+            continue
+        enc = _new_bi(ctx, c, i)
+        ev = (
+            make_evaluator("bi", enc.st_model, enc.source, ctx.dev, Metric.SPEARMAN)
+            if ctx.dev is not None
+            else None
+        )
+        res = fit_bi_encoder(
+            enc.st_model,
+            pool.s1,
+            pool.s2,
+            y_cross,
+            dataclasses.replace(cfg.bi, seed=cfg.bi.seed + c),
+            device=ctx.devices[i],
+            evaluator=ev,
+            desc=f"cycle {c} bi {ctx.tags[i]}",
+            progress=ctx.progress,
+        )
+        save_dir_atomic(cdir / f"bi-{ctx.tags[i]}", lambda d, enc=enc: enc.save(d))
+        st.mark(step, fit=res.as_dict())
+    for i in range(len(cfg.models)):
+        _eval_step(ctx, c, "bi", i, lambda i=i: _bi_at(ctx, c, i))
+    if not st.is_done(f"c{c}/done"):
+        st.mark(f"c{c}/done", cycle_s=round(time.time() - t0, 1))
+
+
+def _load_cross(ctx: _Ctx, c: int, i: int) -> CrossEncoder:
+    return CrossEncoder.load(str(_cdir(ctx, c) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i])
+
+
+def _eval_step(ctx: _Ctx, c: int, kind: str, i: int, load) -> None:
+    """Dev score and eval-set scores of one model after cycle ``c`` (a resumable step)."""
+    from pairsmith.distill.evaluation import bi_scorer, cross_scorer, eval_sts
+
+    step = f"c{c}/eval/{kind}/{i}"
+    if ctx.state.is_done(step):
+        return
+    model = load()
+    scorer = bi_scorer(model) if kind == "bi" else cross_scorer(model, symmetric=ctx.cfg.symmetric_eval)
+    res: dict = {}
+    if ctx.dev is not None:
+        from pairsmith.distill import metrics
+
+        res["dev"] = round(metrics.spearman(scorer(ctx.dev.s1, ctx.dev.s2), ctx.dev.scores), 3)
+    if ctx.cfg.eval_sets:
+        res["eval"] = {k: round(v, 3) for k, v in eval_sts(scorer, list(ctx.cfg.eval_sets)).items()}
+    log.info("cycle %d %s %s: %s", c, kind, ctx.tags[i], res)
+    ctx.state.mark(step, **res)
+
+
+def _finalise(ctx: _Ctx) -> None:
+    """Copy the best bi- and cross-encoder of each model (dev score over the trained cycles)."""
+    if ctx.state.is_done("final"):
+        return
+    best: dict = {}
+    for i, tag in enumerate(ctx.tags):
+        for kind in ("bi", "cross"):
+            scores = {
+                c: ctx.state.info(f"c{c}/eval/{kind}/{i}").get("dev") for c in range(1, ctx.cfg.cycles + 1)
+            }
+            scored = {c: s for c, s in scores.items() if s is not None}
+            c_best = max(scored, key=lambda c: scored[c]) if scored else ctx.cfg.cycles
+            name = f"best-{kind}" + (f"-{tag}" if len(ctx.tags) > 1 else "")
+            src = _cdir(ctx, c_best) / f"{kind}-{tag}"
+            save_dir_atomic(ctx.out / name, lambda d, src=src: _copy_tree(src, d))
+            best[name] = {"cycle": c_best, "dev": scored.get(c_best)}
+    ctx.state.mark("final", best=best)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def build_report(ctx: _Ctx) -> dict:
+    cfg, st = ctx.cfg, ctx.state
+    cycles = []
+    for c in range(0, cfg.cycles + 1):
+        row: dict = {"cycle": c, "bi": {}, "cross": {}}
+        for i, tag in enumerate(ctx.tags):
+            for kind in ("bi", "cross"):
+                info = st.info(f"c{c}/eval/{kind}/{i}")
+                if info:
+                    row[kind][tag] = {k: info[k] for k in ("dev", "eval") if k in info}
+                fit = st.info(f"c{c}/{kind}/{i}").get("fit")
+                if fit:
+                    row[kind].setdefault(tag, {})["fit"] = fit
+        if c > 0:
+            row["labels_bi"] = st.info(f"c{c}/labels-bi").get("stats")
+            row["labels_cross"] = st.info(f"c{c}/labels-cross").get("stats")
+            row["cycle_s"] = st.info(f"c{c}/done").get("cycle_s")
+        cycles.append(row)
+    ov = overlap(ctx.pool, [*cfg.eval_sets, *([cfg.dev] if cfg.dev else [])])
+    return {
+        "kind": "trans-encoder",
+        "mode": "self" if len(cfg.models) == 1 else "mutual",
+        "config": cfg.to_dict(),
+        "models": dict(zip(ctx.tags, cfg.models, strict=True)),
+        "unlabeled_pairs": len(ctx.pool),
+        "evaluation_setting": ov.as_dict(),
+        "devices": ctx.devices,
+        "cycles": cycles,
+        "best": st.info("final").get("best"),
+        "wall_s": round(st.elapsed(), 1),
+    }
+
+
+def plot_report(report: dict, path: Path) -> None:
+    """Dev score per cycle for every bi- and cross-encoder (cycle 0 = the starting bi-encoder)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, style in (("bi", "o-"), ("cross", "s--")):
+        for tag in report["models"]:
+            xs, ys = [], []
+            for row in report["cycles"]:
+                d = row[kind].get(tag, {}).get("dev")
+                if d is not None:
+                    xs.append(row["cycle"])
+                    ys.append(d)
+            if xs:
+                ax.plot(xs, ys, style, label=f"{kind} {tag}")
+    ax.set_xlabel("cycle")
+    ax.set_ylabel(f"dev Spearman x100 ({report['config'].get('dev')})")
+    ax.set_title(f"Trans-Encoder ({report['mode']}, {report['evaluation_setting']['setting']})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def load_config(path: str | Path) -> TransEncoderConfig:
+    import json
+
+    return TransEncoderConfig.from_dict(json.loads(Path(path).read_text()))
+
+
+__all__ = ["BI_DEFAULT", "CROSS_DEFAULT", "TransEncoderConfig", "load_sts_set", "run_trans_encoder"]

@@ -1,0 +1,276 @@
+"""CLI: ``pairsmith distill trans-encoder``, ``pairsmith distill dse``, ``pairsmith train cross-encoder``.
+
+The distillation library is imported lazily inside each command, so
+``pairsmith --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def _fit_args(p: argparse.ArgumentParser, prefix: str, defaults, what: str) -> None:
+    dash = f"--{prefix}-" if prefix else "--"
+    g = p.add_argument_group(f"{what} fit")
+    g.add_argument(f"{dash}epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
+    g.add_argument(
+        f"{dash}batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}"
+    )
+    g.add_argument(f"{dash}lr", type=float, default=defaults.lr, help=f"default {defaults.lr:g}")
+    g.add_argument(
+        f"{dash}warmup", type=float, default=defaults.warmup_ratio, help="warm-up fraction of steps"
+    )
+    g.add_argument(
+        f"{dash}max-length", type=int, default=defaults.max_length, help=f"default {defaults.max_length}"
+    )
+    g.add_argument(
+        f"{dash}eval-steps",
+        type=int,
+        default=defaults.eval_steps,
+        help="dev evaluation every N steps (0: epoch ends)",
+    )
+
+
+def _fit_from(args, prefix: str, seed: int):
+    from pairsmith.distill.train import FitConfig
+
+    key = f"{prefix}_" if prefix else ""
+    return FitConfig(
+        epochs=getattr(args, f"{key}epochs"),
+        batch_size=getattr(args, f"{key}batch_size"),
+        lr=getattr(args, f"{key}lr"),
+        warmup_ratio=getattr(args, f"{key}warmup"),
+        max_length=getattr(args, f"{key}max_length"),
+        eval_steps=getattr(args, f"{key}eval_steps"),
+        seed=seed,
+        length_grouping=not args.no_length_grouping,
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=2021)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-length-grouping",
+        action="store_true",
+        help="plain random batches (default: similar lengths batched)",
+    )
+
+
+def _print(report: dict, keys: list[str]) -> None:
+    print(json.dumps({k: report[k] for k in keys if k in report}, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- trans-encoder
+
+
+def _cmd_trans_encoder(args) -> int:
+    from pairsmith.distill.trans_encoder import TransEncoderConfig, run_trans_encoder
+
+    cfg = TransEncoderConfig(
+        pairs=args.pairs,
+        models=tuple(args.models),
+        pooling=args.pooling,
+        cross_init=tuple(args.cross_init) if args.cross_init else None,
+        cycles=args.cycles,
+        dev=None if args.dev in ("", "none") else args.dev,
+        eval_sets=tuple(s for s in args.eval_sets.split(",") if s) if args.eval_sets != "none" else (),
+        max_pairs=args.max_pairs,
+        exclude_eval_pairs=args.exclude_eval_pairs,
+        label_range=args.label_range,
+        combine=args.combine,
+        cross_both_orders=not args.cross_one_order,
+        symmetric_labels=args.symmetric_labels,
+        symmetric_eval=args.symmetric_eval,
+        warm_start=args.warm_start,
+        cross=_fit_from(args, "cross", args.seed),
+        bi=_fit_from(args, "bi", args.seed),
+        seed=args.seed,
+    )
+    report = run_trans_encoder(
+        cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress
+    )
+    summary = {
+        "setting": report["evaluation_setting"]["setting"],
+        "best": report["best"],
+        "per_cycle": [
+            {
+                "cycle": r["cycle"],
+                **{
+                    f"{k}-{t}": v.get("eval", {}).get("avg", v.get("dev"))
+                    for k in ("bi", "cross")
+                    for t, v in r[k].items()
+                },
+            }
+            for r in report["cycles"]
+        ],
+        "wall_s": report["wall_s"],
+        "out": args.out,
+    }
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _register_trans_encoder(sub) -> None:
+    from pairsmith.distill.trans_encoder import BI_DEFAULT, CROSS_DEFAULT
+
+    p = sub.add_parser(
+        "trans-encoder",
+        help="Trans-Encoder self-/mutual-distillation on unlabeled pairs",
+        description="Alternately distill bi-encoder(s) into cross-encoder(s) and back on unlabeled pairs "
+        "(Liu et al., ICLR 2022). Defaults follow the official code; deviations are options.",
+    )
+    p.add_argument(
+        "--pairs", required=True, help="unlabeled pairs: file(s), set names, or sts-all / sts-inductive"
+    )
+    p.add_argument(
+        "--models", nargs="+", default=["default"], help="one model: self; several: mutual distillation"
+    )
+    p.add_argument(
+        "--pooling", default=None, help="override the starting bi-encoders' pooling (mean, cls, max)"
+    )
+    p.add_argument(
+        "--cross-init", nargs="+", default=None, help="per model: transformer the cross-encoder starts from"
+    )
+    p.add_argument("--cycles", type=int, default=3)
+    p.add_argument("--dev", default="stsb-dev", help="labeled dev set for selection ('none' to disable)")
+    p.add_argument("--eval-sets", default=",".join(__import__("pairsmith.distill.data").distill.data.STS7))
+    p.add_argument("--max-pairs", type=int, default=None, help="subsample the unlabeled pool")
+    p.add_argument("--exclude-eval-pairs", action="store_true", help="drop pool pairs found in dev/eval sets")
+    p.add_argument("--label-range", default="clamp", choices=["clamp", "raw", "minmax"])
+    p.add_argument(
+        "--combine", default="mean", choices=["mean", "rank", "zscore"], help="mutual label averaging"
+    )
+    p.add_argument("--cross-one-order", action="store_true", help="train the cross-encoder on (a, b) only")
+    p.add_argument("--symmetric-labels", action="store_true", help="cross labels: mean of both orders")
+    p.add_argument("--symmetric-eval", action="store_true", help="cross dev/eval: mean of both orders")
+    p.add_argument("--warm-start", action="store_true", help="each cycle continues from the previous models")
+    _fit_args(p, "cross", CROSS_DEFAULT, "cross-encoder")
+    _fit_args(p, "bi", BI_DEFAULT, "bi-encoder")
+    _common(p)
+    p.set_defaults(func=_cmd_trans_encoder)
+
+
+# --------------------------------------------------------------------------- dse
+
+
+def _cmd_dse(args) -> int:
+    from pairsmith.distill.dse import DSEConfig, run_dse
+
+    cfg = DSEConfig(
+        teacher=args.teacher,
+        student=args.student,
+        pairs=args.pairs,
+        head=args.head,
+        alpha=args.alpha,
+        dev=args.dev,
+        test=args.test,
+        metric=args.metric,
+        score_range=args.score_range,
+        teacher_symmetric=args.teacher_symmetric,
+        use_labels=not args.no_labels,
+        max_pairs=args.max_pairs,
+        fit=_fit_from(args, "", args.seed),
+    )
+    report = run_dse(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    _print(report, ["rows", "teacher_cache", "wall_s"])
+    return 0
+
+
+def _register_dse(sub) -> None:
+    from pairsmith.distill.dse import DSE_FIT_DEFAULT
+
+    p = sub.add_parser(
+        "dse",
+        help="DSE: distill a cross-encoder teacher into a bi-encoder student",
+        description="Distilled Sentence Embedding (Barkan et al., AAAI 2020): the student learns "
+        "(1-alpha)*task + alpha*MSE to the teacher's cached pair scores.",
+    )
+    p.add_argument(
+        "--teacher", required=True, help="cross-encoder directory (or a train cross-encoder --out)"
+    )
+    p.add_argument("--student", default="default", help="bi-encoder the student starts from")
+    p.add_argument(
+        "--pairs", required=True, help="training pairs: file or set names (labels used when present)"
+    )
+    p.add_argument("--head", default="cosine", choices=["cosine", "mlp"])
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher term (0: labels only)")
+    p.add_argument("--dev", default=None, help="labeled dev set: selection and threshold")
+    p.add_argument("--test", default=None, help="labeled test set (reported only)")
+    p.add_argument("--metric", default="auto", choices=["auto", "spearman", "accuracy"])
+    p.add_argument("--score-range", default=None, help="LO,HI mapping gold scores to [0, 1]")
+    p.add_argument("--teacher-symmetric", action="store_true", help="teacher score = mean of both orders")
+    p.add_argument("--no-labels", action="store_true", help="ignore gold labels (teacher only)")
+    p.add_argument("--max-pairs", type=int, default=None)
+    _fit_args(p, "", DSE_FIT_DEFAULT, "student")
+    _common(p)
+    p.set_defaults(func=_cmd_dse)
+
+
+# --------------------------------------------------------------------------- train cross-encoder
+
+
+def _cmd_train_cross(args) -> int:
+    from pairsmith.distill.supervised import TrainCrossConfig, train_cross_encoder
+
+    cfg = TrainCrossConfig(
+        data=args.data,
+        init=args.init,
+        dev=args.dev,
+        test=args.test,
+        metric=args.metric,
+        score_range=args.score_range,
+        both_orders=not args.one_order,
+        symmetric_eval=args.symmetric_eval,
+        max_pairs=args.max_pairs,
+        fit=_fit_from(args, "", args.seed),
+    )
+    report = train_cross_encoder(
+        cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress
+    )
+    _print(report, ["train_pairs", "metric", "dev", "test", "wall_s"])
+    return 0
+
+
+def _register_train(sub) -> None:
+    from pairsmith.distill.train import FitConfig
+
+    p = sub.add_parser("cross-encoder", help="supervised cross-encoder training on labeled pairs")
+    p.add_argument(
+        "--data", required=True, help="labeled pairs: file (TSV/JSONL) or set names (stsb-train, mrpc-train)"
+    )
+    p.add_argument("--init", default="default", help="transformer or bi-encoder directory to start from")
+    p.add_argument("--dev", default=None, help="labeled dev set for checkpoint selection")
+    p.add_argument("--test", default=None, help="labeled test set (reported only)")
+    p.add_argument("--metric", default="auto", choices=["auto", "spearman", "accuracy"])
+    p.add_argument(
+        "--score-range", default=None, help="LO,HI mapping gold scores to [0, 1] (auto for known sets)"
+    )
+    p.add_argument("--one-order", action="store_true", help="train on (a, b) only (default: both orders)")
+    p.add_argument("--symmetric-eval", action="store_true", help="dev/test scores: mean of both orders")
+    p.add_argument("--max-pairs", type=int, default=None)
+    _fit_args(
+        p, "", FitConfig(epochs=4, batch_size=16, lr=2e-5, max_length=128, eval_steps=0), "cross-encoder"
+    )
+    _common(p)
+    p.set_defaults(func=_cmd_train_cross)
+
+
+def register(subparsers) -> None:
+    d = subparsers.add_parser("distill", help="distillation jobs (Trans-Encoder, DSE)")
+    dsub = d.add_subparsers(dest="distill_command", metavar="JOB")
+    _register_trans_encoder(dsub)
+    _register_dse(dsub)
+    d.set_defaults(func=lambda args: (d.print_help(sys.stderr), 2)[1])
+    t = subparsers.add_parser("train", help="supervised training")
+    tsub = t.add_subparsers(dest="train_command", metavar="MODEL")
+    _register_train(tsub)
+    t.set_defaults(func=lambda args: (t.print_help(sys.stderr), 2)[1])

@@ -1,0 +1,165 @@
+"""DSE: teacher-score cache alignment, cosine and mlp students, CLI, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from pairsmith.distill.dse import DSEConfig, DSEStudent, MLPHead, TeacherCache, run_dse, teacher_logits
+from pairsmith.distill.pairsets import pair_key
+from pairsmith.distill.train import FitConfig
+from pairsmith.errors import FailedPrecondition, InvalidInput
+from tests.tiny import make_tiny_bi_encoder, make_tiny_cross_encoder
+
+WORDS = (
+    "cat dog man woman plays guitar runs park eats food sings song reads book car drives fast slow".split()
+)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dse")
+    rng = random.Random(1)
+
+    def sent() -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+
+    rows = [(sent(), sent(), rng.choice([0, 1])) for _ in range(24)]
+    (d / "train.tsv").write_text("".join(f"{a}\t{b}\t{y}\n" for a, b, y in rows))
+    (d / "val.tsv").write_text("".join(f"{sent()}\t{sent()}\t{rng.choice([0, 1])}\n" for _ in range(12)))
+    (d / "unlabeled.tsv").write_text("".join(f"{a}\t{b}\n" for a, b, _ in rows))
+    make_tiny_bi_encoder(d / "student", seed=3)
+    make_tiny_cross_encoder(d / "teacher", seed=4)
+    return d
+
+
+def _cfg(toy, **kw) -> DSEConfig:
+    base = dict(
+        teacher=str(toy / "teacher"),
+        student=str(toy / "student"),
+        pairs=str(toy / "train.tsv"),
+        dev=str(toy / "val.tsv"),
+        test=str(toy / "val.tsv"),
+        fit=FitConfig(epochs=1, batch_size=8, lr=1e-3, max_length=32),
+    )
+    base.update(kw)
+    return DSEConfig(**base)
+
+
+def test_cache_keys_by_text_not_order(toy, tmp_path):
+    from pairsmith.encoders import CrossEncoder
+
+    ce = CrossEncoder.load(str(toy / "teacher"), device="cpu")
+    lines = (toy / "unlabeled.tsv").read_text().splitlines()
+    pairs = [tuple(x.split("\t")) for x in lines]
+    calls = []
+
+    def fn(ps):
+        calls.append(len(ps))
+        return teacher_logits(ce, ps, False, False)
+
+    cache = TeacherCache(tmp_path / "c.npz", {"t": 1})
+    first, n_new = cache.lookup(pairs, fn)
+    assert n_new == len(set(pairs)) and calls == [len(set(pairs))]
+    # shuffled input: same label for each pair, no new teacher calls
+    perm = np.random.default_rng(0).permutation(len(pairs))
+    shuffled, n_new = TeacherCache(tmp_path / "c.npz", {"t": 1}).lookup([pairs[i] for i in perm], fn)
+    assert n_new == 0 and calls == [len(set(pairs))]
+    np.testing.assert_array_equal(shuffled, first[perm])
+    # and equal to scoring each pair on its own (no batch/order leakage)
+    alone = np.array([teacher_logits(ce, [p], False, False)[0] for p in pairs[:5]])
+    np.testing.assert_allclose(first[:5], alone, atol=1e-5)
+    # the key is order-sensitive: (b, a) is another pair
+    assert pair_key("a", "b") != pair_key("b", "a") and pair_key("a b", "c") != pair_key("a", "b c")
+    # another teacher's cache is not reused
+    other = TeacherCache(tmp_path / "c.npz", {"t": 2})
+    assert other.table == {}
+
+
+def test_shuffled_pair_file_trains_on_same_labels(toy, tmp_path):
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    run_dse(_cfg(toy, dev=None, test=None), out1, device="cpu", progress=False)
+    lines = (toy / "train.tsv").read_text().splitlines()
+    random.Random(7).shuffle(lines)
+    shuffled = tmp_path / "shuffled.tsv"
+    shuffled.write_text("\n".join(lines) + "\n")
+    run_dse(_cfg(toy, pairs=str(shuffled), dev=None, test=None), out2, device="cpu", progress=False)
+
+    def table(out):
+        with np.load(out / "teacher_cache.npz") as z:
+            return dict(zip(z["keys"].tolist(), z["logits"].tolist(), strict=True))
+
+    assert table(out1) == table(out2)
+
+
+def test_cosine_student_end_to_end(toy, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "cos"
+    rep = run_dse(_cfg(toy), out, device="cpu", progress=False)
+    assert rep["metric"] == "accuracy"
+    for row in ("teacher", "student_start", "student"):
+        assert {"accuracy", "f1", "threshold"} <= set(rep["rows"][row]["test"]), row
+    # test threshold comes from the dev set
+    assert rep["rows"]["student"]["test"]["threshold"] == rep["rows"]["student"]["dev"]["threshold"]
+    assert rep["teacher_cache"]["pairs_scored"] == 24
+    SentenceTransformer(str(out / "student"), device="cpu").encode(["a cat"])
+    st = DSEStudent.load(out, device="cpu")
+    assert st.head is None
+    s = st.score(["cat runs", "dog eats"], ["cat runs", "man sings"])
+    assert s.shape == (2,) and abs(s[0] - 1.0) < 1e-5
+    start = DSEStudent.load(toy / "student", device="cpu").score(["cat runs"], ["dog eats"])
+    assert abs(float(start[0]) - float(st.score(["cat runs"], ["dog eats"])[0])) > 1e-5  # it trained
+    # resume of a finished run does no work and gives the same report
+    again = run_dse(_cfg(toy), out, resume=True, device="cpu", progress=False)
+    assert again["rows"] == rep["rows"]
+
+
+def test_mlp_head_student(toy, tmp_path):
+    out = tmp_path / "mlp"
+    rep = run_dse(_cfg(toy, head="mlp", alpha=1.0, test=None), out, device="cpu", progress=False)
+    assert (out / "student" / "dse_head" / "head.safetensors").exists()
+    st = DSEStudent.load(out / "student", device="cpu")
+    assert isinstance(st.head, MLPHead)
+    s = st.score(["cat runs", "dog eats"], ["man sings", "car drives"])
+    assert s.shape == (2,) and ((s > 0) & (s < 1)).all()
+    assert "dev" in rep["rows"]["student"]
+
+
+def test_labels_only_and_errors(toy, tmp_path):
+    rep = run_dse(_cfg(toy, alpha=0.0, dev=None, test=None), tmp_path / "lab", device="cpu", progress=False)
+    assert "teacher" not in rep["rows"]  # alpha 0 and no eval sets: the teacher is never run
+    with pytest.raises(InvalidInput, match="alpha"):
+        _cfg(toy, alpha=1.5)
+    with pytest.raises(InvalidInput, match="head"):
+        _cfg(toy, head="dot")
+    with pytest.raises(InvalidInput, match="labels only"):
+        run_dse(_cfg(toy, pairs=str(toy / "unlabeled.tsv"), use_labels=False, alpha=0.0), tmp_path / "x")
+    with pytest.raises(FailedPrecondition, match="--resume"):
+        run_dse(_cfg(toy, alpha=0.0, dev=None, test=None), tmp_path / "lab", device="cpu", progress=False)
+
+
+def test_unlabeled_pairs_teacher_only(toy, tmp_path):
+    rep = run_dse(
+        _cfg(toy, pairs=str(toy / "unlabeled.tsv"), use_labels=False, alpha=1.0, metric="accuracy"),
+        tmp_path / "u",
+        device="cpu",
+        progress=False,
+    )
+    assert rep["train_pairs"] == 24 and rep["fit"]["steps"] == 3
+
+
+def test_cli_dse(toy, tmp_path, capsys):
+    from pairsmith.service.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["distill", "dse", "--teacher", str(toy / "teacher"), "--student", str(toy / "student"),
+            "--pairs", str(toy / "train.tsv"), "--dev", str(toy / "val.tsv"), "--epochs", "1",
+            "--batch-size", "8", "--max-length", "32", "--out", str(out), "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["rows"]) == {"teacher", "student_start", "student"}
+    assert json.loads((out / "config.json").read_text())["kind"] == "dse"
