@@ -12,7 +12,7 @@ import csv
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -478,7 +478,7 @@ _RETRIEVAL_NAMED = {
 def load_retrieval_set(name_or_path: str, root: str | os.PathLike[str] | None = None) -> RetrievalSet:
     key = name_or_path.strip().lower()
     if key in _RETRIEVAL_NAMED:
-        return _RETRIEVAL_NAMED[key](data_root(root))
+        return replace(_RETRIEVAL_NAMED[key](data_root(root)), name=key)
     path = Path(name_or_path)
     if not path.exists():
         raise NotFound(f"dataset {name_or_path!r}: not one of {sorted(_RETRIEVAL_NAMED)} and no such path")
@@ -527,5 +527,6 @@ def read_dailydialog_pp(path: str | os.PathLike[str]) -> DialogueSet:
 
 def load_dialogue_set(name_or_path: str, root: str | os.PathLike[str] | None = None) -> DialogueSet:
     if name_or_path.strip().lower() == "dailydialog-dev":
-        return read_dailydialog_pp(data_root(root) / "dialogue/dailydialog-plusplus/dev.json")
+        ds = read_dailydialog_pp(data_root(root) / "dialogue/dailydialog-plusplus/dev.json")
+        return replace(ds, name="dailydialog-dev")
     return read_dailydialog_pp(name_or_path)
