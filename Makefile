@@ -41,5 +41,24 @@ format: setup
 bench: setup
 	$(PY) bench/run_all.py
 
+# -- service ------------------------------------------------------------------
+# `make serve`: set up, build the demo index once (from service/demo/corpus.jsonl, into
+# $$PAIRSMITH_HOME or the user data dir), then serve the default model on :50051.
+# Extra flags: make serve SERVE_ARGS="--metrics-port 9464 --cross-encoder DIR"
+SERVE_ARGS ?=
+DEMO_INDEX ?= demo
+DEMO_CORPUS ?= service/demo/corpus.jsonl
+
+demo-index: setup
+	@$(VENV)/bin/pairsmith index stats $(DEMO_INDEX) >/dev/null 2>&1 \
+	  || $(VENV)/bin/pairsmith index build --corpus $(DEMO_CORPUS) --name $(DEMO_INDEX) --model default --no-progress
+
+serve: setup demo-index
+	$(VENV)/bin/pairsmith serve --model default $(SERVE_ARGS)
+
+# Regenerate service/gen/ from protos/ (commit the result; a test checks it is current).
+protos: setup
+	$(PY) service/protogen.py
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

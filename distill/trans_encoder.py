@@ -332,8 +332,8 @@ def _eval_step(ctx: _Ctx, c: int, kind: str, i: int, load) -> None:
 
 def _finalise(ctx: _Ctx) -> None:
     """Copy the best bi- and cross-encoder of each model (dev score over the trained cycles)."""
-    if ctx.state.is_done("final"):
-        return
+    if ctx.state.info("final").get("cycles") == ctx.cfg.cycles:
+        return  # done for this number of cycles (a resume with more cycles selects again)
     best: dict = {}
     for i, tag in enumerate(ctx.tags):
         for kind in ("bi", "cross"):
@@ -346,7 +346,7 @@ def _finalise(ctx: _Ctx) -> None:
             src = _cdir(ctx, c_best) / f"{kind}-{tag}"
             save_dir_atomic(ctx.out / name, lambda d, src=src: _copy_tree(src, d))
             best[name] = {"cycle": c_best, "dev": scored.get(c_best)}
-    ctx.state.mark("final", best=best)
+    ctx.state.mark("final", best=best, cycles=ctx.cfg.cycles)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -233,6 +234,11 @@ def test_resume_after_interruption(toy, tmp_path, monkeypatch):
     monkeypatch.setattr(te, "fit_bi_encoder", killed)
     again = te.run_trans_encoder(cfg, out, resume=True, device="cpu", progress=False)
     assert again["best"] == rep["best"]
+    # more cycles on resume: only the new cycle trains, and selection is redone over both
+    monkeypatch.setattr(te, "fit_bi_encoder", real_bi)
+    more = te.run_trans_encoder(dataclasses.replace(cfg, cycles=2), out, resume=True, device="cpu", progress=False)
+    assert calls["cross"] == 1 and len(more["cycles"]) == 3
+    assert json.loads((out / "state.json").read_text())["done"]["final"]["cycles"] == 2
 
 
 def test_config_validation(toy):
