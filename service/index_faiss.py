@@ -28,7 +28,6 @@ import numpy as np
 
 from pairsmith.errors import InvalidInput
 
-
 SINGLE_THREAD_MAX_QUERIES = 4
 
 

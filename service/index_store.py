@@ -12,11 +12,21 @@ Interface (shared with the gRPC server; keep it stable)::
     store.check_encoder(name, fingerprint)                          # FailedPrecondition on mismatch
     store.close()
 
-Extensions: ``create(..., search_params={"nprobe": 64}, train_size=N)``,
+All methods block (call them from a thread pool under asyncio). ``upsert``
+holds the index's writer lock while it iterates ``items``: pass a
+materialised batch, not a generator that waits on a network stream.
+
+Extensions: ``create(..., search_params={"nprobe": 64}, train_size=N)``, ``load``
+(open and replay now, for start-up),
 ``upsert(..., meta={...})`` (caller metadata committed with the vectors),
 ``read_meta``, ``compact`` (merge, remove, train, snapshot now),
 ``begin_bulk``/``end_bulk`` (batch builds: vectors go to SQLite only, FAISS
 is built once at the end, trained on a sample of everything).
+
+Layout: ``root/indexes/<name>/`` holds ``store.sqlite`` (+ WAL), ``manifest.json``
+(factory, dim, metric, count, encoder fingerprint/id, search params, the
+snapshot file with its sha256 and highest iid), ``snapshot-NNNNNN.faiss`` and
+``LOCK``. A snapshot whose checksum fails is ignored and rebuilt from SQLite.
 
 Semantics:
 
@@ -454,6 +464,13 @@ class IndexStore:
         with h.write_lock:
             h.deferred = False
             self._rebuild(h, force_train=True)
+        return self.get(name)
+
+    def load(self, name: str) -> IndexInfo:
+        """Open ``name`` now (lock, FAISS snapshot, replay) instead of on first use: for server start-up."""
+        h = self._open(name)
+        with h.write_lock:
+            self._ensure_loaded(h)
         return self.get(name)
 
     def read_meta(self, name: str, key: str) -> str | None:
