@@ -236,7 +236,9 @@ def test_resume_after_interruption(toy, tmp_path, monkeypatch):
     assert again["best"] == rep["best"]
     # more cycles on resume: only the new cycle trains, and selection is redone over both
     monkeypatch.setattr(te, "fit_bi_encoder", real_bi)
-    more = te.run_trans_encoder(dataclasses.replace(cfg, cycles=2), out, resume=True, device="cpu", progress=False)
+    more = te.run_trans_encoder(
+        dataclasses.replace(cfg, cycles=2), out, resume=True, device="cpu", progress=False
+    )
     assert calls["cross"] == 1 and len(more["cycles"]) == 3
     assert json.loads((out / "state.json").read_text())["done"]["final"]["cycles"] == 2
 
