@@ -1,0 +1,534 @@
+"""Export encoders to ONNX: the whole pipeline in one graph, plus int8 / fp16 variants.
+
+A bi-encoder graph holds backbone + pooling (+ normalisation when the model
+has it) and outputs ``sentence_embedding`` (B, D) next to ``last_hidden_state``
+(B, T, H); a cross-encoder graph holds backbone + score head and outputs
+``logits`` (B, L) and ``scores`` (sigmoid for one label, softmax otherwise).
+Batch and sequence axes are dynamic.
+
+Files follow sentence-transformers' layout inside ``<model>/onnx/``::
+
+    model.onnx                    fp32, plain export (the parity reference)
+    model_qint8_<isa>.onnx        dynamic int8 for CPU (isa: avx2, avx512, avx512_vnni, arm64)
+    model_fp16.onnx               fp16 for GPU
+    pairsmith_onnx.json           manifest: kind, source fingerprint, variants, export config
+
+The manifest records the source model's fingerprint; the runtime
+(``onnx_runtime.py``) refuses an export whose source has changed since.
+
+Extension point: an encoder kind registers a :class:`GraphBuilder` with
+:func:`register_exporter`; the builder turns a model directory into a torch
+module with the input/output contract above, and everything after that
+(export, checks, optimisation, quantisation, manifest) is shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pairsmith.encoders.onnx_quant import (
+    FP16_FILE,
+    FP32_FILE,
+    Int8Scheme,
+    Isa,
+    detect_isa,
+    int8_file,
+    make_fp16,
+    make_int8,
+)
+from pairsmith.encoders.source import ModelSource, default_model_dir, fingerprint, read_json, resolve_model
+from pairsmith.errors import FailedPrecondition, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "pairsmith_onnx.json"
+MANIFEST_FORMAT = 1
+DEFAULT_OPSET = 17
+KINDS = ("bi", "cross")
+
+
+# -- the graph contract ---------------------------------------------------------------------------
+
+
+@dataclass
+class GraphSpec:
+    """What a builder hands the exporter: a torch module and its I/O contract.
+
+    ``module.forward(input_ids, attention_mask[, token_type_ids])`` returns a
+    tuple in ``output_names`` order; ``primary_output`` is what the runtime
+    returns (sentence embedding or logit).
+    """
+
+    kind: str
+    module: object  # torch.nn.Module
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    output_axes: dict[str, dict[int, str]]
+    primary_output: str
+    model_type: str  # Hugging Face config.model_type, for the transformer optimizer
+    num_heads: int
+    hidden_size: int
+    max_length: int
+    tokenizer: object  # a Hugging Face fast tokenizer (for the parity check)
+    details: dict = field(default_factory=dict)  # recorded in the manifest (pooling, head, ...)
+
+
+GraphBuilder = Callable[[ModelSource], GraphSpec]
+_EXPORTERS: dict[str, GraphBuilder] = {}
+
+
+def register_exporter(kind: str) -> Callable[[GraphBuilder], GraphBuilder]:
+    """Register a graph builder for an encoder kind (``bi``, ``cross``, later ``uni`` ...)."""
+
+    def deco(fn: GraphBuilder) -> GraphBuilder:
+        _EXPORTERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def exporter_kinds() -> tuple[str, ...]:
+    return tuple(_EXPORTERS)
+
+
+def _eager(hf_model) -> None:
+    """Eager attention traces to plain MatMul/Softmax, the pattern onnxruntime's optimizer fuses."""
+    try:
+        hf_model.set_attn_implementation("eager")
+    except (AttributeError, ValueError):
+        hf_model.config._attn_implementation = "eager"
+
+
+def _heads(config) -> tuple[int, int]:
+    return int(getattr(config, "num_attention_heads", 0) or 0), int(getattr(config, "hidden_size", 0) or 0)
+
+
+def _input_names(tokenizer) -> tuple[str, ...]:
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in getattr(tokenizer, "model_input_names", []):
+        names.append("token_type_ids")
+    return tuple(names)
+
+
+@register_exporter("bi")
+def _build_bi(source: ModelSource) -> GraphSpec:
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
+
+    from pairsmith.encoders.bi_encoder import load_sentence_transformer
+
+    st = load_sentence_transformer(source, pooling=None, device="cpu")
+    modules = list(st._modules.values())
+    body = modules[0]
+    if not isinstance(body, Transformer):
+        raise FailedPrecondition(
+            f"export: {source.ref}: first module is {type(body).__name__}, not a Transformer"
+        )
+    hf = body.auto_model
+    _eager(hf)
+    names = _input_names(st.tokenizer)
+
+    class BiGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.st = st
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            feats = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                feats["token_type_ids"] = token_type_ids
+            out = self.st(feats)
+            return out["sentence_embedding"], out["token_embeddings"]  # (B, D), (B, T, H)
+
+    pools = [m for m in modules if isinstance(m, STPooling)]
+    details = {
+        "pooling": pools[0].get_config_dict() if pools else None,
+        "normalize": any(isinstance(m, Normalize) for m in modules),
+        "modules": [type(m).__name__ for m in modules],
+        "dim": int(st.get_embedding_dimension()),
+    }
+    heads, hidden = _heads(hf.config)
+    return GraphSpec(
+        kind="bi",
+        module=BiGraph().eval(),
+        input_names=names,
+        output_names=("sentence_embedding", "last_hidden_state"),
+        output_axes={"sentence_embedding": {0: "batch"}, "last_hidden_state": {0: "batch", 1: "sequence"}},
+        primary_output="sentence_embedding",
+        model_type=str(hf.config.model_type),
+        num_heads=heads,
+        hidden_size=hidden,
+        max_length=int(st.max_seq_length or 512),
+        tokenizer=st.tokenizer,
+        details=details,
+    )
+
+
+@register_exporter("cross")
+def _build_cross(source: ModelSource) -> GraphSpec:
+    import torch
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    from pairsmith.encoders.cross_encoder import is_bi_encoder_dir
+
+    if is_bi_encoder_dir(source):
+        raise InvalidInput(
+            f"export: {source.ref} is a bi-encoder; use --kind bi (or train a cross-encoder first)"
+        )
+    local = {"local_files_only": True} if source.is_local else {}
+    ce = STCrossEncoder(source.load_arg, device="cpu", **local)
+    hf = ce[0].auto_model if hasattr(ce, "__getitem__") else ce.model
+    _eager(hf)
+    names = _input_names(ce.tokenizer)
+    n_labels = int(getattr(hf.config, "num_labels", 1))
+
+    class CrossGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ce = ce
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            feats = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                feats["token_type_ids"] = token_type_ids
+            logits = self.ce(feats)["scores"]  # (B, L)
+            scores = torch.sigmoid(logits) if n_labels == 1 else torch.softmax(logits, dim=-1)
+            return logits, scores
+
+    heads, hidden = _heads(hf.config)
+    return GraphSpec(
+        kind="cross",
+        module=CrossGraph().eval(),
+        input_names=names,
+        output_names=("logits", "scores"),
+        output_axes={"logits": {0: "batch"}, "scores": {0: "batch"}},
+        primary_output="logits",
+        model_type=str(hf.config.model_type),
+        num_heads=heads,
+        hidden_size=hidden,
+        max_length=int(getattr(ce, "max_length", None) or 512),
+        tokenizer=ce.tokenizer,
+        details={"num_labels": n_labels, "activation": "sigmoid" if n_labels == 1 else "softmax"},
+    )
+
+
+def detect_kind(source: ModelSource) -> str:
+    """``bi`` for a sentence-transformers pooling model or plain backbone, ``cross`` for a classifier."""
+    from pairsmith.encoders.cross_encoder import is_bi_encoder_dir
+
+    if source.path is None or is_bi_encoder_dir(source):
+        return "bi"
+    cfg = read_json(source.path / "config.json") if (source.path / "config.json").exists() else {}
+    archs = cfg.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "cross"
+    return "bi"
+
+
+# -- configuration and placement -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export run; saved in the manifest."""
+
+    kind: str = "auto"  # auto | bi | cross (or another registered kind)
+    quantize: str = "none"  # none | int8
+    isa: str = "auto"  # auto | avx2 | avx512 | avx512_vnni | arm64 (int8 only)
+    int8_scheme: str = "blockwise"  # blockwise | dynamic (see onnx_quant.Int8Scheme)
+    fp16: bool = False
+    opset: int = DEFAULT_OPSET
+    optimize: bool = True  # onnxruntime transformer fusions before int8 / fp16
+    per_channel: bool = True  # int8 weights: one scale per output channel
+    check: bool = True  # compare fp32 ONNX with torch after export
+
+    def __post_init__(self) -> None:
+        if self.quantize not in ("none", "int8"):
+            raise InvalidInput(f"quantize: must be 'none' or 'int8', got {self.quantize!r}")
+        if self.kind != "auto" and self.kind not in _EXPORTERS:
+            raise InvalidInput(f"kind: unknown {self.kind!r}; choose one of {['auto', *_EXPORTERS]}")
+        if not 14 <= self.opset <= 21:
+            raise InvalidInput(f"opset: must be between 14 and 21, got {self.opset}")
+        if self.isa != "auto":
+            Isa.parse(self.isa)
+        Int8Scheme.parse(self.int8_scheme)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_dir: Path  # the directory to load (model files + onnx/)
+    onnx_dir: Path
+    kind: str
+    files: tuple[Path, ...]  # written this run
+    manifest: dict
+
+
+def cache_root() -> Path:
+    """Where exports of read-only models (e.g. the packaged default) go: ``$PAIRSMITH_CACHE/onnx``."""
+    base = os.environ.get("PAIRSMITH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pairsmith"
+    )
+    return Path(base) / "onnx"
+
+
+def cached_export_dir(fp: str) -> Path:
+    return cache_root() / fp
+
+
+def _is_packaged_or_readonly(path: Path) -> bool:
+    try:
+        if path.resolve() == default_model_dir().resolve():
+            return True
+    except FailedPrecondition:
+        pass
+    return "site-packages" in path.resolve().parts or not os.access(path, os.W_OK)
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of model directory ``src`` (hard links where possible), without its onnx/."""
+    for p in src.rglob("*"):
+        rel = p.relative_to(src)
+        if rel.parts[0] == "onnx" or p.is_dir():
+            continue
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target.unlink()
+        try:
+            os.link(p, target)
+        except OSError:
+            shutil.copy2(p, target)
+
+
+def _placement(source: ModelSource, out: Path | None, fp: str) -> tuple[Path, Path]:
+    """(model dir to load afterwards, onnx dir to write)."""
+    if out is not None:
+        out = out.expanduser().resolve()
+        if out.exists() and not out.is_dir():
+            raise InvalidInput(f"out: {out} is a file, expected a directory")
+        if source.path is not None and out == source.path.resolve():
+            return out, out / "onnx"
+        if out.exists() and any(p.name != "onnx" for p in out.iterdir()):
+            if not (out / "config.json").exists() or fingerprint(out) != fp:
+                raise InvalidInput(f"out: {out} exists and holds other files; give an empty or new directory")
+        out.mkdir(parents=True, exist_ok=True)
+        if source.path is not None:
+            _copy_model(source.path, out)
+        return out, out / "onnx"
+    if source.path is None:
+        raise InvalidInput(
+            f"export: {source.ref} is a hub name; give --out DIR to write a local copy with onnx/"
+        )
+    if _is_packaged_or_readonly(source.path):
+        d = cached_export_dir(fp)
+        log.info("model directory %s is packaged or read-only: export goes to %s", source.path, d)
+        return source.path, d
+    return source.path, source.path / "onnx"
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+
+def _atomic_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def _torch_export(spec: GraphSpec, path: Path, opset: int) -> None:
+    import warnings
+
+    import torch
+
+    ids = torch.tensor([[101, 2023, 2003, 102], [101, 2748, 102, 0]], dtype=torch.long)  # (2, 4)
+    mask = (ids != 0).long()
+    args: tuple = (ids, mask)
+    if "token_type_ids" in spec.input_names:
+        args = (ids, mask, torch.zeros_like(ids))
+    axes = {n: {0: "batch", 1: "sequence"} for n in spec.input_names}
+    axes.update(spec.output_axes)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks that hold for every input
+        # The TorchScript exporter: its graphs match onnxruntime's BERT fusion patterns.
+        torch.onnx.export(
+            spec.module,
+            args,
+            str(path),
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _parity(spec: GraphSpec, path: Path) -> float:
+    """Max abs difference between torch and the fp32 graph on sentences of varied length."""
+    import onnxruntime as ort
+    import torch
+
+    texts = [
+        "A man is playing a guitar.",
+        "Hi",
+        "The quick brown fox jumps over the lazy dog near the quiet river bank at dawn, twice.",
+    ]
+    if spec.kind == "cross":
+        enc = spec.tokenizer(texts, texts[::-1], padding=True, truncation=True, max_length=spec.max_length)
+    else:
+        enc = spec.tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length)
+    feeds = {n: np.asarray(enc[n], dtype=np.int64) for n in spec.input_names}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run([spec.primary_output], feeds)[0]
+    with torch.no_grad():
+        ref = spec.module(*[torch.from_numpy(feeds[n]) for n in spec.input_names])[0].float().numpy()
+    return float(np.abs(got - ref).max())
+
+
+def export_onnx(
+    model: str | os.PathLike[str], config: ExportConfig | None = None, *, out=None
+) -> ExportResult:
+    """Export ``model`` (``default``, a directory, or a hub name with ``out``) to ONNX.
+
+    Writes ``onnx/model.onnx`` always, plus ``model_qint8_<isa>.onnx`` with
+    ``quantize='int8'`` and ``model_fp16.onnx`` with ``fp16=True``. Packaged or
+    read-only model directories export into :func:`cache_root` (found again by
+    the runtime through the fingerprint); ``out`` writes a standalone copy.
+    """
+    cfg = config or ExportConfig()
+    source = resolve_model(model)
+    kind = detect_kind(source) if cfg.kind == "auto" else cfg.kind
+    if kind not in _EXPORTERS:
+        raise InvalidInput(f"kind: no exporter registered for {kind!r}")
+    spec = _EXPORTERS[kind](source)
+    if out is not None:
+        tmp_src = None
+        if source.path is None:  # hub model: save a local copy first
+            tmp_src = Path(out).expanduser().resolve()
+            tmp_src.mkdir(parents=True, exist_ok=True)
+            inner = getattr(spec.module, "st", None) or getattr(spec.module, "ce", None)
+            inner.save(str(tmp_src))
+            source = resolve_model(str(tmp_src))
+    fp = fingerprint(source.path) if source.path is not None else f"hub:{source.hub_id}"
+    model_dir, onnx_dir = _placement(source, Path(out) if out is not None else None, fp)
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    old = _read_manifest_or_none(onnx_dir)
+    keep = {}
+    if old and old.get("source_fingerprint") == fp and old.get("kind") == kind:
+        keep = {k: v for k, v in old.get("variants", {}).items() if (onnx_dir / v["file"]).exists()}
+
+    written: list[Path] = []
+    t0 = time.perf_counter()
+    fp32 = onnx_dir / FP32_FILE
+    with tempfile.TemporaryDirectory(prefix="pairsmith-onnx-", dir=onnx_dir) as tmp:
+        tmp_fp32 = Path(tmp) / FP32_FILE
+        _torch_export(spec, tmp_fp32, cfg.opset)
+        diff = _parity(spec, tmp_fp32) if cfg.check else None
+        if diff is not None and diff > 1e-3:
+            raise FailedPrecondition(
+                f"export: fp32 ONNX differs from torch by {diff:.2e} (> 1e-3); not written"
+            )
+        _atomic_replace(tmp_fp32, fp32)
+        written.append(fp32)
+        keep["fp32"] = {"file": FP32_FILE, "dtype": "float32", "max_abs_diff_vs_torch": diff}
+        log.info("exported %s in %.1fs (max |onnx - torch| = %s)", fp32, time.perf_counter() - t0, diff)
+
+        if cfg.quantize == "int8":
+            isa = Isa.parse(cfg.isa) if cfg.isa != "auto" else detect_isa()
+            dst = onnx_dir / int8_file(isa)
+            info = make_int8(
+                fp32,
+                dst,
+                spec=spec,
+                isa=isa,
+                scheme=Int8Scheme.parse(cfg.int8_scheme),
+                optimize=cfg.optimize,
+                per_channel=cfg.per_channel,
+                tmp=Path(tmp),
+            )
+            written.append(dst)
+            keep[f"qint8_{isa.value}"] = {"file": dst.name, "dtype": "int8", **info}
+        if cfg.fp16:
+            dst = onnx_dir / FP16_FILE
+            info = make_fp16(fp32, dst, spec=spec, optimize=cfg.optimize, tmp=Path(tmp))
+            written.append(dst)
+            keep["fp16"] = {"file": FP16_FILE, "dtype": "float16", **info}
+
+    manifest = _manifest(spec, source, fp, cfg, keep)
+    _write_json(onnx_dir / MANIFEST, manifest)
+    return ExportResult(
+        model_dir=model_dir, onnx_dir=onnx_dir, kind=kind, files=tuple(written), manifest=manifest
+    )
+
+
+def _manifest(spec: GraphSpec, source: ModelSource, fp: str, cfg: ExportConfig, variants: dict) -> dict:
+    import onnxruntime
+    import torch
+
+    from pairsmith import __version__
+
+    return {
+        "format": MANIFEST_FORMAT,
+        "kind": spec.kind,
+        "source": str(source.path) if source.path is not None else source.hub_id,
+        "source_fingerprint": fp,
+        "inputs": list(spec.input_names),
+        "outputs": list(spec.output_names),
+        "primary_output": spec.primary_output,
+        "max_length": spec.max_length,
+        "details": spec.details,
+        "variants": variants,
+        "config": dataclasses.asdict(cfg),
+        "versions": {
+            "pairsmith": __version__,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_manifest_or_none(onnx_dir: Path) -> dict | None:
+    p = onnx_dir / MANIFEST
+    return read_json(p) if p.exists() else None
+
+
+def find_export(source: ModelSource) -> Path:
+    """The onnx directory holding ``source``'s export: ``<model>/onnx`` or the cache."""
+    if source.path is None:
+        raise NotFound(
+            f"onnx: {source.ref} is a hub name; export a local copy first: pairsmith export onnx --model {source.ref} --out DIR"
+        )
+    local = source.path / "onnx"
+    if (local / MANIFEST).exists():
+        return local
+    cached = cached_export_dir(fingerprint(source.path))
+    if (cached / MANIFEST).exists():
+        return cached
+    hint = f"pairsmith export onnx --model {source.ref}"
+    if (local / FP32_FILE).exists():
+        raise FailedPrecondition(
+            f"onnx: {local} has model.onnx but no {MANIFEST} (not a pairsmith export); run: {hint}"
+        )
+    raise NotFound(f"onnx: no export found for {source.ref} (looked in {local} and {cached}); run: {hint}")

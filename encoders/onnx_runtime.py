@@ -1,0 +1,214 @@
+"""The onnxruntime backend: runs an exported graph on a :class:`TokenBatch`.
+
+``load_onnx_runner`` finds the export (``<model>/onnx`` or the export cache),
+refuses one whose source fingerprint no longer matches the model, picks the
+variant (``auto``: int8 on CPU, fp16 on GPU, fp32 when those are absent) and
+the provider (CUDA where onnxruntime-gpu sees a GPU, else CPU), and sets the
+session up for throughput: intra-op threads = physical cores available to
+this process, one inter-op thread, sequential execution, all graph
+optimisations. On CUDA the runner uses IO binding (inputs copied once,
+output fetched once); that path cannot be exercised on the CPU-only
+development machine and is kept deliberately small.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pairsmith.encoders.onnx_export import MANIFEST, find_export
+from pairsmith.encoders.onnx_quant import FP16_FILE, FP32_FILE, detect_isa
+from pairsmith.encoders.source import ModelSource, fingerprint, read_json
+from pairsmith.encoders.types import TokenBatch
+from pairsmith.errors import FailedPrecondition, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+VARIANT_ALIASES = ("auto", "fp32", "int8", "fp16")
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-threads counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for c in cpus:
+        sib = Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list")
+        try:
+            cores.add(sib.read_text().strip())
+        except OSError:
+            cores.add(str(c))
+    return max(1, len(cores))
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """A located, validated export: its directory and manifest."""
+
+    onnx_dir: Path
+    manifest: dict
+
+    @property
+    def variants(self) -> dict[str, dict]:
+        return self.manifest.get("variants", {})
+
+    def path(self, variant: str) -> Path:
+        return self.onnx_dir / self.variants[variant]["file"]
+
+
+def open_export(source: ModelSource, kind: str) -> OnnxExport:
+    """Find and validate the export of ``source``: kind, fingerprint, files present."""
+    onnx_dir = find_export(source)
+    manifest = read_json(onnx_dir / MANIFEST)
+    hint = f"re-export: pairsmith export onnx --model {source.ref}"
+    if manifest.get("kind") != kind:
+        raise FailedPrecondition(
+            f"onnx: {onnx_dir} holds a {manifest.get('kind')!r} export, not a {kind!r} one; {hint}"
+        )
+    want = fingerprint(source.path)  # type: ignore[arg-type]
+    got = manifest.get("source_fingerprint")
+    if got != want:
+        raise FailedPrecondition(
+            f"onnx: stale export in {onnx_dir}: made from model fingerprint {got}, "
+            f"but {source.ref} is now {want}; {hint}"
+        )
+    return OnnxExport(onnx_dir=onnx_dir, manifest=manifest)
+
+
+def choose_variant(export: OnnxExport, variant: str | None, on_gpu: bool) -> str:
+    """Resolve ``auto``/``int8``/``fp16``/``fp32`` or a manifest key to one manifest key."""
+    have = export.variants
+    v = (variant or "auto").strip().lower()
+    int8 = sorted(k for k in have if k.startswith("qint8_"))
+    if v in have:
+        chosen = v
+    elif v == "int8":
+        if not int8:
+            raise NotFound(f"onnx: no int8 variant in {export.onnx_dir}; export with --quantize int8")
+        best = f"qint8_{detect_isa().value}"
+        chosen = best if best in int8 else int8[0]
+        if chosen != best:
+            log.warning("onnx: int8 variant %s was made for another CPU than this one (%s)", chosen, best)
+    elif v == "auto":
+        if on_gpu:
+            chosen = "fp16" if "fp16" in have else "fp32"
+        else:
+            best = f"qint8_{detect_isa().value}"
+            chosen = best if best in have else "fp32"
+    elif v == "fp16":
+        raise NotFound(f"onnx: no fp16 variant in {export.onnx_dir}; export with --fp16")
+    else:
+        choices = sorted({*VARIANT_ALIASES, *have})
+        raise InvalidInput(f"onnx_variant: unknown {variant!r}; choose one of {choices}")
+    if on_gpu and chosen.startswith("qint8_"):
+        raise InvalidInput(
+            "onnx_variant: int8 variants are for CPU only (slower than fp16 on GPU); use fp16 or fp32"
+        )
+    if not export.path(chosen).exists():
+        raise NotFound(f"onnx: {export.path(chosen)} is listed in the manifest but missing; re-export")
+    return chosen
+
+
+def _providers(device: str) -> tuple[list, bool]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    want_gpu = device.startswith("cuda") or device == "auto"
+    if want_gpu and "CUDAExecutionProvider" in available:
+        dev_id = int(device.split(":", 1)[1]) if ":" in device else 0
+        return [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"], True
+    if device.startswith("cuda"):
+        raise FailedPrecondition(
+            f"device: {device} asked for, but onnxruntime has no CUDA provider "
+            f"(available: {available}); pip install onnxruntime-gpu"
+        )
+    return ["CPUExecutionProvider"], False
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(threads) if threads else physical_cores()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxRunner:
+    """Runs one export variant; ``run`` returns the primary output as float32 numpy."""
+
+    def __init__(self, path: Path, export: OnnxExport, variant: str, device: str, threads: int | None = None):
+        import onnxruntime as ort
+
+        providers, self.on_gpu = _providers(device)
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
+            raise FailedPrecondition(f"onnx: cannot load {path}: {exc}") from exc
+        self.path = path
+        self.variant = variant
+        self.export = export
+        self.output = export.manifest.get("primary_output") or self.session.get_outputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.device_id = int(device.split(":", 1)[1]) if ":" in device else 0
+        log.info("onnx runner: %s on %s", path.name, self.session.get_providers()[0])
+
+    def _feeds(self, batch: TokenBatch) -> dict[str, np.ndarray]:
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self.input_names:
+            tt = batch.token_type_ids
+            feeds["token_type_ids"] = tt if tt is not None else np.zeros_like(batch.input_ids)
+        return {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in feeds.items() if k in self.input_names}
+
+    def run(self, batch: TokenBatch) -> np.ndarray:
+        feeds = self._feeds(batch)
+        if self.on_gpu:
+            return self._run_bound(feeds)
+        return np.asarray(self.session.run([self.output], feeds)[0], dtype=np.float32)
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        # GPU: copy inputs to the device once, let onnxruntime allocate the output there,
+        # copy only the (small) primary output back. Untested here: no GPU on the dev machine.
+        binding = self.session.io_binding()
+        for name, arr in feeds.items():
+            binding.bind_cpu_input(name, arr)
+        binding.bind_output(self.output, "cuda", self.device_id)
+        self.session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+
+def load_onnx_runner(
+    source: ModelSource, kind: str, variant: str | None, device: str, *, threads: int | None = None
+) -> OnnxRunner:
+    """The runner BiEncoder / CrossEncoder use with ``backend='onnx'``."""
+    if kind not in ("bi", "cross"):
+        raise InvalidInput(f"kind: expected 'bi' or 'cross', got {kind!r}")
+    export = open_export(source, kind)
+    _, on_gpu = _providers(device)
+    chosen = choose_variant(export, variant, on_gpu)
+    if not on_gpu and chosen == "fp16":
+        log.warning("onnx: fp16 variant on CPU is slow and not what it is for; use fp32 or int8 on CPU")
+    log.info("onnx: %s uses variant %s (%s)", source.ref, chosen, export.variants[chosen]["file"])
+    return OnnxRunner(export.path(chosen), export, chosen, device, threads)
+
+
+__all__ = [
+    "FP16_FILE",
+    "FP32_FILE",
+    "OnnxExport",
+    "OnnxRunner",
+    "choose_variant",
+    "load_onnx_runner",
+    "open_export",
+    "physical_cores",
+    "session_options",
+]

@@ -1,0 +1,281 @@
+"""ONNX export + onnxruntime backend: parity with torch, variants, manifest checks, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
+from pairsmith.encoders.onnx_export import (
+    MANIFEST,
+    ExportConfig,
+    export_onnx,
+    exporter_kinds,
+    register_exporter,
+)
+from pairsmith.encoders.onnx_quant import Isa, detect_isa, int8_file
+from pairsmith.errors import FailedPrecondition, InvalidInput, NotFound
+
+SENTS = [
+    "A man is playing a guitar.",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog near the quiet river bank at dawn.",
+    "Stocks rallied sharply for three months in anticipation of a rebound in the second half of the year, "
+    "while bond yields fell to their lowest level since the crisis and analysts revised forecasts upward.",
+    "",
+    "Ünïcödé tëxt wörks töö — 東京",
+    "two words",
+]
+PAIRS = [(SENTS[0], SENTS[2]), (SENTS[1], SENTS[3]), (SENTS[5], SENTS[0]), ("a", "b"), (SENTS[3], SENTS[6])]
+
+
+def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Route exports of the packaged default model into a temp cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PAIRSMITH_CACHE", str(tmp_path_factory.mktemp("pairsmith-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def default_export(cache):
+    return export_onnx("default", ExportConfig(quantize="int8"))
+
+
+@pytest.fixture(scope="module")
+def tiny_bi_export(tiny_bi_dir, tmp_path_factory):
+    return export_onnx(
+        str(tiny_bi_dir), ExportConfig(quantize="int8"), out=tmp_path_factory.mktemp("tb") / "m"
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_export(tiny_cross_dir, tmp_path_factory):
+    return export_onnx(
+        str(tiny_cross_dir), ExportConfig(quantize="int8"), out=tmp_path_factory.mktemp("tc") / "m"
+    )
+
+
+# -- parity ---------------------------------------------------------------------------------------
+
+
+def test_default_bi_fp32_parity(default_export, default_bi):
+    assert "site-packages" not in str(default_export.onnx_dir)  # packaged model: exported to the cache
+    onnx = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="fp32")
+    ref = default_bi.encode(SENTS, batch_size=3).vectors
+    got = onnx.encode(SENTS, batch_size=3).vectors
+    assert got.shape == ref.shape == (len(SENTS), 384)
+    assert _cos_rows(ref, got).min() >= 0.99999
+    assert np.abs(ref - got).max() <= 1e-4
+    # Pooling + normalisation live in the graph: the raw graph output is already unit length.
+    raw = onnx.encode(SENTS, normalize=False).vectors
+    np.testing.assert_allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-5)
+
+
+def test_fp32_alone_equals_in_batch(default_export):
+    onnx = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="fp32")
+    batch = onnx.encode(SENTS, batch_size=len(SENTS)).vectors
+    alone = np.stack([onnx.encode([s]).vectors[0] for s in SENTS])
+    assert np.abs(alone - batch).max() < 1e-5
+
+
+def test_int8_close_to_fp32_and_batch_invariant(default_export):
+    fp32 = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="fp32")
+    int8 = BiEncoder.load("default", device="cpu", backend="onnx")  # auto: int8 on CPU
+    assert int8.runner.variant == f"qint8_{detect_isa().value}"
+    assert default_export.manifest["variants"][int8.runner.variant]["scheme"] == "blockwise"
+    a = fp32.encode(SENTS).vectors
+    b = int8.encode(SENTS).vectors
+    # Blockwise int8 on STS-B dev: mean cosine to fp32 0.9997, min 0.998.
+    cos = _cos_rows(a, b)
+    assert cos.mean() > 0.999 and cos.min() > 0.995
+    # Activations are quantised per row and block, so a row does not depend on its batch mates.
+    alone = np.stack([int8.encode([s]).vectors[0] for s in SENTS])
+    assert np.abs(alone - b).max() < 1e-4
+
+
+def test_cross_encoder_parity_on_default_backbone(tmp_path):
+    ce = CrossEncoder.from_backbone("default", device="cpu", seed=0)
+    ce.save(tmp_path / "ce")
+    export_onnx(str(tmp_path / "ce"))
+    torch_ce = CrossEncoder.load(str(tmp_path / "ce"), device="cpu")
+    onnx_ce = CrossEncoder.load(str(tmp_path / "ce"), device="cpu", backend="onnx", onnx_variant="fp32")
+    ref = torch_ce.score(PAIRS, activation=Activation.RAW, batch_size=2).values
+    got = onnx_ce.score(PAIRS, activation=Activation.RAW, batch_size=2).values
+    assert np.abs(ref - got).max() <= 1e-4
+    alone = np.array([onnx_ce.score([p], activation=Activation.RAW).values[0] for p in PAIRS])
+    assert np.abs(alone - got).max() < 1e-5
+    np.testing.assert_allclose(onnx_ce.score(PAIRS).values, 1 / (1 + np.exp(-got)), atol=1e-6)
+
+
+def test_tiny_cross_graph_outputs_logit_and_sigmoid(tiny_cross_export, tiny_cross_dir):
+    import onnxruntime as ort
+
+    m = tiny_cross_export.manifest
+    assert m["kind"] == "cross" and m["outputs"] == ["logits", "scores"]
+    ce = CrossEncoder.load(str(tiny_cross_export.model_dir), device="cpu")
+    enc = ce.tokenizer.encode_pairs(PAIRS[:2])
+    idx, batch = next(ce.tokenizer.batches(enc))
+    sess = ort.InferenceSession(str(tiny_cross_export.onnx_dir / "model.onnx"))
+    feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    feeds["token_type_ids"] = batch.token_type_ids
+    logits, scores = sess.run(["logits", "scores"], feeds)
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits)), atol=1e-6)
+    torch_logits = CrossEncoder.load(str(tiny_cross_dir), device="cpu").score(
+        PAIRS[:2], activation=Activation.RAW
+    )
+    np.testing.assert_allclose(logits[:, 0], torch_logits.values[idx], atol=1e-5)
+
+
+def test_dynamic_int8_scheme(tiny_bi_dir, tmp_path):
+    res = export_onnx(
+        str(tiny_bi_dir), ExportConfig(quantize="int8", int8_scheme="dynamic", isa="avx2"), out=tmp_path
+    )
+    v = res.manifest["variants"]["qint8_avx2"]
+    assert v["scheme"] == "dynamic" and v["reduce_range"] and v["file"] == "model_qint8_avx2.onnx"
+    enc = BiEncoder.load(str(tmp_path), device="cpu", backend="onnx", onnx_variant="qint8_avx2")
+    ref = BiEncoder.load(str(tiny_bi_dir), device="cpu").encode(SENTS).vectors
+    assert _cos_rows(enc.encode(SENTS).vectors, ref).min() > 0.95
+
+
+def test_tiny_bi_layout_and_dynamic_axes(tiny_bi_export, tiny_bi_dir):
+    d = tiny_bi_export.onnx_dir
+    assert (d / "model.onnx").exists() and (d / int8_file(detect_isa())).exists() and (d / MANIFEST).exists()
+    import onnx
+
+    g = onnx.load(str(d / "model.onnx"), load_external_data=False).graph
+    dims = [[x.dim_param or x.dim_value for x in i.type.tensor_type.shape.dim] for i in g.input]
+    assert all(dd == ["batch", "sequence"] for dd in dims)
+    torch_v = BiEncoder.load(str(tiny_bi_dir), device="cpu").encode(SENTS, normalize=False).vectors
+    onnx_v = BiEncoder.load(str(tiny_bi_export.model_dir), device="cpu", backend="onnx", onnx_variant="fp32")
+    np.testing.assert_allclose(onnx_v.encode(SENTS, normalize=False).vectors, torch_v, atol=1e-5)
+
+
+# -- refusals -------------------------------------------------------------------------------------
+
+
+def test_stale_export_is_refused(tiny_bi_dir, tmp_path):
+    res = export_onnx(str(tiny_bi_dir), out=tmp_path / "m")
+    cfg = tmp_path / "m" / "sentence_bert_config.json"
+    data = json.loads(cfg.read_text())
+    data["max_seq_length"] = 32
+    cfg.unlink()  # the copy may be a hard link to the fixture's file: never write through it
+    cfg.write_text(json.dumps(data))
+    with pytest.raises(FailedPrecondition, match="stale export"):
+        BiEncoder.load(str(res.model_dir), device="cpu", backend="onnx")
+
+
+def test_bad_paths_and_variants(tiny_bi_dir, tiny_bi_export, tiny_cross_export, tmp_path):
+    with pytest.raises(NotFound, match="does not exist"):
+        BiEncoder.load(str(tmp_path / "nope"), device="cpu", backend="onnx")
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_bi_dir, plain, ignore=shutil.ignore_patterns("onnx"))
+    with pytest.raises(NotFound, match="no export found.*pairsmith export onnx"):
+        BiEncoder.load(str(plain), device="cpu", backend="onnx")
+    with pytest.raises(InvalidInput, match="onnx_variant"):
+        BiEncoder.load(str(tiny_bi_export.model_dir), device="cpu", backend="onnx", onnx_variant="int3")
+    with pytest.raises(NotFound, match="fp16"):
+        BiEncoder.load(str(tiny_bi_export.model_dir), device="cpu", backend="onnx", onnx_variant="fp16")
+    with pytest.raises(FailedPrecondition, match="'cross' export, not a 'bi'"):
+        from pairsmith.encoders.onnx_runtime import load_onnx_runner
+        from pairsmith.encoders.source import resolve_model
+
+        load_onnx_runner(resolve_model(str(tiny_cross_export.model_dir)), "bi", None, "cpu")
+    # A corrupt graph file: a clear error naming the file, not an onnxruntime traceback.
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bi_export.model_dir, broken)
+    (broken / "onnx" / "model.onnx").unlink()
+    (broken / "onnx" / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(FailedPrecondition, match="cannot load .*model.onnx"):
+        BiEncoder.load(str(broken), device="cpu", backend="onnx", onnx_variant="fp32")
+    (broken / "onnx" / MANIFEST).unlink()
+    with pytest.raises(FailedPrecondition, match="not a pairsmith export"):
+        BiEncoder.load(str(broken), device="cpu", backend="onnx")
+
+
+def test_export_config_validation(tmp_path):
+    with pytest.raises(InvalidInput, match="quantize"):
+        ExportConfig(quantize="int4")
+    with pytest.raises(InvalidInput, match="opset"):
+        ExportConfig(opset=9)
+    with pytest.raises(InvalidInput, match="isa"):
+        ExportConfig(quantize="int8", isa="sse2")
+    with pytest.raises(InvalidInput, match="kind"):
+        ExportConfig(kind="tri")
+    with pytest.raises(NotFound):
+        export_onnx(str(tmp_path / "missing"))
+
+
+def test_isa_detection():
+    assert detect_isa({"avx2", "avx512f", "avx512_vnni"}, "x86_64") is Isa.AVX512_VNNI
+    assert detect_isa({"avx2", "avx512f"}, "x86_64") is Isa.AVX512
+    assert detect_isa({"avx2", "fma"}, "x86_64") is Isa.AVX2
+    assert detect_isa(set(), "aarch64") is Isa.ARM64
+    assert Isa.AVX2.reduce_range and not Isa.AVX512_VNNI.reduce_range
+    assert Isa.parse("vnni") is Isa.AVX512_VNNI
+
+
+def test_new_encoder_kind_plugs_into_exporter(tiny_bi_dir, tmp_path):
+    from pairsmith.encoders.onnx_export import _EXPORTERS, _build_bi
+
+    @register_exporter("test-kind")
+    def build(source):
+        spec = _build_bi(source)
+        spec.kind = "test-kind"
+        spec.details = {**spec.details, "note": "plugged in"}
+        return spec
+
+    try:
+        assert "test-kind" in exporter_kinds()
+        res = export_onnx(str(tiny_bi_dir), ExportConfig(kind="test-kind"), out=tmp_path / "m")
+        assert res.manifest["kind"] == "test-kind" and res.manifest["details"]["note"] == "plugged in"
+    finally:
+        _EXPORTERS.pop("test-kind", None)
+
+
+def test_cli_export(tiny_bi_dir, tmp_path, capsys):
+    from pairsmith.service.cli import main
+
+    out = tmp_path / "exported"
+    assert main(["export", "onnx", "--model", str(tiny_bi_dir), "--out", str(out), "--quantize", "int8"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "model_qint8_" in text and (out / "onnx" / "model.onnx").exists() and (out / "config.json").exists()
+    )
+    assert main(["export", "onnx", "--model", str(tmp_path / "nope")]) == 3
+    assert main(["export", "onnx", "--model", str(tiny_bi_dir), "--quantize", "int8", "--isa", "sse2"]) == 2
+    assert "isa" in capsys.readouterr().err
+
+
+# -- accuracy --------------------------------------------------------------------------------------
+
+
+def _stsb_dev(shared_data: Path, every: int = 5):
+    rows = []
+    with open(shared_data / "sts" / "stsbenchmark" / "sts-dev.csv", encoding="utf-8") as fh:
+        for line in fh:
+            f = line.rstrip("\n").split("\t")
+            rows.append((float(f[4]), f[5], f[6]))
+    rows = rows[::every]
+    return np.array([r[0] for r in rows]), [r[1] for r in rows], [r[2] for r in rows]
+
+
+def test_int8_stsb_spearman_within_half_point(default_export, shared_data):
+    from scipy.stats import spearmanr
+
+    gold, a, b = _stsb_dev(shared_data)  # 300 pairs: CI-sized; full dev figure in docs/results.md
+    out = {}
+    for variant in ("fp32", "int8"):
+        enc = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant=variant)
+        out[variant] = 100 * spearmanr(enc.similarity(a, b), gold).statistic
+    assert out["fp32"] > 80
+    assert abs(out["fp32"] - out["int8"]) <= 0.5, out
