@@ -32,8 +32,10 @@ def _vecs(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
-def _items(x: np.ndarray, prefix: str = "d", payload: bool = True) -> list[UpsertItem]:
-    return [UpsertItem(f"{prefix}{i}", x[i], {"i": i} if payload else None) for i in range(len(x))]
+def _items(x: np.ndarray, prefix: str = "d", payload: bool = True, start: int = 0) -> list[UpsertItem]:
+    return [
+        UpsertItem(f"{prefix}{start + i}", x[i], {"i": start + i} if payload else None) for i in range(len(x))
+    ]
 
 
 def _create(store: IndexStore, name: str = "idx", **kw):
@@ -74,6 +76,32 @@ def test_flat_search_equals_bruteforce_numpy(store, metric):
     # The same after the delta is merged into FAISS and after a reopen from the snapshot.
     store.compact("idx")
     assert [[x.id for x in h] for h in store.search("idx", q, 10)] == [[x.id for x in h] for h in hits]
+
+
+@pytest.mark.parametrize("metric", [Metric.INNER_PRODUCT, Metric.L2])
+def test_search_merges_base_delta_and_deletes_exactly(tmp_path, metric):
+    """Vectors split between the FAISS base and the exact delta, with deletes and replacements
+    in both: results still equal brute force over the live set."""
+    x, q = _vecs(400, 21), _vecs(6, 22)
+    with IndexStore(tmp_path, config=StoreConfig(compact_min_delta=150, compact_delta_fraction=0.0)) as store:
+        _create(store, metric=metric)
+        for s in range(0, 400, 100):  # compactions at 200 and 400 -> base 200.., delta the rest
+            store.upsert("idx", _items(x[s : min(s + 100, 350)], start=s))
+        live = dict(enumerate(x[:350]))
+        gone = [3, 77, 150, 201, 260, 349]  # in the base and in the delta
+        store.delete("idx", [f"d{i}" for i in gone])
+        for i in gone:
+            live.pop(i)
+        new = _vecs(2, 23)
+        store.upsert("idx", [UpsertItem("d5", new[0]), UpsertItem("d230", new[1])])
+        live[5], live[230] = new[0], new[1]
+        snap = store._handles["idx"].snapshot
+        assert snap.base_count and len(snap.delta_ids) and len(snap.dead)  # the mixed state under test
+        keys = sorted(live)
+        order, scores = _brute(np.stack([live[i] for i in keys]), q, 10, metric)
+        for row, hits in enumerate(store.search("idx", q, 10)):
+            assert [h.id for h in hits] == [f"d{keys[j]}" for j in order[row]]
+            np.testing.assert_allclose([h.score for h in hits], scores[row], rtol=1e-4, atol=1e-3)
 
 
 def test_upsert_replaces_same_id_and_keeps_count(store):
