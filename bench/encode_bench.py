@@ -31,16 +31,10 @@ import numpy as np  # noqa: E402
 
 
 def load_stsb_dev(data: Path) -> tuple[np.ndarray, list[str], list[str]]:
-    """STS-B dev: TAB-separated, fields 5-7 = score, s1, s2, no CSV quoting."""
-    path = data / "sts" / "stsbenchmark" / "sts-dev.csv"
-    gold, a, b = [], [], []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            f = line.rstrip("\n").split("\t")
-            gold.append(float(f[4]))
-            a.append(f[5])
-            b.append(f[6])
-    return np.asarray(gold), a, b
+    from pairsmith.distill.data import load_sts_set
+
+    dev = load_sts_set("stsb-dev", root=data)
+    return np.asarray(dev.scores, dtype=np.float64), list(dev.s1), list(dev.s2)
 
 
 def spearman(vecs: np.ndarray, n: int, gold: np.ndarray) -> float:

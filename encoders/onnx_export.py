@@ -82,6 +82,7 @@ class GraphSpec:
     max_length: int
     tokenizer: object  # a Hugging Face fast tokenizer (for the parity check)
     details: dict = field(default_factory=dict)  # recorded in the manifest (pooling, head, ...)
+    save: Callable[[str], None] | None = None  # writes the model directory (used for hub models)
 
 
 GraphBuilder = Callable[[ModelSource], GraphSpec]
@@ -173,6 +174,7 @@ def _build_bi(source: ModelSource) -> GraphSpec:
         max_length=int(st.max_seq_length or 512),
         tokenizer=st.tokenizer,
         details=details,
+        save=st.save,
     )
 
 
@@ -221,6 +223,7 @@ def _build_cross(source: ModelSource) -> GraphSpec:
         max_length=int(getattr(ce, "max_length", None) or 512),
         tokenizer=ce.tokenizer,
         details={"num_labels": n_labels, "activation": "sigmoid" if n_labels == 1 else "softmax"},
+        save=ce.save,
     )
 
 
@@ -327,10 +330,6 @@ def _placement(source: ModelSource, out: Path | None, fp: str) -> tuple[Path, Pa
         if source.path is not None:
             _copy_model(source.path, out)
         return out, out / "onnx"
-    if source.path is None:
-        raise InvalidInput(
-            f"export: {source.ref} is a hub name; give --out DIR to write a local copy with onnx/"
-        )
     if _is_packaged_or_readonly(source.path):
         d = cached_export_dir(fp)
         log.info("model directory %s is packaged or read-only: export goes to %s", source.path, d)
@@ -412,16 +411,17 @@ def export_onnx(
     kind = detect_kind(source) if cfg.kind == "auto" else cfg.kind
     if kind not in _EXPORTERS:
         raise InvalidInput(f"kind: no exporter registered for {kind!r}")
+    if source.path is None and out is None:
+        raise InvalidInput(f"export: {source.ref} is a hub name; give --out DIR for a local copy with onnx/")
     spec = _EXPORTERS[kind](source)
-    if out is not None:
-        tmp_src = None
-        if source.path is None:  # hub model: save a local copy first
-            tmp_src = Path(out).expanduser().resolve()
-            tmp_src.mkdir(parents=True, exist_ok=True)
-            inner = getattr(spec.module, "st", None) or getattr(spec.module, "ce", None)
-            inner.save(str(tmp_src))
-            source = resolve_model(str(tmp_src))
-    fp = fingerprint(source.path) if source.path is not None else f"hub:{source.hub_id}"
+    if source.path is None:  # a hub model: save a local copy into ``out`` and export that
+        local = Path(out).expanduser().resolve()
+        local.mkdir(parents=True, exist_ok=True)
+        if spec.save is None:
+            raise InvalidInput(f"export: kind {kind!r} cannot save a hub model; download it first")
+        spec.save(str(local))
+        source = resolve_model(str(local))
+    fp = fingerprint(source.path)  # type: ignore[arg-type]
     model_dir, onnx_dir = _placement(source, Path(out) if out is not None else None, fp)
     onnx_dir.mkdir(parents=True, exist_ok=True)
     old = _read_manifest_or_none(onnx_dir)

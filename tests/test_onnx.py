@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,20 +258,14 @@ def test_cli_export(tiny_bi_dir, tmp_path, capsys):
 # -- accuracy --------------------------------------------------------------------------------------
 
 
-def _stsb_dev(shared_data: Path, every: int = 5):
-    rows = []
-    with open(shared_data / "sts" / "stsbenchmark" / "sts-dev.csv", encoding="utf-8") as fh:
-        for line in fh:
-            f = line.rstrip("\n").split("\t")
-            rows.append((float(f[4]), f[5], f[6]))
-    rows = rows[::every]
-    return np.array([r[0] for r in rows]), [r[1] for r in rows], [r[2] for r in rows]
-
-
 def test_int8_stsb_spearman_within_half_point(default_export, shared_data):
     from scipy.stats import spearmanr
 
-    gold, a, b = _stsb_dev(shared_data)  # 300 pairs: CI-sized; full dev figure in docs/results.md
+    from pairsmith.distill.data import load_sts_set
+
+    dev = load_sts_set("stsb-dev", root=shared_data)
+    # Every 5th pair (300 of 1,500): CI-sized; the full dev figure is in docs/results.md.
+    a, b, gold = dev.s1[::5], dev.s2[::5], np.asarray(dev.scores)[::5]
     out = {}
     for variant in ("fp32", "int8"):
         enc = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant=variant)
