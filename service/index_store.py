@@ -66,30 +66,31 @@ import re
 import shutil
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from pairsmith.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
 from pairsmith.service.index_db import IndexDb
 from pairsmith.service.index_faiss import (
     Metric,
-    Snapshot,
     apply_search_params,
     can_remove,
     default_search_params,
     fsync_dir,
-    ivf_of,
     new_index,
-    sha256_file,
     train_requirement,
-    write_bytes_atomic,
-    write_index_atomic,
+)
+from pairsmith.service.index_live import (
+    FORMAT_VERSION,
+    LiveIndex,
+    StoreConfig,
+    now_iso,
+    read_json,
+    write_manifest,
 )
 
 try:  # POSIX advisory lock: one process per index
@@ -108,7 +109,6 @@ MAX_QUERIES = 10_000
 MAX_ID_CHARS = 512
 MAX_PAYLOAD_BYTES = 65_536
 MAX_FACTORY_CHARS = 200
-FORMAT_VERSION = "1"
 _SEARCH_PARAM_KEYS = ("nprobe", "efSearch")
 
 
@@ -157,23 +157,6 @@ class UpsertItem:
     payload: dict | None = None
 
 
-@dataclass(frozen=True)
-class StoreConfig:
-    """Tuning knobs; the defaults suit indexes from 1k to a few million vectors."""
-
-    upsert_chunk: int = 4096  # items per SQLite transaction
-    compact_min_delta: int = 8192  # merge the exact delta into FAISS beyond max(this, fraction x base)
-    compact_delta_fraction: float = 0.05
-    rebuild_min_dead: int = 1024  # HNSW: rebuild beyond max(this, fraction x base) filtered deletes
-    rebuild_dead_fraction: float = 0.2
-    checkpoint_interval_s: float = 300.0
-    train_sample_max: int = 100_000
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def validate_name(name: object) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidInput(
@@ -181,42 +164,6 @@ def validate_name(name: object) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-class _State:
-    """Writer-side bookkeeping for a loaded index (guarded by the handle's write lock)."""
-
-    def __init__(self, count: int, base_max: int, generation: int) -> None:
-        self.count = count
-        self.base_max = base_max  # highest iid inside the base FAISS index
-        self.generation = generation  # snapshot file generation
-        self.last_checkpoint = time.monotonic()
-        self.dirty = False
-
-
-class _Handle:
-    def __init__(self, name: str, path: Path, db: IndexDb, lock_fd: int | None) -> None:
-        self.name = name
-        self.path = path
-        self.db = db
-        self.lock_fd = lock_fd
-        meta = db.all_meta()
-        self.dim = int(meta["dim"])
-        self.factory = meta["factory"]
-        self.metric = Metric.parse(meta["metric"])
-        self.removable = meta["needs_rebuild_on_delete"] == "0"
-        self.min_train = int(meta["min_train"])
-        self.train_size = int(meta["train_size"])
-        self.params: dict[str, int] = json.loads(meta["search_params"])
-        self.write_lock = threading.RLock()
-        self.state: _State | None = None
-        self.snapshot: Snapshot | None = None
-        self.deferred = False  # bulk mode: SQLite only
-        self.closed = False
-
-    def check_open(self) -> None:
-        if self.closed:
-            raise NotFound(f"index {self.name!r} was dropped or its store closed")
 
 
 class IndexStore:
@@ -228,7 +175,7 @@ class IndexStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config or StoreConfig()
         self._lock = threading.Lock()
-        self._handles: dict[str, _Handle] = {}
+        self._handles: dict[str, LiveIndex] = {}
         self._closed = False
 
     def __enter__(self) -> IndexStore:
@@ -286,7 +233,7 @@ class IndexStore:
             size = max(int(train_size), min_train)
         else:
             size = max(39 * min_train, 1000)
-        now = _now()
+        now = now_iso()
         meta = {
             "format": FORMAT_VERSION,
             "name": name,
@@ -310,7 +257,7 @@ class IndexStore:
             tmp.mkdir()
             try:
                 IndexDb.create(tmp / "store.sqlite", meta)
-                self._write_manifest(tmp, meta, count=0, snapshot=None)
+                write_manifest(tmp, meta, count=0, snapshot=None)
                 fsync_dir(tmp)
                 os.rename(tmp, final)
             except OSError as exc:
@@ -327,9 +274,7 @@ class IndexStore:
         with self._lock:
             h = self._handles.get(name)
         if h is not None:
-            return self._info(
-                h.path, h.db, count=h.state.count if h.state else None, trained=self._trained(h)
-            )
+            return self._info(h.path, h.db, count=h.state.count if h.state else None, trained=h.trained())
         path = self._path(name)
         db = IndexDb(path / "store.sqlite", readonly=True)
         try:
@@ -354,7 +299,7 @@ class IndexStore:
             path = self._path(name)
             if h is not None:
                 with h.write_lock:
-                    self._release(h)
+                    h.release()
             else:
                 fd = self._take_lock(name, path)
                 if fd is not None:
@@ -374,9 +319,9 @@ class IndexStore:
             with h.write_lock:
                 try:
                     if h.state is not None and h.state.dirty and not h.deferred:
-                        self._compact(h, force_checkpoint=True)
+                        h.compact(force_checkpoint=True)
                 finally:
-                    self._release(h)
+                    h.release()
 
     # -- writes ---------------------------------------------------------------------------
     def upsert(self, name: str, items: Iterable[UpsertItem], *, meta: Mapping[str, str] | None = None) -> int:
@@ -388,7 +333,7 @@ class IndexStore:
         h = self._open(name)
         total = 0
         with h.write_lock:
-            self._ensure_loaded(h)
+            h.ensure_loaded()
             chunks = _chunks(iter(items), self.config.upsert_chunk)
             chunk = next(chunks, None)
             if chunk is None and meta:
@@ -396,12 +341,12 @@ class IndexStore:
             while chunk is not None:
                 following = next(chunks, None)
                 rows = self._rows(h, chunk)
-                extra = {"updated_at": _now()}
+                extra = {"updated_at": now_iso()}
                 if following is None and meta:
                     extra.update(_user_meta(meta))
                 new_iids, replaced = h.db.write_chunk([(r[0], r[1].tobytes(), r[2]) for r in rows], extra)
                 if not h.deferred:
-                    self._apply_upsert(h, new_iids, np.stack([r[1] for r in rows]), replaced)
+                    h.apply_upsert(new_iids, np.stack([r[1] for r in rows]), replaced)
                 total += len(rows)
                 chunk = following
         return total
@@ -414,40 +359,28 @@ class IndexStore:
         if not ids:
             return 0
         with h.write_lock:
-            self._ensure_loaded(h)
-            removed = h.db.delete(ids, {"updated_at": _now()})
+            h.ensure_loaded()
+            removed = h.db.delete(ids, {"updated_at": now_iso()})
             if not h.deferred and len(removed):
-                snap, st = h.snapshot, h.state
-                assert snap is not None and st is not None
-                in_delta = np.isin(snap.delta_ids, removed)
-                gone_from_base = removed[removed <= st.base_max]
-                self._publish(
-                    h,
-                    dead=np.union1d(snap.dead, gone_from_base) if snap.base is not None else snap.dead,
-                    delta_ids=snap.delta_ids[~in_delta],
-                    delta_vecs=snap.delta_vecs[~in_delta],
-                )
-                st.count -= len(removed)
-                st.dirty = True
-                self._maybe_compact(h)
+                h.apply_delete(removed)
         return len(removed)
 
     def compact(self, name: str) -> IndexInfo:
         """Merge recent vectors, remove deleted ones (rebuilding HNSW), train if possible, snapshot."""
         h = self._open(name)
         with h.write_lock:
-            self._ensure_loaded(h)
+            h.ensure_loaded()
             if h.deferred:
                 raise FailedPrecondition(f"index {name!r}: a bulk build is in progress")
             snap = h.snapshot
             assert snap is not None
             if snap.base is None:
                 if h.db.count() >= h.min_train:
-                    self._rebuild(h, force_train=True)
+                    h.rebuild(force_train=True)
             elif len(snap.dead) and not h.removable:
-                self._rebuild(h)
+                h.rebuild()
             else:
-                self._compact(h, force_checkpoint=True)
+                h.compact(force_checkpoint=True)
         return self.get(name)
 
     def begin_bulk(self, name: str) -> None:
@@ -463,14 +396,14 @@ class IndexStore:
         h = self._open(name)
         with h.write_lock:
             h.deferred = False
-            self._rebuild(h, force_train=True)
+            h.rebuild(force_train=True)
         return self.get(name)
 
     def load(self, name: str) -> IndexInfo:
         """Open ``name`` now (lock, FAISS snapshot, replay) instead of on first use: for server start-up."""
         h = self._open(name)
         with h.write_lock:
-            self._ensure_loaded(h)
+            h.ensure_loaded()
         return self.get(name)
 
     def read_meta(self, name: str, key: str) -> str | None:
@@ -504,7 +437,7 @@ class IndexStore:
             q = q / norms
         if h.snapshot is None:
             with h.write_lock:
-                self._ensure_loaded(h)
+                h.ensure_loaded()
         snap = h.snapshot
         if snap is None:
             h.check_open()
@@ -557,7 +490,7 @@ class IndexStore:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         return fd
 
-    def _open(self, name: str) -> _Handle:
+    def _open(self, name: str) -> LiveIndex:
         validate_name(name)
         with self._lock:
             if self._closed:
@@ -569,7 +502,7 @@ class IndexStore:
                 try:
                     for junk in path.glob(".*.tmp-*"):  # left by a crash mid-snapshot; we hold the lock
                         junk.unlink(missing_ok=True)
-                    h = _Handle(name, path, IndexDb(path / "store.sqlite"), fd)
+                    h = LiveIndex(name, path, IndexDb(path / "store.sqlite"), fd, self.config)
                 except BaseException:
                     if fd is not None:
                         os.close(fd)
@@ -577,65 +510,8 @@ class IndexStore:
                 self._handles[name] = h
             return h
 
-    def _release(self, h: _Handle) -> None:
-        h.closed = True
-        h.db.close()
-        h.snapshot = None
-        h.state = None
-        if h.lock_fd is not None:
-            os.close(h.lock_fd)
-            h.lock_fd = None
-
-    def _ensure_loaded(self, h: _Handle) -> None:
-        h.check_open()
-        if h.state is not None or h.deferred:
-            return
-        manifest = _read_json(h.path / "manifest.json")
-        snap_info = manifest.get("snapshot") if manifest else None
-        base = None
-        if snap_info:
-            base = self._load_snapshot(h, snap_info)
-        if base is None:
-            self._rebuild(h)  # no usable snapshot: rebuild from SQLite (exact delta if untrained)
-            return
-        base_max = int(snap_info["max_iid"])
-        dead = h.db.dead_iids()
-        delta_ids, delta_vecs = h.db.vectors_after(base_max)
-        h.state = _State(h.db.count(), base_max, int(snap_info["generation"]))
-        self._publish(h, base=base, dead=dead[dead <= base_max], delta_ids=delta_ids, delta_vecs=delta_vecs)
-        if len(delta_ids) or len(dead):
-            log.info(
-                "index %s: replayed %d vectors and %d deletes after snapshot",
-                h.name,
-                len(delta_ids),
-                len(dead),
-            )
-            h.state.dirty = True
-        self._maybe_compact(h)
-
-    def _load_snapshot(self, h: _Handle, info: Mapping) -> faiss.Index | None:
-        path = h.path / str(info.get("file", ""))
-        try:
-            if sha256_file(path) != info.get("sha256"):
-                raise ValueError("checksum mismatch")
-            base = faiss.read_index(str(path))
-            if base.d != h.dim:
-                raise ValueError(f"dimension {base.d} != {h.dim}")
-        except (OSError, ValueError, RuntimeError) as exc:
-            log.warning("index %s: snapshot %s unusable (%s); rebuilding from SQLite", h.name, path.name, exc)
-            return None
-        ivf = ivf_of(base)
-        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        apply_search_params(base, h.params)
-        return base
-
-    def _trained(self, h: _Handle) -> bool:
-        snap = h.snapshot
-        return h.min_train == 0 or (snap is not None and snap.base is not None)
-
     # -- internals: writing ---------------------------------------------------------------
-    def _rows(self, h: _Handle, chunk: list[UpsertItem]) -> list[tuple[str, np.ndarray, str | None]]:
+    def _rows(self, h: LiveIndex, chunk: list[UpsertItem]) -> list[tuple[str, np.ndarray, str | None]]:
         rows: dict[str, tuple[str, np.ndarray, str | None]] = {}
         for n, item in enumerate(chunk):
             if not isinstance(item, UpsertItem):
@@ -657,183 +533,12 @@ class IndexStore:
             rows[ident] = (ident, np.ascontiguousarray(vec, dtype="<f4"), _payload_json(item.payload, n))
         return list(rows.values())
 
-    def _publish(self, h: _Handle, **changes) -> None:
-        old = h.snapshot
-        fields = {
-            "dim": h.dim,
-            "metric": h.metric,
-            "base": old.base if old else None,
-            "dead": old.dead if old else np.zeros(0, np.int64),
-            "delta_ids": old.delta_ids if old else np.zeros(0, np.int64),
-            "delta_vecs": old.delta_vecs if old else np.zeros((0, h.dim), np.float32),
-            "params": h.params,
-        }
-        fields.update(changes)
-        h.snapshot = Snapshot(**fields)  # one assignment: readers see the old or the new, never a mix
-
-    def _apply_upsert(self, h: _Handle, new_iids: np.ndarray, vecs: np.ndarray, replaced: np.ndarray) -> None:
-        snap, st = h.snapshot, h.state
-        assert snap is not None and st is not None
-        keep = ~np.isin(snap.delta_ids, replaced)
-        in_base = replaced[replaced <= st.base_max] if snap.base is not None else replaced[:0]
-        self._publish(
-            h,
-            dead=np.union1d(snap.dead, in_base) if len(in_base) else snap.dead,
-            delta_ids=np.concatenate([snap.delta_ids[keep], new_iids]),
-            delta_vecs=np.concatenate([snap.delta_vecs[keep], vecs]),
-        )
-        st.count += len(new_iids) - len(replaced)
-        st.dirty = True
-        self._maybe_compact(h)
-
-    def _maybe_compact(self, h: _Handle) -> None:
-        snap, st, cfg = h.snapshot, h.state, self.config
-        assert snap is not None and st is not None
-        if snap.base is None:
-            if h.min_train and st.count >= h.train_size:
-                log.info(
-                    "index %s: %d vectors reached train_size %d; training", h.name, st.count, h.train_size
-                )
-                self._rebuild(h)
-            return
-        base_n = snap.base_count
-        if not h.removable and len(snap.dead) >= max(
-            cfg.rebuild_min_dead, cfg.rebuild_dead_fraction * base_n
-        ):
-            self._rebuild(h)
-            return
-        limit = max(cfg.compact_min_delta, cfg.compact_delta_fraction * base_n)
-        if len(snap.delta_ids) >= limit or (h.removable and len(snap.dead) >= limit):
-            self._compact(h)
-
-    def _compact(self, h: _Handle, *, force_checkpoint: bool = False) -> None:
-        """Clone the base, apply deletes (where FAISS can) and the delta, publish, maybe snapshot."""
-        snap, st = h.snapshot, h.state
-        assert snap is not None and st is not None
-        if snap.base is None:
-            self._checkpoint(h)  # untrained: nothing for FAISS yet, refresh the manifest
-            return
-        base, dead = snap.base, snap.dead
-        if len(snap.delta_ids) or (h.removable and len(dead)):
-            base = faiss.clone_index(snap.base)
-            if h.removable and len(dead):
-                _remove(base, dead)
-                dead = dead[:0]
-            if len(snap.delta_ids):
-                base.add_with_ids(snap.delta_vecs, snap.delta_ids)
-                st.base_max = max(st.base_max, int(snap.delta_ids.max()))
-            apply_search_params(base, h.params)
-            self._publish(
-                h, base=base, dead=dead, delta_ids=snap.delta_ids[:0], delta_vecs=snap.delta_vecs[:0]
-            )
-        if force_checkpoint or time.monotonic() - st.last_checkpoint >= self.config.checkpoint_interval_s:
-            self._checkpoint(h)
-
-    def _rebuild(self, h: _Handle, *, force_train: bool = False) -> None:
-        """A fresh FAISS index from every vector in SQLite (bounded memory: streamed in chunks)."""
-        count = h.db.count()
-        if h.state is None:
-            h.state = _State(count, 0, 0)
-        st = h.state
-        st.count = count
-        index = new_index(h.factory, h.dim, h.metric)
-        if h.min_train:
-            if force_train and count < h.min_train:
-                raise FailedPrecondition(
-                    f"index {h.name!r}: factory {h.factory!r} needs at least {h.min_train} vectors to train "
-                    f"(recommended {39 * h.min_train}); it has {count}. Add vectors or use a smaller "
-                    "nlist / fewer PQ bits, or a Flat or HNSW index"
-                )
-            if count < h.min_train or (count < h.train_size and not force_train):
-                ids, vecs = h.db.vectors_after(0)  # bounded by train_size: held exactly until training
-                st.base_max = 0
-                self._publish(h, base=None, dead=np.zeros(0, np.int64), delta_ids=ids, delta_vecs=vecs)
-                self._checkpoint(h)
-                return
-            n = min(count, max(self.config.train_sample_max, h.min_train))
-            if count < 39 * h.min_train:
-                log.warning(
-                    "index %s: training %s on %d vectors; FAISS recommends >= %d",
-                    h.name,
-                    h.factory,
-                    n,
-                    39 * h.min_train,
-                )
-            t0 = time.perf_counter()
-            index.train(h.db.sample_vectors(n))
-            log.info(
-                "index %s: trained %s on %d vectors in %.1fs", h.name, h.factory, n, time.perf_counter() - t0
-            )
-        base_max = 0
-        for ids, vecs in h.db.iter_vectors():
-            index.add_with_ids(vecs, ids)
-            base_max = int(ids[-1])
-        apply_search_params(index, h.params)
-        st.base_max = base_max
-        self._publish(
-            h,
-            base=index,
-            dead=np.zeros(0, np.int64),
-            delta_ids=np.zeros(0, np.int64),
-            delta_vecs=np.zeros((0, h.dim), np.float32),
-        )
-        self._checkpoint(h)
-
-    def _checkpoint(self, h: _Handle) -> None:
-        """Snapshot file + manifest (both temp + fsync + rename), then prune ``dead``."""
-        snap, st = h.snapshot, h.state
-        assert snap is not None and st is not None
-        old_files = set(h.path.glob("snapshot-*.faiss"))
-        info = None
-        if snap.base is not None:
-            st.generation += 1
-            fname = f"snapshot-{st.generation:06d}.faiss"
-            digest = write_index_atomic(snap.base, h.path / fname)
-            info = {
-                "file": fname,
-                "sha256": digest,
-                "bytes": (h.path / fname).stat().st_size,
-                "max_iid": st.base_max,
-                "ntotal": snap.base_count,
-                "generation": st.generation,
-                "written_at": _now(),
-            }
-        self._write_manifest(h.path, h.db.all_meta(), count=st.count, snapshot=info)
-        h.db.set_dead(snap.dead)  # the on-disk base now holds exactly these deleted iids
-        for f in old_files:
-            if info is None or f.name != info["file"]:
-                f.unlink(missing_ok=True)
-        st.last_checkpoint = time.monotonic()
-        st.dirty = False  # anything still in the delta is replayable from SQLite
-
-    @staticmethod
-    def _write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot: dict | None) -> None:
-        doc = {
-            "format": int(meta.get("format", FORMAT_VERSION)),
-            "name": meta["name"],
-            "dim": int(meta["dim"]),
-            "factory": meta["factory"],
-            "metric": meta["metric"],
-            "count": count,
-            "encoder_fingerprint": meta["encoder_fingerprint"],
-            "encoder_id": meta["encoder_id"],
-            "created_at": meta["created_at"],
-            "updated_at": meta["updated_at"],
-            "needs_rebuild_on_delete": meta["needs_rebuild_on_delete"] == "1",
-            "train_size": int(meta["train_size"]),
-            "search_params": json.loads(meta["search_params"]),
-            "faiss_version": faiss.__version__,
-            "store": "store.sqlite",
-            "snapshot": snapshot,
-        }
-        write_bytes_atomic(path / "manifest.json", (json.dumps(doc, indent=2) + "\n").encode())
-
     def _info(
         self, path: Path, db: IndexDb, *, count: int | None = None, trained: bool | None = None
     ) -> IndexInfo:
         meta = db.all_meta()
         if trained is None:
-            manifest = _read_json(path / "manifest.json") or {}
+            manifest = read_json(path / "manifest.json") or {}
             trained = meta.get("min_train") == "0" or bool(manifest.get("snapshot"))
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         return IndexInfo(
@@ -851,13 +556,6 @@ class IndexStore:
             trained=trained,
             search_params=json.loads(meta["search_params"]),
         )
-
-
-def _remove(index: faiss.Index, iids: np.ndarray) -> None:
-    try:
-        index.remove_ids(faiss.IDSelectorBatch(iids))
-    except RuntimeError:  # IVF with a hashtable direct map accepts only an id array
-        index.remove_ids(faiss.IDSelectorArray(iids))
 
 
 def _chunks(it: Iterator, size: int) -> Iterator[list]:
@@ -900,10 +598,3 @@ def _payload_json(payload: object, n: int) -> str | None:
 
 def _user_meta(meta: Mapping[str, str]) -> dict[str, str]:
     return {f"user:{k}": str(v) for k, v in meta.items()}
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
