@@ -211,9 +211,10 @@ def markdown(results: dict) -> str:
     """One table per size, as pasted into docs/results.md."""
     out = []
     for n, rows in results["sizes"].items():
-        out.append(f"\n**N = {int(n):,}** (dim {DIM}, 1,000 queries)\n")
+        nq = results["queries"]
+        out.append(f"\n**N = {int(n):,}** (dim {DIM}, {nq:,} queries, k = 10)\n")
         out.append(
-            "| index | search params | recall@10 | QPS batch 1 | QPS batch 1000 | build s | bytes/vector |"
+            f"| index | search params | recall@10 | QPS batch 1 | QPS batch {nq} | build s | bytes/vector |"
         )
         out.append("|---|---|---|---|---|---|---|")
         for r in rows:
