@@ -29,6 +29,7 @@ _FLAG_FIELDS = (
     "tls_client_ca",
     "metrics_port",
     "max_batch_tokens",
+    "max_batch_rows",
     "max_concurrent_requests",
 )
 

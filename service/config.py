@@ -46,7 +46,8 @@ class ServeConfig:
     tls_client_ca: Path | None = None  # set: clients must present a cert signed by it (mTLS)
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
     metrics_host: str = "0.0.0.0"
-    max_batch_tokens: int = 8192  # padded tokens per forward pass
+    max_batch_tokens: int = 8192  # tokens per merged batch (and padded tokens per forward pass)
+    max_batch_rows: int = 32  # rows per forward pass (length-sorted within a merged batch)
     max_concurrent_requests: int = 512  # in-flight model calls; beyond: RESOURCE_EXHAUSTED
     max_texts_per_request: int = 1024
     max_message_bytes: int = 32 * 1024 * 1024
@@ -67,6 +68,7 @@ class ServeConfig:
                 raise InvalidInput(f"{name}: must be in 0..65535, got {v}")
         positive = (
             "max_batch_tokens",
+            "max_batch_rows",
             "max_concurrent_requests",
             "max_texts_per_request",
             "max_message_bytes",

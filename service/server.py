@@ -199,6 +199,7 @@ class PairsmithServer:
             self.rt.models = models
             common = dict(
                 max_batch_tokens=cfg.max_batch_tokens,
+                max_batch_rows=cfg.max_batch_rows,
                 max_pending=cfg.max_concurrent_requests,
                 model_executor=self.rt.model_executor,
                 tokenize_executor=self.rt.tokenize_executor,
