@@ -120,6 +120,7 @@ def _cmd_trans_encoder(args) -> int:
 
 
 def _register_trans_encoder(sub) -> None:
+    from pairsmith.distill.data import STS7
     from pairsmith.distill.trans_encoder import BI_DEFAULT, CROSS_DEFAULT
 
     p = sub.add_parser(
@@ -142,7 +143,9 @@ def _register_trans_encoder(sub) -> None:
     )
     p.add_argument("--cycles", type=int, default=3)
     p.add_argument("--dev", default="stsb-dev", help="labeled dev set for selection ('none' to disable)")
-    p.add_argument("--eval-sets", default=",".join(__import__("pairsmith.distill.data").distill.data.STS7))
+    p.add_argument(
+        "--eval-sets", default=",".join(STS7), help="comma-separated sets scored per cycle ('none': skip)"
+    )
     p.add_argument("--max-pairs", type=int, default=None, help="subsample the unlabeled pool")
     p.add_argument("--exclude-eval-pairs", action="store_true", help="drop pool pairs found in dev/eval sets")
     p.add_argument("--label-range", default="clamp", choices=["clamp", "raw", "minmax"])

@@ -6,7 +6,7 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PS=${PAIRSMITH:-.venv/bin/pairsmith}
 RUNS=${RUNS:-runs}
-COMMON="--student default --epochs ${EPOCHS:-3} --batch-size 16 --lr 2e-5 --max-length 128 --device cpu --no-progress --resume"
+COMMON="--student default --epochs ${EPOCHS:-1} --batch-size 16 --lr 2e-5 --max-length 128 --device cpu --no-progress --resume"
 for A in 0 0.5; do
   $PS -v distill dse --teacher "$RUNS/teacher-stsb" --pairs stsb-train --dev stsb-dev --alpha $A $COMMON \
     --out "$RUNS/dse-stsb-a$A"
