@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     sts.add_argument("--symmetric", action="store_true", help="cross-encoder: average both orders")
     sts.add_argument(
-        "--sets", default=DEFAULT_STS, help=f"comma list of names or file paths (default {DEFAULT_STS})"
+        "--sets",
+        default=DEFAULT_STS,
+        help=f"comma list of names or file paths, or sts7 (default {DEFAULT_STS})",
     )
     sts.set_defaults(func=_run_sts)
 
@@ -81,6 +83,8 @@ def _run_sts(args: argparse.Namespace) -> int:
 
     _check_common(args)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if sets == ["sts7"]:
+        sets = DEFAULT_STS.split(",")
     if not sets:
         raise InvalidInput("--sets: give at least one set name or file")
     t0 = time.perf_counter()
