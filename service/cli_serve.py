@@ -265,6 +265,16 @@ def _client_upsert(args) -> int:
                     raise DataFormatError(args.file, "expected an object with id and text or vector", line=n)
                 yield row
 
+    failed: list[BaseException] = []
+
+    def checked():
+        # An error in a request generator reaches the caller only as CANCELLED; keep the real one.
+        try:
+            yield from items()
+        except DataFormatError as exc:
+            failed.append(exc)
+            raise
+
     def go(c):
         import grpc
 
@@ -275,7 +285,12 @@ def _client_upsert(args) -> int:
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
                     raise
                 c.create_index(args.index)
-        n = c.upsert(args.index, items())
+        try:
+            n = c.upsert(args.index, checked())
+        except grpc.RpcError:
+            if failed:
+                raise failed[0] from None
+            raise
         _print({"index": args.index, "upserted": n, "count": int(c.get_index(args.index).get("count", 0))})
 
     return _run_client(args, go)

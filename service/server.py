@@ -216,6 +216,8 @@ class PairsmithServer:
                 self.rt.cross_batcher.start()
             try:
                 self.rt.store = await loop.run_in_executor(self.rt.store_executor, open_store, cfg)
+                for info in await loop.run_in_executor(self.rt.read_executor, self.rt.store.list):
+                    self.metrics.set_index(info.name, int(info.count), int(info.size_bytes or 0))
             except Exception as exc:  # the model RPCs still work without a store
                 self.rt.store_error = str(exc) or type(exc).__name__
                 log.error("index store unavailable: %s", self.rt.store_error)
