@@ -206,13 +206,19 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             )
 
         async def reader():
+            # Starts each message's work as it arrives (bounded by the window); the writer
+            # below awaits them in arrival order, so replies keep the request order.
             seq = 0
             try:
                 async for req in request_iterator:
                     await window.put(asyncio.ensure_future(one(seq, req)))
                     seq += 1
-            finally:
-                await window.put(done)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the inbound stream broke: hand the error to the writer
+                await window.put(exc)
+                return
+            await window.put(done)
 
         read_task = asyncio.ensure_future(reader())
         try:
@@ -220,13 +226,14 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                 item = await window.get()
                 if item is done:
                     break
+                if isinstance(item, BaseException):
+                    raise item
                 yield await item
-            await read_task
         finally:
             read_task.cancel()
             while not window.empty():
                 item = window.get_nowait()
-                if item is not done:
+                if isinstance(item, asyncio.Future):
                     item.cancel()
 
     @rpc("Score")
