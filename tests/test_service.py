@@ -224,3 +224,31 @@ def test_missing_cross_encoder_names_the_flag(tiny_bi_dir, tmp_path):
         ch.close()
     finally:
         st.stop()
+
+
+@pytest.mark.slow
+def test_default_model_embed_and_demo_search(default_bi, tmp_path):
+    """The packaged default model through gRPC: Embed parity and a search over the demo corpus."""
+    import json
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parent.parent / "service" / "demo" / "corpus.jsonl"
+    docs = [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]
+    st = ServerThread(ServeConfig(model="default", host="127.0.0.1", data_dir=tmp_path)).start()
+    try:
+        ch, s = stub_for(st.target)
+        r = s.Embed(pb.EmbedRequest(texts=TEXTS))
+        assert np.abs(_vectors(r) - default_bi.encode(TEXTS).vectors).max() <= 1e-5
+        s.CreateIndex(pb.CreateIndexRequest(name="demo"))
+        items = [pb.UpsertItem(id=d["id"], text=d["text"]) for d in docs]
+        s.Upsert(
+            iter([pb.UpsertRequest(index="demo", items=items[i : i + 32]) for i in range(0, len(items), 32)])
+        )
+        doc_vecs = default_bi.encode([d["text"] for d in docs]).vectors
+        q = docs[5]["text"]
+        hits = s.Search(pb.SearchRequest(index="demo", text=q, top_k=5)).hits
+        want = np.argsort(-(doc_vecs @ default_bi.encode([q]).vectors[0]), kind="stable")[:5]
+        assert [h.id for h in hits] == [docs[i]["id"] for i in want] and hits[0].id == docs[5]["id"]
+        ch.close()
+    finally:
+        st.stop()
