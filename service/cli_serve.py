@@ -59,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: off)")
     p.add_argument("--max-batch-tokens", type=int, help="token budget per forward batch (default 8192)")
+    p.add_argument("--max-batch-rows", type=int, help="rows per forward pass (default 32)")
     p.add_argument(
         "--max-concurrent-requests", type=int, help="in-flight model requests before RESOURCE_EXHAUSTED"
     )
