@@ -189,3 +189,18 @@ def test_error_table_covers_every_kind():
     assert status_for(InvalidInput("x")) == grpc.StatusCode.INVALID_ARGUMENT
     assert status_for(RequestExpired()) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert status_for(KeyError("bug")) == grpc.StatusCode.INTERNAL
+
+
+def test_serve_flags_reach_the_config(tmp_path):
+    from pairsmith.service.cli import build_parser
+
+    keys = tmp_path / "keys"
+    keys.write_text("k" * 20 + "\n")
+    args = build_parser().parse_args(
+        ["serve", "--model", "m", "--port", "0", "--max-batch-rows", "16", "--max-batch-tokens", "2048",
+         "--api-key-file", str(keys), "--metrics-port", "9999", "--data-dir", str(tmp_path), "--backend", "onnx"]
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert (cfg.model, cfg.port, cfg.max_batch_rows, cfg.max_batch_tokens) == ("m", 0, 16, 2048)
+    assert cfg.api_key_file == keys and cfg.metrics_port == 9999 and cfg.store_root == tmp_path
+    assert cfg.backend == "onnx"
