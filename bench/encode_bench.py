@@ -29,6 +29,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
+from pairsmith.encoders.onnx_quant import BLOCK_SIZE, detect_isa  # noqa: E402
+
+DYN = f"qint8_{detect_isa().value}"
+
 
 def load_stsb_dev(data: Path) -> tuple[np.ndarray, list[str], list[str]]:
     from pairsmith.distill.data import load_sts_set
@@ -80,6 +84,13 @@ def timed(fn, reps_out: list[float], n: int):
     return res
 
 
+INT8_VARIANTS = (
+    ("pairsmith onnx fp32", "fp32"),
+    ("pairsmith onnx int8 blockwise (default)", f"qint8_block{BLOCK_SIZE}"),
+    ("pairsmith onnx int8 dynamic", None),  # qint8_<isa of this CPU>
+)
+
+
 def bench_bi(args, gold, a, b) -> dict:
     from pairsmith.encoders import BiEncoder
     from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
@@ -87,18 +98,19 @@ def bench_bi(args, gold, a, b) -> dict:
     texts = a + b
     n = len(texts)
     export_onnx(args.model, ExportConfig(quantize="int8"))
+    export_onnx(args.model, ExportConfig(quantize="int8", int8_scheme="dynamic"))
     st_enc = BiEncoder.load(args.model, device="cpu")
     st = st_enc.st_model  # sentence-transformers' own SentenceTransformer: the baseline
     variants = {
-        "sentence-transformers encode (baseline)": lambda: st.encode(texts),
+        "sentence-transformers encode (baseline)": lambda: st.encode(texts, show_progress_bar=False),
         "pairsmith torch": lambda: st_enc.encode(texts, batch_size=args.batch_size).vectors,
     }
-    for name, v in (("pairsmith onnx fp32", "fp32"), ("pairsmith onnx int8", "int8")):
-        enc = BiEncoder.load(args.model, device="cpu", backend="onnx", onnx_variant=v)
+    for name, v in INT8_VARIANTS:
+        enc = BiEncoder.load(args.model, device="cpu", backend="onnx", onnx_variant=v or DYN)
         enc.encode(texts[:64])  # warm-up: first-call allocations
         variants[name] = lambda enc=enc: enc.encode(texts, batch_size=args.batch_size).vectors
     warm = texts[:64]
-    st.encode(warm)
+    st.encode(warm, show_progress_bar=False)
     st_enc.encode(warm)
     speed: dict[str, list[float]] = {k: [] for k in variants}
     quality: dict[str, float] = {}
@@ -124,18 +136,29 @@ def bench_cross(args, a, b) -> dict:
     with tempfile.TemporaryDirectory(prefix="pairsmith-bench-ce-") as tmp:
         CrossEncoder.from_backbone(args.model, device="cpu", seed=0).save(tmp)
         export_onnx(tmp, ExportConfig(quantize="int8"))
+        export_onnx(tmp, ExportConfig(quantize="int8", int8_scheme="dynamic"))
         st = STCrossEncoder(tmp, device="cpu", local_files_only=True)
         torch_ce = CrossEncoder.load(tmp, device="cpu")
-        onnx32 = CrossEncoder.load(tmp, device="cpu", backend="onnx", onnx_variant="fp32")
-        onnx8 = CrossEncoder.load(tmp, device="cpu", backend="onnx", onnx_variant="int8")
+        onnx = {
+            name: CrossEncoder.load(tmp, device="cpu", backend="onnx", onnx_variant=v or DYN)
+            for name, v in INT8_VARIANTS
+        }
         raw = Activation.RAW
         bs = args.batch_size
         variants = {
-            "sentence-transformers predict (baseline)": lambda: st.predict(pairs, activation_fn=None),
+            # Its defaults (sigmoid on); the logit is recovered below for the parity column.
+            "sentence-transformers predict (baseline)": lambda: _logit(
+                st.predict(pairs, show_progress_bar=False)
+            ),
             "pairsmith torch": lambda: torch_ce.score(pairs, activation=raw, batch_size=bs).values,
-            "pairsmith onnx fp32": lambda: onnx32.score(pairs, activation=raw, batch_size=bs).values,
-            "pairsmith onnx int8": lambda: onnx8.score(pairs, activation=raw, batch_size=bs).values,
         }
+        for name, ce in onnx.items():
+            variants[name] = lambda ce=ce: ce.score(pairs, activation=raw, batch_size=bs).values
+        # warm-up
+        st.predict(pairs[:32], show_progress_bar=False)
+        torch_ce.score(pairs[:32])
+        for ce in onnx.values():
+            ce.score(pairs[:32])
         speed: dict[str, list[float]] = {k: [] for k in variants}
         logits: dict[str, np.ndarray] = {}
         for rep in range(args.reps):
@@ -148,6 +171,11 @@ def bench_cross(args, a, b) -> dict:
     ref = logits["pairsmith torch"]
     diff = {k: float(np.abs(v - ref).max()) for k, v in logits.items()}
     return {"n": n, "speed": speed, "max_abs_logit_diff_vs_torch": diff}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
 
 
 def report(title: str, res: dict, unit: str, extra_key: str, extra_fmt: str) -> list[str]:
@@ -178,12 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--batch-size", type=int, default=32, help="pairsmith batch size (baseline keeps its default, 32)"
     )
+    p.add_argument("--limit", type=int, default=None, help="first N pairs only (smoke runs)")
     p.add_argument("--skip-cross", action="store_true")
     p.add_argument("--json", default=None, help="write raw figures here")
     args = p.parse_args(argv)
     if args.reps < 3:
         print("note: fewer than 3 repetitions; medians are fragile on a shared machine", file=sys.stderr)
     gold, a, b = load_stsb_dev(Path(args.data))
+    if args.limit:
+        gold, a, b = gold[: args.limit], a[: args.limit], b[: args.limit]
     info = machine()
     print(f"machine: {info}", flush=True)
     out = {"machine": info, "args": vars(args)}

@@ -9,7 +9,8 @@ Batch and sequence axes are dynamic.
 Files follow sentence-transformers' layout inside ``<model>/onnx/``::
 
     model.onnx                    fp32, plain export (the parity reference)
-    model_qint8_<isa>.onnx        dynamic int8 for CPU (isa: avx2, avx512, avx512_vnni, arm64)
+    model_qint8_block32.onnx      int8 for CPU, blockwise (default scheme; any CPU)
+    model_qint8_<isa>.onnx        int8 for CPU, quantize_dynamic (isa: avx2, avx512, avx512_vnni, arm64)
     model_fp16.onnx               fp16 for GPU
     pairsmith_onnx.json           manifest: kind, source fingerprint, variants, export config
 
@@ -44,6 +45,7 @@ from pairsmith.encoders.onnx_quant import (
     Isa,
     detect_isa,
     int8_file,
+    int8_variant,
     make_fp16,
     make_int8,
 )
@@ -401,8 +403,8 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model`` (``default``, a directory, or a hub name with ``out``) to ONNX.
 
-    Writes ``onnx/model.onnx`` always, plus ``model_qint8_<isa>.onnx`` with
-    ``quantize='int8'`` and ``model_fp16.onnx`` with ``fp16=True``. Packaged or
+    Writes ``onnx/model.onnx`` always, plus ``model_qint8_block32.onnx`` (or
+    ``model_qint8_<isa>.onnx`` for the dynamic scheme) with ``quantize='int8'`` and ``model_fp16.onnx`` with ``fp16=True``. Packaged or
     read-only model directories export into :func:`cache_root` (found again by
     the runtime through the fingerprint); ``out`` writes a standalone copy.
     """
@@ -447,19 +449,20 @@ def export_onnx(
 
         if cfg.quantize == "int8":
             isa = Isa.parse(cfg.isa) if cfg.isa != "auto" else detect_isa()
-            dst = onnx_dir / int8_file(isa)
+            scheme = Int8Scheme.parse(cfg.int8_scheme)
+            dst = onnx_dir / int8_file(isa, scheme)
             info = make_int8(
                 fp32,
                 dst,
                 spec=spec,
                 isa=isa,
-                scheme=Int8Scheme.parse(cfg.int8_scheme),
+                scheme=scheme,
                 optimize=cfg.optimize,
                 per_channel=cfg.per_channel,
                 tmp=Path(tmp),
             )
             written.append(dst)
-            keep[f"qint8_{isa.value}"] = {"file": dst.name, "dtype": "int8", **info}
+            keep[int8_variant(isa, scheme)] = {"file": dst.name, "dtype": "int8", **info}
         if cfg.fp16:
             dst = onnx_dir / FP16_FILE
             info = make_fp16(fp32, dst, spec=spec, optimize=cfg.optimize, tmp=Path(tmp))

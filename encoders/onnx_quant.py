@@ -118,8 +118,23 @@ def detect_isa(flags: set[str] | None = None, machine: str | None = None) -> Isa
     return Isa.AVX2
 
 
-def int8_file(isa: Isa) -> str:
-    return f"model_qint8_{isa.value}.onnx"
+DEFAULT_INT8_SCHEME = Int8Scheme.BLOCKWISE
+
+
+def int8_variant(isa: Isa, scheme: Int8Scheme = DEFAULT_INT8_SCHEME) -> str:
+    """Manifest key of an int8 file: ``qint8_block32`` (any x86/ARM CPU) or ``qint8_<isa>`` (dynamic)."""
+    return f"qint8_block{BLOCK_SIZE}" if scheme is Int8Scheme.BLOCKWISE else f"qint8_{isa.value}"
+
+
+def int8_file(isa: Isa, scheme: Int8Scheme = DEFAULT_INT8_SCHEME) -> str:
+    return f"model_{int8_variant(isa, scheme)}.onnx"
+
+
+def int8_preference(isa: Isa | None = None) -> list[str]:
+    """int8 manifest keys in the order ``auto`` / ``int8`` try them on this CPU."""
+    isa = isa or detect_isa()
+    other = Int8Scheme.DYNAMIC if DEFAULT_INT8_SCHEME is Int8Scheme.BLOCKWISE else Int8Scheme.BLOCKWISE
+    return [int8_variant(isa, DEFAULT_INT8_SCHEME), int8_variant(isa, other)]
 
 
 def _optimizer_type(spec: GraphSpec) -> str | None:

@@ -13,8 +13,8 @@ def register(subparsers) -> None:
         "onnx",
         help="export to ONNX (pooling/normalisation or score head inside the graph)",
         description=(
-            "Writes onnx/model.onnx (fp32) into the model directory, plus onnx/model_qint8_<isa>.onnx "
-            "with --quantize int8 (CPU) and onnx/model_fp16.onnx with --fp16 (GPU). The packaged default "
+            "Writes onnx/model.onnx (fp32) into the model directory, plus onnx/model_qint8_block32.onnx "
+            "(or model_qint8_<isa>.onnx with --int8-scheme dynamic) with --quantize int8 (CPU) and onnx/model_fp16.onnx with --fp16 (GPU). The packaged default "
             "model and read-only directories export into the pairsmith cache ($PAIRSMITH_CACHE, else "
             "~/.cache/pairsmith), where backend=onnx finds them; --out DIR writes a standalone copy "
             "of the model with its onnx/ folder instead."
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     o.add_argument(
         "--isa",
         default="auto",
-        help="int8 target: auto (this CPU), avx2, avx512, avx512_vnni, arm64",
+        help="dynamic int8 target: auto (this CPU), avx2, avx512, avx512_vnni, arm64",
     )
     o.add_argument(
         "--int8-scheme",

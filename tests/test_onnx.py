@@ -16,7 +16,7 @@ from pairsmith.encoders.onnx_export import (
     exporter_kinds,
     register_exporter,
 )
-from pairsmith.encoders.onnx_quant import Isa, detect_isa, int8_file
+from pairsmith.encoders.onnx_quant import Isa, detect_isa, int8_file, int8_preference
 from pairsmith.errors import FailedPrecondition, InvalidInput, NotFound
 
 SENTS = [
@@ -90,7 +90,7 @@ def test_fp32_alone_equals_in_batch(default_export):
 def test_int8_close_to_fp32_and_batch_invariant(default_export):
     fp32 = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="fp32")
     int8 = BiEncoder.load("default", device="cpu", backend="onnx")  # auto: int8 on CPU
-    assert int8.runner.variant == f"qint8_{detect_isa().value}"
+    assert int8.runner.variant == int8_preference()[0] == "qint8_block32"
     assert default_export.manifest["variants"][int8.runner.variant]["scheme"] == "blockwise"
     a = fp32.encode(SENTS).vectors
     b = int8.encode(SENTS).vectors
