@@ -72,8 +72,10 @@ def test_load_failure_keeps_not_serving(tmp_path):
 class _SlowRunner:
     def __init__(self, inner, delay: float) -> None:
         self.inner, self.delay = inner, delay
+        self.started = threading.Event()
 
     def run(self, batch):
+        self.started.set()
         time.sleep(self.delay)
         return self.inner.run(batch)
 
@@ -81,7 +83,7 @@ class _SlowRunner:
 def test_graceful_stop_drains_and_queued_deadline_is_dropped(tiny_bi_dir, tmp_path):
     st = ServerThread(ServeConfig(model=str(tiny_bi_dir), host="127.0.0.1", data_dir=tmp_path)).start()
     batcher = st.server.rt.bi_batcher
-    batcher.runner = _SlowRunner(batcher.runner, 0.8)
+    slow = batcher.runner = _SlowRunner(batcher.runner, 0.8)
     ch, stub = stub_for(st.target)
     results: dict[str, object] = {}
 
@@ -90,7 +92,7 @@ def test_graceful_stop_drains_and_queued_deadline_is_dropped(tiny_bi_dir, tmp_pa
 
     t = threading.Thread(target=slow_call)
     t.start()
-    time.sleep(0.3)  # the slow request is now running on the model thread
+    assert slow.started.wait(30)  # the slow request is now running on the model thread
     with pytest.raises(grpc.RpcError) as ei:  # queued behind it; its deadline passes while waiting
         stub.Embed(pb.EmbedRequest(texts=["too late"]), timeout=0.2)
     assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
