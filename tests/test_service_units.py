@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,8 +25,10 @@ class CountingRunner:
     def __init__(self, delay: float = 0.0) -> None:
         self.shapes: list[tuple[int, int]] = []
         self.delay = delay
+        self.started = threading.Event()
 
     def run(self, batch):
+        self.started.set()
         if self.delay:
             time.sleep(self.delay)
         self.shapes.append(batch.shape)
@@ -88,7 +91,7 @@ def test_cancelled_and_expired_requests_are_dropped(tokenizer):
         b = _batcher(tokenizer, runner)
         b.start()
         first = asyncio.ensure_future(b.submit_texts(["first"]))
-        await asyncio.sleep(0.1)  # first is running
+        await asyncio.get_running_loop().run_in_executor(None, runner.started.wait, 30)  # first is running
         cancelled = asyncio.ensure_future(b.submit_texts(["cancelled"]))
         expired = asyncio.ensure_future(b.submit_texts(["expired"], deadline=time.monotonic() + 0.05))
         kept = asyncio.ensure_future(b.submit_texts(["kept"]))
