@@ -29,10 +29,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from pairsmith.encoders.onnx_quant import BLOCK_SIZE, detect_isa  # noqa: E402
-
-DYN = f"qint8_{detect_isa().value}"
-
 
 def load_stsb_dev(data: Path) -> tuple[np.ndarray, list[str], list[str]]:
     from pairsmith.distill.data import load_sts_set
@@ -84,11 +80,7 @@ def timed(fn, reps_out: list[float], n: int):
     return res
 
 
-INT8_VARIANTS = (
-    ("pairsmith onnx fp32", "fp32"),
-    ("pairsmith onnx int8 blockwise (default)", f"qint8_block{BLOCK_SIZE}"),
-    ("pairsmith onnx int8 dynamic", None),  # qint8_<isa of this CPU>
-)
+ONNX_VARIANTS = (("pairsmith onnx fp32", "fp32"), ("pairsmith onnx int8", "int8"))
 
 
 def bench_bi(args, gold, a, b) -> dict:
@@ -98,15 +90,14 @@ def bench_bi(args, gold, a, b) -> dict:
     texts = a + b
     n = len(texts)
     export_onnx(args.model, ExportConfig(quantize="int8"))
-    export_onnx(args.model, ExportConfig(quantize="int8", int8_scheme="dynamic"))
     st_enc = BiEncoder.load(args.model, device="cpu")
     st = st_enc.st_model  # sentence-transformers' own SentenceTransformer: the baseline
     variants = {
         "sentence-transformers encode (baseline)": lambda: st.encode(texts, show_progress_bar=False),
         "pairsmith torch": lambda: st_enc.encode(texts, batch_size=args.batch_size).vectors,
     }
-    for name, v in INT8_VARIANTS:
-        enc = BiEncoder.load(args.model, device="cpu", backend="onnx", onnx_variant=v or DYN)
+    for name, v in ONNX_VARIANTS:
+        enc = BiEncoder.load(args.model, device="cpu", backend="onnx", onnx_variant=v)
         enc.encode(texts[:64])  # warm-up: first-call allocations
         variants[name] = lambda enc=enc: enc.encode(texts, batch_size=args.batch_size).vectors
     warm = texts[:64]
@@ -136,12 +127,11 @@ def bench_cross(args, a, b) -> dict:
     with tempfile.TemporaryDirectory(prefix="pairsmith-bench-ce-") as tmp:
         CrossEncoder.from_backbone(args.model, device="cpu", seed=0).save(tmp)
         export_onnx(tmp, ExportConfig(quantize="int8"))
-        export_onnx(tmp, ExportConfig(quantize="int8", int8_scheme="dynamic"))
         st = STCrossEncoder(tmp, device="cpu", local_files_only=True)
         torch_ce = CrossEncoder.load(tmp, device="cpu")
         onnx = {
-            name: CrossEncoder.load(tmp, device="cpu", backend="onnx", onnx_variant=v or DYN)
-            for name, v in INT8_VARIANTS
+            name: CrossEncoder.load(tmp, device="cpu", backend="onnx", onnx_variant=v)
+            for name, v in ONNX_VARIANTS
         }
         raw = Activation.RAW
         bs = args.batch_size

@@ -9,8 +9,7 @@ Batch and sequence axes are dynamic.
 Files follow sentence-transformers' layout inside ``<model>/onnx/``::
 
     model.onnx                    fp32, plain export (the parity reference)
-    model_qint8_block32.onnx      int8 for CPU, blockwise (default scheme; any CPU)
-    model_qint8_<isa>.onnx        int8 for CPU, quantize_dynamic (isa: avx2, avx512, avx512_vnni, arm64)
+    model_qint8_<isa>.onnx        dynamic int8 for CPU (isa: avx2, avx512, avx512_vnni, arm64)
     model_fp16.onnx               fp16 for GPU
     pairsmith_onnx.json           manifest: kind, source fingerprint, variants, export config
 
@@ -41,7 +40,6 @@ import numpy as np
 from pairsmith.encoders.onnx_quant import (
     FP16_FILE,
     FP32_FILE,
-    Int8Scheme,
     Isa,
     detect_isa,
     int8_file,
@@ -252,10 +250,9 @@ class ExportConfig:
     kind: str = "auto"  # auto | bi | cross (or another registered kind)
     quantize: str = "none"  # none | int8
     isa: str = "auto"  # auto | avx2 | avx512 | avx512_vnni | arm64 (int8 only)
-    int8_scheme: str = "blockwise"  # blockwise | dynamic (see onnx_quant.Int8Scheme)
     fp16: bool = False
     opset: int = DEFAULT_OPSET
-    optimize: bool = True  # onnxruntime transformer fusions before int8 / fp16
+    fuse: str = "auto"  # onnxruntime transformer fusions first: auto (fp16 yes, int8 no) | on | off
     per_channel: bool = True  # int8 weights: one scale per output channel
     check: bool = True  # compare fp32 ONNX with torch after export
 
@@ -268,7 +265,8 @@ class ExportConfig:
             raise InvalidInput(f"opset: must be between 14 and 21, got {self.opset}")
         if self.isa != "auto":
             Isa.parse(self.isa)
-        Int8Scheme.parse(self.int8_scheme)
+        if self.fuse not in ("auto", "on", "off"):
+            raise InvalidInput(f"fuse: must be auto, on or off, got {self.fuse!r}")
 
 
 @dataclass(frozen=True)
@@ -403,8 +401,8 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model`` (``default``, a directory, or a hub name with ``out``) to ONNX.
 
-    Writes ``onnx/model.onnx`` always, plus ``model_qint8_block32.onnx`` (or
-    ``model_qint8_<isa>.onnx`` for the dynamic scheme) with ``quantize='int8'`` and ``model_fp16.onnx`` with ``fp16=True``. Packaged or
+    Writes ``onnx/model.onnx`` always, plus ``model_qint8_<isa>.onnx`` with
+    ``quantize='int8'`` and ``model_fp16.onnx`` with ``fp16=True``. Packaged or
     read-only model directories export into :func:`cache_root` (found again by
     the runtime through the fingerprint); ``out`` writes a standalone copy.
     """
@@ -449,23 +447,21 @@ def export_onnx(
 
         if cfg.quantize == "int8":
             isa = Isa.parse(cfg.isa) if cfg.isa != "auto" else detect_isa()
-            scheme = Int8Scheme.parse(cfg.int8_scheme)
-            dst = onnx_dir / int8_file(isa, scheme)
+            dst = onnx_dir / int8_file(isa)
             info = make_int8(
                 fp32,
                 dst,
                 spec=spec,
                 isa=isa,
-                scheme=scheme,
-                optimize=cfg.optimize,
+                fuse=cfg.fuse == "on",
                 per_channel=cfg.per_channel,
                 tmp=Path(tmp),
             )
             written.append(dst)
-            keep[int8_variant(isa, scheme)] = {"file": dst.name, "dtype": "int8", **info}
+            keep[int8_variant(isa)] = {"file": dst.name, "dtype": "int8", **info}
         if cfg.fp16:
             dst = onnx_dir / FP16_FILE
-            info = make_fp16(fp32, dst, spec=spec, optimize=cfg.optimize, tmp=Path(tmp))
+            info = make_fp16(fp32, dst, spec=spec, fuse=cfg.fuse != "off", tmp=Path(tmp))
             written.append(dst)
             keep["fp16"] = {"file": FP16_FILE, "dtype": "float16", **info}
 

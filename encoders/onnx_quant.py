@@ -1,17 +1,20 @@
 """Variants of an exported fp32 graph: dynamic int8 for CPU, fp16 for GPU.
 
-int8 routes (measured on the development machine; see README section onnx):
-onnxruntime's transformer optimizer first fuses the graph (SkipLayerNorm,
-BiasGelu, EmbedLayerNorm, and Attention for the dynamic scheme), then either
+int8 route (measured on the development machine; README section onnx says why):
+the plain exported graph goes straight to ``quantize_dynamic``: the weight
+MatMuls become int8 with one scale per output channel (per-tensor loses 0.2
+Spearman and agrees far worse with fp32 row by row), activations get one
+scale per batch at run time, embeddings stay fp32. onnxruntime's own session
+optimisations then fuse the quantised graph at load time. Running the Python
+transformer optimizer (attention / SkipLayerNorm fusion) first was measured
+*slower* on CPU with onnxruntime 1.32 (~735 vs ~900 sentences per CPU-second),
+so it is off by default for int8 (``fuse='on'`` turns it on); fp16 for GPU
+uses it, where the fused attention kernels matter.
 
-- ``blockwise`` (default): every weight MatMul becomes ``MatMulNBits`` with
-  8-bit weights in blocks of 32 and ``accuracy_level=4``, so onnxruntime
-  quantises activations per row and block at run time and multiplies in int8;
-  no activation statistic crosses rows, so results do not depend on the batch;
-- ``dynamic``: ``quantize_dynamic`` (per-channel int8 weights, one activation
-  scale per tensor, i.e. per batch). The instruction set decides
-  ``reduce_range``: without VNNI the u8 x s8 multiply-add saturates 16-bit
-  sums, so avx2/avx512 weights use 7 bits.
+The instruction set decides ``reduce_range``: without VNNI the u8 x s8
+multiply-add (vpmaddubsw) saturates 16-bit sums, so avx2/avx512 weights use
+7 bits; VNNI and ARM use all 8. The file name carries the ISA
+(sentence-transformers' names: ``model_qint8_avx512_vnni.onnx`` ...).
 """
 
 from __future__ import annotations
@@ -36,36 +39,9 @@ FP16_FILE = "model_fp16.onnx"
 
 # Hugging Face model types whose attention the onnxruntime "bert" optimizer understands.
 _BERT_LIKE = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet", "ernie"}
-# Which ops int8 covers: the weight MatMuls (incl. the fused QKV Attention). Embeddings and
-# Gather stay fp32: they cost no compute and quantising them only loses accuracy.
+# Which ops int8 covers: the weight MatMuls (and a fused QKV Attention when fusions ran).
+# Embeddings (Gather) stay fp32: they cost no compute and quantising them only loses accuracy.
 INT8_OPS = ("MatMul", "Attention")
-
-
-class Int8Scheme(enum.Enum):
-    """How int8 is applied.
-
-    BLOCKWISE: weights int8 in blocks of 32 along the input dim (MatMulNBits, bits=8),
-    activations quantised per row and block at run time (accuracy_level 4): int8 compute,
-    batch invariant, nearly lossless. DYNAMIC: ``quantize_dynamic`` (per-channel weights,
-    one activation scale per tensor, i.e. per batch): results depend on batch composition.
-    """
-
-    BLOCKWISE = "blockwise"
-    DYNAMIC = "dynamic"
-
-    @classmethod
-    def parse(cls, value: str | Int8Scheme) -> Int8Scheme:
-        if isinstance(value, Int8Scheme):
-            return value
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            raise InvalidInput(
-                f"int8_scheme: unknown {value!r}; choose one of {[s.value for s in cls]}"
-            ) from None
-
-
-BLOCK_SIZE = 32
 
 
 class Isa(enum.Enum):
@@ -118,30 +94,20 @@ def detect_isa(flags: set[str] | None = None, machine: str | None = None) -> Isa
     return Isa.AVX2
 
 
-DEFAULT_INT8_SCHEME = Int8Scheme.BLOCKWISE
+def int8_variant(isa: Isa) -> str:
+    """Manifest key of an int8 file: ``qint8_<isa>``."""
+    return f"qint8_{isa.value}"
 
 
-def int8_variant(isa: Isa, scheme: Int8Scheme = DEFAULT_INT8_SCHEME) -> str:
-    """Manifest key of an int8 file: ``qint8_block32`` (any x86/ARM CPU) or ``qint8_<isa>`` (dynamic)."""
-    return f"qint8_block{BLOCK_SIZE}" if scheme is Int8Scheme.BLOCKWISE else f"qint8_{isa.value}"
-
-
-def int8_file(isa: Isa, scheme: Int8Scheme = DEFAULT_INT8_SCHEME) -> str:
-    return f"model_{int8_variant(isa, scheme)}.onnx"
-
-
-def int8_preference(isa: Isa | None = None) -> list[str]:
-    """int8 manifest keys in the order ``auto`` / ``int8`` try them on this CPU."""
-    isa = isa or detect_isa()
-    other = Int8Scheme.DYNAMIC if DEFAULT_INT8_SCHEME is Int8Scheme.BLOCKWISE else Int8Scheme.BLOCKWISE
-    return [int8_variant(isa, DEFAULT_INT8_SCHEME), int8_variant(isa, other)]
+def int8_file(isa: Isa) -> str:
+    return f"model_{int8_variant(isa)}.onnx"
 
 
 def _optimizer_type(spec: GraphSpec) -> str | None:
     return "bert" if spec.model_type in _BERT_LIKE and spec.num_heads and spec.hidden_size else None
 
 
-def _optimize(src: Path, dst: Path, spec: GraphSpec, *, gpu: bool, attention: bool = True) -> dict:
+def _optimize(src: Path, dst: Path, spec: GraphSpec, *, gpu: bool) -> dict:
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
@@ -150,8 +116,6 @@ def _optimize(src: Path, dst: Path, spec: GraphSpec, *, gpu: bool, attention: bo
         log.info("no transformer fusions for model type %s: using the plain graph", spec.model_type)
         return {}
     opts = FusionOptions(mtype)
-    # A fused Attention op carries the QKV weights itself, where MatMulNBits cannot reach them.
-    opts.enable_attention = attention
     m = optimizer.optimize_model(
         str(src),
         model_type=mtype,
@@ -164,21 +128,6 @@ def _optimize(src: Path, dst: Path, spec: GraphSpec, *, gpu: bool, attention: bo
     fused = {k: v for k, v in m.get_fused_operator_statistics().items() if v}
     m.save_model_to_file(str(dst))
     return fused
-
-
-def _quantize_blockwise(src: Path, dst: Path) -> None:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    q = MatMulNBitsQuantizer(
-        onnx.load(str(src)),
-        bits=8,
-        block_size=BLOCK_SIZE,
-        is_symmetric=True,
-        accuracy_level=4,  # int8 compute: activations quantised per row and block
-    )
-    q.process()
-    q.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
 def _quantize_dynamic(src: Path, dst: Path, *, isa: Isa, per_channel: bool) -> None:
@@ -200,53 +149,42 @@ def _quantize_dynamic(src: Path, dst: Path, *, isa: Isa, per_channel: bool) -> N
 
 
 def make_int8(
-    fp32: Path,
-    dst: Path,
-    *,
-    spec: GraphSpec,
-    isa: Isa,
-    scheme: Int8Scheme,
-    optimize: bool,
-    per_channel: bool,
-    tmp: Path,
+    fp32: Path, dst: Path, *, spec: GraphSpec, isa: Isa, fuse: bool, per_channel: bool, tmp: Path
 ) -> dict:
-    """Write an int8 variant of ``fp32`` to ``dst``; returns facts for the manifest."""
+    """Write a dynamic-int8 variant of ``fp32`` to ``dst``; returns facts for the manifest."""
     src = fp32
     fused: dict = {}
-    if optimize and _optimizer_type(spec):
+    if fuse and _optimizer_type(spec):
         src = tmp / "opt_int8.onnx"
-        fused = _optimize(fp32, src, spec, gpu=False, attention=scheme is Int8Scheme.DYNAMIC)
+        fused = _optimize(fp32, src, spec, gpu=False)
     out_tmp = tmp / dst.name
-    if scheme is Int8Scheme.BLOCKWISE:
-        _quantize_blockwise(src, out_tmp)
-        facts = {"bits": 8, "block_size": BLOCK_SIZE, "accuracy_level": 4, "symmetric": True}
-    else:
-        _quantize_dynamic(src, out_tmp, isa=isa, per_channel=per_channel)
-        facts = {"per_channel": per_channel, "reduce_range": isa.reduce_range, "op_types": list(INT8_OPS)}
+    _quantize_dynamic(src, out_tmp, isa=isa, per_channel=per_channel)
     agreement = _agreement(fp32, out_tmp, spec)
     if agreement < 0.95:
         raise FailedPrecondition(
             f"export: int8 graph disagrees with fp32 (min cosine {agreement:.4f} < 0.95); not written"
         )
     out_tmp.replace(dst)
-    log.info("int8 (%s, %s) written: %s; min cosine vs fp32 %.5f", scheme.value, isa.value, dst, agreement)
+    log.info("int8 (%s) written: %s; min cosine vs fp32 %.5f", isa.value, dst, agreement)
     return {
-        "scheme": scheme.value,
+        "scheme": "dynamic",
         "isa": isa.value,
-        **facts,
+        "per_channel": per_channel,
+        "reduce_range": isa.reduce_range,
+        "op_types": list(INT8_OPS),
         "fused": fused,
         "min_cosine_vs_fp32": agreement,
     }
 
 
-def make_fp16(fp32: Path, dst: Path, *, spec: GraphSpec, optimize: bool, tmp: Path) -> dict:
+def make_fp16(fp32: Path, dst: Path, *, spec: GraphSpec, fuse: bool, tmp: Path) -> dict:
     """Write an fp16 variant (inputs/outputs stay int64/float32) for GPU execution."""
     import onnx
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     fused: dict = {}
     src = fp32
-    if optimize and _optimizer_type(spec):
+    if fuse and _optimizer_type(spec):
         src = tmp / "opt_fp16.onnx"
         fused = _optimize(fp32, src, spec, gpu=True)
     model = OnnxModel(onnx.load(str(src)))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pairsmith.encoders.onnx_export import MANIFEST, find_export
-from pairsmith.encoders.onnx_quant import FP16_FILE, FP32_FILE, int8_preference
+from pairsmith.encoders.onnx_quant import FP16_FILE, FP32_FILE, detect_isa, int8_variant
 from pairsmith.encoders.source import ModelSource, fingerprint, read_json
 from pairsmith.encoders.types import TokenBatch
 from pairsmith.errors import FailedPrecondition, InvalidInput, NotFound
@@ -91,16 +91,16 @@ def choose_variant(export: OnnxExport, variant: str | None, on_gpu: bool) -> str
     elif v == "int8":
         if not int8:
             raise NotFound(f"onnx: no int8 variant in {export.onnx_dir}; export with --quantize int8")
-        preferred = [k for k in int8_preference() if k in have]
-        chosen = preferred[0] if preferred else int8[0]
-        if not preferred:
-            log.warning("onnx: int8 variant %s was made for another CPU than this one", chosen)
+        best = int8_variant(detect_isa())
+        chosen = best if best in have else int8[0]
+        if chosen != best:
+            log.warning("onnx: int8 variant %s was made for another CPU than this one (%s)", chosen, best)
     elif v == "auto":
         if on_gpu:
             chosen = "fp16" if "fp16" in have else "fp32"
         else:
-            preferred = [k for k in int8_preference() if k in have]
-            chosen = preferred[0] if preferred else "fp32"
+            best = int8_variant(detect_isa())
+            chosen = best if best in have else "fp32"
     elif v == "fp16":
         raise NotFound(f"onnx: no fp16 variant in {export.onnx_dir}; export with --fp16")
     else:

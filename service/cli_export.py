@@ -13,8 +13,8 @@ def register(subparsers) -> None:
         "onnx",
         help="export to ONNX (pooling/normalisation or score head inside the graph)",
         description=(
-            "Writes onnx/model.onnx (fp32) into the model directory, plus onnx/model_qint8_block32.onnx "
-            "(or model_qint8_<isa>.onnx with --int8-scheme dynamic) with --quantize int8 (CPU) and onnx/model_fp16.onnx with --fp16 (GPU). The packaged default "
+            "Writes onnx/model.onnx (fp32) into the model directory, plus onnx/model_qint8_<isa>.onnx "
+            "with --quantize int8 (CPU) and onnx/model_fp16.onnx with --fp16 (GPU). The packaged default "
             "model and read-only directories export into the pairsmith cache ($PAIRSMITH_CACHE, else "
             "~/.cache/pairsmith), where backend=onnx finds them; --out DIR writes a standalone copy "
             "of the model with its onnx/ folder instead."
@@ -31,20 +31,17 @@ def register(subparsers) -> None:
     o.add_argument(
         "--isa",
         default="auto",
-        help="dynamic int8 target: auto (this CPU), avx2, avx512, avx512_vnni, arm64",
-    )
-    o.add_argument(
-        "--int8-scheme",
-        choices=("blockwise", "dynamic"),
-        default="blockwise",
-        help="blockwise: 8-bit weight blocks, per-row int8 activations (batch invariant); "
-        "dynamic: quantize_dynamic, per-batch activation scale",
+        help="int8 target: auto (this CPU), avx2, avx512, avx512_vnni, arm64",
     )
     o.add_argument("--fp16", action="store_true", help="also write an fp16 variant (for GPU)")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset")
     o.add_argument("--out", default=None, help="write a standalone copy of the model + onnx/ here")
     o.add_argument(
-        "--no-optimize", action="store_true", help="skip onnxruntime transformer fusions before int8/fp16"
+        "--fuse",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="onnxruntime transformer fusions before quantising: auto = for fp16 only "
+        "(measured slower for int8 on CPU)",
     )
     o.add_argument(
         "--per-tensor",
@@ -64,10 +61,9 @@ def _run_onnx(args) -> int:
         kind=args.kind,
         quantize=args.quantize,
         isa=args.isa,
-        int8_scheme=args.int8_scheme,
         fp16=args.fp16,
         opset=args.opset,
-        optimize=not args.no_optimize,
+        fuse=args.fuse,
         per_channel=not args.per_tensor,
         check=not args.no_check,
     )

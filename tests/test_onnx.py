@@ -16,7 +16,7 @@ from pairsmith.encoders.onnx_export import (
     exporter_kinds,
     register_exporter,
 )
-from pairsmith.encoders.onnx_quant import Isa, detect_isa, int8_file, int8_preference
+from pairsmith.encoders.onnx_quant import Isa, detect_isa, int8_file
 from pairsmith.errors import FailedPrecondition, InvalidInput, NotFound
 
 SENTS = [
@@ -87,19 +87,23 @@ def test_fp32_alone_equals_in_batch(default_export):
     assert np.abs(alone - batch).max() < 1e-5
 
 
-def test_int8_close_to_fp32_and_batch_invariant(default_export):
+def test_int8_close_to_fp32_and_nearly_batch_invariant(default_export):
     fp32 = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="fp32")
     int8 = BiEncoder.load("default", device="cpu", backend="onnx")  # auto: int8 on CPU
-    assert int8.runner.variant == int8_preference()[0] == "qint8_block32"
-    assert default_export.manifest["variants"][int8.runner.variant]["scheme"] == "blockwise"
+    isa = detect_isa()
+    assert int8.runner.variant == f"qint8_{isa.value}"
+    facts = default_export.manifest["variants"][int8.runner.variant]
+    assert facts["per_channel"] and facts["reduce_range"] == isa.reduce_range
     a = fp32.encode(SENTS).vectors
     b = int8.encode(SENTS).vectors
-    # Blockwise int8 on STS-B dev: mean cosine to fp32 0.9997, min 0.998.
+    # Measured on all STS-B dev sentences: mean cosine to fp32 0.993, min 0.974 (tiny texts are worst).
     cos = _cos_rows(a, b)
-    assert cos.mean() > 0.999 and cos.min() > 0.995
-    # Activations are quantised per row and block, so a row does not depend on its batch mates.
+    assert cos.mean() > 0.985 and cos.min() > 0.95
+    # Dynamic int8 takes one activation scale per batch, so a row alone differs a little from the
+    # same row in a batch (fp32 does not: see above); bounded well below sentence-to-sentence gaps.
     alone = np.stack([int8.encode([s]).vectors[0] for s in SENTS])
-    assert np.abs(alone - b).max() < 1e-4
+    assert _cos_rows(alone, b).min() > 0.95
+    assert (alone @ b.T).argmax(1).tolist() == list(range(len(SENTS)))  # each still finds itself
 
 
 def test_cross_encoder_parity_on_default_backbone(tmp_path):
@@ -135,13 +139,12 @@ def test_tiny_cross_graph_outputs_logit_and_sigmoid(tiny_cross_export, tiny_cros
     np.testing.assert_allclose(logits[:, 0], torch_logits.values[idx], atol=1e-5)
 
 
-def test_dynamic_int8_scheme(tiny_bi_dir, tmp_path):
-    res = export_onnx(
-        str(tiny_bi_dir), ExportConfig(quantize="int8", int8_scheme="dynamic", isa="avx2"), out=tmp_path
-    )
+def test_int8_for_a_given_isa(tiny_bi_dir, tmp_path):
+    res = export_onnx(str(tiny_bi_dir), ExportConfig(quantize="int8", isa="avx2", fuse="on"), out=tmp_path)
     v = res.manifest["variants"]["qint8_avx2"]
-    assert v["scheme"] == "dynamic" and v["reduce_range"] and v["file"] == "model_qint8_avx2.onnx"
-    enc = BiEncoder.load(str(tmp_path), device="cpu", backend="onnx", onnx_variant="qint8_avx2")
+    assert v["reduce_range"] and v["file"] == "model_qint8_avx2.onnx" and v["fused"]
+    enc = BiEncoder.load(str(tmp_path), device="cpu", backend="onnx", onnx_variant="int8")
+    assert enc.runner.variant == "qint8_avx2"  # the only int8 file, even if made for another CPU
     ref = BiEncoder.load(str(tiny_bi_dir), device="cpu").encode(SENTS).vectors
     assert _cos_rows(enc.encode(SENTS).vectors, ref).min() > 0.95
 
@@ -210,6 +213,8 @@ def test_export_config_validation(tmp_path):
         ExportConfig(quantize="int8", isa="sse2")
     with pytest.raises(InvalidInput, match="kind"):
         ExportConfig(kind="tri")
+    with pytest.raises(InvalidInput, match="fuse"):
+        ExportConfig(fuse="maybe")
     with pytest.raises(NotFound):
         export_onnx(str(tmp_path / "missing"))
 
