@@ -17,7 +17,12 @@ from pairsmith.errors import InvalidInput
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("index", help="build and inspect vector indexes", description=__doc__)
+    p = subparsers.add_parser(
+        "index",
+        help="build and inspect vector indexes",
+        description="Build and inspect vector indexes. Data directory: --home, else $PAIRSMITH_HOME, "
+        "else the user data directory; the server reads the same layout.",
+    )
     sub = p.add_subparsers(dest="index_command", metavar="ACTION")
 
     def home(sp: argparse.ArgumentParser) -> None:
