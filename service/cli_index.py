@@ -44,6 +44,9 @@ def register(subparsers) -> None:
         help='FAISS factory string (default "IDMap2,Flat"; e.g. "IVF1024,Flat", "HNSW32", "IVF1024,PQ48")',
     )
     b.add_argument(
+        "--ef-construction", type=int, default=None, help="HNSW graph quality at build (FAISS default 40)"
+    )
+    b.add_argument(
         "--metric", default="cosine", choices=["cosine", "ip", "l2"], help="similarity (default cosine)"
     )
     b.add_argument(
@@ -113,6 +116,7 @@ def _build(args) -> int:
         batch_tokens=args.batch_tokens,
         chunk_docs=args.chunk_docs,
         model_ref=_model_ref(args.model),
+        build_params={"efConstruction": args.ef_construction} if args.ef_construction else None,
     )
     encoder = BiEncoder.load(args.model, backend=args.backend)
     with _store(args) as store:

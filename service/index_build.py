@@ -48,6 +48,7 @@ class BuildConfig:
     batch_size: int = 256  # rows per encoder batch (the token budget usually binds first)
     chunk_docs: int = 2048  # records per read/encode/commit step
     model_ref: str = "default"  # what to load the encoder from again (CLI search)
+    build_params: dict | None = None  # e.g. {"efConstruction": 80} for HNSW
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -102,7 +103,7 @@ def build_index(
     state = _resume_state(store, encoder, cfg, stamp)
     if state is None:
         factory = cfg.factory or DEFAULT_FACTORY
-        probe = new_index(factory, encoder.dim, cfg.metric)  # validates the factory string
+        probe = new_index(factory, encoder.dim, cfg.metric, cfg.build_params)  # validates the factory string
         need = train_requirement(probe)
         if need and total < need:
             raise InvalidInput(
@@ -120,6 +121,7 @@ def build_index(
             metric=cfg.metric,
             encoder_fingerprint=encoder.fingerprint,
             encoder_id=encoder.model_id,
+            build_params=cfg.build_params,
         )
         state = {"corpus": stamp, "factory": factory, "rows_done": 0, "done": False}
         store.upsert(cfg.name, [], meta={BUILD_META_KEY: json.dumps(state), MODEL_META_KEY: cfg.model_ref})

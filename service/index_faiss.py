@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,8 +88,16 @@ def hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
     return core if isinstance(core, faiss.IndexHNSW) else None
 
 
-def new_index(factory: str, dim: int, metric: Metric) -> faiss.Index:
-    """An empty index for ``factory`` that accepts ``add_with_ids``."""
+BUILD_PARAM_KEYS = ("efConstruction",)
+
+
+def new_index(
+    factory: str, dim: int, metric: Metric, build_params: Mapping[str, int] | None = None
+) -> faiss.Index:
+    """An empty index for ``factory`` that accepts ``add_with_ids``.
+
+    ``build_params``: ``efConstruction`` for HNSW (FAISS default 40; higher = better graph, slower build).
+    """
     try:
         index = faiss.index_factory(int(dim), factory, metric.faiss_metric)
     except (RuntimeError, ValueError) as exc:
@@ -108,6 +117,15 @@ def new_index(factory: str, dim: int, metric: Metric) -> faiss.Index:
         # Polysemous codes serve only polysemous_ht search, which the store never uses, and the
         # training is ~100x slower than the PQ k-means itself (factory suffix "np" does the same).
         core.do_polysemous_training = False
+    for key, value in (build_params or {}).items():
+        if key not in BUILD_PARAM_KEYS or isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInput(
+                f"build_params: {key}={value!r}; allowed keys {BUILD_PARAM_KEYS}, integers >= 1"
+            )
+        hnsw = hnsw_of(index)
+        if hnsw is None:
+            raise InvalidInput(f"build_params: {key} applies to HNSW indexes, not {factory!r}")
+        hnsw.hnsw.efConstruction = int(value)
     return index
 
 

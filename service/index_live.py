@@ -86,6 +86,7 @@ class LiveIndex:
         self.min_train = int(meta["min_train"])
         self.train_size = int(meta["train_size"])
         self.params: dict[str, int] = json.loads(meta["search_params"])
+        self.build_params: dict[str, int] = json.loads(meta.get("build_params", "{}"))
         self.write_lock = threading.RLock()
         self.state: _State | None = None
         self.snapshot: Snapshot | None = None
@@ -248,7 +249,7 @@ class LiveIndex:
             self.state = _State(count, 0, 0)
         st = self.state
         st.count = count
-        index = new_index(self.factory, self.dim, self.metric)
+        index = new_index(self.factory, self.dim, self.metric, self.build_params)
         if self.min_train:
             if force_train and count < self.min_train:
                 raise FailedPrecondition(
@@ -344,6 +345,7 @@ def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot:
         "needs_rebuild_on_delete": meta["needs_rebuild_on_delete"] == "1",
         "train_size": int(meta["train_size"]),
         "search_params": json.loads(meta["search_params"]),
+        "build_params": json.loads(meta.get("build_params", "{}")),
         "faiss_version": faiss.__version__,
         "store": "store.sqlite",
         "snapshot": snapshot,

@@ -16,7 +16,8 @@ All methods block (call them from a thread pool under asyncio). ``upsert``
 holds the index's writer lock while it iterates ``items``: pass a
 materialised batch, not a generator that waits on a network stream.
 
-Extensions: ``create(..., search_params={"nprobe": 64}, train_size=N)``, ``load``
+Extensions: ``create(..., search_params={"nprobe": 64}, train_size=N,
+build_params={"efConstruction": 80})``, ``load``
 (open and replay now, for start-up),
 ``upsert(..., meta={...})`` (caller metadata committed with the vectors),
 ``read_meta``, ``compact`` (merge, remove, train, snapshot now),
@@ -196,6 +197,7 @@ class IndexStore:
         encoder_id: str,
         search_params: Mapping[str, int] | None = None,
         train_size: int | None = None,
+        build_params: Mapping[str, int] | None = None,
     ) -> IndexInfo:
         validate_name(name)
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= MAX_DIM:
@@ -208,7 +210,7 @@ class IndexStore:
             )
         metric = Metric.parse(metric)
         factory = factory.strip()
-        probe = new_index(factory, int(dim), metric)
+        probe = new_index(factory, int(dim), metric, build_params)
         min_train = train_requirement(probe)
         params = default_search_params(probe)
         for key, value in (search_params or {}).items():
@@ -248,6 +250,7 @@ class IndexStore:
             "min_train": str(min_train),
             "train_size": str(size),
             "search_params": json.dumps(params),
+            "build_params": json.dumps(dict(build_params or {})),
         }
         with self._lock:
             final = self.dir / name

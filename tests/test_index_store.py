@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pairsmith.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PairsmithError
+from pairsmith.service.index_faiss import hnsw_of
 from pairsmith.service.index_store import (
     Hit,
     IndexStore,
@@ -246,6 +247,20 @@ def test_bad_requests_name_the_field_and_limit(store):
         store.get("nope")
     with pytest.raises(AlreadyExists):
         _create(store)
+
+
+def test_hnsw_build_params_persist(tmp_path):
+    with IndexStore(tmp_path, config=StoreConfig(compact_min_delta=50, compact_delta_fraction=0.0)) as store:
+        _create(store, factory="HNSW16", build_params={"efConstruction": 80})
+        store.upsert("idx", _items(_vecs(100, 30)))
+        assert hnsw_of(store._handles["idx"].snapshot.base).hnsw.efConstruction == 80
+        with pytest.raises(InvalidInput, match="build_params: efConstruction applies to HNSW"):
+            _create(store, "flat", build_params={"efConstruction": 80})
+        with pytest.raises(InvalidInput, match="build_params: "):
+            _create(store, "h2", factory="HNSW16", build_params={"M": 3})
+    with IndexStore(tmp_path) as store:
+        store.compact("idx")
+        assert hnsw_of(store._handles["idx"].snapshot.base).hnsw.efConstruction == 80
 
 
 def test_encoder_mismatch_is_refused(store):
