@@ -104,10 +104,10 @@ def index_bytes(index: faiss.Index) -> int:
 
 
 def build(
-    factory: str, xb: np.ndarray, budget_s: float, train_max: int = 100_000
+    factory: str, xb: np.ndarray, budget_s: float, train_max: int = 100_000, build_params: dict | None = None
 ) -> tuple[faiss.Index | None, dict]:
     t0 = time.perf_counter()
-    index = new_index(factory, xb.shape[1], Metric.INNER_PRODUCT)
+    index = new_index(factory, xb.shape[1], Metric.INNER_PRODUCT, build_params)
     train_s = 0.0
     if not index.is_trained:
         sample = xb[np.random.default_rng(1).choice(len(xb), size=min(len(xb), train_max), replace=False)]
@@ -131,7 +131,12 @@ def build(
 
 
 def bench_index(name: str, factory: str, sweep: list[dict], xb, xq, gt, args) -> list[dict]:
-    index, facts = build(factory, xb, args.budget_s)
+    build_params = (
+        {"efConstruction": args.ef_construction} if "HNSW" in factory and args.ef_construction else None
+    )
+    index, facts = build(factory, xb, args.budget_s, build_params=build_params)
+    if build_params:
+        name = f"{name} efC{args.ef_construction}"
     rows = []
     if index is None:
         print(f"  {name}: build stopped at the {args.budget_s:.0f}s budget: {facts}", flush=True)
@@ -242,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--store", action="store_true", help="also measure through IndexStore at the smallest size"
     )
+    ap.add_argument("--indexes", nargs="+", default=["flat", "ivf", "hnsw"], choices=["flat", "ivf", "hnsw"])
+    ap.add_argument(
+        "--ef-construction", type=int, default=None, help="HNSW efConstruction (FAISS default 40)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="write all rows here")
     args = ap.parse_args(argv)
     env = {
@@ -264,13 +273,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"N={n}: data + ground truth in {time.perf_counter() - t0:.1f}s", flush=True)
         nlist = 1024 if n <= 200_000 else 4096
         rows = []
-        rows += bench_index("Flat", "IDMap2,Flat", [{}], xb, xq, gt, args)
-        rows += bench_index(
-            f"IVF{nlist}", f"IVF{nlist},Flat", [{"nprobe": p} for p in (8, 16, 32, 64)], xb, xq, gt, args
-        )
-        rows += bench_index(
-            "HNSW32", "HNSW32", [{"efSearch": e} for e in (16, 32, 64, 128)], xb, xq, gt, args
-        )
+        if "flat" in args.indexes:
+            rows += bench_index("Flat", "IDMap2,Flat", [{}], xb, xq, gt, args)
+        if "ivf" in args.indexes:
+            rows += bench_index(
+                f"IVF{nlist}", f"IVF{nlist},Flat", [{"nprobe": p} for p in (8, 16, 32, 64)], xb, xq, gt, args
+            )
+        if "hnsw" in args.indexes:
+            rows += bench_index(
+                "HNSW32", "HNSW32", [{"efSearch": e} for e in (16, 32, 64, 128)], xb, xq, gt, args
+            )
         if args.store and n == min(args.sizes):
             rows.append(bench_store(xb, xq, gt, args, "IDMap2,Flat", {}))
             rows.append(bench_store(xb, xq, gt, args, "HNSW32", {"efSearch": 64}))
