@@ -106,6 +106,24 @@ def test_interrupted_build_resumes_without_duplicates_or_reencoding(tmp_path, ti
         assert again.docs_encoded == 0 and sum(calls) == 300
 
 
+def test_interrupted_after_last_chunk_finishes_faiss_on_rerun(tmp_path, tiny_bi):
+    corpus = _write_jsonl(tmp_path / "c.jsonl", 120)
+    cfg = BuildConfig(corpus, "docs", factory="HNSW16", chunk_docs=60)
+
+    def stop_at_end(done: int) -> None:
+        if done == 120:
+            raise _Stop  # every vector committed, FAISS not built yet
+
+    with IndexStore(tmp_path / "home") as store:
+        with pytest.raises(_Stop):
+            build_index(store, tiny_bi, cfg, progress=False, on_chunk=stop_at_end)
+    with IndexStore(tmp_path / "home") as store:
+        report = build_index(store, tiny_bi, cfg, progress=False)
+        assert (report.docs_encoded, report.docs_resumed, report.info.count) == (0, 120, 120)
+        q = tiny_bi.encode(_texts(120)[:3], normalize=True).vectors
+        assert all(len(h) == 5 for h in store.search("docs", q, 5))
+
+
 def test_resume_refuses_changed_corpus_and_other_encoder(tmp_path, tiny_bi):
     corpus = _write_jsonl(tmp_path / "c.jsonl", 50)
     with IndexStore(tmp_path / "home") as store:
