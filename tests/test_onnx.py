@@ -149,6 +149,22 @@ def test_int8_for_a_given_isa(tiny_bi_dir, tmp_path):
     assert _cos_rows(enc.encode(SENTS).vectors, ref).min() > 0.95
 
 
+def test_fp16_variant_is_written_and_close(tiny_bi_dir, tmp_path):
+    # fp16 is meant for GPU (untested here: no GPU); onnxruntime's CPU kernels still run it, which
+    # checks the conversion (io types kept, graph valid, values close).
+    import onnx
+
+    res = export_onnx(str(tiny_bi_dir), ExportConfig(fp16=True), out=tmp_path)
+    v = res.manifest["variants"]["fp16"]
+    assert v["file"] == "model_fp16.onnx" and v["keep_io_types"]
+    g = onnx.load(str(tmp_path / "onnx" / "model_fp16.onnx")).graph
+    assert g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in g.initializer)
+    enc = BiEncoder.load(str(tmp_path), device="cpu", backend="onnx", onnx_variant="fp16")
+    ref = BiEncoder.load(str(tiny_bi_dir), device="cpu").encode(SENTS).vectors
+    assert _cos_rows(enc.encode(SENTS).vectors, ref).min() > 0.999
+
+
 def test_tiny_bi_layout_and_dynamic_axes(tiny_bi_export, tiny_bi_dir):
     d = tiny_bi_export.onnx_dir
     assert (d / "model.onnx").exists() and (d / int8_file(detect_isa())).exists() and (d / MANIFEST).exists()
@@ -202,6 +218,26 @@ def test_bad_paths_and_variants(tiny_bi_dir, tiny_bi_export, tiny_cross_export, 
     (broken / "onnx" / MANIFEST).unlink()
     with pytest.raises(FailedPrecondition, match="not a pairsmith export"):
         BiEncoder.load(str(broken), device="cpu", backend="onnx")
+
+
+def test_variant_choice_per_device(tmp_path):
+    from pairsmith.encoders.onnx_runtime import OnnxExport, choose_variant
+
+    isa = detect_isa().value
+    variants = {"fp32": {"file": "model.onnx"}, f"qint8_{isa}": {"file": f"model_qint8_{isa}.onnx"}}
+    for v in variants.values():
+        (tmp_path / v["file"]).write_bytes(b"x")
+    exp = OnnxExport(tmp_path, {"variants": variants})
+    assert choose_variant(exp, None, on_gpu=False) == f"qint8_{isa}"
+    assert choose_variant(exp, "auto", on_gpu=True) == "fp32"  # never int8 on a GPU
+    with pytest.raises(InvalidInput, match="CPU only"):
+        choose_variant(exp, "int8", on_gpu=True)
+    variants["fp16"] = {"file": "model_fp16.onnx"}
+    (tmp_path / "model_fp16.onnx").write_bytes(b"x")
+    assert choose_variant(exp, None, on_gpu=True) == "fp16"
+    (tmp_path / "model_fp16.onnx").unlink()
+    with pytest.raises(NotFound, match="missing"):
+        choose_variant(exp, "fp16", on_gpu=True)
 
 
 def test_export_config_validation(tmp_path):
