@@ -30,6 +30,7 @@ _FLAG_FIELDS = (
     "metrics_port",
     "max_batch_tokens",
     "max_batch_rows",
+    "batch_hold_fraction",
     "max_concurrent_requests",
 )
 
@@ -60,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: off)")
     p.add_argument("--max-batch-tokens", type=int, help="token budget per forward batch (default 8192)")
     p.add_argument("--max-batch-rows", type=int, help="rows per forward pass (default 32)")
+    p.add_argument(
+        "--batch-hold-fraction",
+        type=float,
+        help="after a batch, wait at most this fraction of its forward time for half a batch of work (default 0.25; 0 = never)",
+    )
     p.add_argument(
         "--max-concurrent-requests", type=int, help="in-flight model requests before RESOURCE_EXHAUSTED"
     )

@@ -48,6 +48,7 @@ class ServeConfig:
     metrics_host: str = "0.0.0.0"
     max_batch_tokens: int = 8192  # tokens per merged batch (and padded tokens per forward pass)
     max_batch_rows: int = 32  # rows per forward pass (length-sorted within a merged batch)
+    batch_hold_fraction: float = 0.25  # bounded adaptive hold after a batch (0: never hold); see batcher
     max_concurrent_requests: int = 512  # in-flight model calls; beyond: RESOURCE_EXHAUSTED
     max_texts_per_request: int = 1024
     max_message_bytes: int = 32 * 1024 * 1024
@@ -83,6 +84,8 @@ class ServeConfig:
             raise InvalidInput(f"max_batch_tokens: must be >= 64, got {self.max_batch_tokens}")
         if self.max_message_bytes < 64 * 1024:
             raise InvalidInput(f"max_message_bytes: must be >= 65536, got {self.max_message_bytes}")
+        if not 0.0 <= self.batch_hold_fraction <= 1.0:
+            raise InvalidInput(f"batch_hold_fraction: must be in 0..1, got {self.batch_hold_fraction}")
         if self.shutdown_grace_s < 0:
             raise InvalidInput(f"shutdown_grace_s: must be >= 0, got {self.shutdown_grace_s}")
         if (self.tls_cert is None) != (self.tls_key is None):

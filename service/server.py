@@ -200,6 +200,7 @@ class PairsmithServer:
             common = dict(
                 max_batch_tokens=cfg.max_batch_tokens,
                 max_batch_rows=cfg.max_batch_rows,
+                hold_fraction=cfg.batch_hold_fraction,
                 max_pending=cfg.max_concurrent_requests,
                 model_executor=self.rt.model_executor,
                 tokenize_executor=self.rt.tokenize_executor,

@@ -207,3 +207,28 @@ def test_serve_flags_reach_the_config(tmp_path):
     assert (cfg.model, cfg.port, cfg.max_batch_rows, cfg.max_batch_tokens) == ("m", 0, 16, 2048)
     assert cfg.api_key_file == keys and cfg.metrics_port == 9999 and cfg.store_root == tmp_path
     assert cfg.backend == "onnx"
+
+
+@pytest.mark.parametrize("hold", [0.0, 0.25])
+def test_hold_merges_returning_clients_but_never_delays_an_idle_server(tokenizer, hold):
+    runner = CountingRunner(delay=0.4)
+
+    async def go():
+        b = _batcher(tokenizer, runner, hold_fraction=hold)
+        b.start()
+        await b.submit_texts(["one two three"] * 4)  # a batch of 4 rows, ~0.4 s
+        # Clients "come back": one at once, two more 20 ms later (hold bound: 0.25 x 0.4 s = 100 ms).
+        first = asyncio.ensure_future(b.submit_texts(["one two three"]))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(b.submit_texts(["one two three"] * 2))
+        await asyncio.gather(first, second)
+        await asyncio.sleep(1.0)  # idle for longer than a batch: no hold for a lone request
+        lone = await b.submit_texts(["one two three"])
+        await b.close()
+        return lone
+
+    lone = asyncio.run(go())
+    rows = [r for r, _ in runner.shapes]
+    assert rows[0] == 4 and rows[-1] == 1
+    assert rows[1:-1] == ([3] if hold else [1, 2])
+    assert lone.queue_ms < 50
