@@ -48,6 +48,27 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(_WORDS, size=int(rng.integers(6, 31)))) + "." for _ in range(n)]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def batch_stats(metrics_port: int) -> tuple[float, float]:
+    """(sum, count) of the server's pairsmith_batch_size histogram for the bi-encoder."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    vals = {}
+    for line in body.splitlines():
+        for key in ("pairsmith_batch_size_sum", "pairsmith_batch_size_count"):
+            if line.startswith(key + '{model="bi"}'):
+                vals[key] = float(line.rsplit(" ", 1)[1])
+    return vals.get("pairsmith_batch_size_sum", 0.0), vals.get("pairsmith_batch_size_count", 0.0)
+
+
 def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, int, Path]:
     tmp = Path(tempfile.mkdtemp(prefix="pairsmith-bench-"))
     port_file = tmp / "port"
@@ -145,7 +166,15 @@ def main(argv: list[str] | None = None) -> int:
 
     clients = [int(c) for c in args.clients.split(",")]
     texts = make_texts(args.texts)
-    proc, port, log = start_server(args.model, args.server_args.split())
+    metrics_port = free_port()
+    extra = [
+        *args.server_args.split(),
+        "--metrics-port",
+        str(metrics_port),
+        "--max-concurrent-requests",
+        "4096",
+    ]
+    proc, port, log = start_server(args.model, extra)
     target = f"127.0.0.1:{port}"
     try:
         bi = BiEncoder.load(args.model, device="cpu")
@@ -154,12 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         reqs = requests_of(texts, args.texts_per_request)
         asyncio.run(closed_loop(target, reqs[:16], 4))  # warm-up
         runs: dict[str, list[float]] = {"in_process": [], **{f"grpc_{c}": [] for c in clients}}
+        rows: dict[str, list[float]] = {f"grpc_{c}": [] for c in clients}  # mean inputs per merged batch
         for rep in range(args.repeats):
             t0 = time.perf_counter()
             bi.encode(texts, batch_size=args.batch_size)
             runs["in_process"].append(len(texts) / (time.perf_counter() - t0))
             for c in clients:
+                s0, n0 = batch_stats(metrics_port)
                 runs[f"grpc_{c}"].append(asyncio.run(closed_loop(target, reqs, c)))
+                s1, n1 = batch_stats(metrics_port)
+                rows[f"grpc_{c}"].append((s1 - s0) / max(n1 - n0, 1))
             print(f"repeat {rep + 1}: " + ", ".join(f"{k}={v[-1]:.1f}" for k, v in runs.items()), flush=True)
         med = {k: statistics.median(v) for k, v in runs.items()}
         ratios = {k: statistics.median(g / i for g, i in zip(v, runs["in_process"], strict=True))
@@ -176,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "texts_per_s_median": {k: round(v, 1) for k, v in med.items()},
             "ratio_vs_in_process_median": {k: round(v, 3) for k, v in ratios.items()},
+            "mean_texts_per_server_batch": {k: round(statistics.median(v), 1) for k, v in rows.items()},
             "half_peak": {
                 "rate_texts_per_s": round(rate * args.texts_per_request, 1),
                 "requests": len(lat),
@@ -189,11 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         proc.terminate()
         proc.wait(60)
     print(json.dumps(result, indent=2))
-    print("\n| path | texts/s (median) | ratio vs in-process |\n|---|---|---|")
-    print(f"| in-process BiEncoder.encode (batch {args.batch_size}) | {med['in_process']:.1f} | 1.00 |")
+    print("\n| path | texts/s (median) | ratio vs in-process | texts per server batch |\n|---|---|---|---|")
+    print(f"| in-process BiEncoder.encode (batch {args.batch_size}) | {med['in_process']:.1f} | 1.00 | - |")
     for c in clients:
         print(f"| gRPC Embed, {c} clients x {args.texts_per_request} texts | {med[f'grpc_{c}']:.1f} | "
-              f"{ratios[f'grpc_{c}']:.2f} |")  # fmt: skip
+              f"{ratios[f'grpc_{c}']:.2f} | {result['mean_texts_per_server_batch'][f'grpc_{c}']} |")  # fmt: skip
     hp = result["half_peak"]
     print(
         f"\nhalf of peak ({hp['rate_texts_per_s']} texts/s, open loop): p50 {hp['p50_ms']} ms, p99 {hp['p99_ms']} ms"
