@@ -83,6 +83,37 @@ def timed(fn, reps_out: list[float], n: int):
 ONNX_VARIANTS = (("pairsmith onnx fp32", "fp32"), ("pairsmith onnx int8", "int8"))
 
 
+def openvino_encoder(model: str):
+    """Exploratory: the exported fp32 graph on OpenVINO (not a pairsmith dependency), if importable."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    from pairsmith.encoders import BiEncoder
+    from pairsmith.encoders.onnx_export import find_export
+
+    enc = BiEncoder.load(model, device="cpu")
+    compiled = ov.Core().compile_model(
+        str(find_export(enc.source) / "model.onnx"), "CPU", {"PERFORMANCE_HINT": "LATENCY"}
+    )
+    out = compiled.output("sentence_embedding")
+
+    class OVRunner:
+        precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).split("'")[1]
+
+        def __init__(self) -> None:
+            self.req = compiled.create_infer_request()
+
+        def run(self, batch):
+            feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            if batch.token_type_ids is not None:
+                feeds["token_type_ids"] = batch.token_type_ids
+            return self.req.infer(feeds)[out]
+
+    enc.runner = OVRunner()
+    return enc
+
+
 def bench_bi(args, gold, a, b) -> dict:
     from pairsmith.encoders import BiEncoder
     from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
@@ -103,6 +134,12 @@ def bench_bi(args, gold, a, b) -> dict:
     warm = texts[:64]
     st.encode(warm, show_progress_bar=False)
     st_enc.encode(warm)
+    ov = openvino_encoder(args.model)
+    if ov is not None:
+        ov.encode(texts[:64])
+        variants[f"openvino {ov.runner.precision} on model.onnx (exploratory)"] = lambda: (
+            ov.encode(texts, batch_size=args.batch_size).vectors
+        )
     speed: dict[str, list[float]] = {k: [] for k in variants}
     quality: dict[str, float] = {}
     for rep in range(args.reps):
