@@ -300,19 +300,17 @@ def _is_packaged_or_readonly(path: Path) -> bool:
 
 
 def _copy_model(src: Path, dst: Path) -> None:
-    """Make ``dst`` a copy of model directory ``src`` (hard links where possible), without its onnx/."""
+    """Make ``dst`` a copy of model directory ``src``, without its onnx/.
+
+    Real copies, not hard links: a later in-place save into ``dst`` must not rewrite ``src``.
+    """
     for p in src.rglob("*"):
         rel = p.relative_to(src)
         if rel.parts[0] == "onnx" or p.is_dir():
             continue
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target.unlink()
-        try:
-            os.link(p, target)
-        except OSError:
-            shutil.copy2(p, target)
+        shutil.copy2(p, target)
 
 
 def _placement(source: ModelSource, out: Path | None, fp: str) -> tuple[Path, Path]:
