@@ -30,7 +30,7 @@ import numpy as np
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
 if TYPE_CHECKING:
-    from pairsmith.encoders.onnx_export import GraphSpec
+    from pairsmith.encoders.onnx_graphs import GraphSpec
 
 log = logging.getLogger(__name__)
 

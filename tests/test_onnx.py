@@ -186,7 +186,7 @@ def test_stale_export_is_refused(tiny_bi_dir, tmp_path):
     cfg = tmp_path / "m" / "sentence_bert_config.json"
     data = json.loads(cfg.read_text())
     data["max_seq_length"] = 32
-    cfg.unlink()  # the copy may be a hard link to the fixture's file: never write through it
+    cfg.unlink()
     cfg.write_text(json.dumps(data))
     with pytest.raises(FailedPrecondition, match="stale export"):
         BiEncoder.load(str(res.model_dir), device="cpu", backend="onnx")
@@ -265,7 +265,7 @@ def test_isa_detection():
 
 
 def test_new_encoder_kind_plugs_into_exporter(tiny_bi_dir, tmp_path):
-    from pairsmith.encoders.onnx_export import _EXPORTERS, _build_bi
+    from pairsmith.encoders.onnx_graphs import _EXPORTERS, _build_bi
 
     @register_exporter("test-kind")
     def build(source):
