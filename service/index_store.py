@@ -298,18 +298,22 @@ class IndexStore:
     def drop(self, name: str) -> None:
         validate_name(name)
         with self._lock:
-            h = self._handles.pop(name, None)
             path = self._path(name)
-            if h is not None:
-                with h.write_lock:
-                    h.release()
-            else:
-                fd = self._take_lock(name, path)
+            h = self._handles.pop(name, None)
+            # Hold the index's lock across the rename so no other process opens it half-dropped.
+            fd = self._take_lock(name, path) if h is None else None
+            trash = self.dir / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
+            try:
+                if h is not None:
+                    with h.write_lock:
+                        os.rename(path, trash)
+                        h.release()
+                else:
+                    os.rename(path, trash)
+                fsync_dir(self.dir)
+            finally:
                 if fd is not None:
                     os.close(fd)
-            trash = self.dir / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
-            os.rename(path, trash)
-            fsync_dir(self.dir)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("dropped index %s", name)
 
@@ -318,13 +322,19 @@ class IndexStore:
             handles = list(self._handles.values())
             self._handles.clear()
             self._closed = True
+        first_error: BaseException | None = None
         for h in handles:
             with h.write_lock:
                 try:
                     if h.state is not None and h.state.dirty and not h.deferred:
                         h.compact(force_checkpoint=True)
+                except Exception as exc:  # noqa: BLE001 - SQLite still has every write; keep closing
+                    log.error("index %s: final snapshot failed (%s); it will replay from SQLite", h.name, exc)
+                    first_error = first_error or exc
                 finally:
                     h.release()
+        if first_error is not None:
+            raise first_error
 
     # -- writes ---------------------------------------------------------------------------
     def upsert(self, name: str, items: Iterable[UpsertItem], *, meta: Mapping[str, str] | None = None) -> int:
