@@ -399,3 +399,64 @@ def test_acknowledged_upserts_survive_kill_9(tmp_path, factory):
 def test_errors_are_pairsmith_errors(store):
     with pytest.raises(PairsmithError):
         store.search("missing", _vecs(1, 1), 1)
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "HNSW16"])
+def test_random_operation_sequences_match_a_model(tmp_path_factory, factory):
+    """Property: any sequence of upserts, replaces, deletes, compactions and reopens leaves the
+    store answering like a plain dict + brute force (HNSW16 with efSearch >= the index size is exact)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    ops = st.lists(
+        st.one_of(
+            st.tuples(st.just("upsert"), st.lists(st.integers(0, 59), min_size=1, max_size=25)),
+            st.tuples(st.just("delete"), st.lists(st.integers(0, 59), min_size=1, max_size=10)),
+            st.tuples(st.just("compact"), st.just([])),
+            st.tuples(st.just("reopen"), st.just([])),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+    cfg = StoreConfig(
+        compact_min_delta=16, compact_delta_fraction=0.0, rebuild_min_dead=8, rebuild_dead_fraction=0.0
+    )
+
+    @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(ops)
+    def run(sequence):
+        root = tmp_path_factory.mktemp("prop")
+        rng = np.random.default_rng(len(sequence))
+        model: dict[str, np.ndarray] = {}
+        store = IndexStore(root, config=cfg)
+        try:
+            _create(store, factory=factory, search_params={"efSearch": 128} if "HNSW" in factory else None)
+            for op, keys in sequence:
+                if op == "upsert":
+                    vecs = rng.standard_normal((len(keys), DIM)).astype(np.float32)
+                    store.upsert("idx", [UpsertItem(f"k{k}", v) for k, v in zip(keys, vecs, strict=True)])
+                    for k, v in zip(keys, vecs, strict=True):
+                        model[f"k{k}"] = v / np.linalg.norm(v)
+                elif op == "delete":
+                    ids = list(dict.fromkeys(f"k{k}" for k in keys))
+                    assert store.delete("idx", ids) == sum(i in model for i in ids)
+                    for i in ids:
+                        model.pop(i, None)
+                elif op == "compact":
+                    store.compact("idx")
+                else:
+                    store.close()
+                    store = IndexStore(root, config=cfg)
+                assert store.get("idx").count == len(model)
+            if model:
+                keys = sorted(model)
+                mat = np.stack([model[k] for k in keys])
+                q = rng.standard_normal((3, DIM)).astype(np.float32)
+                k = min(5, len(keys))
+                order, _ = _brute(mat, q, k, Metric.COSINE)
+                got = [[h.id for h in row] for row in store.search("idx", q, k)]
+                assert got == [[keys[j] for j in row] for row in order]
+        finally:
+            store.close()
+
+    run()
