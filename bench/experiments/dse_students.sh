@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # DSE students (after dse_teachers.sh): labels-only baseline (--alpha 0) and DSE (--alpha 0.5), cosine head,
-# starting from the default model, on STS-B and MRPC; then the query-vs-1,000 speed ratio.
+# starting from the default model, on STS-B and MRPC; teacher score = mean of both orders; then the query-vs-1,000 speed ratio.
 #   nohup flock /tmp/pairsmith-cpu.lock bash bench/experiments/dse_students.sh > runs/dse_students.log 2>&1 &
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PS=${PAIRSMITH:-.venv/bin/pairsmith}
 RUNS=${RUNS:-runs}
-COMMON="--student default --epochs ${EPOCHS:-1} --batch-size 16 --lr 2e-5 --max-length 128 --device cpu --no-progress --resume"
+COMMON="--teacher-symmetric --student default --epochs ${EPOCHS:-1} --batch-size 16 --lr 2e-5 --max-length 128 --device cpu --no-progress --resume"
 for A in 0 0.5; do
   $PS -v distill dse --teacher "$RUNS/teacher-stsb" --pairs stsb-train --dev stsb-dev --alpha $A $COMMON \
     --out "$RUNS/dse-stsb-a$A"
