@@ -87,6 +87,7 @@ class TokenBatcher:
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_pending = int(max_pending)
         self.max_batch_rows = int(max_batch_rows)
+        self.forward_overhead_tokens = 64.0  # replaced by calibrate() at warm-up
         self.hold_fraction = float(hold_fraction)
         self._model_executor = model_executor
         self._tok_executor = tokenize_executor
@@ -295,13 +296,48 @@ class TokenBatcher:
                     j.future.set_result((out[pos : pos + n], queue_ms, inference_ms))
                 pos += n
 
+    def calibrate(self, width: int = 16, reps: int = 3) -> float:
+        """Model executor: measure the per-forward overhead, in token-equivalents.
+
+        Fits ``time = a * padded_tokens + b`` from forwards of 1 and ``max_batch_rows`` rows;
+        ``b / a`` is what one extra forward costs, which :func:`plan_batches` weighs against
+        padding. Returns (and keeps) the estimate; run once at warm-up.
+        """
+        import statistics
+
+        def timed(rows: int) -> float:
+            ids = [[self.tokenizer.pad_id + 1] * width] * rows
+            batch = self.tokenizer.pad(ids, [[0] * width] * rows)
+            self.runner.run(batch)
+            out = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                self.runner.run(batch)
+                out.append(time.perf_counter() - t0)
+            return statistics.median(out)
+
+        rows = max(2, self.max_batch_rows)
+        t1, tr = timed(1), timed(rows)
+        per_token = (tr - t1) / ((rows - 1) * width)
+        if per_token > 0:
+            overhead = (t1 - per_token * width) / per_token
+            self.forward_overhead_tokens = float(min(max(overhead, 1.0), 4096.0))
+        log.info("%s: one forward costs about %.0f tokens of work", self.name, self.forward_overhead_tokens)
+        return self.forward_overhead_tokens
+
     def _run(self, ids: list[list[int]], type_ids: list[list[int]]) -> np.ndarray:
-        """Model executor: length-sorted padded sub-batches (<= max_batch_rows rows, <= max_batch_tokens
-        padded tokens), so merging requests of mixed lengths wastes little on padding."""
-        enc = Encoded(ids=ids, type_ids=type_ids, truncated=np.zeros(len(ids), dtype=bool))
+        """Model executor: sort the merged inputs by length and run them as the sub-batches that
+        :func:`plan_batches` picks (padding vs. per-forward overhead; <= max_batch_rows rows and
+        <= max_batch_tokens padded tokens each)."""
+        lengths = np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(-lengths, kind="stable")
+        plan = plan_batches(
+            lengths[order], self.max_batch_rows, self.max_batch_tokens, self.forward_overhead_tokens
+        )
         out: np.ndarray | None = None
-        rows = self.max_batch_rows
-        for idx, batch in self.tokenizer.batches(enc, batch_size=rows, max_tokens=self.max_batch_tokens):
+        for start, end in plan:
+            idx = order[start:end]
+            batch = self.tokenizer.pad([ids[i] for i in idx], [type_ids[i] for i in idx])
             res = np.asarray(self.runner.run(batch), dtype=np.float32)
             res = res.reshape(len(idx), -1)
             if out is None:
@@ -317,6 +353,43 @@ class TokenBatcher:
     def _dropped(self) -> None:
         if self._metrics is not None:
             self._metrics.dropped.labels(self.name).inc()
+
+
+def plan_batches(
+    lengths: np.ndarray, max_rows: int, max_tokens: int, overhead_tokens: float
+) -> list[tuple[int, int]]:
+    """Split inputs sorted by length (descending) into contiguous sub-batches of least cost.
+
+    Cost of a sub-batch = its padded tokens (rows x its first, longest row) + ``overhead_tokens``
+    (one forward's fixed cost). Exact dynamic programme over the split points, O(n x max_rows).
+    A merged batch of mixed lengths then runs as a few near-uniform forwards instead of padding
+    every short text to the longest one (in-process encode sorts its whole input; a server only
+    ever sees what is queued).
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    lens = np.asarray(lengths, dtype=np.float64)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        lo = max(0, j - max_rows)
+        starts = np.arange(lo, j)
+        width = np.maximum(lens[starts], 1.0)
+        rows = j - starts
+        cost = best[starts] + rows * width + overhead_tokens
+        cost[rows * width > max_tokens] = np.inf
+        cost[rows == 1] = best[j - 1] + width[-1] + overhead_tokens  # one row always fits
+        k = int(np.argmin(cost))
+        best[j] = cost[k]
+        cut[j] = starts[k]
+    plan = []
+    j = n
+    while j > 0:
+        plan.append((int(cut[j]), j))
+        j = int(cut[j])
+    return plan[::-1]
 
 
 def _empty(output: OutputKind) -> BatchResult:

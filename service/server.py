@@ -226,6 +226,9 @@ class PairsmithServer:
                 await self.rt.bi_batcher.submit_texts(list(WARMUP_TEXTS))
                 if self.rt.cross_batcher is not None:
                     await self.rt.cross_batcher.submit_pairs([WARMUP_TEXTS])
+                for b in (self.rt.bi_batcher, self.rt.cross_batcher):
+                    if b is not None:  # per-forward overhead, for padding-aware sub-batches
+                        await loop.run_in_executor(self.rt.model_executor, b.calibrate)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -10,10 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pairsmith.encoders.tokenize import TextTokenizer
 from pairsmith.errors import ErrorKind, InvalidInput, NotFound, ResourceExhausted
-from pairsmith.service.batcher import OutputKind, TokenBatcher
+from pairsmith.service.batcher import OutputKind, TokenBatcher, plan_batches
 from pairsmith.service.cli_serve import config_from_args
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.errors import STATUS_FOR_KIND, RequestExpired, status_for
@@ -232,3 +234,50 @@ def test_hold_merges_returning_clients_but_never_delays_an_idle_server(tokenizer
     assert rows[0] == 4 and rows[-1] == 1
     assert rows[1:-1] == ([3] if hold else [1, 2])
     assert lone.queue_ms < 50
+
+
+def _brute_force_cost(lengths, max_rows, max_tokens, overhead):
+    import functools
+
+    n = len(lengths)
+
+    @functools.lru_cache(None)
+    def best(i):
+        if i == n:
+            return 0.0
+        out = float("inf")
+        for j in range(i + 1, min(n, i + max_rows) + 1):
+            rows, width = j - i, max(lengths[i], 1)
+            if rows > 1 and rows * width > max_tokens:
+                continue
+            out = min(out, rows * width + overhead + best(j))
+        return out
+
+    return best(0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 64), min_size=1, max_size=40),
+    st.integers(1, 12),
+    st.integers(16, 400),
+    st.floats(0.5, 200),
+)
+def test_plan_batches_is_optimal_and_valid(lengths, max_rows, max_tokens, overhead):
+    lengths = sorted(lengths, reverse=True)
+    plan = plan_batches(np.array(lengths), max_rows, max_tokens, overhead)
+    assert plan[0][0] == 0 and plan[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(plan, plan[1:], strict=False))
+    cost = 0.0
+    for s, e in plan:
+        rows, width = e - s, lengths[s]
+        assert 1 <= rows <= max_rows and (rows == 1 or rows * width <= max_tokens)
+        cost += rows * width + overhead
+    assert cost == pytest.approx(_brute_force_cost(tuple(lengths), max_rows, max_tokens, overhead))
+
+
+def test_plan_batches_groups_equal_lengths():
+    assert plan_batches(np.array([10] * 8), 32, 8192, 5.0) == [(0, 8)]
+    # Very different lengths split when the padding saved exceeds one forward's overhead.
+    assert plan_batches(np.array([40, 40, 10, 10, 10, 10]), 32, 8192, 20.0) == [(0, 2), (2, 6)]
+    assert plan_batches(np.array([40, 40, 10, 10, 10, 10]), 32, 8192, 200.0) == [(0, 6)]
