@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-hold-fraction",
         type=float,
-        help="after a batch, wait at most this fraction of its forward time for half a batch of work (default 0.25; 0 = never)",
+        help="after a batch, wait at most this fraction of its forward time for half a batch of work (default 0: never)",
     )
     p.add_argument(
         "--max-concurrent-requests", type=int, help="in-flight model requests before RESOURCE_EXHAUSTED"

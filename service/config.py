@@ -48,7 +48,7 @@ class ServeConfig:
     metrics_host: str = "0.0.0.0"
     max_batch_tokens: int = 8192  # tokens per merged batch (and padded tokens per forward pass)
     max_batch_rows: int = 32  # rows per forward pass (length-sorted within a merged batch)
-    batch_hold_fraction: float = 0.25  # bounded adaptive hold after a batch (0: never hold); see batcher
+    batch_hold_fraction: float = 0.0  # optional bounded adaptive hold after a batch (0: never); see batcher
     max_concurrent_requests: int = 512  # in-flight model calls; beyond: RESOURCE_EXHAUSTED
     max_texts_per_request: int = 1024
     max_message_bytes: int = 32 * 1024 * 1024
