@@ -69,6 +69,11 @@ def test_info(stub, bi, tiny_cross_dir):
     assert "grpcio" in r.runtime_versions and r.version
 
 
+def test_warmup_calibrated_the_batchers(server):
+    for b in (server.server.rt.bi_batcher, server.server.rt.cross_batcher):
+        assert 1.0 <= b.forward_overhead_tokens <= 4096.0 and b.batches_run >= 1
+
+
 def test_embed_equals_in_process_encode(stub, bi):
     resp, call = stub.Embed.with_call(pb.EmbedRequest(texts=TEXTS))
     ref = bi.encode(TEXTS)
