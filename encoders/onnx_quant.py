@@ -130,22 +130,34 @@ def _optimize(src: Path, dst: Path, spec: GraphSpec, *, gpu: bool) -> dict:
     return fused
 
 
+class _NoPreprocessHint(logging.Filter):
+    """Drops quantize_dynamic's root-logger hint to run shape pre-processing (meant for CNNs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def _quantize_dynamic(src: Path, dst: Path, *, isa: Isa, per_channel: bool) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=list(INT8_OPS),
-        per_channel=per_channel,
-        reduce_range=isa.reduce_range,
-        weight_type=QuantType.QInt8,
-        extra_options={
-            "DefaultTensorType": onnx.TensorProto.FLOAT,  # optimizer output lacks some type info
-            "MatMulConstBOnly": True,  # only weight MatMuls; activation x activation stays fp32
-        },
-    )
+    root, hint = logging.getLogger(), _NoPreprocessHint()
+    root.addFilter(hint)
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=list(INT8_OPS),
+            per_channel=per_channel,
+            reduce_range=isa.reduce_range,
+            weight_type=QuantType.QInt8,
+            extra_options={
+                "DefaultTensorType": onnx.TensorProto.FLOAT,  # optimizer output lacks some type info
+                "MatMulConstBOnly": True,  # only weight MatMuls; activation x activation stays fp32
+            },
+        )
+    finally:
+        root.removeFilter(hint)
 
 
 def make_int8(
