@@ -124,9 +124,15 @@ class BiEncoder:
 
     @property
     def fingerprint(self) -> str:
-        if self.source.path is None:
-            return f"hub:{self.source.hub_id}"
-        return fingerprint(self.source.path)
+        """Identifies the vectors this encoder produces (an index refuses any other).
+
+        torch and ONNX fp32 give the same vectors (parity-tested) and share it;
+        a lossy ONNX variant (int8, fp16) gets its own suffix, because its
+        vectors differ slightly and would mix badly with full-precision ones.
+        """
+        base = f"hub:{self.source.hub_id}" if self.source.path is None else fingerprint(self.source.path)
+        variant = getattr(self.runner, "variant", None)
+        return base if variant in (None, "fp32") else f"{base}+{variant}"
 
     # -- work --------------------------------------------------------------
     def encode(

@@ -145,8 +145,13 @@ def test_int8_for_a_given_isa(tiny_bi_dir, tmp_path):
     assert v["reduce_range"] and v["file"] == "model_qint8_avx2.onnx" and v["fused"]
     enc = BiEncoder.load(str(tmp_path), device="cpu", backend="onnx", onnx_variant="int8")
     assert enc.runner.variant == "qint8_avx2"  # the only int8 file, even if made for another CPU
-    ref = BiEncoder.load(str(tiny_bi_dir), device="cpu").encode(SENTS).vectors
+    ref_enc = BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    ref = ref_enc.encode(SENTS).vectors
     assert _cos_rows(enc.encode(SENTS).vectors, ref).min() > 0.95
+    # Lossy vectors must not silently mix with full-precision ones in an index.
+    assert enc.fingerprint == ref_enc.fingerprint + "+qint8_avx2"
+    fp32 = BiEncoder.load(str(tmp_path), device="cpu", backend="onnx", onnx_variant="fp32")
+    assert fp32.fingerprint == ref_enc.fingerprint
 
 
 def test_fp16_variant_is_written_and_close(tiny_bi_dir, tmp_path):
