@@ -1,0 +1,112 @@
+"""Print the markdown tables of docs/results.md (section distill) from the runs' report.json files.
+
+    .venv/bin/python bench/distill_report.py --runs runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _load(p: Path) -> dict | None:
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _f(x, nd=2) -> str:
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def teachers(runs: Path) -> list[str]:
+    out = ["| teacher | train pairs | fit (pairs/s) | dev | dev, both orders | test |", "|---|---|---|---|---|---|"]
+    for name in ("teacher-stsb", "teacher-mrpc"):
+        r = _load(runs / name / "report.json")
+        if not r:
+            continue
+        m = r["metric"]
+        dev, test = r.get("dev", {}), r.get("test", {})
+        t = f"acc {_f(test.get('accuracy'))} / F1 {_f(test.get('f1'))}" if test else "—"
+        d = f"{m} {_f(dev.get(m))}" + (f" (F1 {_f(dev.get('f1'))})" if "f1" in dev else "")
+        out.append(
+            f"| {name} | {r['train_pairs']} | {r['fit']['examples_per_s']} | {d} | {_f(dev.get(m + '_symmetric'))} | {t} |"
+        )
+    return out
+
+
+def dse(runs: Path, task: str) -> list[str]:
+    a0 = _load(runs / f"dse-{task}-a0" / "report.json")
+    a5 = _load(runs / f"dse-{task}-a0.5" / "report.json")
+    if not (a0 or a5):
+        return []
+    ref = a5 or a0
+    binary = ref["metric"] == "accuracy"
+    if binary:
+        out = ["| row | val acc | test acc | test F1 |", "|---|---|---|---|"]
+    else:
+        out = ["| row | STS-B dev Spearman |", "|---|---|"]
+
+    def cells(row: dict | None) -> str:
+        if not row:
+            return "— |" * (3 if binary else 1)
+        if binary:
+            return f"{_f(row['dev']['accuracy'])} | {_f(row['test']['accuracy'])} | {_f(row['test']['f1'])} |"
+        return f"{_f(row['dev']['spearman'])} |"
+
+    out.append(f"| undistilled default model (cosine) | {cells(ref['rows'].get('student_start'))}")
+    if a0:
+        out.append(f"| default fine-tuned on the labels alone (alpha 0) | {cells(a0['rows'].get('student'))}")
+    if a5:
+        out.append(f"| DSE student (labels + teacher, alpha 0.5) | {cells(a5['rows'].get('student'))}")
+    out.append(f"| teacher (cross-encoder, both orders) | {cells(ref['rows'].get('teacher'))}")
+    return out
+
+
+def trans_encoder(runs: Path, name: str) -> list[str]:
+    r = _load(runs / name / "report.json")
+    if not r:
+        return []
+    sets = list(r["config"]["eval_sets"])
+    head = "| cycle | model | " + " | ".join(sets) + " | avg | dev (selection) |"
+    out = [head, "|" + "---|" * (len(sets) + 4)]
+    for row in r["cycles"]:
+        for kind in ("bi", "cross"):
+            for tag, v in row[kind].items():
+                ev = v.get("eval", {})
+                label = f"{kind} {tag}" if len(r["models"]) > 1 else kind
+                vals = " | ".join(_f(ev.get(s)) for s in sets)
+                out.append(f"| {row['cycle']} | {label} | {vals} | {_f(ev.get('avg'))} | {_f(v.get('dev'))} |")
+    lab = r["cycles"][1].get("labels_bi", {}) if len(r["cycles"]) > 1 else {}
+    comb = (lab or {}).get("combined", {})
+    out.append("")
+    out.append(
+        f"Setting: **{r['evaluation_setting']['setting']}**; {r['unlabeled_pairs']} unlabeled pairs; "
+        f"bi labels mean {comb.get('mean')} (std {comb.get('std')}, {100 * comb.get('frac_below_0', 0):.1f}% < 0); "
+        f"wall time {r['wall_s'] / 60:.1f} min; best: {json.dumps(r['best'])}."
+    )
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", default="runs")
+    args = ap.parse_args()
+    runs = Path(args.runs)
+    print("### Teachers\n")
+    print("\n".join(teachers(runs)))
+    for task in ("stsb", "mrpc"):
+        print(f"\n### DSE {task}\n")
+        print("\n".join(dse(runs, task)))
+    sp = _load(runs / "dse-speed.json")
+    if sp:
+        print(f"\n### Speed\n\n```json\n{json.dumps(sp, indent=1)}\n```")
+    for name in ("te-default", "te-weak", "te-mutual"):
+        lines = trans_encoder(runs, name)
+        if lines:
+            print(f"\n### {name}\n")
+            print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
