@@ -5,6 +5,7 @@
 # orders (--symmetric-labels); bi-encoder 1 epoch, batch 16, lr 2e-5, max length 32.
 # Usage: bash bench/experiments/trans_encoder.sh NAME
 #   NAME = default (self, mean pooling) | weak (self, CLS pooling) | mutual (default + paraphrase-MiniLM-L3-v2)
+#          | default-big (6,000 pairs, cross-encoder 2 epochs, symmetric evaluation)
 # Each run under the shared lock:  flock /tmp/pairsmith-cpu.lock bash bench/experiments/trans_encoder.sh default
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -20,5 +21,8 @@ case "${1:?default|weak|mutual}" in
   default) $PS -v distill trans-encoder --models default $COMMON --out "$RUNS/te-default" ;;
   weak)    $PS -v distill trans-encoder --models default --pooling cls $COMMON --out "$RUNS/te-weak" ;;
   mutual)  $PS -v distill trans-encoder --models default "$L3" $COMMON --out "$RUNS/te-mutual" ;;
+  # A larger cross-encoder budget from the default model: 6,000 pairs, 2 epochs, both orders scored at eval too.
+  default-big) $PS -v distill trans-encoder --models default $COMMON --max-pairs 6000 --cross-epochs 2 \
+                 --cross-eval-steps 375 --symmetric-eval --out "$RUNS/te-default-big" ;;
   *) echo "unknown run $1" >&2; exit 2 ;;
 esac
