@@ -407,6 +407,9 @@ def plot_report(report: dict, path: Path) -> None:
                     ys.append(d)
             if xs:
                 ax.plot(xs, ys, style, label=f"{kind} {tag}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("cycle")
     ax.set_ylabel(f"dev Spearman x100 ({report['config'].get('dev')})")
     ax.set_title(f"Trans-Encoder ({report['mode']}, {report['evaluation_setting']['setting']})")
