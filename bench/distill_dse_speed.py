@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--student", required=True)
-    ap.add_argument("--sentences", default="stsb-dev", help="STS set whose sentences serve as queries/candidates")
+    ap.add_argument(
+        "--sentences", default="stsb-dev", help="STS set whose sentences serve as queries/candidates"
+    )
     ap.add_argument("--candidates", type=int, default=1000)
     ap.add_argument("--queries", type=int, default=3, help="distinct queries per repeat")
     ap.add_argument("--repeats", type=int, default=3)
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         return student.pair_scores_from_vectors(np.repeat(qv, len(cache), axis=0), cache)
 
     def run_teacher(q: str) -> np.ndarray:
-        return teacher.score([(q, c) for c in cands], activation=Activation.RAW, batch_size=args.batch_size).values
+        return teacher.score(
+            [(q, c) for c in cands], activation=Activation.RAW, batch_size=args.batch_size
+        ).values
 
     run_student(queries[0])  # warm-up both
     run_teacher(queries[0])

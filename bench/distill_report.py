@@ -1,6 +1,6 @@
 """Print the markdown tables of docs/results.md (section distill) from the runs' report.json files.
 
-    .venv/bin/python bench/distill_report.py --runs runs
+.venv/bin/python bench/distill_report.py --runs runs
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ def _f(x, nd=2) -> str:
 
 
 def teachers(runs: Path) -> list[str]:
-    out = ["| teacher | train pairs | fit (pairs/s) | dev | dev, both orders | test |", "|---|---|---|---|---|---|"]
+    out = [
+        "| teacher | train pairs | fit (pairs/s) | dev | dev, both orders | test |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in ("teacher-stsb", "teacher-mrpc"):
         r = _load(runs / name / "report.json")
         if not r:
@@ -75,7 +78,9 @@ def trans_encoder(runs: Path, name: str) -> list[str]:
                 ev = v.get("eval", {})
                 label = f"{kind} {tag}" if len(r["models"]) > 1 else kind
                 vals = " | ".join(_f(ev.get(s)) for s in sets)
-                out.append(f"| {row['cycle']} | {label} | {vals} | {_f(ev.get('avg'))} | {_f(v.get('dev'))} |")
+                out.append(
+                    f"| {row['cycle']} | {label} | {vals} | {_f(ev.get('avg'))} | {_f(v.get('dev'))} |"
+                )
     lab = r["cycles"][1].get("labels_bi", {}) if len(r["cycles"]) > 1 else {}
     comb = (lab or {}).get("combined", {})
     out.append("")
