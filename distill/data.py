@@ -201,15 +201,7 @@ def read_pair_file(path: str | os.PathLike[str], name: str | None = None) -> Pai
     path = _need(Path(path), "pair file")
     rows: list[tuple[str, str, float | None]] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        for no, line in _lines(path):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(path, f"invalid JSON ({exc.msg})", line=no) from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(path, "expected a JSON object with s1, s2", line=no)
+        for obj, _, no in _jsonl(path):
             for key in ("s1", "s2"):
                 if not isinstance(obj.get(key), str):
                     raise DataFormatError(path, f"field {key!r} missing or not a string", line=no)

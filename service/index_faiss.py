@@ -27,6 +27,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from pairsmith.atomic import atomic_write_bytes as write_bytes_atomic  # noqa: F401 (re-export)
+from pairsmith.atomic import fsync_dir
 from pairsmith.errors import InvalidInput
 
 SINGLE_THREAD_MAX_QUERIES = 4
@@ -305,25 +307,7 @@ def merge_topk(parts_s: list[np.ndarray], parts_i: list[np.ndarray], k: int) -> 
     return s.astype(np.float32), i
 
 
-# -- atomic files ------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+# -- atomic files (the shared helpers live in pairsmith.atomic) ----------------------------
 
 
 def write_index_atomic(index: faiss.Index, path: Path) -> str:
