@@ -59,6 +59,11 @@ def register(subparsers) -> None:
     b.add_argument(
         "--chunk-docs", type=int, default=2048, help="records per read/encode/commit step (default 2048)"
     )
+    b.add_argument(
+        "--no-store-text",
+        action="store_true",
+        help="do not keep each doc's text as payload['text'] (Search's rerank stage then needs its own text field)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     home(b)
     b.set_defaults(func=_build)
@@ -117,6 +122,7 @@ def _build(args) -> int:
         chunk_docs=args.chunk_docs,
         model_ref=_model_ref(args.model),
         build_params={"efConstruction": args.ef_construction} if args.ef_construction else None,
+        store_text=not args.no_store_text,
     )
     encoder = BiEncoder.load(args.model, backend=args.backend)
     with _store(args) as store:

@@ -49,6 +49,7 @@ class BuildConfig:
     chunk_docs: int = 2048  # records per read/encode/commit step
     model_ref: str = "default"  # what to load the encoder from again (CLI search)
     build_params: dict | None = None  # e.g. {"efConstruction": 80} for HNSW
+    store_text: bool = True  # keep each doc's text as payload["text"] (Search's rerank stage reads it)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -151,7 +152,9 @@ def build_index(
                 [d.text for d in docs], batch_size=cfg.batch_size, max_tokens=cfg.batch_tokens, normalize=True
             )
             encode_s += time.perf_counter() - t0
-            items = [UpsertItem(d.id, emb.vectors[i], d.payload) for i, d in enumerate(docs)]
+            items = [
+                UpsertItem(d.id, emb.vectors[i], _payload(d, cfg.store_text)) for i, d in enumerate(docs)
+            ]
             state = {**state, "rows_done": docs[-1].row}
             store.upsert(cfg.name, items, meta={BUILD_META_KEY: json.dumps(state)})
             encoded += len(docs)
@@ -208,3 +211,12 @@ def _resume_state(store: IndexStore, encoder, cfg: BuildConfig, stamp: dict) -> 
             "resume with the same --factory or drop the index"
         )
     return state
+
+
+def _payload(doc, store_text: bool) -> dict | None:
+    """The doc's payload, with its text under "text" (as gRPC Upsert does) unless told not to."""
+    if not store_text:
+        return doc.payload
+    payload = dict(doc.payload or {})
+    payload.setdefault("text", doc.text)
+    return payload

@@ -47,6 +47,14 @@ def tiny_bi(tiny_bi_dir):
     return BiEncoder.load(str(tiny_bi_dir), device="cpu")
 
 
+def test_build_without_text_keeps_payload_as_given(tmp_path, tiny_bi):
+    corpus = _write_jsonl(tmp_path / "c.jsonl", 20)
+    with IndexStore(tmp_path / "home") as store:
+        build_index(store, tiny_bi, BuildConfig(corpus, "bare", store_text=False), progress=False)
+        q = tiny_bi.encode(_texts(1), normalize=True).vectors
+        assert store.search("bare", q, 1)[0][0].payload == {"n": 0}
+
+
 def test_build_then_search_finds_each_doc_by_its_own_text(tmp_path, tiny_bi):
     corpus = _write_jsonl(tmp_path / "c.jsonl", 300)
     with IndexStore(tmp_path / "home") as store:
@@ -58,7 +66,8 @@ def test_build_then_search_finds_each_doc_by_its_own_text(tmp_path, tiny_bi):
             assert hits[0].score == pytest.approx(1.0, abs=1e-4)
             top = [h.id for h in hits if h.score > 1 - 1e-4]
             assert f"doc-{i}" in top
-            assert next(h for h in hits if h.id == f"doc-{i}").payload == {"n": i}
+            # The text is kept as payload["text"] (what Search's rerank stage reads), as Upsert does.
+            assert next(h for h in hits if h.id == f"doc-{i}").payload == {"n": i, "text": texts[i]}
         info = store.get("docs")
         assert info.encoder_fingerprint == tiny_bi.fingerprint and info.dim == tiny_bi.dim
         # Same format the server serves: a manifest with checksum and a snapshot file.

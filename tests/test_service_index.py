@@ -161,3 +161,31 @@ def test_store_text_false_keeps_payload_and_blocks_rerank(stub):
     with pytest.raises(grpc.RpcError) as ei:
         stub.Search(pb.SearchRequest(index="notext", text="alpha", top_k=1, rerank=pb.RerankStage()))
     assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "text" in ei.value.details()
+
+
+def test_batch_built_index_serves_search_with_rerank(server, stub, bi, tmp_path):
+    """An index from `pairsmith index build` keeps its texts, so the rerank stage works on it."""
+    import json
+
+    from pairsmith.service.index_build import BuildConfig, build_index
+    from pairsmith.service.index_store import IndexStore
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"b{i}", "text": t}) + "\n" for i, t in enumerate(DOCS)))
+    # Build into a separate home with the server's encoder, then copy into the server's data dir.
+    home = tmp_path / "home"
+    with IndexStore(home) as store:
+        build_index(store, bi, BuildConfig(corpus, "built"), progress=False)
+    import shutil
+
+    shutil.copytree(home / "indexes" / "built", server.config.data_dir / "indexes" / "built")
+    r = stub.Search(
+        pb.SearchRequest(
+            index="built",
+            text=QUERIES[1],
+            top_k=3,
+            rerank=pb.RerankStage(method=pb.SCORE_METHOD_CROSS_ENCODER, candidates=10),
+        )
+    )
+    assert len(r.hits) == 3
+    assert all(h.payload.fields["text"].string_value in DOCS for h in r.hits)
