@@ -105,7 +105,7 @@ def main() -> int:
     sp = _load(runs / "dse-speed.json")
     if sp:
         print(f"\n### Speed\n\n```json\n{json.dumps(sp, indent=1)}\n```")
-    for name in ("te-default", "te-weak", "te-mutual"):
+    for name in ("te-default", "te-weak", "te-mutual", "te-default-big"):
         lines = trans_encoder(runs, name)
         if lines:
             print(f"\n### {name}\n")
