@@ -45,7 +45,7 @@ def _need(path: Path, what: str) -> Path:
 
 def _lines(path: Path) -> Iterable[tuple[int, str]]:
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # a leading byte-order mark is not data
             for no, line in enumerate(fh, 1):
                 yield no, line.rstrip("\r\n")
     except UnicodeDecodeError as exc:

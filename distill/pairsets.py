@@ -55,22 +55,8 @@ def _names(spec: str) -> list[str]:
 def _load_one(name: str, root: str | os.PathLike[str] | None) -> PairSet:
     key = name.lower()
     if key in MRPC:
-        return _read_mrpc(data_root(root) / "pairs" / "mrpc" / MRPC[key], key)
+        return read_mrpc(data_root(root) / "pairs" / "mrpc" / MRPC[key], name=key)
     return load_sts_set(name, root)
-
-
-def _read_mrpc(path, name: str) -> PairSet:
-    """read_mrpc, tolerating the UTF-8 byte-order mark the published train/test files start with."""
-    import tempfile
-    from pathlib import Path
-
-    path = Path(path)
-    if path.exists() and path.read_bytes()[:3] == b"\xef\xbb\xbf":
-        with tempfile.TemporaryDirectory(prefix="pairsmith-mrpc-") as tmp:
-            clean = Path(tmp) / path.name
-            clean.write_text(path.read_text(encoding="utf-8-sig"), encoding="utf-8")
-            return read_mrpc(clean, name=name)
-    return read_mrpc(path, name=name)
 
 
 def load_pairs(

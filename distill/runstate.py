@@ -19,40 +19,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pairsmith.atomic import atomic_write_bytes, fsync_dir
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
 
+
 STATE_FILE = "state.json"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+# Atomic writes: the shared helpers (temp + fsync + rename + fsync of the folder).
+write_bytes_atomic = atomic_write_bytes
+_fsync_dir = fsync_dir
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:

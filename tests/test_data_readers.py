@@ -198,3 +198,10 @@ def test_real_sts_sets_have_expected_sizes(shared_data):
         "stsb-dev": 1500,
         "sickr-dev": 500,
     }
+
+
+def test_byte_order_mark_is_not_data(tmp_path):
+    # The published MRPC train/test files start with a UTF-8 BOM.
+    f = tmp_path / "bom.tsv"
+    f.write_bytes(b"\xef\xbb\xbfQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA\tB\n")
+    assert data.read_mrpc(f).pairs == [("A", "B")]
