@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pairsmith.errors import InvalidInput
+from pairsmith.errors import parse_enum as _parse_enum
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,8 @@ class Combine(enum.Enum):
 
 
 def parse_enum(cls: type[enum.Enum], value: str | enum.Enum, field: str) -> enum.Enum:
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(str(value).strip().lower())
-    except ValueError:
-        raise InvalidInput(
-            f"{field}: unknown value {value!r}; choose one of {[m.value for m in cls]}"
-        ) from None
+    """Kept for callers in distill/; the one implementation is :func:`pairsmith.errors.parse_enum`."""
+    return _parse_enum(cls, value, field)
 
 
 def apply_range(y: np.ndarray, mode: LabelRange) -> np.ndarray:

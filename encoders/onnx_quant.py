@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pairsmith.errors import FailedPrecondition, InvalidInput
+from pairsmith.errors import FailedPrecondition, parse_enum
 
 if TYPE_CHECKING:
     from pairsmith.encoders.onnx_graphs import GraphSpec
@@ -59,15 +59,14 @@ class Isa(enum.Enum):
 
     @classmethod
     def parse(cls, value: str | Isa) -> Isa:
-        if isinstance(value, Isa):
-            return value
-        norm = value.strip().lower().replace("-", "_")
-        if norm == "vnni":
-            norm = "avx512_vnni"
-        for i in cls:
-            if i.value == norm:
-                return i
-        raise InvalidInput(f"isa: unknown {value!r}; choose one of {['auto', *[i.value for i in cls]]}")
+        return parse_enum(
+            cls,
+            value,
+            "isa",
+            aliases={"vnni": "avx512_vnni"},
+            dash_to_underscore=True,
+            extra_choices=("auto",),
+        )
 
 
 def cpu_flags() -> set[str]:

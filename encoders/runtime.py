@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pairsmith.encoders.types import TokenBatch
-from pairsmith.errors import InvalidInput
+from pairsmith.errors import InvalidInput, parse_enum
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,7 @@ class Backend(enum.Enum):
 
     @classmethod
     def parse(cls, value: str | Backend) -> Backend:
-        if isinstance(value, Backend):
-            return value
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            raise InvalidInput(
-                f"backend: unknown {value!r}; choose one of {[b.value for b in cls]}"
-            ) from None
+        return parse_enum(cls, value, "backend")
 
 
 class Runner(Protocol):

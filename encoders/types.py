@@ -27,17 +27,14 @@ class Pooling(enum.Enum):
 
     @classmethod
     def parse(cls, value: str | Pooling) -> Pooling:
-        if isinstance(value, Pooling):
-            return value
-        norm = value.strip().lower().replace("_", "-")
-        if norm == "lasttoken":
-            norm = "last-token"
-        for p in cls:
-            if p.value == norm:
-                return p
-        from pairsmith.errors import InvalidInput
+        from pairsmith.errors import parse_enum
 
-        raise InvalidInput(f"pooling: unknown mode {value!r}; choose one of {[p.value for p in cls]}")
+        return parse_enum(
+            cls,
+            str(value).replace("_", "-") if isinstance(value, str) else value,
+            "pooling",
+            aliases={"lasttoken": "last-token"},
+        )
 
 
 class Activation(enum.Enum):

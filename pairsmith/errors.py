@@ -9,6 +9,7 @@ and the CLI exit code; nothing else is allowed to leak as INTERNAL.
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
 
 
 class ErrorKind(enum.Enum):
@@ -19,6 +20,9 @@ class ErrorKind(enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"  # overload, limits
     UNAUTHENTICATED = "unauthenticated"  # missing or wrong API key
     UNAVAILABLE = "unavailable"  # shutting down / not ready
+
+
+E = TypeVar("E", bound=enum.Enum)
 
 
 class PairsmithError(Exception):
@@ -72,3 +76,29 @@ class Unauthenticated(PairsmithError):
 
 class Unavailable(PairsmithError):
     kind = ErrorKind.UNAVAILABLE
+
+
+def parse_enum(
+    cls: type[E],
+    value: str | E,
+    field: str,
+    *,
+    aliases: dict[str, str] | None = None,
+    dash_to_underscore: bool = False,
+    extra_choices: tuple[str, ...] = (),
+) -> E:
+    """``value`` as a member of ``cls`` (by value, case-insensitive), or InvalidInput naming ``field``.
+
+    ``aliases`` maps extra spellings (after lower-casing) to member values.
+    """
+    if isinstance(value, cls):
+        return value
+    norm = str(value).strip().lower()
+    if dash_to_underscore:
+        norm = norm.replace("-", "_")
+    norm = (aliases or {}).get(norm, norm)
+    try:
+        return cls(norm)
+    except ValueError:
+        choices = [*extra_choices, *[m.value for m in cls]]
+        raise InvalidInput(f"{field}: unknown {value!r}; choose one of {choices}") from None

@@ -29,7 +29,7 @@ import numpy as np
 
 from pairsmith.atomic import atomic_write_bytes as write_bytes_atomic  # noqa: F401 (re-export)
 from pairsmith.atomic import fsync_dir
-from pairsmith.errors import InvalidInput
+from pairsmith.errors import InvalidInput, parse_enum
 
 SINGLE_THREAD_MAX_QUERIES = 4
 
@@ -43,15 +43,8 @@ class Metric(enum.Enum):
 
     @classmethod
     def parse(cls, value: str | Metric) -> Metric:
-        if isinstance(value, Metric):
-            return value
-        norm = str(value).strip().lower().replace("-", "_")
         aliases = {"inner_product": "ip", "dot": "ip", "euclidean": "l2"}
-        norm = aliases.get(norm, norm)
-        for m in cls:
-            if m.value == norm:
-                return m
-        raise InvalidInput(f"metric: unknown {value!r}; choose one of {[m.value for m in cls]}")
+        return parse_enum(cls, value, "metric", aliases=aliases, dash_to_underscore=True)
 
     @property
     def faiss_metric(self) -> int:
