@@ -47,6 +47,49 @@ def backbone_view(source: ModelSource) -> tempfile.TemporaryDirectory | None:
     return tmp
 
 
+def checkpoint_keys(directory: Path) -> set[str] | None:
+    """Parameter names stored in a transformer checkpoint directory (None: unknown format)."""
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        from safetensors import safe_open
+
+        keys: set[str] = set()
+        for f in files:
+            with safe_open(str(f), "pt") as fh:
+                keys.update(fh.keys())
+        return keys
+    binary = directory / "pytorch_model.bin"
+    if binary.is_file():
+        import torch
+
+        return set(torch.load(binary, map_location="cpu", weights_only=True))
+    return None
+
+
+def init_missing_pooler(hf_model, directory: Path | None) -> bool:
+    """Identity-initialise a BERT-style pooler the checkpoint does not carry.
+
+    Sentence-transformers bi-encoders are often saved without the pooler
+    (e.g. paraphrase-MiniLM-L3-v2); transformers then draws it at random and
+    the classification head reads tanh(random projection of [CLS]), which a
+    short fit cannot recover from. With W = I, b = 0 the head reads tanh([CLS]).
+    Returns True when the pooler was re-initialised.
+    """
+    import torch
+
+    pooler = getattr(getattr(hf_model, "base_model", hf_model), "pooler", None)
+    dense = getattr(pooler, "dense", None)
+    if directory is None or not isinstance(dense, torch.nn.Linear) or dense.in_features != dense.out_features:
+        return False
+    keys = checkpoint_keys(directory)
+    if keys is None or any(".pooler." in f".{k}" for k in keys):
+        return False
+    with torch.no_grad():
+        dense.weight.copy_(torch.eye(dense.in_features, dtype=dense.weight.dtype))
+        dense.bias.zero_()
+    return True
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -121,6 +164,12 @@ class CrossEncoder:
         local = {"local_files_only": True} if source.is_local else {}
         st = STCrossEncoder(arg, num_labels=1, device=dev, max_length=max_length, **local)
         log.info("cross-encoder on %s: classification head is newly initialised", source.ref)
+        if init_missing_pooler(st.model, Path(arg) if Path(arg).is_dir() else None):
+            log.warning(
+                "cross-encoder on %s: the checkpoint has no pooler weights; pooler initialised to identity "
+                "(the head reads tanh([CLS]))",
+                source.ref,
+            )
         return cls(st, source=source, device=dev, keepalive=view)
 
     @property

@@ -112,3 +112,24 @@ def test_cross_encoder_refuses_bi_encoder_dir(tiny_bi_dir):
         CrossEncoder.load(str(tiny_bi_dir), device="cpu")
     ce = CrossEncoder.from_backbone(str(tiny_bi_dir), device="cpu", max_length=32)
     assert ce.score([("a", "b")]).values.shape == (1,)
+
+
+@pytest.mark.parametrize("saved_pooler", [False, True])
+def test_from_backbone_identity_pooler_only_when_checkpoint_lacks_it(tmp_path, saved_pooler):
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.tiny import make_tiny_backbone
+
+    d = make_tiny_backbone(tmp_path / "bb", seed=3, pooler=saved_pooler)
+    ce = CrossEncoder.from_backbone(str(d), device="cpu", max_length=32)
+    dense = ce.st_model.model.base_model.pooler.dense
+    eye = torch.eye(dense.in_features)
+    if saved_pooler:
+        saved = load_file(str(d / "model.safetensors"))
+        key = next(k for k in saved if k.endswith("pooler.dense.weight"))
+        torch.testing.assert_close(dense.weight.detach(), saved[key])
+        assert not torch.equal(dense.weight.detach(), eye)
+    else:
+        torch.testing.assert_close(dense.weight.detach(), eye)
+        assert float(dense.bias.detach().abs().max()) == 0.0

@@ -36,14 +36,17 @@ def _copy_tokenizer(out: Path) -> None:
             shutil.copy(src / name, out / name)
 
 
-def make_tiny_backbone(out: Path, seed: int = 0) -> Path:
-    """A plain Hugging Face BERT directory (no sentence-transformers files)."""
+def make_tiny_backbone(out: Path, seed: int = 0, pooler: bool = True) -> Path:
+    """A plain Hugging Face BERT directory (no sentence-transformers files).
+
+    ``pooler=False`` saves no pooler weights, like many sentence-transformers checkpoints.
+    """
     import torch
     from transformers import BertModel
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    BertModel(_tiny_config()).save_pretrained(out)
+    BertModel(_tiny_config(), add_pooling_layer=pooler).save_pretrained(out)
     _copy_tokenizer(out)
     return out
 
