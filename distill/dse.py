@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pairsmith.distill.augment import Sampling, augment_pairs
 from pairsmith.distill.data import PairSet
 from pairsmith.distill.labels import parse_enum
 from pairsmith.distill.pairsets import load_pairs, pair_key, scale_scores, score_range_for, subsample
@@ -199,10 +200,15 @@ class DSEConfig:
     use_labels: bool = True
     max_pairs: int | None = None
     mlp_hidden: int = 512
+    augment: str = Sampling.NONE.value  # extra teacher-labelled pairs from the training sentences
+    augment_k: int = 1  # partners per training sentence
     fit: FitConfig = field(default_factory=lambda: DSE_FIT_DEFAULT)
 
     def __post_init__(self) -> None:
         parse_enum(Head, self.head, "--head")
+        parse_enum(Sampling, self.augment, "--augment")
+        if self.augment_k < 1:
+            raise InvalidInput(f"--augment-k: must be >= 1, got {self.augment_k}")
         if not 0.0 <= self.alpha <= 1.0:
             raise InvalidInput(f"--alpha: must be in [0, 1], got {self.alpha}")
 
@@ -250,6 +256,9 @@ def run_dse(
         y = scale_scores(train.scores, score_range_for(cfg.pairs, train.scores, cfg.score_range))  # type: ignore[arg-type]
     if y is None and cfg.alpha == 0.0:
         raise InvalidInput("--alpha 0 uses labels only, but the pairs have none (or --no-labels was given)")
+    sampling = parse_enum(Sampling, cfg.augment, "--augment")
+    if sampling is not Sampling.NONE and cfg.alpha == 0.0:
+        raise InvalidInput("--augment adds pairs only the teacher labels; it needs --alpha > 0")
     metric = _metric(cfg, train.scores if cfg.use_labels else None)
     dev = load_pairs(cfg.dev, labeled=True, dedup=False, for_training=False) if cfg.dev else None
     test = load_pairs(cfg.test, labeled=True, dedup=False, for_training=False) if cfg.test else None
@@ -258,6 +267,12 @@ def run_dse(
     write_json_atomic(out / "config.json", {"kind": "dse", **cfg.to_dict()})
     report: dict = {"kind": "dse", "config": cfg.to_dict(), "train_pairs": len(train), "metric": metric.value}
     report["rows"] = {}
+
+    # 0. optional silver pairs (teacher-labelled only) built from the training sentences
+    aug = _augment_step(cfg, sampling, train, dev, test, state, out, dev_name)
+    if len(aug):
+        report["augment"] = state.info("augment")
+    fit_pairs = train.pairs + aug.pairs
 
     # 1. teacher scores (cached by pair text) and the teacher's own row
     need_teacher = cfg.alpha > 0 or dev is not None or test is not None
@@ -271,12 +286,20 @@ def run_dse(
         cache = TeacherCache(out / "teacher_cache.npz", meta)
         fn = lambda ps: teacher_logits(ce, ps, cfg.teacher_symmetric, progress)  # noqa: E731
         t0 = time.time()
-        _, n_new = cache.lookup(train.pairs, fn) if cfg.alpha > 0 else (None, 0)
+        t_fit, n_new = cache.lookup(fit_pairs, fn) if cfg.alpha > 0 else (None, 0)
         sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
         sd = sig(cache.lookup(dev.pairs, fn)[0]) if dev is not None else None
         stt = sig(cache.lookup(test.pairs, fn)[0]) if test is not None else None
         row = _rows_eval(sd, dev, stt, test, metric)
-        state.mark("teacher", row=row, cache={"pairs_scored": n_new, "seconds": round(time.time() - t0, 1)})
+        cache_info = {"pairs_scored": n_new, "seconds": round(time.time() - t0, 1)}
+        if t_fit is not None and len(aug):
+            silver = sig(t_fit[len(train) :])
+            cache_info["augment_teacher_score"] = {
+                "mean": round(float(silver.mean()), 4),
+                "p10": round(float(np.percentile(silver, 10)), 4),
+                "p90": round(float(np.percentile(silver, 90)), 4),
+            }
+        state.mark("teacher", row=row, cache=cache_info)
     if need_teacher:
         report["rows"]["teacher"] = state.info("teacher").get("row")
         report["teacher_cache"] = state.info("teacher").get("cache")
@@ -300,10 +323,15 @@ def run_dse(
             def refuse(_pairs):
                 raise FailedPrecondition("teacher cache lost pairs between steps; rerun without --resume")
 
-            t_logit, _ = cache.lookup(train.pairs, refuse)
+            t_logit, _ = cache.lookup(fit_pairs, refuse)
         enc = BiEncoder.load(cfg.student, device=dev_name)
         head = MLPHead(enc.dim, cfg.mlp_hidden).to(dev_name) if head_kind is Head.MLP else None
-        res = fit_dse(enc, head, train, y, t_logit, cfg, dev, metric, dev_name, progress)
+        fit_set, fit_y = train, y
+        if len(aug):  # silver rows carry no gold label (NaN): teacher term only
+            fit_set = PairSet(f"{train.name}+{aug.name}", train.s1 + aug.s1, train.s2 + aug.s2)
+            if y is not None:
+                fit_y = np.concatenate([y, np.full(len(aug), np.nan, dtype=np.float32)])
+        res = fit_dse(enc, head, fit_set, fit_y, t_logit, cfg, dev, metric, dev_name, progress)
         save_dir_atomic(student_dir, lambda d: _save_student(enc, head, d))
         state.mark("fit", fit=res.as_dict())
     report["fit"] = state.info("fit").get("fit")
@@ -317,6 +345,29 @@ def run_dse(
     report["wall_s"] = round(state.elapsed(), 1)
     write_json_atomic(out / "report.json", report)
     return report
+
+
+def _augment_step(cfg, sampling, train, dev, test, state, out: Path, device: str) -> PairSet:
+    """Build (or, on resume, reload) the silver pairs; empty when --augment none."""
+    path = out / "augment_pairs.json"
+    if sampling is Sampling.NONE:
+        return PairSet("none", [], [])
+    if state.is_done("augment") and path.exists():
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return PairSet(d["name"], d["s1"], d["s2"])
+    t0 = time.time()
+    encode = None
+    if sampling is Sampling.KNN:
+        start = BiEncoder.load(cfg.student, device=device)
+        encode = lambda texts: start.encode(texts, batch_size=64, normalize=True).vectors  # noqa: E731
+    exclude = [*(dev.pairs if dev is not None else []), *(test.pairs if test is not None else [])]
+    aug = augment_pairs(train, sampling, cfg.augment_k, encode=encode, exclude=exclude, seed=cfg.fit.seed)
+    write_json_atomic(path, {"name": aug.name, "s1": aug.s1, "s2": aug.s2})
+    log.info("augment: %d %s pairs (k=%d) from %s's sentences", len(aug), sampling.value, cfg.augment_k, train.name)
+    state.mark(
+        "augment", sampling=sampling.value, k=cfg.augment_k, pairs=len(aug), seconds=round(time.time() - t0, 1)
+    )
+    return aug
 
 
 def _save_student(enc: BiEncoder, head: MLPHead | None, d: Path) -> None:
@@ -346,21 +397,28 @@ def fit_dse(
     alpha = cfg.alpha if yt is not None else 1.0
 
     def loss(idx: np.ndarray) -> torch.Tensor:
+        """Mean over the batch of per-pair losses: gold rows (1-a)*task + a*teacher; silver rows (NaN gold) teacher only."""
         u, v = pe.pair_embeddings(idx)  # (B, D) each
-        total = torch.zeros((), device=u.device)
-        if head is None:
-            s = F.cosine_similarity(u, v, dim=-1)  # (B,)
-            if alpha > 0:
-                total = total + alpha * F.mse_loss(s, torch.sigmoid(tt[idx].to(s.device)))  # type: ignore[index]
-            if alpha < 1:
-                total = total + (1 - alpha) * F.mse_loss(s, yt[idx].to(s.device))  # type: ignore[index]
-        else:
-            z = head(u, v)  # (B,) logits
-            if alpha > 0:
-                total = total + alpha * F.mse_loss(z, tt[idx].to(z.device))  # type: ignore[index]
-            if alpha < 1:
-                total = total + (1 - alpha) * F.binary_cross_entropy_with_logits(z, yt[idx].to(z.device))  # type: ignore[index]
-        return total
+        s = F.cosine_similarity(u, v, dim=-1) if head is None else head(u, v)  # (B,) cosine or logit
+        per = torch.zeros_like(s)
+        gold = None
+        if yt is not None and alpha < 1:
+            g = yt[idx].to(s.device)
+            has = ~torch.isnan(g)
+            gold = torch.where(has, g, torch.zeros_like(g))
+            if head is None:
+                task = (s - gold) ** 2
+            else:
+                task = F.binary_cross_entropy_with_logits(s, gold, reduction="none")
+            per = per + (1 - alpha) * task * has
+        if tt is not None and alpha > 0:
+            t = tt[idx].to(s.device)
+            target = torch.sigmoid(t) if head is None else t  # cosine vs teacher prob; logit vs teacher logit
+            w = torch.full_like(s, alpha)
+            if gold is not None:
+                w = torch.where(has, w, torch.ones_like(w))
+            per = per + w * (s - target) ** 2
+        return per.mean()
 
     evaluator = None
     if dev is not None:

@@ -181,10 +181,12 @@ def _cmd_dse(args) -> int:
         teacher_symmetric=args.teacher_symmetric,
         use_labels=not args.no_labels,
         max_pairs=args.max_pairs,
+        augment=args.augment,
+        augment_k=args.augment_k,
         fit=_fit_from(args, "", args.seed),
     )
     report = run_dse(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
-    _print(report, ["rows", "teacher_cache", "wall_s"])
+    _print(report, ["rows", "augment", "teacher_cache", "wall_s"])
     return 0
 
 
@@ -213,6 +215,14 @@ def _register_dse(sub) -> None:
     p.add_argument("--teacher-symmetric", action="store_true", help="teacher score = mean of both orders")
     p.add_argument("--no-labels", action="store_true", help="ignore gold labels (teacher only)")
     p.add_argument("--max-pairs", type=int, default=None)
+    p.add_argument(
+        "--augment",
+        default="none",
+        choices=["none", "knn", "random"],
+        help="extra pairs from the training sentences, labelled by the teacher only "
+        "(knn: each sentence with its nearest others under the starting student)",
+    )
+    p.add_argument("--augment-k", type=int, default=1, help="partners per training sentence for --augment")
     _fit_args(p, "", DSE_FIT_DEFAULT, "student")
     _common(p)
     p.set_defaults(func=_cmd_dse)

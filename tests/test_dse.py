@@ -163,3 +163,72 @@ def test_cli_dse(toy, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert set(printed["rows"]) == {"teacher", "student_start", "student"}
     assert json.loads((out / "config.json").read_text())["kind"] == "dse"
+
+
+# --------------------------------------------------------------------------- augmentation (silver pairs)
+
+
+def test_augment_knn_pairs_nearest_and_excluded():
+    from pairsmith.distill.augment import Sampling, augment_pairs
+    from pairsmith.distill.data import PairSet
+
+    # four sentences on a line: x0 -- x1 ---- x2 -- x3 (vectors chosen by hand)
+    vec = {"s0": [1.0, 0.0], "s1": [0.95, 0.31], "s2": [0.31, 0.95], "s3": [0.0, 1.0]}
+    train = PairSet("t", ["s0", "s2"], ["s3", "s1"], np.array([1.0, 0.0], dtype=np.float32))
+
+    def encode(texts):
+        return np.array([vec[t] for t in texts])
+
+    aug = augment_pairs(train, Sampling.KNN, 1, encode=encode)
+    got = {frozenset(p) for p in aug.pairs}
+    # nearest neighbours: s0<->s1 and s2<->s3 (each unordered pair once); no training pair, no self pair
+    assert got == {frozenset({"s0", "s1"}), frozenset({"s2", "s3"})} and len(aug) == 2
+    assert aug.scores is None
+    # pairs of the excluded (dev/test) set are skipped in either order
+    aug2 = augment_pairs(train, Sampling.KNN, 1, encode=encode, exclude=[("s1", "s0")])
+    assert {frozenset(p) for p in aug2.pairs} == {frozenset({"s2", "s3"})}
+    # k=3 reaches every other sentence; training pairs (either order) still never come back
+    aug3 = augment_pairs(train, Sampling.KNN, 3, encode=encode)
+    assert {frozenset(p) for p in aug3.pairs}.isdisjoint({frozenset({"s0", "s3"}), frozenset({"s2", "s1"})})
+    assert len(aug3) == 4  # 6 unordered pairs of 4 sentences minus the 2 training pairs
+
+
+def test_augment_random_and_errors():
+    from pairsmith.distill.augment import Sampling, augment_pairs
+    from pairsmith.distill.data import PairSet
+
+    s = [f"sentence {i}" for i in range(40)]
+    train = PairSet("t", s[:20], s[20:])
+    aug = augment_pairs(train, Sampling.RANDOM, 2, seed=1)
+    assert 0 < len(aug) <= 80 and all(a != b for a, b in aug.pairs)
+    keys = {frozenset(p) for p in aug.pairs}
+    assert len(keys) == len(aug)  # each unordered pair once
+    assert keys.isdisjoint({frozenset(p) for p in train.pairs})
+    assert augment_pairs(train, Sampling.RANDOM, 2, seed=1).pairs == aug.pairs  # seeded
+    with pytest.raises(InvalidInput, match="augment-k"):
+        augment_pairs(train, Sampling.RANDOM, 0)
+    with pytest.raises(InvalidInput, match="encoder"):
+        augment_pairs(train, Sampling.KNN, 1)
+    with pytest.raises(InvalidInput, match="fewer than 2"):
+        augment_pairs(PairSet("one", ["a"], ["a"]), Sampling.RANDOM, 1)
+
+
+def test_dse_with_knn_augmentation(toy, tmp_path):
+    out = tmp_path / "aug"
+    cfg = _cfg(toy, augment="knn", augment_k=2, test=None)
+    rep = run_dse(cfg, out, device="cpu", progress=False)
+    n_aug = rep["augment"]["pairs"]
+    assert n_aug > 0 and rep["augment"]["sampling"] == "knn"
+    assert rep["teacher_cache"]["pairs_scored"] == 24 + n_aug  # silver pairs are teacher-labelled
+    assert 0.0 <= rep["teacher_cache"]["augment_teacher_score"]["mean"] <= 1.0
+    assert rep["fit"]["examples"] == 24 + n_aug
+    saved = json.loads((out / "augment_pairs.json").read_text())
+    assert len(saved["s1"]) == n_aug
+    again = run_dse(cfg, out, resume=True, device="cpu", progress=False)
+    assert again["augment"] == rep["augment"] and again["rows"] == rep["rows"]
+    with pytest.raises(InvalidInput, match="alpha > 0"):
+        run_dse(_cfg(toy, augment="knn", alpha=0.0), tmp_path / "bad", device="cpu", progress=False)
+    with pytest.raises(InvalidInput, match="augment"):
+        _cfg(toy, augment="bm25")
+    with pytest.raises(InvalidInput, match="augment-k"):
+        _cfg(toy, augment="knn", augment_k=0)
