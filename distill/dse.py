@@ -363,9 +363,15 @@ def _augment_step(cfg, sampling, train, dev, test, state, out: Path, device: str
     exclude = [*(dev.pairs if dev is not None else []), *(test.pairs if test is not None else [])]
     aug = augment_pairs(train, sampling, cfg.augment_k, encode=encode, exclude=exclude, seed=cfg.fit.seed)
     write_json_atomic(path, {"name": aug.name, "s1": aug.s1, "s2": aug.s2})
-    log.info("augment: %d %s pairs (k=%d) from %s's sentences", len(aug), sampling.value, cfg.augment_k, train.name)
+    log.info(
+        "augment: %d %s pairs (k=%d) from %s's sentences", len(aug), sampling.value, cfg.augment_k, train.name
+    )
     state.mark(
-        "augment", sampling=sampling.value, k=cfg.augment_k, pairs=len(aug), seconds=round(time.time() - t0, 1)
+        "augment",
+        sampling=sampling.value,
+        k=cfg.augment_k,
+        pairs=len(aug),
+        seconds=round(time.time() - t0, 1),
     )
     return aug
 
