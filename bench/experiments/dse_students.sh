@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # DSE students (after dse_teachers.sh): labels-only baseline (--alpha 0) and DSE (--alpha 0.5), cosine head,
-# starting from the default model, on STS-B and MRPC; teacher score = mean of both orders; then the query-vs-1,000 speed ratio.
-#   nohup flock /tmp/pairsmith-cpu.lock bash bench/experiments/dse_students.sh > runs/dse_students.log 2>&1 &
+# starting from the default model, on STS-B and MRPC; teacher score = mean of both orders; then DSE with
+# teacher-labelled kNN pairs from the training sentences (--augment knn); then the query-vs-1,000 speed ratio.
+# TEACHER_TAG picks the teachers ($RUNS/teacher-{stsb,mrpc}$TEACHER_TAG), EPOCHS the student epochs.
+#   TEACHER_TAG=-e4 nohup flock /tmp/pairsmith-cpu.lock bash bench/experiments/dse_students.sh > runs/dse_students-e4.log 2>&1 &
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PS=${PAIRSMITH:-.venv/bin/pairsmith}
 RUNS=${RUNS:-runs}
+T=${TEACHER_TAG:-}
 COMMON="--teacher-symmetric --student default --epochs ${EPOCHS:-1} --batch-size 16 --lr 2e-5 --max-length 128 --device cpu --no-progress --resume"
-for A in 0 0.5; do
-  $PS -v distill dse --teacher "$RUNS/teacher-stsb" --pairs stsb-train --dev stsb-dev --alpha $A $COMMON \
-    --out "$RUNS/dse-stsb-a$A"
-  $PS -v distill dse --teacher "$RUNS/teacher-mrpc" --pairs mrpc-train --dev mrpc-val --test mrpc-test --alpha $A $COMMON \
-    --out "$RUNS/dse-mrpc-a$A"
-done
-.venv/bin/python bench/distill_dse_speed.py --teacher "$RUNS/teacher-stsb" --student "$RUNS/dse-stsb-a0.5" \
-  --candidates 1000 --repeats 3 --json "$RUNS/dse-speed.json"
+run() {  # run NAME ALPHA [extra args]
+  local name=$1 a=$2; shift 2
+  $PS -v distill dse --teacher "$RUNS/teacher-stsb$T" --pairs stsb-train --dev stsb-dev --alpha "$a" $COMMON "$@" \
+    --out "$RUNS/dse-stsb-$name$T"
+  $PS -v distill dse --teacher "$RUNS/teacher-mrpc$T" --pairs mrpc-train --dev mrpc-val --test mrpc-test --alpha "$a" \
+    $COMMON "$@" --out "$RUNS/dse-mrpc-$name$T"
+}
+run a0 0
+run a0.5 0.5
+run a0.5-knn 0.5 --augment knn --augment-k 1
+.venv/bin/python bench/distill_dse_speed.py --teacher "$RUNS/teacher-stsb$T" --student "$RUNS/dse-stsb-a0.5$T" \
+  --candidates 1000 --repeats 3 --json "$RUNS/dse-speed$T.json"

@@ -6,6 +6,9 @@
 # Usage: bash bench/experiments/trans_encoder.sh NAME
 #   NAME = default (self, mean pooling) | weak (self, CLS pooling) | mutual (default + paraphrase-MiniLM-L3-v2)
 #          | default-big (6,000 pairs, cross-encoder 2 epochs, symmetric evaluation)
+#          | default-full / weak-full / mutual-full: the whole transductive pool (29,575 pairs), cross-encoder
+#            1 epoch over both orders (59k examples), symmetric labels and evaluation; ~30 min per model on a
+#            quiet 2-vCPU box (mutual: two of each fit)
 # Each run under the shared lock:  flock /tmp/pairsmith-cpu.lock bash bench/experiments/trans_encoder.sh default
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -24,5 +27,16 @@ case "${1:?default|weak|mutual}" in
   # A larger cross-encoder budget from the default model: 6,000 pairs, 2 epochs, both orders scored at eval too.
   default-big) $PS -v distill trans-encoder --models default $COMMON --max-pairs 6000 --cross-epochs 2 \
                  --cross-eval-steps 375 --symmetric-eval --out "$RUNS/te-default-big" ;;
+  # The whole pool (no --max-pairs): the cross-encoder budget the 3,000-pair runs lacked.
+  default-full|weak-full|mutual-full)
+    FULL="--pairs sts-all --cycles ${CYCLES:-1} --dev stsb-dev --symmetric-labels --symmetric-eval
+      --cross-epochs 1 --cross-lr 5e-5 --cross-batch-size 16 --cross-max-length 64 --cross-eval-steps 900
+      --bi-epochs 1 --bi-batch-size 16 --bi-lr 2e-5 --bi-max-length 32 --bi-eval-steps 450
+      --device cpu --no-progress --resume"
+    case "$1" in
+      default-full) $PS -v distill trans-encoder --models default $FULL --out "$RUNS/te-default-full" ;;
+      weak-full)    $PS -v distill trans-encoder --models default --pooling cls $FULL --out "$RUNS/te-weak-full" ;;
+      mutual-full)  $PS -v distill trans-encoder --models default "$L3" $FULL --out "$RUNS/te-mutual-full" ;;
+    esac ;;
   *) echo "unknown run $1" >&2; exit 2 ;;
 esac
