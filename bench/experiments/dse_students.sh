@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # DSE students (after dse_teachers.sh): labels-only baseline (--alpha 0) and DSE (--alpha 0.5), cosine head,
 # starting from the default model, on STS-B and MRPC; teacher score = mean of both orders; then DSE with
-# teacher-labelled kNN pairs from the training sentences (--augment knn); then the query-vs-1,000 speed ratio.
+# teacher-labelled kNN pairs from the training sentences (--augment knn), DSE with the paper's MLP head; then the query-vs-1,000 speed ratio.
 # TEACHER_TAG picks the teachers ($RUNS/teacher-{stsb,mrpc}$TEACHER_TAG), EPOCHS the student epochs.
 #   TEACHER_TAG=-e4 nohup flock /tmp/pairsmith-cpu.lock bash bench/experiments/dse_students.sh > runs/dse_students-e4.log 2>&1 &
 set -euo pipefail
@@ -20,5 +20,6 @@ run() {  # run NAME ALPHA [extra args]
 run a0 0
 run a0.5 0.5
 run a0.5-knn 0.5 --augment knn --augment-k 1
+run a0.5-mlp 0.5 --head mlp   # the paper's pair head (rescoring a shortlist; no ANN index)
 .venv/bin/python bench/distill_dse_speed.py --teacher "$RUNS/teacher-stsb$T" --student "$RUNS/dse-stsb-a0.5$T" \
   --candidates 1000 --repeats 3 --json "$RUNS/dse-speed$T.json"
