@@ -158,6 +158,7 @@ def run_trans_encoder(
 
     for i in range(n):  # cycle 0: the starting bi-encoders
         _eval_step(ctx, 0, "bi", i, lambda i=i: _start_bi(ctx, i))
+    _ensemble_step(ctx, 0, "bi")
     for c in range(1, cfg.cycles + 1):
         _cycle(ctx, c)
     _finalise(ctx)
@@ -259,6 +260,7 @@ def _cycle(ctx: _Ctx, c: int) -> None:
         st.mark(step, fit=res.as_dict())
     for i in range(len(cfg.models)):
         _eval_step(ctx, c, "cross", i, lambda i=i: _load_cross(ctx, c, i))
+    _ensemble_step(ctx, c, "cross")
     # 3. cross -> labels
     if not st.is_done(f"c{c}/labels-cross"):
         raw = []
@@ -302,6 +304,7 @@ def _cycle(ctx: _Ctx, c: int) -> None:
         st.mark(step, fit=res.as_dict())
     for i in range(len(cfg.models)):
         _eval_step(ctx, c, "bi", i, lambda i=i: _bi_at(ctx, c, i))
+    _ensemble_step(ctx, c, "bi")
     if not st.is_done(f"c{c}/done"):
         st.mark(f"c{c}/done", cycle_s=round(time.time() - t0, 1))
 
@@ -318,15 +321,69 @@ def _eval_step(ctx: _Ctx, c: int, kind: str, i: int, load) -> None:
     if ctx.state.is_done(step):
         return
     model = load()
-    scorer = bi_scorer(model) if kind == "bi" else cross_scorer(model, symmetric=ctx.cfg.symmetric_eval)
+    base = bi_scorer(model) if kind == "bi" else cross_scorer(model, symmetric=ctx.cfg.symmetric_eval)
+    calls: list[np.ndarray] = []
+
+    def scorer(a: list[str], b: list[str]) -> np.ndarray:  # keeps every prediction for the ensemble rows
+        calls.append(np.asarray(base(a, b), dtype=np.float32))
+        return calls[-1]
+
     res: dict = {}
+    preds: dict[str, np.ndarray] = {}
     if ctx.dev is not None:
         from pairsmith.distill import metrics
 
         res["dev"] = round(metrics.spearman(scorer(ctx.dev.s1, ctx.dev.s2), ctx.dev.scores), 3)
+        preds[_DEV_KEY] = calls.pop()
     if ctx.cfg.eval_sets:
-        res["eval"] = {k: round(v, 3) for k, v in eval_sts(scorer, list(ctx.cfg.eval_sets)).items()}
+        scores = eval_sts(scorer, list(ctx.cfg.eval_sets))
+        res["eval"] = {k: round(v, 3) for k, v in scores.items()}
+        preds.update((f"set{j}", p) for j, p in enumerate(calls))  # one call per eval set, in order
+    if len(ctx.tags) > 1:
+        _save_preds(_cdir(ctx, c) / f"preds-{kind}-{ctx.tags[i]}.npz", preds)
     log.info("cycle %d %s %s: %s", c, kind, ctx.tags[i], res)
+    ctx.state.mark(step, **res)
+
+
+_DEV_KEY = "__dev__"
+
+
+def _save_preds(path: Path, preds: dict[str, np.ndarray]) -> None:
+    import io
+
+    from pairsmith.distill.runstate import write_bytes_atomic
+
+    buf = io.BytesIO()
+    np.savez(buf, **preds)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _ensemble_step(ctx: _Ctx, c: int, kind: str) -> None:
+    """Mutual runs: the models' averaged predictions scored like one model (the official *Ensemble evaluators)."""
+    from pairsmith.distill import metrics
+
+    step = f"c{c}/eval/{kind}/ensemble"
+    if len(ctx.tags) < 2 or ctx.state.is_done(step):
+        return
+    files = [_cdir(ctx, c) / f"preds-{kind}-{t}.npz" for t in ctx.tags]
+    if not all(f.exists() for f in files):
+        log.warning(
+            "cycle %d %s ensemble: predictions missing (run started by an older version); skipped", c, kind
+        )
+        return
+    loaded = [dict(np.load(f, allow_pickle=False)) for f in files]
+    mean = {k: np.mean([p[k] for p in loaded], axis=0) for k in loaded[0]}
+    res: dict = {}
+    if ctx.dev is not None and _DEV_KEY in mean:
+        res["dev"] = round(metrics.spearman(mean.pop(_DEV_KEY), ctx.dev.scores), 3)
+    if mean:
+        ev: dict[str, float] = {}
+        for j, spec in enumerate(ctx.cfg.eval_sets):
+            ps = load_sts_set(spec)
+            ev[ps.name] = metrics.spearman(mean[f"set{j}"], ps.scores)
+        ev["avg"] = float(np.mean(list(ev.values())))
+        res["eval"] = {k: round(v, 3) for k, v in ev.items()}
+    log.info("cycle %d %s ensemble: %s", c, kind, res)
     ctx.state.mark(step, **res)
 
 
@@ -369,6 +426,10 @@ def build_report(ctx: _Ctx) -> dict:
                 fit = st.info(f"c{c}/{kind}/{i}").get("fit")
                 if fit:
                     row[kind].setdefault(tag, {})["fit"] = fit
+        for kind in ("bi", "cross"):
+            ens = st.info(f"c{c}/eval/{kind}/ensemble")
+            if ens:
+                row[kind]["ensemble"] = {k: ens[k] for k in ("dev", "eval") if k in ens}
         if c > 0:
             row["labels_bi"] = st.info(f"c{c}/labels-bi").get("stats")
             row["labels_cross"] = st.info(f"c{c}/labels-cross").get("stats")
@@ -398,7 +459,7 @@ def plot_report(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, style in (("bi", "o-"), ("cross", "s--")):
-        for tag in report["models"]:
+        for tag in [*report["models"], "ensemble"]:
             xs, ys = [], []
             for row in report["cycles"]:
                 d = row[kind].get(tag, {}).get("dev")

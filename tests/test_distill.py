@@ -183,11 +183,25 @@ def test_mutual_distillation_cycle(toy, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "mutual"
-    cfg = _cfg(
-        toy, models=(str(toy / "bi0"), str(toy / "bi1")), combine="rank", eval_sets=(), label_range="raw"
-    )
+    cfg = _cfg(toy, models=(str(toy / "bi0"), str(toy / "bi1")), combine="rank", label_range="raw")
     rep = te.run_trans_encoder(cfg, out, device="cpu", progress=False)
     assert rep["mode"] == "mutual"
+    # ensemble rows (the official *Ensemble evaluators): the models' predictions averaged, then scored
+    for c, kind in ((0, "bi"), (1, "cross"), (1, "bi")):
+        ens = rep["cycles"][c][kind]["ensemble"]
+        assert set(ens) == {"dev", "eval"} and ens["eval"]["dev"] == pytest.approx(ens["dev"]), (c, kind)
+    from scipy.stats import spearmanr
+
+    from pairsmith.distill.data import load_sts_set
+    from pairsmith.encoders import BiEncoder
+
+    dev = load_sts_set(str(toy / "dev.tsv"))
+    sims = [
+        BiEncoder.load(str(out / "cycle1" / f"bi-{t}"), device="cpu").similarity(dev.s1, dev.s2)
+        for t in ("m0", "m1")
+    ]
+    expect = 100 * spearmanr((sims[0] + sims[1]) / 2, dev.scores).statistic
+    assert rep["cycles"][1]["bi"]["ensemble"]["dev"] == pytest.approx(expect, abs=2e-3)
     for name in ("best-bi-m0", "best-bi-m1", "best-cross-m0", "best-cross-m1"):
         assert (out / name / "config.json").exists(), name
     SentenceTransformer(str(out / "best-bi-m1"), device="cpu")
