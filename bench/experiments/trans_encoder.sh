@@ -8,7 +8,7 @@
 #          | default-big (6,000 pairs, cross-encoder 2 epochs, symmetric evaluation)
 #          | default-full / weak-full / mutual-full: the whole transductive pool (29,575 pairs), cross-encoder
 #            1 epoch over both orders (59k examples), symmetric labels and evaluation; ~30 min per model on a
-#            quiet 2-vCPU box (mutual: two of each fit)
+#            quiet 2-vCPU box (mutual: two of each fit; MAXP=N subsamples the pool, out dir te-mutual-full-N)
 # Each run under the shared lock:  flock /tmp/pairsmith-cpu.lock bash bench/experiments/trans_encoder.sh default
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -36,7 +36,8 @@ case "${1:?default|weak|mutual}" in
     case "$1" in
       default-full) $PS -v distill trans-encoder --models default $FULL --out "$RUNS/te-default-full" ;;
       weak-full)    $PS -v distill trans-encoder --models default --pooling cls $FULL --out "$RUNS/te-weak-full" ;;
-      mutual-full)  $PS -v distill trans-encoder --models default "$L3" $FULL --out "$RUNS/te-mutual-full" ;;
+      mutual-full)  $PS -v distill trans-encoder --models default "$L3" $FULL ${MAXP:+--max-pairs $MAXP} \
+                      --out "$RUNS/te-mutual-full${MAXP:+-$MAXP}" ;;
     esac ;;
   *) echo "unknown run $1" >&2; exit 2 ;;
 esac
