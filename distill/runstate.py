@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +127,7 @@ class RunState:
             self.started = time.time()
             self.elapsed_before = 0.0
         self._t0 = time.time()
+        self._lock = threading.Lock()
         self._write()
 
     # Only these keys may change between a run and its resume.
@@ -141,8 +143,9 @@ class RunState:
         return self.done.get(step, {})
 
     def mark(self, step: str, **info: Any) -> None:
-        self.done[step] = {**info, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self._write()
+        with self._lock:  # parallel fits (one thread per model) mark their own steps
+            self.done[step] = {**info, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            self._write()
 
     def _write(self) -> None:
         write_json_atomic(

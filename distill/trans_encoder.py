@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +118,21 @@ class _Ctx:
     dev: PairSet | None
     devices: list[str]
     progress: bool
+    parallel: bool = False  # fits of different models run at once (one device each)
     tags: list[str] = field(default_factory=list)
+
+    def for_models(self, fn: Callable[[int], None]) -> None:
+        """``fn(i)`` for every model: in parallel threads when each model has its own device, else in order."""
+        n = len(self.cfg.models)
+        if not self.parallel or n < 2:
+            for i in range(n):
+                fn(i)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="trans-encoder") as pool:
+            for fut in [pool.submit(fn, i) for i in range(n)]:
+                fut.result()  # re-raises the first failure; finished fits stay recorded for --resume
 
 
 def _devices(device: str | None, n_models: int) -> list[str]:
@@ -140,8 +155,13 @@ def run_trans_encoder(
     resume: bool = False,
     device: str | None = "auto",
     progress=True,
+    parallel: bool | None = None,
 ) -> dict:
-    """Run (or resume) a Trans-Encoder job; returns the report (also written to ``out/report.json``)."""
+    """Run (or resume) a Trans-Encoder job; returns the report (also written to ``out/report.json``).
+
+    ``parallel`` (default: when every model got its own device, i.e. several GPUs) trains the
+    models' cross- and bi-encoder fits of one cycle at the same time, one thread per model.
+    """
     out = Path(out)
     pool = load_pairs(cfg.pairs)
     if cfg.exclude_eval_pairs:
@@ -152,9 +172,19 @@ def run_trans_encoder(
     state = RunState(out, cfg.to_dict(), resume=resume, kind="trans-encoder")
     write_json_atomic(out / "config.json", {"kind": "trans-encoder", **cfg.to_dict()})
     n = len(cfg.models)
-    ctx = _Ctx(cfg, out, state, pool, dev, _devices(device, n), progress)
+    devices = _devices(device, n)
+    if parallel is None:
+        parallel = n > 1 and len(set(devices)) == n and all(d.startswith("cuda") for d in devices)
+    ctx = _Ctx(cfg, out, state, pool, dev, devices, progress, parallel=parallel)
     ctx.tags = [f"m{i}" for i in range(n)]
-    log.info("trans-encoder: %d unlabeled pairs, %d model(s), %d cycle(s)", len(pool), n, cfg.cycles)
+    log.info(
+        "trans-encoder: %d unlabeled pairs, %d model(s) on %s%s, %d cycle(s)",
+        len(pool),
+        n,
+        ", ".join(devices),
+        " (fits in parallel)" if parallel else "",
+        cfg.cycles,
+    )
 
     for i in range(n):  # cycle 0: the starting bi-encoders
         _eval_step(ctx, 0, "bi", i, lambda i=i: _start_bi(ctx, i))
@@ -234,30 +264,7 @@ def _cycle(ctx: _Ctx, c: int) -> None:
         st.mark(f"c{c}/labels-bi", stats=stats)
     y_bi = np.load(cdir / "labels-bi.npy")
     # 2. cross fits
-    for i in range(len(cfg.models)):
-        step = f"c{c}/cross/{i}"
-        if st.is_done(step):
-            continue
-        ce = _new_cross(ctx, c, i)
-        ev = None
-        if ctx.dev is not None:
-            ev = make_evaluator(
-                "cross", ce.st_model, ce.source, ctx.dev, Metric.SPEARMAN, symmetric=cfg.symmetric_eval
-            )
-        res = fit_cross_encoder(
-            ce.st_model,
-            pool.s1,
-            pool.s2,
-            y_bi,
-            dataclasses.replace(cfg.cross, seed=cfg.cross.seed + c),
-            both_orders=cfg.cross_both_orders,
-            device=ctx.devices[i],
-            evaluator=ev,
-            desc=f"cycle {c} cross {ctx.tags[i]}",
-            progress=ctx.progress,
-        )
-        save_dir_atomic(cdir / f"cross-{ctx.tags[i]}", lambda d, ce=ce: ce.save(d))
-        st.mark(step, fit=res.as_dict())
+    ctx.for_models(lambda i: _cross_fit(ctx, c, i, y_bi))
     for i in range(len(cfg.models)):
         _eval_step(ctx, c, "cross", i, lambda i=i: _load_cross(ctx, c, i))
     _ensemble_step(ctx, c, "cross")
@@ -279,34 +286,65 @@ def _cycle(ctx: _Ctx, c: int) -> None:
         st.mark(f"c{c}/labels-cross", stats=stats)
     y_cross = np.load(cdir / "labels-cross.npy")
     # 4. bi fits
-    for i in range(len(cfg.models)):
-        step = f"c{c}/bi/{i}"
-        if st.is_done(step):
-            continue
-        enc = _new_bi(ctx, c, i)
-        ev = (
-            make_evaluator("bi", enc.st_model, enc.source, ctx.dev, Metric.SPEARMAN)
-            if ctx.dev is not None
-            else None
-        )
-        res = fit_bi_encoder(
-            enc.st_model,
-            pool.s1,
-            pool.s2,
-            y_cross,
-            dataclasses.replace(cfg.bi, seed=cfg.bi.seed + c),
-            device=ctx.devices[i],
-            evaluator=ev,
-            desc=f"cycle {c} bi {ctx.tags[i]}",
-            progress=ctx.progress,
-        )
-        save_dir_atomic(cdir / f"bi-{ctx.tags[i]}", lambda d, enc=enc: enc.save(d))
-        st.mark(step, fit=res.as_dict())
+    ctx.for_models(lambda i: _bi_fit(ctx, c, i, y_cross))
     for i in range(len(cfg.models)):
         _eval_step(ctx, c, "bi", i, lambda i=i: _bi_at(ctx, c, i))
     _ensemble_step(ctx, c, "bi")
     if not st.is_done(f"c{c}/done"):
         st.mark(f"c{c}/done", cycle_s=round(time.time() - t0, 1))
+
+
+def _cross_fit(ctx: _Ctx, c: int, i: int, y_bi: np.ndarray) -> None:
+    cfg, pool = ctx.cfg, ctx.pool
+    step = f"c{c}/cross/{i}"
+    if ctx.state.is_done(step):
+        return
+    ce = _new_cross(ctx, c, i)
+    ev = None
+    if ctx.dev is not None:
+        ev = make_evaluator(
+            "cross", ce.st_model, ce.source, ctx.dev, Metric.SPEARMAN, symmetric=cfg.symmetric_eval
+        )
+    res = fit_cross_encoder(
+        ce.st_model,
+        pool.s1,
+        pool.s2,
+        y_bi,
+        dataclasses.replace(cfg.cross, seed=cfg.cross.seed + c),
+        both_orders=cfg.cross_both_orders,
+        device=ctx.devices[i],
+        evaluator=ev,
+        desc=f"cycle {c} cross {ctx.tags[i]}",
+        progress=ctx.progress,
+    )
+    save_dir_atomic(_cdir(ctx, c) / f"cross-{ctx.tags[i]}", lambda d: ce.save(d))
+    ctx.state.mark(step, fit=res.as_dict())
+
+
+def _bi_fit(ctx: _Ctx, c: int, i: int, y_cross: np.ndarray) -> None:
+    cfg, pool = ctx.cfg, ctx.pool
+    step = f"c{c}/bi/{i}"
+    if ctx.state.is_done(step):
+        return
+    enc = _new_bi(ctx, c, i)
+    ev = (
+        make_evaluator("bi", enc.st_model, enc.source, ctx.dev, Metric.SPEARMAN)
+        if ctx.dev is not None
+        else None
+    )
+    res = fit_bi_encoder(
+        enc.st_model,
+        pool.s1,
+        pool.s2,
+        y_cross,
+        dataclasses.replace(cfg.bi, seed=cfg.bi.seed + c),
+        device=ctx.devices[i],
+        evaluator=ev,
+        desc=f"cycle {c} bi {ctx.tags[i]}",
+        progress=ctx.progress,
+    )
+    save_dir_atomic(_cdir(ctx, c) / f"bi-{ctx.tags[i]}", lambda d: enc.save(d))
+    ctx.state.mark(step, fit=res.as_dict())
 
 
 def _load_cross(ctx: _Ctx, c: int, i: int) -> CrossEncoder:

@@ -296,3 +296,37 @@ def test_train_cross_encoder_cli_and_resume(toy, tmp_path, capsys):
     no_range[no_range.index("--out") + 1] = str(tmp_path / "t2")
     assert main(no_range) == 2
     assert "--score-range" in capsys.readouterr().err
+
+
+def test_mutual_fits_in_parallel_threads(toy, tmp_path):
+    """The one-thread-per-model path (used when each model has its own GPU), forced on the CPU."""
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "par"
+    cfg = _cfg(toy, models=(str(toy / "bi0"), str(toy / "bi1")), eval_sets=())
+    rep = te.run_trans_encoder(cfg, out, device="cpu", progress=False, parallel=True)
+    state = json.loads((out / "state.json").read_text())["done"]
+    for step in ("c1/cross/0", "c1/cross/1", "c1/bi/0", "c1/bi/1"):
+        assert state[step]["fit"]["steps"] > 0, step
+    for tag in ("m0", "m1"):
+        assert rep["cycles"][1]["bi"][tag]["fit"]["examples"] == 30
+        SentenceTransformer(str(out / f"best-bi-{tag}"), device="cpu")
+
+
+def test_for_models_propagates_a_failure(toy, tmp_path):
+    from pairsmith.distill.runstate import RunState
+
+    cfg = _cfg(toy, models=(str(toy / "bi0"), str(toy / "bi1")))
+    state = RunState(tmp_path / "s", cfg.to_dict(), resume=False, kind="trans-encoder")
+    ctx = te._Ctx(cfg, tmp_path, state, None, None, ["cpu", "cpu"], False, parallel=True)
+    seen = []
+
+    def fn(i):
+        seen.append(i)
+        if i == 1:
+            raise RuntimeError("model 1 failed")
+        state.mark(f"ok/{i}")
+
+    with pytest.raises(RuntimeError, match="model 1 failed"):
+        ctx.for_models(fn)
+    assert sorted(seen) == [0, 1] and state.is_done("ok/0")
