@@ -1,6 +1,9 @@
 """Print the markdown tables of docs/results.md (section distill) from the runs' report.json files.
 
-.venv/bin/python bench/distill_report.py --runs runs
+.venv/bin/python bench/distill_report.py --runs runs [--tag=-e4]
+
+``--tag`` picks the DSE teachers/students of one teacher budget (dse_teachers.sh/dse_students.sh TAG);
+every ``te-*`` run with a report is printed.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ def _f(x, nd=2) -> str:
     return "—" if x is None else f"{x:.{nd}f}"
 
 
-def teachers(runs: Path) -> list[str]:
+def teachers(runs: Path, tag: str = "") -> list[str]:
     out = [
         "| teacher | train pairs | fit (pairs/s) | dev | dev, both orders | test |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("teacher-stsb", "teacher-mrpc"):
+    for name in (f"teacher-stsb{tag}", f"teacher-mrpc{tag}", f"teacher-stsb-ft{tag}"):
         r = _load(runs / name / "report.json")
         if not r:
             continue
@@ -37,9 +40,17 @@ def teachers(runs: Path) -> list[str]:
     return out
 
 
-def dse(runs: Path, task: str) -> list[str]:
-    a0 = _load(runs / f"dse-{task}-a0" / "report.json")
-    a5 = _load(runs / f"dse-{task}-a0.5" / "report.json")
+# Extra DSE rows: run-name suffix -> row label.
+VARIANTS = {
+    "a0.5-knn": "DSE student + teacher-labelled kNN pairs (--augment knn, k=1)",
+    "a0.5-mlp": "DSE student, MLP head (rescoring; not an embedding)",
+    "a0.5-ftteacher": "DSE student, teacher started from the labels-only student",
+}
+
+
+def dse(runs: Path, task: str, tag: str = "") -> list[str]:
+    a0 = _load(runs / f"dse-{task}-a0{tag}" / "report.json")
+    a5 = _load(runs / f"dse-{task}-a0.5{tag}" / "report.json")
     if not (a0 or a5):
         return []
     ref = a5 or a0
@@ -62,6 +73,13 @@ def dse(runs: Path, task: str) -> list[str]:
     if a5:
         out.append(f"| DSE student (labels + teacher, alpha 0.5) | {cells(a5['rows'].get('student'))}")
     out.append(f"| teacher (cross-encoder, both orders) | {cells(ref['rows'].get('teacher'))}")
+    for suffix, label in VARIANTS.items():
+        v = _load(runs / f"dse-{task}-{suffix}{tag}" / "report.json")
+        if v:
+            extra = f" ({v['augment']['pairs']} extra pairs)" if v.get("augment") else ""
+            out.append(f"| {label}{extra} | {cells(v['rows'].get('student'))}")
+            if suffix == "a0.5-ftteacher":
+                out.append(f"| its teacher (both orders) | {cells(v['rows'].get('teacher'))}")
     return out
 
 
@@ -95,17 +113,18 @@ def trans_encoder(runs: Path, name: str) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="runs")
+    ap.add_argument("--tag", default="", help="teacher budget tag of the DSE runs, e.g. -e4")
     args = ap.parse_args()
     runs = Path(args.runs)
     print("### Teachers\n")
-    print("\n".join(teachers(runs)))
+    print("\n".join(teachers(runs, args.tag)))
     for task in ("stsb", "mrpc"):
         print(f"\n### DSE {task}\n")
-        print("\n".join(dse(runs, task)))
-    sp = _load(runs / "dse-speed.json")
+        print("\n".join(dse(runs, task, args.tag)))
+    sp = _load(runs / f"dse-speed{args.tag}.json")
     if sp:
         print(f"\n### Speed\n\n```json\n{json.dumps(sp, indent=1)}\n```")
-    for name in ("te-default", "te-weak", "te-mutual", "te-default-big"):
+    for name in sorted(p.parent.name for p in runs.glob("te-*/report.json")):
         lines = trans_encoder(runs, name)
         if lines:
             print(f"\n### {name}\n")
