@@ -264,7 +264,7 @@ def _cycle(ctx: _Ctx, c: int) -> None:
         st.mark(f"c{c}/labels-bi", stats=stats)
     y_bi = np.load(cdir / "labels-bi.npy")
     # 2. cross fits
-    ctx.for_models(lambda i: _cross_fit(ctx, c, i, y_bi))
+    ctx.for_models(lambda i: _fit(ctx, c, i, "cross", y_bi))
     for i in range(len(cfg.models)):
         _eval_step(ctx, c, "cross", i, lambda i=i: _load_cross(ctx, c, i))
     _ensemble_step(ctx, c, "cross")
@@ -286,7 +286,7 @@ def _cycle(ctx: _Ctx, c: int) -> None:
         st.mark(f"c{c}/labels-cross", stats=stats)
     y_cross = np.load(cdir / "labels-cross.npy")
     # 4. bi fits
-    ctx.for_models(lambda i: _bi_fit(ctx, c, i, y_cross))
+    ctx.for_models(lambda i: _fit(ctx, c, i, "bi", y_cross))
     for i in range(len(cfg.models)):
         _eval_step(ctx, c, "bi", i, lambda i=i: _bi_at(ctx, c, i))
     _ensemble_step(ctx, c, "bi")
@@ -294,56 +294,35 @@ def _cycle(ctx: _Ctx, c: int) -> None:
         st.mark(f"c{c}/done", cycle_s=round(time.time() - t0, 1))
 
 
-def _cross_fit(ctx: _Ctx, c: int, i: int, y_bi: np.ndarray) -> None:
+def _fit(ctx: _Ctx, c: int, i: int, kind: str, targets: np.ndarray) -> None:
+    """One resumable fit of model ``i`` in cycle ``c``: ``kind`` "cross" (BCE on bi labels) or "bi" (MSE on cross labels)."""
     cfg, pool = ctx.cfg, ctx.pool
-    step = f"c{c}/cross/{i}"
+    step = f"c{c}/{kind}/{i}"
     if ctx.state.is_done(step):
         return
-    ce = _new_cross(ctx, c, i)
+    if kind == "cross":
+        model = _new_cross(ctx, c, i)
+        fit, fit_cfg, extra = fit_cross_encoder, cfg.cross, {"both_orders": cfg.cross_both_orders}
+    else:
+        model = _new_bi(ctx, c, i)
+        fit, fit_cfg, extra = fit_bi_encoder, cfg.bi, {}
     ev = None
     if ctx.dev is not None:
-        ev = make_evaluator(
-            "cross", ce.st_model, ce.source, ctx.dev, Metric.SPEARMAN, symmetric=cfg.symmetric_eval
-        )
-    res = fit_cross_encoder(
-        ce.st_model,
+        sym = {"symmetric": cfg.symmetric_eval} if kind == "cross" else {}
+        ev = make_evaluator(kind, model.st_model, model.source, ctx.dev, Metric.SPEARMAN, **sym)
+    res = fit(
+        model.st_model,
         pool.s1,
         pool.s2,
-        y_bi,
-        dataclasses.replace(cfg.cross, seed=cfg.cross.seed + c),
-        both_orders=cfg.cross_both_orders,
+        targets,
+        dataclasses.replace(fit_cfg, seed=fit_cfg.seed + c),
         device=ctx.devices[i],
         evaluator=ev,
-        desc=f"cycle {c} cross {ctx.tags[i]}",
+        desc=f"cycle {c} {kind} {ctx.tags[i]}",
         progress=ctx.progress,
+        **extra,
     )
-    save_dir_atomic(_cdir(ctx, c) / f"cross-{ctx.tags[i]}", lambda d: ce.save(d))
-    ctx.state.mark(step, fit=res.as_dict())
-
-
-def _bi_fit(ctx: _Ctx, c: int, i: int, y_cross: np.ndarray) -> None:
-    cfg, pool = ctx.cfg, ctx.pool
-    step = f"c{c}/bi/{i}"
-    if ctx.state.is_done(step):
-        return
-    enc = _new_bi(ctx, c, i)
-    ev = (
-        make_evaluator("bi", enc.st_model, enc.source, ctx.dev, Metric.SPEARMAN)
-        if ctx.dev is not None
-        else None
-    )
-    res = fit_bi_encoder(
-        enc.st_model,
-        pool.s1,
-        pool.s2,
-        y_cross,
-        dataclasses.replace(cfg.bi, seed=cfg.bi.seed + c),
-        device=ctx.devices[i],
-        evaluator=ev,
-        desc=f"cycle {c} bi {ctx.tags[i]}",
-        progress=ctx.progress,
-    )
-    save_dir_atomic(_cdir(ctx, c) / f"bi-{ctx.tags[i]}", lambda d: enc.save(d))
+    save_dir_atomic(_cdir(ctx, c) / f"{kind}-{ctx.tags[i]}", lambda d: model.save(d))
     ctx.state.mark(step, fit=res.as_dict())
 
 
