@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import time
@@ -41,7 +42,7 @@ from pairsmith.distill.augment import Sampling, augment_pairs
 from pairsmith.distill.data import PairSet
 from pairsmith.distill.labels import parse_enum
 from pairsmith.distill.pairsets import load_pairs, pair_key, scale_scores, score_range_for, subsample
-from pairsmith.distill.runstate import RunState, save_dir_atomic, write_bytes_atomic, write_json_atomic
+from pairsmith.distill.runstate import RunState, save_dir_atomic, save_npz_atomic, write_json_atomic
 from pairsmith.distill.selection import Metric, binary_metrics, pair_metric
 from pairsmith.distill.supervised import resolve_cross_dir
 from pairsmith.distill.train import FitConfig, PairEmbedder, run_fit
@@ -163,12 +164,8 @@ class TeacherCache:
         return np.array([self.table[k] for k in keys], dtype=np.float32), len(missing)
 
     def save(self) -> None:
-        import io
-
-        buf = io.BytesIO()
         keys = np.array(list(self.table), dtype="<U32")
-        np.savez(buf, keys=keys, logits=np.array(list(self.table.values()), dtype=np.float32))
-        write_bytes_atomic(self.path, buf.getvalue())
+        save_npz_atomic(self.path, keys=keys, logits=np.array(list(self.table.values()), dtype=np.float32))
         write_json_atomic(self.path.with_suffix(".json"), {"teacher": self.meta, "n": len(self.table)})
 
 
@@ -268,8 +265,10 @@ def run_dse(
     report: dict = {"kind": "dse", "config": cfg.to_dict(), "train_pairs": len(train), "metric": metric.value}
     report["rows"] = {}
 
+    start_encoder = functools.cache(lambda: BiEncoder.load(cfg.student, device=dev_name))  # read-only uses
+
     # 0. optional silver pairs (teacher-labelled only) built from the training sentences
-    aug = _augment_step(cfg, sampling, train, dev, test, state, out, dev_name)
+    aug = _augment_step(cfg, sampling, train, dev, test, state, out, start_encoder)
     if len(aug):
         report["augment"] = state.info("augment")
     fit_pairs = train.pairs + aug.pairs
@@ -306,7 +305,7 @@ def run_dse(
 
     # 2. the student's starting point (cosine of the undistilled model)
     if not state.is_done("student-start"):
-        start = DSEStudent(BiEncoder.load(cfg.student, device=dev_name), None)
+        start = DSEStudent(start_encoder(), None)
         sd = start.score(dev.s1, dev.s2) if dev is not None else None
         stt = start.score(test.s1, test.s2) if test is not None else None
         state.mark("student-start", row=_rows_eval(sd, dev, stt, test, metric))
@@ -347,7 +346,7 @@ def run_dse(
     return report
 
 
-def _augment_step(cfg, sampling, train, dev, test, state, out: Path, device: str) -> PairSet:
+def _augment_step(cfg, sampling, train, dev, test, state, out: Path, start_encoder) -> PairSet:
     """Build (or, on resume, reload) the silver pairs; empty when --augment none."""
     path = out / "augment_pairs.json"
     if sampling is Sampling.NONE:
@@ -358,8 +357,7 @@ def _augment_step(cfg, sampling, train, dev, test, state, out: Path, device: str
     t0 = time.time()
     encode = None
     if sampling is Sampling.KNN:
-        start = BiEncoder.load(cfg.student, device=device)
-        encode = lambda texts: start.encode(texts, batch_size=64, normalize=True).vectors  # noqa: E731
+        encode = lambda texts: start_encoder().encode(texts, batch_size=64, normalize=True).vectors  # noqa: E731
     exclude = [*(dev.pairs if dev is not None else []), *(test.pairs if test is not None else [])]
     aug = augment_pairs(train, sampling, cfg.augment_k, encode=encode, exclude=exclude, seed=cfg.fit.seed)
     write_json_atomic(path, {"name": aug.name, "s1": aug.s1, "s2": aug.s2})
@@ -398,32 +396,31 @@ def fit_dse(
     st_model = enc.st_model
     model: nn.Module = st_model if head is None else nn.ModuleDict({"encoder": st_model, "head": head})
     pe = PairEmbedder(st_model, train.s1, train.s2, cfg.fit.max_length, device)
-    yt = torch.as_tensor(y) if y is not None else None
     tt = torch.as_tensor(t_logit) if t_logit is not None else None
-    alpha = cfg.alpha if yt is not None else 1.0
+    alpha = cfg.alpha if y is not None else 1.0
+    # Per-row weights, fixed for the run: gold rows (1-a) on the task, a on the teacher; silver rows
+    # (NaN gold) 0 on the task, 1 on the teacher.
+    has = torch.as_tensor(~np.isnan(y)) if y is not None else torch.zeros(len(train), dtype=torch.bool)
+    gold_all = torch.as_tensor(np.nan_to_num(y)) if y is not None else None
+    w_task_all = (1 - alpha) * has.float()
+    w_teacher_all = torch.where(has, torch.tensor(alpha), torch.tensor(1.0))
 
     def loss(idx: np.ndarray) -> torch.Tensor:
-        """Mean over the batch of per-pair losses: gold rows (1-a)*task + a*teacher; silver rows (NaN gold) teacher only."""
+        """Mean over the batch of per-pair losses, weighted as above."""
         u, v = pe.pair_embeddings(idx)  # (B, D) each
         s = F.cosine_similarity(u, v, dim=-1) if head is None else head(u, v)  # (B,) cosine or logit
         per = torch.zeros_like(s)
-        gold = None
-        if yt is not None and alpha < 1:
-            g = yt[idx].to(s.device)
-            has = ~torch.isnan(g)
-            gold = torch.where(has, g, torch.zeros_like(g))
+        if gold_all is not None and alpha < 1:
+            gold = gold_all[idx].to(s.device)
             if head is None:
                 task = (s - gold) ** 2
             else:
                 task = F.binary_cross_entropy_with_logits(s, gold, reduction="none")
-            per = per + (1 - alpha) * task * has
+            per = per + w_task_all[idx].to(s.device) * task
         if tt is not None and alpha > 0:
             t = tt[idx].to(s.device)
             target = torch.sigmoid(t) if head is None else t  # cosine vs teacher prob; logit vs teacher logit
-            w = torch.full_like(s, alpha)
-            if gold is not None:
-                w = torch.where(has, w, torch.ones_like(w))
-            per = per + w * (s - target) ** 2
+            per = per + w_teacher_all[idx].to(s.device) * (s - target) ** 2
         return per.mean()
 
     evaluator = None

@@ -48,6 +48,17 @@ def save_npy_atomic(path: str | os.PathLike[str], array) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
+def save_npz_atomic(path: str | os.PathLike[str], **arrays) -> None:
+    """Several named arrays in one .npz, written atomically."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 def save_dir_atomic(dest: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
     """Run ``writer(tmpdir)``, fsync every file, then swap ``tmpdir`` into ``dest``."""
     dest = Path(dest)

@@ -46,7 +46,13 @@ from pairsmith.distill.labels import (
     parse_enum,
 )
 from pairsmith.distill.pairsets import drop_pairs_in, load_pairs, overlap, subsample
-from pairsmith.distill.runstate import RunState, save_dir_atomic, save_npy_atomic, write_json_atomic
+from pairsmith.distill.runstate import (
+    RunState,
+    save_dir_atomic,
+    save_npy_atomic,
+    save_npz_atomic,
+    write_json_atomic,
+)
 from pairsmith.distill.selection import Metric, bi_scores, cross_scores, make_evaluator
 from pairsmith.distill.train import FitConfig, fit_bi_encoder, fit_cross_encoder
 from pairsmith.encoders import BiEncoder, CrossEncoder
@@ -357,22 +363,12 @@ def _eval_step(ctx: _Ctx, c: int, kind: str, i: int, load) -> None:
         res["eval"] = {k: round(v, 3) for k, v in scores.items()}
         preds.update((f"set{j}", p) for j, p in enumerate(calls))  # one call per eval set, in order
     if len(ctx.tags) > 1:
-        _save_preds(_cdir(ctx, c) / f"preds-{kind}-{ctx.tags[i]}.npz", preds)
+        save_npz_atomic(_cdir(ctx, c) / f"preds-{kind}-{ctx.tags[i]}.npz", **preds)
     log.info("cycle %d %s %s: %s", c, kind, ctx.tags[i], res)
     ctx.state.mark(step, **res)
 
 
 _DEV_KEY = "__dev__"
-
-
-def _save_preds(path: Path, preds: dict[str, np.ndarray]) -> None:
-    import io
-
-    from pairsmith.distill.runstate import write_bytes_atomic
-
-    buf = io.BytesIO()
-    np.savez(buf, **preds)
-    write_bytes_atomic(path, buf.getvalue())
 
 
 def _ensemble_step(ctx: _Ctx, c: int, kind: str) -> None:
@@ -393,12 +389,11 @@ def _ensemble_step(ctx: _Ctx, c: int, kind: str) -> None:
     res: dict = {}
     if ctx.dev is not None and _DEV_KEY in mean:
         res["dev"] = round(metrics.spearman(mean.pop(_DEV_KEY), ctx.dev.scores), 3)
-    if mean:
-        ev: dict[str, float] = {}
-        for j, spec in enumerate(ctx.cfg.eval_sets):
-            ps = load_sts_set(spec)
-            ev[ps.name] = metrics.spearman(mean[f"set{j}"], ps.scores)
-        ev["avg"] = float(np.mean(list(ev.values())))
+    if mean:  # eval_sts scores the stored predictions, replayed in its set order
+        from pairsmith.distill.evaluation import eval_sts
+
+        replay = iter(mean[f"set{j}"] for j in range(len(ctx.cfg.eval_sets)))
+        ev = eval_sts(lambda _a, _b: next(replay), list(ctx.cfg.eval_sets))
         res["eval"] = {k: round(v, 3) for k, v in ev.items()}
     log.info("cycle %d %s ensemble: %s", c, kind, res)
     ctx.state.mark(step, **res)
