@@ -17,7 +17,7 @@ import torch
 from pairsmith.errors import FailedPrecondition, InvalidInput
 from pairsmith.kernels import Impl, cross_attention_pool, cross_attention_pool_projected
 
-FAST_IMPLS: list[str] = []  # checked against the reference on the CPU here; triton has its own tests below
+FAST_IMPLS = ["packed"]  # checked against the reference on the CPU here; triton has its own tests below
 
 
 def make_case(
