@@ -10,6 +10,9 @@ Tolerances (each one stated where it is used):
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -365,3 +368,20 @@ def test_triton_projected_mean_and_item_alone(interpret):
     batch, _ = cross_attention_pool_projected(q, x, w_k, w_v, cu, impl="triton")
     torch.testing.assert_close(alone[0], batch[2], rtol=1e-6, atol=1e-6)
     assert len(lens) == batch.shape[0]
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_an_h100_class_gpu():
+    # No GPU here: compile both kernels to sm_90 cubin (the real compiler, stricter than the interpreter)
+    # in a fresh process, since this one imported triton in interpreter mode. ~30 s.
+    pytest.importorskip("triton", reason="triton not installed: pip install 'triton==3.9.0'")
+    code = (
+        "from pairsmith.kernels.triton_pool import compile_for_gpu\n"
+        "for dt in ('fp32', 'bf16'):\n"
+        "    for per_item in (False, True):\n"
+        "        print(dt, per_item, compile_for_gpu(dt, 90, per_item))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("_bwd_kernel") == 4, res.stdout
