@@ -157,6 +157,23 @@ def test_forward_and_gradients_vs_naive_fp64(impl, seed, per_item):
         assert_close_scaled(g_, w_, 5e-5, f"{impl} d{name}")
 
 
+@pytest.mark.parametrize("per_item", [False, True])
+def test_packed_uniform_lengths_vs_naive_fp64(per_item):
+    # Every item 13 keys (multi-layer pooling): the packed path takes its dense branch.
+    q, k, v, cu = make_case(
+        [13] * 5, n_q=9, heads=3, dim=16, d_v=8, dtype=torch.float64, per_item=per_item, seed=5
+    )
+    dout = torch.randn(5, 9, 3, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    q_, k_, v_ = (t.clone().requires_grad_() for t in (q, k, v))
+    loop_out, loop_lse = naive_loop(q_, k_, v_, cu, 0.25)
+    (loop_out * dout).sum().backward()
+    got = grads("packed", q.float(), k.float(), v.float(), cu, dout.float())
+    torch.testing.assert_close(got[0].double(), loop_out.detach(), rtol=2e-5, atol=2e-5)  # fp32: see header
+    torch.testing.assert_close(got[1].double(), loop_lse, rtol=2e-5, atol=2e-5)
+    for g_, w_, name in zip(got[2:], (q_.grad, k_.grad, v_.grad), "qkv", strict=True):
+        assert_close_scaled(g_, w_, 5e-5, f"packed uniform d{name}")  # fp32 sums of ~65 terms
+
+
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 def test_bf16_matches_reference_bf16(impl):
     lens = [5, 0, 1, 23, 9, 14]
