@@ -61,7 +61,15 @@ from pairsmith.service.index_build import (
 )
 from pairsmith.service.index_faiss import ivf_of, new_index
 from pairsmith.service.index_store import IndexStore, UpsertItem
-from pairsmith.service.ray_engine import EncoderActor, RayOptions, _bar, pairsmith_errors, ray_session
+from pairsmith.service.ray_engine import (
+    READ_CPUS,
+    EncoderActor,
+    RayOptions,
+    _bar,
+    carry,
+    pairsmith_errors,
+    ray_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +158,7 @@ def _plan_digest(stamp: dict, shard_docs: int, fingerprint: str, store_text: boo
 # --------------------------------------------------------------------------- Ray stages
 
 
+@carry
 def read_shards(batch: dict, store_text: bool = True) -> dict:
     """Ray Data read stage: shard specs -> their records (global row, id, text, payload JSON)."""
     out: dict[str, list] = {"shard": [], "row": [], "id": [], "text": [], "payload": []}
@@ -187,7 +196,7 @@ def _encoded_stream(
     specs = [{"no": s.no, "path": s.path, "skip": s.skip, "start": s.start, "stop": s.stop} for s in shards]
     ds = (
         ray.data.from_items(specs, override_num_blocks=len(specs))  # one block per shard: parallel reads
-        .map_batches(read_shards, batch_size=1, fn_kwargs={"store_text": cfg.store_text})
+        .map_batches(read_shards, batch_size=1, fn_kwargs={"store_text": cfg.store_text}, num_cpus=READ_CPUS)
         .map_batches(
             EncoderActor,
             fn_constructor_kwargs={
@@ -326,21 +335,25 @@ def build_index_ray(
     bar = _bar(total, f"index {cfg.name} (ray)", "doc", progress)
     bar.update(resumed)
     with ray_session(rcfg.ray) as ray, pairsmith_errors():
-        stream = _encoded_stream(ray, to_encode, encoder, cfg, rcfg) if to_encode else iter(())
-        for s in shards:
-            data = cached.pop(s.no, None)
-            if data is None:
-                data = next(stream)
-                _write_shard(_shard_file(work, s), data, digest)
-                encoded += s.n
-                truncated += int(np.sum(data["truncated"]))
-            _ingest(store, cfg, state, s, data, resumed)
-            state = {**state, "rows_done": s.stop}
-            bar.update(s.stop - max(s.start, resumed))
-            if on_shard is not None:
-                on_shard(s.stop)
-        if next(stream, None) is not None:  # runs the stream's final completeness check
-            raise FailedPrecondition("ray: the encode stage returned more shards than planned")
+        stream = _encoded_stream(ray, to_encode, encoder, cfg, rcfg) if to_encode else iter([])
+        try:
+            for s in shards:
+                data = cached.pop(s.no, None)
+                if data is None:
+                    data = next(stream)
+                    _write_shard(_shard_file(work, s), data, digest)
+                    encoded += s.n
+                    truncated += int(np.sum(data["truncated"]))
+                _ingest(store, cfg, state, s, data, resumed)
+                state = {**state, "rows_done": s.stop}
+                bar.update(s.stop - max(s.start, resumed))
+                if on_shard is not None:
+                    on_shard(s.stop)
+            if next(stream, None) is not None:  # also runs the stream's final completeness check
+                raise FailedPrecondition("ray: the encode stage returned more shards than planned")
+        finally:
+            if hasattr(stream, "close"):
+                stream.close()  # an interrupted run releases its actors now, not at garbage collection
         encode_s = time.perf_counter() - t_enc
         bar.close()
         t_faiss = time.perf_counter()

@@ -35,10 +35,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pairsmith.errors import FailedPrecondition, InvalidInput, PairsmithError, parse_enum
+from pairsmith.errors import ErrorKind, FailedPrecondition, InvalidInput, PairsmithError, parse_enum
 
 log = logging.getLogger(__name__)
 
+READ_CPUS = 0.25  # CPU share a read task asks for (parsing is light; Ray's CPUs are scheduling tokens)
 RAY_HINT = 'pip install "pairsmith[distributed]"  (installs ray[data])'
 
 
@@ -101,21 +102,25 @@ class RayOptions:
             raise InvalidInput(f"batch-size: must be a positive integer, got {self.batch_size!r}")
 
     def pool(self, ray) -> tuple[int, float, float]:
-        """(actors, CPUs per actor, GPUs per actor) for the connected cluster."""
+        """(actors, CPUs per actor, GPUs per actor) for the connected cluster.
+
+        Read tasks ask for :data:`READ_CPUS`; on CPU-only clusters the actors share what is left.
+        """
         res = ray.cluster_resources()
         cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
         if self.gpus_per_actor > 0:
             n = self.actors or max(1, int(gpus / self.gpus_per_actor))
             return n, self.cpus_per_actor or 1.0, self.gpus_per_actor
         n = self.actors or max(1, int(cpus) - 1)
-        # Leave at least half a CPU for the read tasks: n actors x 1 CPU on an n-CPU node deadlock.
-        share = self.cpus_per_actor or max(0.1, min(1.0, (cpus - 0.5) / n))
-        if n * share > cpus - 0.25:
+        # n actors x 1 CPU on an n-CPU node leave nothing for the read tasks: the job deadlocks.
+        share = self.cpus_per_actor or max(0.05, min(1.0, (cpus - 2 * READ_CPUS) / n))
+        if n * share > cpus - READ_CPUS:
             log.warning(
-                "ray: %d actors x %.2f CPUs leave no CPU for reading on a %.0f-CPU cluster; "
-                "lower --ray-actors or --ray-cpus-per-actor if the job stalls",
+                "ray: %d actors x %.2f CPUs leave less than %.2f CPU for reading on a %.0f-CPU cluster; "
+                "the job may stall: lower --ray-actors or --ray-cpus-per-actor",
                 n,
                 share,
+                READ_CPUS,
                 cpus,
             )
         return n, share, 0.0
@@ -157,29 +162,68 @@ def configure_data(ray) -> None:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+class CarriedError(Exception):
+    """A pairsmith error crossing a Ray process boundary.
+
+    Ray pickles task exceptions and rebuilds them from ``args`` (plus ``__dict__``), and
+    Ray Data appends retry advice to ``args[0]``. Errors whose ``__init__`` takes other
+    arguments than the message (e.g. :class:`~pairsmith.errors.DataFormatError`) cannot
+    be rebuilt that way; this one can, and keeps the class, the clean message and the
+    kind as attributes for :func:`unwrap_error`.
+    """
+
+    def __init__(
+        self, message: str, cls_path: str = "", kind: str = ErrorKind.INVALID_ARGUMENT.value
+    ) -> None:
+        super().__init__(message)
+        self.clean_message = message
+        self.cls_path = cls_path
+        self.kind_value = kind
+
+
+def carry(fn):
+    """Decorate code that runs in Ray workers: pairsmith errors leave it as :class:`CarriedError`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PairsmithError as exc:
+            cls = type(exc)
+            raise CarriedError(exc.message, f"{cls.__module__}:{cls.__qualname__}", exc.kind.value) from None
+
+    return wrapper
+
+
 def unwrap_error(exc: BaseException) -> BaseException:
     """The pairsmith error inside a Ray task failure (Ray wraps user exceptions), else ``exc``."""
     node: BaseException | None = exc
     for _ in range(16):
         if node is None:
             break
-        if isinstance(node, PairsmithError):
-            return _plain(node)
+        if isinstance(node, CarriedError) and getattr(node, "cls_path", ""):
+            return _rebuild(node)
+        if isinstance(node, PairsmithError) and not type(node).__module__.startswith("ray"):
+            return node
         node = getattr(node, "cause", None) or node.__cause__
     return exc
 
 
-def _plain(err: PairsmithError) -> PairsmithError:
-    """``err`` as its own pairsmith class (Ray re-raises it as a class derived from both)."""
-    cls = next(
-        c for c in type(err).__mro__ if issubclass(c, PairsmithError) and not c.__module__.startswith("ray")
-    )
-    if type(err) is cls:
-        return err
-    plain = cls.__new__(cls)
-    Exception.__init__(plain, err.message)
-    plain.__dict__.update({k: v for k, v in vars(err).items() if k in ("kind", "path", "line")})
-    return plain
+def _rebuild(carried: CarriedError) -> PairsmithError:
+    import importlib
+
+    mod, _, name = carried.cls_path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError):
+        cls = PairsmithError
+    if not (isinstance(cls, type) and issubclass(cls, PairsmithError)):
+        cls = PairsmithError
+    err = cls.__new__(cls)
+    Exception.__init__(err, carried.clean_message)
+    err.kind = ErrorKind(carried.kind_value)
+    return err
 
 
 @contextlib.contextmanager
@@ -204,6 +248,7 @@ class EncoderActor:
     fingerprint differs from the driver's (a node with other model files).
     """
 
+    @carry
     def __init__(self, model: str, backend: str, fingerprint: str, batch_tokens: int, device: str = "auto"):
         from pairsmith.encoders import BiEncoder
 
@@ -215,6 +260,7 @@ class EncoderActor:
             )
         self.batch_tokens = batch_tokens
 
+    @carry
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
         emb = self.encoder.encode(texts, batch_size=len(texts), max_tokens=self.batch_tokens, normalize=True)
@@ -227,6 +273,7 @@ class EncoderActor:
 class PairScorerActor:
     """Ray Data callable: rows ``i, a, b`` -> ``i, score`` with one model loaded per actor."""
 
+    @carry
     def __init__(
         self,
         model: str,
@@ -246,6 +293,7 @@ class PairScorerActor:
         else:
             self.model = BiEncoder.load(model, pooling=pooling, device=device)
 
+    @carry
     def __call__(self, batch: dict) -> dict:
         a = [str(x) for x in batch["a"]]
         b = [str(x) for x in batch["b"]]
