@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) $(TORCH)
-	$(PIP) install -q $(FIND_LINKS) -c constraints.txt -e ".[cpu,dev]"
+	$(PIP) install -q $(FIND_LINKS) -c constraints.txt -e ".[cpu,dev,distributed]"
 	touch $(STAMP)
 
 test: setup

@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shard-docs", type=int, default=100)
     ap.add_argument("--factory", default="IVF1024,PQ48", help="FAISS factory for the add-rate stage")
-    ap.add_argument("--gpu-docs-per-s", type=float, default=10_000.0, help="ASSUMED encode rate per GPU worker")
+    ap.add_argument(
+        "--gpu-docs-per-s", type=float, default=10_000.0, help="ASSUMED encode rate per GPU worker"
+    )
     ap.add_argument("--add-tasks", type=int, default=64, help="parallel FAISS add tasks in the projection")
     ap.add_argument("--project-docs", type=int, default=100_000_000)
     ap.add_argument("--json", type=Path, default=None)
