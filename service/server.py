@@ -72,10 +72,11 @@ def load_models(config: ServeConfig) -> Models:
     """Blocking: load the encoders named in ``config``."""
     from pairsmith.encoders import BiEncoder, CrossEncoder
 
-    bi = BiEncoder.load(config.model, device=config.device, backend=config.backend)
+    common = dict(device=config.device, backend=config.backend, auto_export=config.auto_export)
+    bi = BiEncoder.load(config.model, **common)
     cross = None
     if config.cross_encoder:
-        cross = CrossEncoder.load(config.cross_encoder, device=config.device, backend=config.backend)
+        cross = CrossEncoder.load(config.cross_encoder, **common)
     if config.uni_encoder:
         log.warning(
             "--uni-encoder %s: the Uni-Encoder is not available in this build yet", config.uni_encoder
