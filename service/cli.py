@@ -28,6 +28,7 @@ _MODULES = (
     "pairsmith.service.cli_index",
     "pairsmith.service.cli_export",
     "pairsmith.service.cli_distill",
+    "pairsmith.service.cli_models",
 )
 
 EXIT_CODES = {
