@@ -37,7 +37,7 @@ def _fit_args(p: argparse.ArgumentParser, prefix: str, defaults, what: str) -> N
 
 
 def _fit_from(args, prefix: str, seed: int):
-    from pairsmith.distill.train import FitConfig
+    from pairsmith.distill.defaults import FitConfig
 
     key = f"{prefix}_" if prefix else ""
     return FitConfig(
@@ -56,7 +56,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=2021)
+    from pairsmith.distill.defaults import DEFAULT_SEED
+
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seeds everything the run creates (default {DEFAULT_SEED})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--no-length-grouping",
@@ -100,12 +107,15 @@ def _cmd_trans_encoder(args) -> int:
     )
     summary = {
         "setting": report["evaluation_setting"]["setting"],
+        "per_cycle_score": f"eval average without the selection set {report.get('selection_set')} (avg_heldout)",
         "best": report["best"],
         "per_cycle": [
             {
                 "cycle": r["cycle"],
                 **{
-                    f"{k}-{t}": v.get("eval", {}).get("avg", v.get("dev"))
+                    f"{k}-{t}": v.get("eval", {}).get(
+                        "avg_heldout", v.get("eval", {}).get("avg", v.get("dev"))
+                    )
                     for k in ("bi", "cross")
                     for t, v in r[k].items()
                 },
@@ -121,7 +131,7 @@ def _cmd_trans_encoder(args) -> int:
 
 def _register_trans_encoder(sub) -> None:
     from pairsmith.distill.data import STS7
-    from pairsmith.distill.trans_encoder import BI_DEFAULT, CROSS_DEFAULT
+    from pairsmith.distill.defaults import TE_BI_FIT, TE_CROSS_FIT
 
     p = sub.add_parser(
         "trans-encoder",
@@ -156,8 +166,8 @@ def _register_trans_encoder(sub) -> None:
     p.add_argument("--symmetric-labels", action="store_true", help="cross labels: mean of both orders")
     p.add_argument("--symmetric-eval", action="store_true", help="cross dev/eval: mean of both orders")
     p.add_argument("--warm-start", action="store_true", help="each cycle continues from the previous models")
-    _fit_args(p, "cross", CROSS_DEFAULT, "cross-encoder")
-    _fit_args(p, "bi", BI_DEFAULT, "bi-encoder")
+    _fit_args(p, "cross", TE_CROSS_FIT, "cross-encoder")
+    _fit_args(p, "bi", TE_BI_FIT, "bi-encoder")
     _common(p)
     p.set_defaults(func=_cmd_trans_encoder)
 
@@ -191,7 +201,7 @@ def _cmd_dse(args) -> int:
 
 
 def _register_dse(sub) -> None:
-    from pairsmith.distill.dse import DSE_FIT_DEFAULT
+    from pairsmith.distill.defaults import DSE_FIT
 
     p = sub.add_parser(
         "dse",
@@ -223,7 +233,7 @@ def _register_dse(sub) -> None:
         "(knn: each sentence with its nearest others under the starting student)",
     )
     p.add_argument("--augment-k", type=int, default=1, help="partners per training sentence for --augment")
-    _fit_args(p, "", DSE_FIT_DEFAULT, "student")
+    _fit_args(p, "", DSE_FIT, "student")
     _common(p)
     p.set_defaults(func=_cmd_dse)
 
@@ -254,7 +264,7 @@ def _cmd_train_cross(args) -> int:
 
 
 def _register_train(sub) -> None:
-    from pairsmith.distill.train import FitConfig
+    from pairsmith.distill.defaults import SUPERVISED_CROSS_FIT
 
     p = sub.add_parser("cross-encoder", help="supervised cross-encoder training on labeled pairs")
     p.add_argument(
@@ -270,9 +280,7 @@ def _register_train(sub) -> None:
     p.add_argument("--one-order", action="store_true", help="train on (a, b) only (default: both orders)")
     p.add_argument("--symmetric-eval", action="store_true", help="dev/test scores: mean of both orders")
     p.add_argument("--max-pairs", type=int, default=None)
-    _fit_args(
-        p, "", FitConfig(epochs=4, batch_size=16, lr=2e-5, max_length=128, eval_steps=0), "cross-encoder"
-    )
+    _fit_args(p, "", SUPERVISED_CROSS_FIT, "cross-encoder")
     _common(p)
     p.set_defaults(func=_cmd_train_cross)
 

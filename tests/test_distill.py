@@ -13,7 +13,7 @@ from pairsmith.distill import trans_encoder as te
 from pairsmith.distill.labels import Combine, LabelRange, apply_range, combine, label_stats
 from pairsmith.distill.pairsets import load_pairs
 from pairsmith.distill.selection import binary_metrics
-from pairsmith.distill.train import FitConfig
+from pairsmith.distill.defaults import FitConfig
 from pairsmith.errors import DataFormatError, FailedPrecondition, InvalidInput
 from tests.tiny import make_tiny_bi_encoder
 

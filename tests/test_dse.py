@@ -10,7 +10,7 @@ import pytest
 
 from pairsmith.distill.dse import DSEConfig, DSEStudent, MLPHead, TeacherCache, run_dse, teacher_logits
 from pairsmith.distill.pairsets import pair_key
-from pairsmith.distill.train import FitConfig
+from pairsmith.distill.defaults import FitConfig
 from pairsmith.errors import FailedPrecondition, InvalidInput
 from tests.tiny import make_tiny_bi_encoder, make_tiny_cross_encoder
 

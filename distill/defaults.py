@@ -1,0 +1,73 @@
+"""The one place for fit defaults and the default seed (no torch import: the CLI reads these for --help).
+
+:class:`FitConfig` is one fit's hyper-parameters; the named defaults below are
+what each job uses unless told otherwise:
+
+- :data:`TE_CROSS_FIT` / :data:`TE_BI_FIT`: the Trans-Encoder cross- and bi-encoder
+  fits of the official code (``src/self_distill.py``: cross 1 epoch, batch 32,
+  lr 2e-5, max length 64; bi 10 epochs, batch 128, lr 5e-5, no warm-up, max length 32;
+  dev evaluation every 200 steps).
+- :data:`DSE_FIT`: the DSE student (4 epochs, batch 16, lr 2e-5, max length 128).
+- :data:`SUPERVISED_CROSS_FIT`: ``pairsmith train cross-encoder`` (sentence-transformers'
+  STS-B cross-encoder example: 4 epochs, batch 16, lr 2e-5, max length 128).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from pairsmith.errors import InvalidInput
+
+DEFAULT_SEED = 2021  # the Trans-Encoder paper's seed; every job's --seed default
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """One fit's hyper-parameters (the field defaults are the Trans-Encoder cross-encoder fit's)."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_length: int = 64
+    eval_steps: int = 0  # evaluate every N optimiser steps (0: only at epoch ends); ST2/official: 200
+    seed: int = DEFAULT_SEED
+    # Batches of similar length (shuffled chunks sorted by length): less padding on CPU. Pointwise
+    # losses (MSE/BCE) do not depend on batch composition, so this changes speed, not the objective.
+    length_grouping: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
+            "weight_decay": self.weight_decay >= 0,
+            "max_grad_norm": self.max_grad_norm > 0,
+            "max_length": self.max_length >= 4,
+            "eval_steps": self.eval_steps >= 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise InvalidInput(f"fit config: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InvalidInput(f"fit config: unknown keys {unknown}")
+        return cls(**d)
+
+
+TE_CROSS_FIT = FitConfig(epochs=1, batch_size=32, lr=2e-5, warmup_ratio=0.1, max_length=64, eval_steps=200)
+TE_BI_FIT = FitConfig(epochs=10, batch_size=128, lr=5e-5, warmup_ratio=0.0, max_length=32, eval_steps=200)
+DSE_FIT = FitConfig(epochs=4, batch_size=16, lr=2e-5, warmup_ratio=0.1, max_length=128, eval_steps=0)
+SUPERVISED_CROSS_FIT = FitConfig(
+    epochs=4, batch_size=16, lr=2e-5, warmup_ratio=0.1, max_length=128, eval_steps=0
+)
+
+__all__ = ["DEFAULT_SEED", "DSE_FIT", "FitConfig", "SUPERVISED_CROSS_FIT", "TE_BI_FIT", "TE_CROSS_FIT"]
