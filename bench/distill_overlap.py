@@ -13,7 +13,7 @@ import argparse
 import json
 
 from pairsmith.distill.data import STS7, PairSet, load_sts_set
-from pairsmith.distill.defaults import DEFAULT_SEED
+from pairsmith.distill.fit_config import DEFAULT_SEED
 from pairsmith.distill.pairsets import POOLS, drop_pairs_in, load_pairs, overlap, subsample
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from pairsmith.distill.data import PairSet
-from pairsmith.distill.defaults import DEFAULT_SEED
+from pairsmith.distill.fit_config import DEFAULT_SEED
 from pairsmith.distill.textnorm import norm_pair_key
 from pairsmith.errors import InvalidInput
 

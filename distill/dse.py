@@ -39,7 +39,7 @@ from torch import nn
 
 from pairsmith.distill.augment import Sampling, augment_pairs
 from pairsmith.distill.data import PairSet
-from pairsmith.distill.defaults import DSE_FIT, FitConfig
+from pairsmith.distill.fit_config import DSE_FIT_DEFAULT, FitConfig
 from pairsmith.distill.labels import parse_enum
 from pairsmith.distill.losses import DSEHead, DSELoss
 from pairsmith.distill.pairsets import load_pairs, pair_key, scale_scores, score_range_for, subsample
@@ -194,7 +194,7 @@ class DSEConfig:
     mlp_hidden: int = 512
     augment: str = Sampling.NONE.value  # extra teacher-labelled pairs from the training sentences
     augment_k: int = 1  # partners per training sentence
-    fit: FitConfig = field(default_factory=lambda: DSE_FIT)
+    fit: FitConfig = field(default_factory=lambda: DSE_FIT_DEFAULT)
 
     def __post_init__(self) -> None:
         parse_enum(DSEHead, self.head, "--head")

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pairsmith.distill.defaults import SUPERVISED_CROSS_FIT, FitConfig
+from pairsmith.distill.fit_config import TRAIN_CROSS_DEFAULT, FitConfig
 from pairsmith.distill.pairsets import load_pairs, scale_scores, score_range_for, subsample
 from pairsmith.distill.runstate import RunState, save_dir_atomic, write_json_atomic
 from pairsmith.distill.selection import PairMetric, binary_metrics, cross_scores, make_evaluator, pair_metric
@@ -43,7 +43,7 @@ class TrainCrossConfig:
     both_orders: bool = True  # train on (a, b) and (b, a)
     symmetric_eval: bool = False  # score dev/test as the mean of both orders
     max_pairs: int | None = None  # subsample the training pairs (CPU budgets)
-    fit: FitConfig = field(default_factory=lambda: SUPERVISED_CROSS_FIT)
+    fit: FitConfig = field(default_factory=lambda: TRAIN_CROSS_DEFAULT)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

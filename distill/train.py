@@ -12,7 +12,7 @@ modules throughout, so what is saved loads in plain sentence-transformers.
 - cross-encoder: :func:`fit_cross_encoder`,
   :class:`~pairsmith.distill.losses.CrossEncoderBCELoss`, optionally on both pair orders.
 
-Hyper-parameters: :class:`~pairsmith.distill.defaults.FitConfig`.
+Hyper-parameters: :class:`~pairsmith.distill.fit_config.FitConfig`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pairsmith.distill.defaults import FitConfig
+from pairsmith.distill.fit_config import FitConfig
 from pairsmith.distill.losses import CosineMSELoss, CrossEncoderBCELoss
 from pairsmith.encoders.runtime import to_features
 from pairsmith.encoders.tokenize import TextTokenizer

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pairsmith.distill.data import STS7, PairSet, load_sts_set
-from pairsmith.distill.defaults import DEFAULT_SEED, TE_BI_FIT, TE_CROSS_FIT, FitConfig
+from pairsmith.distill.fit_config import BI_DEFAULT, CROSS_DEFAULT, DEFAULT_SEED, FitConfig
 from pairsmith.distill.labels import (
     Combine,
     LabelRange,
@@ -79,8 +79,8 @@ class TransEncoderConfig:
     symmetric_labels: bool = False  # cross -> bi labels average both orders (official: one order)
     symmetric_eval: bool = False  # cross-encoder dev/eval scores average both orders
     warm_start: bool = False  # start each cycle's fits from the previous cycle (official: fresh)
-    cross: FitConfig = TE_CROSS_FIT
-    bi: FitConfig = TE_BI_FIT
+    cross: FitConfig = CROSS_DEFAULT
+    bi: FitConfig = BI_DEFAULT
     seed: int = DEFAULT_SEED
 
     def __post_init__(self) -> None:

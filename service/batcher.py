@@ -31,7 +31,7 @@ import numpy as np
 from pairsmith.encoders.tokenize import TextTokenizer
 from pairsmith.encoders.types import Encoded
 from pairsmith.errors import InvalidInput, ResourceExhausted, Unavailable
-from pairsmith.service.errors import RequestExpired
+from pairsmith.service.status import RequestExpired
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pairsmith.service.batcher import OutputKind, TokenBatcher
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
-from pairsmith.service.metrics import Metrics
+from pairsmith.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def load_models(config: ServeConfig) -> Models:
 
 
 def open_store(config: ServeConfig):
-    from pairsmith.service.index_store import IndexStore
+    from pairsmith.service.store.index_store import IndexStore
 
     root = config.store_root
     root.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The pairsmith.v1 RPCs. Validation at the top of each method, model work via batchers.
 
 Every method has the signature ``(self, request, context, timer)`` and is
-wrapped by :func:`pairsmith.service.errors.rpc` (error table, request id,
+wrapped by :func:`pairsmith.service.status.rpc` (error table, request id,
 timing metadata, metrics). Blocking store calls run on the store executor.
 """
 
@@ -17,9 +17,9 @@ import numpy as np
 from pairsmith import __version__
 from pairsmith.errors import FailedPrecondition, InvalidInput, Unavailable
 from pairsmith.service import convert
-from pairsmith.service.errors import CallTimer, rpc
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
+from pairsmith.service.status import CallTimer, rpc
 
 if TYPE_CHECKING:
     from pairsmith.service.server import Runtime
@@ -346,10 +346,10 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         if not request.name:
             raise InvalidInput("name: must not be empty")
         if request.metric not in (pb.METRIC_UNSPECIFIED, *convert.PB_TO_METRIC):
-            raise InvalidInput(f"metric: unknown Metric {request.metric}")
-        from pairsmith.service.index_store import Metric
+            raise InvalidInput(f"metric: unknown metric enum value {request.metric}")
+        from pairsmith.service.store.index_store import IndexMetric
 
-        metric = Metric(convert.PB_TO_METRIC.get(request.metric, "cosine"))
+        metric = IndexMetric(convert.PB_TO_METRIC.get(request.metric, "cosine"))
         factory = _opt(request, "factory", "IDMap2,Flat")
         if not factory.strip():
             raise InvalidInput("factory: must not be empty")
@@ -371,7 +371,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     @rpc("Upsert")
     async def Upsert(self, request_iterator, context, timer):
         store = self._store()
-        from pairsmith.service.index_store import UpsertItem
+        from pairsmith.service.store.index_store import UpsertItem
 
         m = self.rt.models
         name = None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pairsmith.distill import trans_encoder as te
-from pairsmith.distill.defaults import FitConfig
+from pairsmith.distill.fit_config import FitConfig
 from pairsmith.distill.labels import Combine, LabelRange, apply_range, combine, label_stats
 from pairsmith.distill.pairsets import load_pairs
 from pairsmith.distill.selection import binary_metrics
@@ -132,7 +132,7 @@ def test_eval_scores_refused_for_training(shared_data):
 
 
 def test_cli_reports_malformed_file(tmp_path, capsys):
-    from pairsmith.service.cli import main
+    from pairsmith.service.cli.main import main
 
     bad = tmp_path / "bad.tsv"
     bad.write_text("a\tb\tnot-a-number\n")
@@ -289,7 +289,7 @@ def test_config_validation(toy):
 def test_train_cross_encoder_cli_and_resume(toy, tmp_path, capsys):
     from sentence_transformers import CrossEncoder as STCross
 
-    from pairsmith.service.cli import main
+    from pairsmith.service.cli.main import main
 
     out = tmp_path / "teacher"
     argv = ["train", "cross-encoder", "--data", str(toy / "dev.tsv"), "--score-range", "0,5", "--dev",

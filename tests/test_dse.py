@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from pairsmith.distill.defaults import FitConfig
 from pairsmith.distill.dse import DSEConfig, DSEStudent, MLPHead, TeacherCache, run_dse, teacher_logits
+from pairsmith.distill.fit_config import FitConfig
 from pairsmith.distill.pairsets import pair_key
 from pairsmith.errors import FailedPrecondition, InvalidInput
 from tests.tiny import make_tiny_bi_encoder, make_tiny_cross_encoder
@@ -170,7 +170,7 @@ def test_unlabeled_pairs_teacher_only(toy, tmp_path):
 
 
 def test_cli_dse(toy, tmp_path, capsys):
-    from pairsmith.service.cli import main
+    from pairsmith.service.cli.main import main
 
     out = tmp_path / "cli"
     argv = ["distill", "dse", "--teacher", str(toy / "teacher"), "--student", str(toy / "student"),

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pairsmith.distill.defaults import FitConfig
+from pairsmith.distill.fit_config import FitConfig
 from pairsmith.distill.losses import CosineMSELoss, CrossEncoderBCELoss, DSEHead, DSELoss
 from pairsmith.distill.train import run_fit
 from pairsmith.errors import InvalidInput

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from pairsmith.encoders.tokenize import TextTokenizer
 from pairsmith.errors import ErrorKind, InvalidInput, NotFound, ResourceExhausted
 from pairsmith.service.batcher import OutputKind, TokenBatcher, plan_batches
-from pairsmith.service.cli_serve import config_from_args
+from pairsmith.service.cli.serve import config_from_args
 from pairsmith.service.config import ServeConfig
-from pairsmith.service.errors import STATUS_FOR_KIND, RequestExpired, status_for
+from pairsmith.service.status import STATUS_FOR_KIND, RequestExpired, status_for
 
 
 class CountingRunner:
@@ -159,7 +159,7 @@ def test_config_from_toml_and_flags(tmp_path):
     assert str(cfg.data_dir).endswith("/idx") and "~" not in str(cfg.data_dir)
     import argparse
 
-    from pairsmith.service.cli_serve import _FLAG_FIELDS
+    from pairsmith.service.cli.serve import _FLAG_FIELDS
 
     ns = argparse.Namespace(config=f, port_file=None, **dict.fromkeys(_FLAG_FIELDS))
     ns.backend = "onnx"
@@ -197,7 +197,7 @@ def test_error_table_covers_every_kind():
 
 
 def test_serve_flags_reach_the_config(tmp_path):
-    from pairsmith.service.cli import build_parser
+    from pairsmith.service.cli.main import build_parser
 
     keys = tmp_path / "keys"
     keys.write_text("k" * 20 + "\n")

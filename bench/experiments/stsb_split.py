@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pairsmith.atomic import atomic_write_text
-from pairsmith.distill.defaults import DEFAULT_SEED
+from pairsmith.distill.fit_config import DEFAULT_SEED
 from pairsmith.distill.pairsets import load_pairs
 
 

@@ -1,15 +1,13 @@
-"""The one place for fit defaults and the default seed (no torch import: the CLI reads these for --help).
+"""Fit hyper-parameters and their defaults, and the default seed, in one torch-free place.
 
-:class:`FitConfig` is one fit's hyper-parameters; the named defaults below are
-what each job uses unless told otherwise:
+The CLI builds its ``--help`` from these without importing torch; the
+training code (:mod:`pairsmith.distill.train` and the methods) uses the same
+objects:
 
-- :data:`TE_CROSS_FIT` / :data:`TE_BI_FIT`: the Trans-Encoder cross- and bi-encoder
-  fits of the official code (``src/self_distill.py``: cross 1 epoch, batch 32,
-  lr 2e-5, max length 64; bi 10 epochs, batch 128, lr 5e-5, no warm-up, max length 32;
-  dev evaluation every 200 steps).
-- :data:`DSE_FIT`: the DSE student (4 epochs, batch 16, lr 2e-5, max length 128).
-- :data:`SUPERVISED_CROSS_FIT`: ``pairsmith train cross-encoder`` (sentence-transformers'
-  STS-B cross-encoder example: 4 epochs, batch 16, lr 2e-5, max length 128).
+- ``CROSS_DEFAULT`` / ``BI_DEFAULT``: the Trans-Encoder cross- and bi-encoder fits of the
+  official code (``src/self_distill.py``);
+- ``DSE_FIT_DEFAULT``: the DSE student; ``TRAIN_CROSS_DEFAULT``: ``pairsmith train
+  cross-encoder`` (sentence-transformers' STS-B cross-encoder example).
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ DEFAULT_SEED = 2021  # the Trans-Encoder paper's seed; every job's --seed defaul
 
 @dataclass(frozen=True)
 class FitConfig:
-    """One fit's hyper-parameters (the field defaults are the Trans-Encoder cross-encoder fit's)."""
+    """One fit's hyper-parameters (defaults: the Trans-Encoder cross-encoder fit)."""
 
     epochs: int = 1
     batch_size: int = 32
@@ -63,11 +61,9 @@ class FitConfig:
         return cls(**d)
 
 
-TE_CROSS_FIT = FitConfig(epochs=1, batch_size=32, lr=2e-5, warmup_ratio=0.1, max_length=64, eval_steps=200)
-TE_BI_FIT = FitConfig(epochs=10, batch_size=128, lr=5e-5, warmup_ratio=0.0, max_length=32, eval_steps=200)
-DSE_FIT = FitConfig(epochs=4, batch_size=16, lr=2e-5, warmup_ratio=0.1, max_length=128, eval_steps=0)
-SUPERVISED_CROSS_FIT = FitConfig(
-    epochs=4, batch_size=16, lr=2e-5, warmup_ratio=0.1, max_length=128, eval_steps=0
-)
-
-__all__ = ["DEFAULT_SEED", "DSE_FIT", "FitConfig", "SUPERVISED_CROSS_FIT", "TE_BI_FIT", "TE_CROSS_FIT"]
+# Trans-Encoder (Liu et al., ICLR 2022; official code): cross fit and bi fit per cycle.
+CROSS_DEFAULT = FitConfig(epochs=1, batch_size=32, lr=2e-5, warmup_ratio=0.1, max_length=64, eval_steps=200)
+BI_DEFAULT = FitConfig(epochs=10, batch_size=128, lr=5e-5, warmup_ratio=0.0, max_length=32, eval_steps=200)
+# DSE student and supervised cross-encoder training.
+DSE_FIT_DEFAULT = FitConfig(epochs=4, batch_size=16, lr=2e-5, warmup_ratio=0.1, max_length=128, eval_steps=0)
+TRAIN_CROSS_DEFAULT = FitConfig(epochs=4, batch_size=16, lr=2e-5, max_length=128, eval_steps=0)

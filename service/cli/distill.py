@@ -37,7 +37,7 @@ def _fit_args(p: argparse.ArgumentParser, prefix: str, defaults, what: str) -> N
 
 
 def _fit_from(args, prefix: str, seed: int):
-    from pairsmith.distill.defaults import FitConfig
+    from pairsmith.distill.fit_config import FitConfig
 
     key = f"{prefix}_" if prefix else ""
     return FitConfig(
@@ -53,11 +53,11 @@ def _fit_from(args, prefix: str, seed: int):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from pairsmith.distill.fit_config import DEFAULT_SEED
+
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    from pairsmith.distill.defaults import DEFAULT_SEED
-
     p.add_argument(
         "--seed",
         type=int,
@@ -131,7 +131,7 @@ def _cmd_trans_encoder(args) -> int:
 
 def _register_trans_encoder(sub) -> None:
     from pairsmith.distill.data import STS7
-    from pairsmith.distill.defaults import TE_BI_FIT, TE_CROSS_FIT
+    from pairsmith.distill.fit_config import BI_DEFAULT, CROSS_DEFAULT
 
     p = sub.add_parser(
         "trans-encoder",
@@ -166,8 +166,8 @@ def _register_trans_encoder(sub) -> None:
     p.add_argument("--symmetric-labels", action="store_true", help="cross labels: mean of both orders")
     p.add_argument("--symmetric-eval", action="store_true", help="cross dev/eval: mean of both orders")
     p.add_argument("--warm-start", action="store_true", help="each cycle continues from the previous models")
-    _fit_args(p, "cross", TE_CROSS_FIT, "cross-encoder")
-    _fit_args(p, "bi", TE_BI_FIT, "bi-encoder")
+    _fit_args(p, "cross", CROSS_DEFAULT, "cross-encoder")
+    _fit_args(p, "bi", BI_DEFAULT, "bi-encoder")
     _common(p)
     p.set_defaults(func=_cmd_trans_encoder)
 
@@ -201,7 +201,7 @@ def _cmd_dse(args) -> int:
 
 
 def _register_dse(sub) -> None:
-    from pairsmith.distill.defaults import DSE_FIT
+    from pairsmith.distill.fit_config import DSE_FIT_DEFAULT
 
     p = sub.add_parser(
         "dse",
@@ -233,7 +233,7 @@ def _register_dse(sub) -> None:
         "(knn: each sentence with its nearest others under the starting student)",
     )
     p.add_argument("--augment-k", type=int, default=1, help="partners per training sentence for --augment")
-    _fit_args(p, "", DSE_FIT, "student")
+    _fit_args(p, "", DSE_FIT_DEFAULT, "student")
     _common(p)
     p.set_defaults(func=_cmd_dse)
 
@@ -264,7 +264,7 @@ def _cmd_train_cross(args) -> int:
 
 
 def _register_train(sub) -> None:
-    from pairsmith.distill.defaults import SUPERVISED_CROSS_FIT
+    from pairsmith.distill.fit_config import TRAIN_CROSS_DEFAULT
 
     p = sub.add_parser("cross-encoder", help="supervised cross-encoder training on labeled pairs")
     p.add_argument(
@@ -280,7 +280,7 @@ def _register_train(sub) -> None:
     p.add_argument("--one-order", action="store_true", help="train on (a, b) only (default: both orders)")
     p.add_argument("--symmetric-eval", action="store_true", help="dev/test scores: mean of both orders")
     p.add_argument("--max-pairs", type=int, default=None)
-    _fit_args(p, "", SUPERVISED_CROSS_FIT, "cross-encoder")
+    _fit_args(p, "", TRAIN_CROSS_DEFAULT, "cross-encoder")
     _common(p)
     p.set_defaults(func=_cmd_train_cross)
 
