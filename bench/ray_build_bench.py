@@ -45,9 +45,9 @@ from encode_bench import machine  # noqa: E402
 
 from pairsmith.distill.data import load_retrieval_set  # noqa: E402
 from pairsmith.encoders import BiEncoder  # noqa: E402
-from pairsmith.service.index_build import BuildConfig, build_index  # noqa: E402
-from pairsmith.service.index_faiss import Metric, new_index  # noqa: E402
-from pairsmith.service.index_store import IndexStore, UpsertItem  # noqa: E402
+from pairsmith.service.store.build import BuildConfig, build_index  # noqa: E402
+from pairsmith.service.store.faiss_index import IndexMetric, new_index  # noqa: E402
+from pairsmith.service.store.index_store import IndexStore, UpsertItem  # noqa: E402
 
 
 def write_parts(folder: Path, ids: list[str], texts: list[str], files: int) -> Path:
@@ -85,7 +85,7 @@ def faiss_add_rate(factory: str, dim: int, n_train: int, n_add: int) -> tuple[fl
     faiss.omp_set_num_threads(1)  # one Ray task = one core
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n_train + n_add, dim)).astype(np.float32)
-    index = new_index(factory, dim, Metric.INNER_PRODUCT)
+    index = new_index(factory, dim, IndexMetric.INNER_PRODUCT)
     t0 = time.perf_counter()
     if not index.is_trained:
         index.train(x[:n_train])

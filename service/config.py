@@ -23,7 +23,7 @@ DEFAULT_METRICS_PORT = 9464
 
 def default_data_dir() -> Path:
     """The index store's default root: ``$PAIRSMITH_HOME``, else the user's data dir + ``pairsmith``."""
-    from pairsmith.service.index_store import default_root
+    from pairsmith.service.store.index_store import default_root
 
     return default_root()
 
@@ -36,6 +36,7 @@ class ServeConfig:
     cross_encoder: str | None = None  # enables Score/Rerank CROSS_ENCODER
     uni_encoder: str | None = None  # Rerank UNI_ENCODER (not available in this build yet)
     backend: str = "torch"  # torch | onnx
+    auto_export: bool = True  # backend onnx: export a model with no export yet on first use
     device: str = "cpu"
     data_dir: Path | None = None  # index store root; None: default_data_dir()
     host: str = "0.0.0.0"

@@ -50,17 +50,6 @@ import numpy as np
 
 from pairsmith.atomic import atomic_write_bytes
 from pairsmith.errors import FailedPrecondition, InvalidInput, NotFound
-from pairsmith.service.corpus import FORMATS, Corpus
-from pairsmith.service.index_build import (
-    BUILD_META_KEY,
-    BuildConfig,
-    BuildReport,
-    _payload,
-    _resume_state,
-    start_build,
-)
-from pairsmith.service.index_faiss import ivf_of, new_index
-from pairsmith.service.index_store import IndexStore, UpsertItem
 from pairsmith.service.ray_engine import (
     READ_CPUS,
     EncoderActor,
@@ -70,6 +59,17 @@ from pairsmith.service.ray_engine import (
     pairsmith_errors,
     ray_session,
 )
+from pairsmith.service.store.build import (
+    BUILD_META_KEY,
+    BuildConfig,
+    BuildReport,
+    _payload,
+    _resume_state,
+    start_build,
+)
+from pairsmith.service.store.corpus import FORMATS, Corpus
+from pairsmith.service.store.faiss_index import ivf_of, new_index
+from pairsmith.service.store.index_store import IndexStore, UpsertItem
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ SHARD_FORMAT = 1
 
 @dataclass(frozen=True)
 class RayBuildConfig:
-    """Ray-engine knobs beside :class:`~pairsmith.service.index_build.BuildConfig`."""
+    """Ray-engine knobs beside :class:`~pairsmith.service.store.build.BuildConfig`."""
 
     shard_docs: int = 50_000  # records per shard (unit of encoding, resuming and parallel FAISS add)
     keep_shards: bool = False  # keep the shard files after a finished build
