@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +51,74 @@ class IndexMetric(enum.Enum):
         return faiss.METRIC_L2 if self is IndexMetric.L2 else faiss.METRIC_INNER_PRODUCT
 
 
+_FAISS_LOCATION = re.compile(r"Error in .*? at \S+:\d+:\s*")
+
+
 def _short(exc: BaseException) -> str:
-    """FAISS errors carry a C++ location line; keep only the message."""
-    text = str(exc).strip().splitlines()
-    msg = [t for t in text if not t.startswith("Error in ")]
-    return (msg[-1] if msg else text[-1] if text else repr(exc))[:300]
+    """FAISS errors carry the C++ function and source path ("Error in ... at /x/IndexIVF.cpp:42:");
+    keep only the message, never a path."""
+    lines = [_FAISS_LOCATION.sub("", t).strip() for t in str(exc).strip().splitlines()]
+    lines = [t.removeprefix("Error: ").strip() for t in lines if t and not t.startswith("Error in ")]
+    msg = lines[-1] if lines else type(exc).__name__
+    return re.sub(r"(/[\w.+-]+)+\.(cpp|h|hpp|py)(:\d+)?", "<faiss>", msg)[:300]
+
+
+@dataclass(frozen=True)
+class FactoryLimits:
+    """What one factory string may allocate, checked before FAISS builds anything.
+
+    FAISS allocates at construction (an ``IVF100000000`` quantizer and its inverted lists took
+    17.8 GB) and at training (PQ codebooks grow with ``2**nbits``); these bound each knob.
+    """
+
+    max_nlist: int = 262_144  # IVF lists (IMI: total cells)
+    max_hnsw_m: int = 256  # HNSW / NSG neighbours per node
+    max_pq_m: int = 1024  # PQ / OPQ / RQ / LSQ sub-quantizers
+    max_pq_nbits: int = 12  # bits per sub-quantizer code (codebook 2**nbits entries)
+    max_lsh_bits: int = 8192
+    max_out_dim: int = 65_536  # PCA / OPQ / RR output dimension
+    max_number: int = 262_144  # any other number in the string
+
+
+_FACTORY_RULES: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"IMI(\d+)x(\d+)"), "imi"),
+    (re.compile(r"IVF(\d+)"), "ivf"),
+    (re.compile(r"(?:HNSW|NSG)(\d+)"), "hnsw"),
+    (re.compile(r"(?:OPQ|PQ|RQ|LSQ|PRQ|PLSQ)(\d+)(?:x(\d+))?"), "pq"),
+    (re.compile(r"LSH(?:r|t|rt)?(\d+)?"), "lsh"),
+    (re.compile(r"(?:PCAR?W?|RR|OPQ\d+_)(\d+)"), "out"),
+)
+
+
+def check_factory(factory: str, limits: FactoryLimits) -> None:
+    """Refuse a factory string whose parameters exceed ``limits`` (InvalidInput naming the limit)."""
+
+    def over(what: str, value: int, limit: int) -> None:
+        if value > limit:
+            raise InvalidInput(
+                f"factory: {what} {value} in {factory!r} exceeds the server's limit of {limit} "
+                "(it bounds the memory one CreateIndex may take)"
+            )
+
+    for pattern, kind in _FACTORY_RULES:
+        for m in pattern.finditer(factory):
+            nums = [int(g) for g in m.groups() if g]
+            if kind == "imi" and len(nums) == 2:
+                over("IMI cells (2**(levels*bits))", 2 ** min(nums[0] * nums[1], 64), limits.max_nlist)
+            elif kind == "ivf" and nums:
+                over("nlist", nums[0], limits.max_nlist)
+            elif kind == "hnsw" and nums:
+                over("graph degree M", nums[0], limits.max_hnsw_m)
+            elif kind == "pq" and nums:
+                over("sub-quantizers", nums[0], limits.max_pq_m)
+                if len(nums) > 1:
+                    over("bits per code", nums[1], limits.max_pq_nbits)
+            elif kind == "lsh" and nums:
+                over("LSH bits", nums[0], limits.max_lsh_bits)
+            elif kind == "out" and nums:
+                over("output dimension", nums[0], limits.max_out_dim)
+    for m in re.finditer(r"\d+", factory):
+        over("number", int(m.group()), limits.max_number)
 
 
 def _unwrap(index: faiss.Index) -> faiss.Index:
@@ -86,12 +150,22 @@ BUILD_PARAM_KEYS = ("efConstruction",)
 
 
 def new_index(
-    factory: str, dim: int, metric: IndexMetric, build_params: Mapping[str, int] | None = None
+    factory: str,
+    dim: int,
+    metric: IndexMetric,
+    build_params: Mapping[str, int] | None = None,
+    limits: FactoryLimits | None = None,
 ) -> faiss.Index:
     """An empty index for ``factory`` that accepts ``add_with_ids``.
 
     ``build_params``: ``efConstruction`` for HNSW (FAISS default 40; higher = better graph, slower build).
+    ``limits``: checked before FAISS allocates anything (new indexes; existing ones rebuild as made).
     """
+    if limits is not None:
+        check_factory(factory, limits)
+        for key, value in (build_params or {}).items():
+            if isinstance(value, int) and value > limits.max_number:
+                raise InvalidInput(f"build_params: {key}={value} exceeds the limit of {limits.max_number}")
     try:
         index = faiss.index_factory(int(dim), factory, metric.faiss_metric)
     except (RuntimeError, ValueError) as exc:
@@ -305,9 +379,13 @@ def merge_topk(parts_s: list[np.ndarray], parts_i: list[np.ndarray], k: int) -> 
 def write_index_atomic(index: faiss.Index, path: Path) -> str:
     """Write ``index`` to ``path`` (temp + fsync + rename); returns the file's sha256."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    digest = sha256_file(tmp, fsync=True)
-    os.replace(tmp, path)
+    try:
+        faiss.write_index(index, str(tmp))
+        digest = sha256_file(tmp, fsync=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
     return digest
 
