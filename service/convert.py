@@ -63,10 +63,13 @@ def check_format(fmt: int, field: str = "format") -> int:
     return fmt
 
 
-def payload_to_dict(msg) -> dict | None:
+def payload_to_dict(msg, field: str = "item") -> dict | None:
     if not msg.HasField("payload"):
         return None
-    return json_format.MessageToDict(msg.payload)
+    try:
+        return json_format.MessageToDict(msg.payload)
+    except (ValueError, json_format.Error) as exc:  # NaN / Infinity numbers have no JSON form
+        raise InvalidInput(f"{field}.payload: not representable as JSON ({exc})") from None
 
 
 def payload_pb(payload: dict | None) -> struct_pb2.Struct | None:

@@ -471,7 +471,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                     which = it.WhichOneof("content")
                     if which is None:
                         raise InvalidInput(f"{field}: set one of text, vector, vector_values")
-                    payload = convert.payload_to_dict(it)
+                    payload = convert.payload_to_dict(it, field)
                     if which == "text":
                         if len(it.text) > self.cfg.max_text_chars:
                             raise InvalidInput(

@@ -75,50 +75,68 @@ class FactoryLimits:
     max_hnsw_m: int = 256  # HNSW / NSG neighbours per node
     max_pq_m: int = 1024  # PQ / OPQ / RQ / LSQ sub-quantizers
     max_pq_nbits: int = 12  # bits per sub-quantizer code (codebook 2**nbits entries)
-    max_lsh_bits: int = 8192
     max_out_dim: int = 65_536  # PCA / OPQ / RR output dimension
-    max_number: int = 262_144  # any other number in the string
+    max_number: int = 262_144  # largest build parameter (efConstruction)
 
 
-_FACTORY_RULES: tuple[tuple[re.Pattern, str], ...] = (
-    (re.compile(r"IMI(\d+)x(\d+)"), "imi"),
-    (re.compile(r"IVF(\d+)"), "ivf"),
-    (re.compile(r"(?:HNSW|NSG)(\d+)"), "hnsw"),
-    (re.compile(r"(?:OPQ|PQ|RQ|LSQ|PRQ|PLSQ)(\d+)(?:x(\d+))?"), "pq"),
-    (re.compile(r"LSH(?:r|t|rt)?(\d+)?"), "lsh"),
-    (re.compile(r"(?:PCAR?W?|RR|OPQ\d+_)(\d+)"), "out"),
-)
+# The factory components the store accepts (each comma-separated part must match one). FAISS
+# parses far more, but some of it aborts or segfaults the process on small or zero parameters
+# (HNSW0/HNSW1, PQ8x0, RR0, SQ0, LSQ, NSG hangs): a server must never hand those to FAISS.
+_SQ = r"SQ(?:4|6|8|fp16|bf16)"
+_PQ = r"PQ(?P<pq_m>\d+)(?:x(?P<pq_bits>\d+))?(?:np)?"
+_COMPONENTS = {
+    "idmap": re.compile(r"IDMap2?"),
+    "opq": re.compile(r"OPQ(?P<opq_m>\d+)(?:_(?P<out>\d+))?"),
+    "pca": re.compile(r"PCAW?R?(?P<out>\d+)"),
+    "rr": re.compile(r"RR(?P<out>\d+)"),
+    "l2norm": re.compile(r"L2norm"),
+    "ivf": re.compile(r"IVF(?P<nlist>\d+)(?:_HNSW(?P<hnsw_m>\d+))?"),
+    "hnsw": re.compile(rf"HNSW(?P<hnsw_m>\d+)(?:_(?:Flat|{_SQ}|{_PQ}))?"),
+    "flat": re.compile(r"Flat"),
+    "pq": re.compile(_PQ),
+    "sq": re.compile(_SQ),
+    "refine": re.compile(r"RFlat|Refine\(Flat\)"),
+}
+_SUPPORTED = "IDMap2, OPQ{M}[_{D}], PCA{D}, RR{D}, L2norm, IVF{nlist}[_HNSW{M}], HNSW{M}[_Flat|_SQ8|_PQ{M}], Flat, PQ{M}[x{bits}], SQ{4|6|8|fp16|bf16}, RFlat"
 
 
 def check_factory(factory: str, limits: FactoryLimits) -> None:
-    """Refuse a factory string whose parameters exceed ``limits`` (InvalidInput naming the limit)."""
+    """Refuse a factory string outside the supported grammar or over ``limits`` (InvalidInput).
 
-    def over(what: str, value: int, limit: int) -> None:
-        if value > limit:
-            raise InvalidInput(
-                f"factory: {what} {value} in {factory!r} exceeds the server's limit of {limit} "
-                "(it bounds the memory one CreateIndex may take)"
+    Runs before FAISS sees the string: the memory FAISS allocates at construction and training
+    grows with nlist, M and ``2**bits``, and some parameter values crash it.
+    """
+
+    def bad(what: str) -> InvalidInput:
+        return InvalidInput(f"factory: {what} in {factory!r}")
+
+    def within(what: str, value: int, lo: int, hi: int) -> None:
+        if value < lo:
+            raise bad(f"{what} {value} is below {lo}")
+        if value > hi:
+            raise bad(
+                f"{what} {value} exceeds the server's limit of {hi} (it bounds the memory one CreateIndex may take)"
             )
 
-    for pattern, kind in _FACTORY_RULES:
-        for m in pattern.finditer(factory):
-            nums = [int(g) for g in m.groups() if g]
-            if kind == "imi" and len(nums) == 2:
-                over("IMI cells (2**(levels*bits))", 2 ** min(nums[0] * nums[1], 64), limits.max_nlist)
-            elif kind == "ivf" and nums:
-                over("nlist", nums[0], limits.max_nlist)
-            elif kind == "hnsw" and nums:
-                over("graph degree M", nums[0], limits.max_hnsw_m)
-            elif kind == "pq" and nums:
-                over("sub-quantizers", nums[0], limits.max_pq_m)
-                if len(nums) > 1:
-                    over("bits per code", nums[1], limits.max_pq_nbits)
-            elif kind == "lsh" and nums:
-                over("LSH bits", nums[0], limits.max_lsh_bits)
-            elif kind == "out" and nums:
-                over("output dimension", nums[0], limits.max_out_dim)
-    for m in re.finditer(r"\d+", factory):
-        over("number", int(m.group()), limits.max_number)
+    parts = factory.split(",")
+    for n, part in enumerate(p.strip() for p in parts):
+        kind = next((k for k, rx in _COMPONENTS.items() if rx.fullmatch(part)), None)
+        if kind is None:
+            raise bad(f"component {part!r} is not supported; use {_SUPPORTED}")
+        if kind == "idmap" and n != 0:
+            raise bad("IDMap may only come first")
+        groups = {k: int(v) for k, v in _COMPONENTS[kind].fullmatch(part).groupdict().items() if v}
+        if "nlist" in groups:
+            within("nlist", groups["nlist"], 1, limits.max_nlist)
+        if "hnsw_m" in groups:
+            within("graph degree M", groups["hnsw_m"], 2, limits.max_hnsw_m)
+        for key in ("pq_m", "opq_m"):
+            if key in groups:
+                within("sub-quantizers", groups[key], 1, limits.max_pq_m)
+        if "pq_bits" in groups:
+            within("bits per code", groups["pq_bits"], 1, limits.max_pq_nbits)
+        if "out" in groups:
+            within("output dimension", groups["out"], 1, limits.max_out_dim)
 
 
 def _unwrap(index: faiss.Index) -> faiss.Index:
