@@ -36,6 +36,7 @@ class ServeConfig:
     cross_encoder: str | None = None  # enables Score/Rerank CROSS_ENCODER
     uni_encoder: str | None = None  # Rerank UNI_ENCODER (not available in this build yet)
     backend: str = "torch"  # torch | onnx
+    auto_export: bool = True  # backend onnx: export a model with no export yet on first use
     device: str = "cpu"
     data_dir: Path | None = None  # index store root; None: default_data_dir()
     # None: loopback (127.0.0.1) unless an API key is configured, then all interfaces (0.0.0.0).

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from pairsmith.service.batcher import OutputKind, TokenBatcher
+from pairsmith.service.batcher import TokenBatcher
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.telemetry import Metrics
@@ -75,10 +75,11 @@ def load_models(config: ServeConfig) -> Models:
     """Blocking: load the encoders named in ``config``."""
     from pairsmith.encoders import BiEncoder, CrossEncoder
 
-    bi = BiEncoder.load(config.model, device=config.device, backend=config.backend)
+    common = dict(device=config.device, backend=config.backend, auto_export=config.auto_export)
+    bi = BiEncoder.load(config.model, **common)
     cross = None
     if config.cross_encoder:
-        cross = CrossEncoder.load(config.cross_encoder, device=config.device, backend=config.backend)
+        cross = CrossEncoder.load(config.cross_encoder, **common)
     if config.uni_encoder:
         log.warning(
             "--uni-encoder %s: the Uni-Encoder is not available in this build yet", config.uni_encoder
@@ -327,14 +328,10 @@ class PairsmithServer:
                 big_tokenize_executor=self.rt.big_tokenize_executor,
                 big_request_chars=cfg.big_request_chars,
             )
-            self.rt.bi_batcher = TokenBatcher(
-                "bi", models.bi.tokenizer, models.bi.runner, output=OutputKind.VECTORS, **common
-            )
+            self.rt.bi_batcher = TokenBatcher("bi", models.bi.pipeline, **common)
             self.rt.bi_batcher.start()
             if models.cross is not None:
-                self.rt.cross_batcher = TokenBatcher(
-                    "cross", models.cross.tokenizer, models.cross.runner, output=OutputKind.SCALARS, **common
-                )
+                self.rt.cross_batcher = TokenBatcher("cross", models.cross.pipeline, **common)
                 self.rt.cross_batcher.start()
             try:
                 self.rt.store = await loop.run_in_executor(self.rt.store_executor, open_store, cfg)

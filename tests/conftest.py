@@ -6,12 +6,18 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton kernels run on the CPU only in its interpreter, and triton reads this when first imported
+# (transformers imports it early): set before anything else. Set TRITON_INTERPRET=0 to use a GPU.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from pairsmith.encoders.bi_encoder import TRUSTED_MODULE_PREFIXES  # noqa: E402
 from tests.tiny import make_tiny_bi_encoder, make_tiny_cross_encoder  # noqa: E402
+
+TRUSTED_MODULE_PREFIXES.append("tests.")  # the test-only example modules (tests/core_examples.py)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,6 +19,7 @@ _FLAG_FIELDS = (
     "cross_encoder",
     "uni_encoder",
     "backend",
+    "auto_export",
     "device",
     "data_dir",
     "host",
@@ -49,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--uni-encoder", help="Uni-Encoder model (accepted; not servable in this build yet)")
     p.add_argument("--backend", choices=("torch", "onnx"), help="inference runtime (default torch)")
+    p.add_argument(
+        "--no-auto-export",
+        dest="auto_export",
+        action="store_false",
+        default=None,
+        help="backend onnx: refuse a model with no ONNX export instead of exporting it on first use",
+    )
     p.add_argument("--device", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument(
         "--data-dir", type=Path, help="index store root (default $PAIRSMITH_HOME or ~/.local/share/pairsmith)"

@@ -355,24 +355,6 @@ class Snapshot:
         return scores, ids
 
 
-def l2_normalize_rows(x: np.ndarray, field: str) -> np.ndarray:
-    """Rows scaled to unit L2 norm without overflow or underflow (float32 in, float32 out).
-
-    Each row is first divided by its largest magnitude, so 1e38 vectors (whose squared norm
-    overflows float32) and 1e-30 vectors (whose squared norm underflows to 0) normalise like
-    any other. Only a row that is all zeros cannot be normalised: InvalidInput naming ``field``.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    scale = np.max(np.abs(x), axis=1, keepdims=True)  # (N, 1)
-    zero = scale[:, 0] == 0
-    if zero.any():
-        i = int(np.flatnonzero(zero)[0])
-        where = field if x.shape[0] == 1 else f"{field}[{i}]"
-        raise InvalidInput(f"{where}: a zero vector has no direction (cosine needs a non-zero vector)")
-    y = x / scale  # (N, D), max |y| = 1
-    return (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
-
-
 def exact_search(
     vecs: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, metric: IndexMetric
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -84,7 +84,6 @@ from pairsmith.service.store.faiss_index import (
     apply_search_params,
     can_remove,
     default_search_params,
-    l2_normalize_rows,
     new_index,
     train_requirement,
 )
@@ -96,6 +95,7 @@ from pairsmith.service.store.live import (
     read_manifest,
     write_manifest,
 )
+from pairsmith.vectors import normalize_rows
 
 try:  # POSIX advisory lock: one process per index
     import fcntl
@@ -518,7 +518,7 @@ class IndexStore:
             if not np.isfinite(q).all():
                 raise InvalidInput("queries: contain NaN or infinity")
             if h.metric is IndexMetric.COSINE:
-                q = l2_normalize_rows(q, "queries")
+                q = normalize_rows(q, field="queries")
             if h.snapshot is None:
                 with h.write_lock:
                     h.ensure_loaded()
@@ -620,7 +620,7 @@ class IndexStore:
             if not np.isfinite(vec).all():
                 raise InvalidInput(f"items[{n}].vector: item {ident!r} contains NaN or infinity")
             if h.metric is IndexMetric.COSINE:
-                vec = l2_normalize_rows(vec[None, :], f"items[{n}].vector (item {ident!r})")[0]
+                vec = normalize_rows(vec[None, :], field=f"items[{n}].vector (item {ident!r})")[0]
             rows.pop(ident, None)  # same id twice in one call: the last one wins
             rows[ident] = (ident, np.ascontiguousarray(vec, dtype="<f4"), _payload_json(item.payload, n))
         return list(rows.values())
