@@ -104,12 +104,16 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         return self.rt.models
 
     def _check_texts(self, texts, field: str) -> None:
-        """Refuse a text over ``max_text_chars`` before any tokenisation (cheap: len is O(1))."""
+        """Refuse a text over ``max_text_chars`` before any tokenisation (cheap: len is O(1)).
+
+        ``field`` names the i-th text: ``"texts[{i}]"``, ``"pairs[{i}].text_a"``, or a plain name.
+        """
         limit = self.cfg.max_text_chars
         for i, t in enumerate(texts):
             if len(t) > limit:
+                where = field.format(i=i)
                 raise InvalidInput(
-                    f"{field}[{i}]: {len(t)} characters; the limit is {limit} per text (Info.max_text_chars)"
+                    f"{where}: {len(t)} characters; the limit is {limit} per text (Info.max_text_chars)"
                 )
 
     def _store(self):
@@ -213,7 +217,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     def _embed_options(self, request, field: str):
         m = self.rt.models  # the call checked _models() at its start
         self._check_count(len(request.texts), f"{field}texts")
-        self._check_texts(request.texts, f"{field}texts")
+        self._check_texts(request.texts, f"{field}texts[{{i}}]")
         convert.check_format(request.format, f"{field}format")
         dims = _opt(request, "dimensions", None)
         if dims is not None and not 1 <= dims <= m.bi.dim:
@@ -286,8 +290,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     async def Score(self, request, context, timer):
         self._models()
         self._check_count(len(request.pairs), "pairs")
-        self._check_texts([p.text_a for p in request.pairs], "pairs.text_a")
-        self._check_texts([p.text_b for p in request.pairs], "pairs.text_b")
+        self._check_texts([p.text_a for p in request.pairs], "pairs[{i}].text_a")
+        self._check_texts([p.text_b for p in request.pairs], "pairs[{i}].text_b")
         method = self._method(request.method, "method")
         pairs = [(p.text_a, p.text_b) for p in request.pairs]
         scores, trunc = await self._score(
@@ -303,7 +307,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         n = len(request.texts)
         self._check_count(n, "texts")
         self._check_texts([request.query], "query")
-        self._check_texts(request.texts, "texts")
+        self._check_texts(request.texts, "texts[{i}]")
         # Unset top_n: every candidate, up to max_top_k (the caller did not ask for a number).
         top_n = _opt(request, "top_n", min(n, self.cfg.max_top_k))
         if not 1 <= top_n <= self.cfg.max_top_k:

@@ -158,8 +158,8 @@ def test_text_over_char_cap_refused_early_and_in_info(stub):
     big = "x" * (MAX_CHARS + 1)
     cases = [
         (stub.Embed, pb.EmbedRequest(texts=["ok", big]), "texts[1]"),
-        (stub.Score, pb.ScoreRequest(pairs=[pb.TextPair(text_a="a", text_b=big)]), "pairs.text_b[0]"),
-        (stub.Rerank, pb.RerankRequest(query=big, texts=["a"]), "query[0]"),
+        (stub.Score, pb.ScoreRequest(pairs=[pb.TextPair(text_a="a", text_b=big)]), "pairs[0].text_b"),
+        (stub.Rerank, pb.RerankRequest(query=big, texts=["a"]), "query:"),
         (stub.Rerank, pb.RerankRequest(query="q", texts=["a", big]), "texts[1]"),
     ]
     for method, req, field in cases:

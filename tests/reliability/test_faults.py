@@ -116,11 +116,24 @@ def _verify(root: Path, journal: Journal) -> dict:
         assert found >= need, f"{factory}: only {found}/{len(ids)} vectors find themselves"
     finally:
         store.close()
+    # The operation in flight is now settled one way or the other: adopt what is on disk, so the
+    # next round's journal starts from the true state.
+    for ident, version in maybe_new.items():
+        if ident in rows and json.loads(rows[ident][1])["v"] == version:
+            journal.live[ident] = version
+            journal.deleted.discard(ident)
+    for ident in maybe_gone:
+        if ident not in rows:
+            journal.live.pop(ident, None)
+            journal.deleted.add(ident)
+    journal.inflight = None
     return {"rows": len(rows), "found_by_search": found, "acknowledged_live": len(journal.live)}
 
 
 def _run_round(root: Path, factory: str, round_: int, journal: Journal, rng: np.random.Generator) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    log_path = root.parent / f"journal-{round_}.log"  # a file, not a pipe: the worker never blocks
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -134,7 +147,7 @@ def _run_round(root: Path, factory: str, round_: int, journal: Journal, rng: np.
         cwd=REPO,
         env=env,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -144,16 +157,15 @@ def _run_round(root: Path, factory: str, round_: int, journal: Journal, rng: np.
     # Kill at a random moment after the worker has started writing (imports take ~1 s).
     time.sleep(float(rng.uniform(1.5, 4.0)))
     proc.send_signal(signal.SIGKILL)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
+    log.close()
     assert proc.returncode == -signal.SIGKILL, f"worker exited by itself ({proc.returncode}):\n{err[-3000:]}"
     before = journal.acked
-    journal.replay(out.splitlines())
+    journal.replay([line for line in log_path.read_text().splitlines() if line.endswith("}")])
+    killed_during = (journal.inflight or {}).get("op", "between operations")
     figures = _verify(root, journal)
     figures.update(
-        round=round_,
-        factory=factory,
-        acked_ops=journal.acked - before,
-        killed_during=(journal.inflight or {}).get("op", "between operations"),
+        round=round_, factory=factory, acked_ops=journal.acked - before, killed_during=killed_during
     )
     return figures
 
