@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format bench serve demo-index clean protos models
+.PHONY: setup test test-all lint format bench serve demo-index clean protos models reliability
 
 setup: $(STAMP)
 
@@ -40,6 +40,14 @@ format: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# Reliability and security suite (~15 min on 2 cores): fuzzing (1,000 examples per request
+# message), 24 kill -9 rounds, full disk, corrupted files, security, 16/64-client load with RSS.
+# Figures: bench/results/reliability/{summary.md,load.json,faults.json,fuzz.json}.
+# `make test` runs the same tests with small sizes. RELIABILITY_ARGS="--quick" for ~3 minutes.
+RELIABILITY_ARGS ?=
+reliability: setup
+	$(PY) bench/reliability/run.py $(RELIABILITY_ARGS)
 
 # -- service ------------------------------------------------------------------
 # `make serve`: set up, build the demo index once (from service/demo/corpus.jsonl, into

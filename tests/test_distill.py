@@ -76,15 +76,21 @@ def test_label_stats_reports_out_of_range():
 
 def test_combine_modes():
     a = np.array([0.1, 0.5, 0.9, 0.3])
-    b = np.array([0.80, 0.82, 0.99, 0.81])  # same order as a except 0.3 < 0.5 kept; different scale
+    # b orders the pairs differently (0.70 < 0.80 < 0.81) on a tighter scale, so that the mean of the
+    # raw scores (order 0, 3, 1, 2: a dominates) and the mean of the ranks (order 0, 1, 3, 2) disagree
+    b = np.array([0.80, 0.70, 0.99, 0.81])
     mean = combine([a, b], Combine.MEAN)
     np.testing.assert_allclose(mean, (a + b) / 2, atol=1e-6)
+    assert list(np.argsort(mean)) == [0, 3, 1, 2]
     rank = combine([a, b], Combine.RANK)
-    # rank keeps the plain mean's values, reordered by the mean rank
+    # rank keeps the plain mean's values, reordered by the mean rank (a RANK that returns MEAN fails here)
     np.testing.assert_allclose(np.sort(rank), np.sort(mean), atol=1e-6)
-    assert list(np.argsort(rank)) == list(np.argsort(a))
+    assert list(np.argsort(rank)) == [0, 1, 3, 2]
     z = combine([a, b], Combine.ZSCORE)
+    # z-scores: b's tight scale counts as much as a's, so pair 1 (b's lowest) drops below pair 3
     assert abs(z.mean() - mean.mean()) < 1e-5 and abs(z.std() - mean.std()) < 1e-5
+    zs = np.mean([(x - x.mean()) / x.std() for x in (a, b)], axis=0)
+    assert list(np.argsort(z)) == list(np.argsort(zs)) and list(np.argsort(z)) != list(np.argsort(mean))
     np.testing.assert_allclose(combine([a], Combine.RANK), a, atol=1e-6)
     with pytest.raises(InvalidInput):
         combine([a, b[:2]])

@@ -100,7 +100,9 @@ def test_embed_options(stub, bi):
     r = stub.Embed(pb.EmbedRequest(texts=["short", LONG]))
     assert [e.truncated for e in r.embeddings] == [False, True]
     assert r.embeddings[1].token_count == 64
-    assert len(stub.Embed(pb.EmbedRequest(texts=[])).embeddings) == 0
+    with pytest.raises(grpc.RpcError) as ei:  # empty texts: INVALID_ARGUMENT (the README's table)
+        stub.Embed(pb.EmbedRequest(texts=[]))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_embed_stream_preserves_order(stub, bi):
