@@ -346,7 +346,7 @@ def train_uni(
             torch.nn.utils.clip_grad_norm_(model.module.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if (step + 1) % cfg.checkpoint_steps == 0 and step + 1 < total:

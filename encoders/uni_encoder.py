@@ -254,9 +254,15 @@ class UniEncoder:
         *,
         mask: str | UniMask | None = None,
         max_row_tokens: int | None = None,
+        truncate: bool | None = None,
     ) -> np.ndarray:
-        """One logit per candidate, in input order. ``context``: a string or a list of turns."""
-        return self.rank_many([(context, candidates)], mask=mask, max_row_tokens=max_row_tokens)[0]
+        """One logit per candidate, in input order. ``context``: a string or a list of turns.
+
+        ``truncate=False``: a context or candidate over its token limit raises InvalidInput.
+        """
+        return self.rank_many(
+            [(context, candidates)], mask=mask, max_row_tokens=max_row_tokens, truncate=truncate
+        )[0]
 
     def rank_many(
         self,
@@ -267,6 +273,7 @@ class UniEncoder:
         max_row_tokens: int | None = None,
         max_batch_tokens: int | None = 8192,
         show_progress: bool = False,
+        truncate: bool | None = None,
     ) -> list[np.ndarray]:
         """Several (context, candidates) items; rows of different items are batched together."""
         if batch_size < 1:
@@ -274,7 +281,9 @@ class UniEncoder:
         if max_row_tokens is not None and max_row_tokens < 3:
             raise InvalidInput(f"max_row_tokens: must be >= 3, got {max_row_tokens}")
         m = UniMask.parse(mask if mask is not None else self.config.mask)
-        enc, chunks, _ = self.tokenizer.encode_groups(list(items), max_row_tokens=max_row_tokens)
+        enc, chunks, _ = self.tokenizer.encode_groups(
+            list(items), max_row_tokens=max_row_tokens, truncate=truncate
+        )
         pipe = self._pipes[m]
         # (B, T, T) masks grow with the square of the row length: cap a batch's padded tokens too.
         with tqdm(total=len(enc), desc="rank", unit="row", disable=not show_progress) as bar:

@@ -223,7 +223,9 @@ class UniTokenizer:
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)] if texts else []
 
-    def context_ids(self, context: str | Sequence[str], field: str = "context") -> tuple[list[int], bool]:
+    def context_ids(
+        self, context: str | Sequence[str], field: str = "context", truncate: bool | None = None
+    ) -> tuple[list[int], bool]:
         """[CLS] context [SEP], the oldest turns dropped to fit; (ids, truncated)."""
         turns = [context] if isinstance(context, str) else list(context)
         for i, t in enumerate(turns):
@@ -232,10 +234,10 @@ class UniTokenizer:
         per_turn = self._ids(turns)
         room = self.config.max_context_tokens - 2
         total = sum(len(x) for x in per_turn)
-        if total > room and not self.config.truncate_context:
+        if total > room and not (self.config.truncate_context if truncate is None else truncate):
             raise InvalidInput(
                 f"{field}: {total + 2} tokens, over the limit of {self.config.max_context_tokens} "
-                "(max_context_tokens; truncate_context is off)"
+                "(max_context_tokens; truncation is off)"
             )
         kept: list[int] = []
         for ids in reversed(per_turn):  # newest first
@@ -247,7 +249,7 @@ class UniTokenizer:
         return [self.cls_id, *kept, self.sep_id], total > room
 
     def candidate_ids(
-        self, candidates: Sequence[str], field: str = "candidates"
+        self, candidates: Sequence[str], field: str = "candidates", truncate: bool = True
     ) -> tuple[list[list[int]], np.ndarray]:
         if isinstance(candidates, str):
             raise InvalidInput(f"{field}: expected a list of strings, got one string")
@@ -256,7 +258,12 @@ class UniTokenizer:
                 raise InvalidInput(f"{field}[{i}]: expected a string, got {type(c).__name__}")
         room = self.config.max_candidate_tokens - 2
         out, trunc = [], []
-        for ids in self._ids(list(candidates)):
+        for i, ids in enumerate(self._ids(list(candidates))):
+            if len(ids) > room and not truncate:
+                raise InvalidInput(
+                    f"{field}[{i}]: {len(ids) + 2} tokens, over the limit of "
+                    f"{self.config.max_candidate_tokens} (max_candidate_tokens; truncation is off)"
+                )
             trunc.append(len(ids) > room)
             out.append([self.cls_id, *ids[max(0, len(ids) - room) :], self.sep_id])
         return out, np.array(trunc, dtype=bool)
@@ -291,8 +298,12 @@ class UniTokenizer:
         items: Sequence[tuple[str | Sequence[str], Sequence[str]]],
         *,
         max_row_tokens: int | None = None,
+        truncate: bool | None = None,
     ) -> tuple[Encoded, list[Chunk], list[np.ndarray]]:
         """Every (context, candidates) item as one or more rows (candidate chunks).
+
+        ``truncate=False``: a context or candidate over its limit is an error (None: the config's
+        ``truncate_context`` for the context; candidates are truncated).
 
         Returns the rows, which chunk each row is, and per item the candidates' truncation flags.
         A row's ``truncated`` flag is its context's.
@@ -303,12 +314,14 @@ class UniTokenizer:
         cand_trunc: list[np.ndarray] = []
         for n, (context, candidates) in enumerate(items):
             field = f"items[{n}]" if len(items) > 1 else ""
-            cands, ct = self.candidate_ids(candidates, f"{field}.candidates" if field else "candidates")
+            cands, ct = self.candidate_ids(
+                candidates, f"{field}.candidates" if field else "candidates", truncate is not False
+            )
             if not cands:
                 raise InvalidInput(
                     f"{field + '.' if field else ''}candidates: empty list; give at least one candidate"
                 )
-            ctx, trunc = self.context_ids(context, f"{field}.context" if field else "context")
+            ctx, trunc = self.context_ids(context, f"{field}.context" if field else "context", truncate)
             for a, b in self.chunks(len(ctx), [len(c) for c in cands], max_row_tokens):
                 rows.append(self.row(ctx, cands[a:b]))
                 chunks.append(Chunk(n, a, b))

@@ -37,13 +37,16 @@ WARMUP_TEXTS = ("pairsmith warm-up", "a slightly longer sentence to warm up the 
 class Models:
     bi: object  # BiEncoder
     cross: object | None = None  # CrossEncoder
-    uni_requested: str | None = None  # --uni-encoder value (not servable yet)
+    uni_requested: str | None = None  # --uni-encoder value
+    uni: object | None = None  # UniEncoder (Rerank UNI_ENCODER)
 
     @property
     def methods(self) -> list[int]:
         out = [pb.SCORE_METHOD_BI_ENCODER]
         if self.cross is not None:
             out.append(pb.SCORE_METHOD_CROSS_ENCODER)
+        if self.uni is not None:
+            out.append(pb.SCORE_METHOD_UNI_ENCODER)
         return out
 
 
@@ -70,17 +73,16 @@ class Runtime:
 
 def load_models(config: ServeConfig) -> Models:
     """Blocking: load the encoders named in ``config``."""
-    from pairsmith.encoders import BiEncoder, CrossEncoder
+    from pairsmith.encoders import BiEncoder, CrossEncoder, UniEncoder
 
     bi = BiEncoder.load(config.model, device=config.device, backend=config.backend)
     cross = None
     if config.cross_encoder:
         cross = CrossEncoder.load(config.cross_encoder, device=config.device, backend=config.backend)
+    uni = None
     if config.uni_encoder:
-        log.warning(
-            "--uni-encoder %s: the Uni-Encoder is not available in this build yet", config.uni_encoder
-        )
-    return Models(bi=bi, cross=cross, uni_requested=config.uni_encoder)
+        uni = UniEncoder.load(config.uni_encoder, device=config.device, backend=config.backend)
+    return Models(bi=bi, cross=cross, uni_requested=config.uni_encoder, uni=uni)
 
 
 def open_store(config: ServeConfig):
