@@ -67,11 +67,11 @@ def main() -> int:
         times: dict[str, list[float]] = {k: [] for k in runners}
         for i in range(args.contexts):
             c, k = case(i, n)
-            for name, fn in runners.items():
+            for fn in runners.values():
                 fn(c, k)  # warm-up (allocator, first-call paths)
             for _ in range(args.reps):
                 for name, fn in runners.items():
-                    times[name].append(timed(lambda fn=fn: fn(c, k)))
+                    times[name].append(timed(lambda fn=fn, c=c, k=k: fn(c, k)))
         med = {name: statistics.median(v) for name, v in times.items()}
         row = {
             "N": n,
