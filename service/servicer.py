@@ -340,8 +340,11 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                         "store_text=true or set rerank.text_field"
                     )
                 texts.append(text)
-            pairs = [(request.text, t) for t in texts]
-            scores, _ = await self._score(pairs, method, False, True, timer, context, field="rerank")
+            if method == pb.SCORE_METHOD_UNI_ENCODER:
+                scores = await self._uni_rank(request.text, texts, False, True, timer)
+            else:
+                pairs = [(request.text, t) for t in texts]
+                scores, _ = await self._score(pairs, method, False, True, timer, context, field="rerank")
             order = np.argsort(-scores, kind="stable")[:top_k]
             hits = [
                 type(hits[i])(id=hits[i].id, score=float(scores[i]), payload=hits[i].payload) for i in order
