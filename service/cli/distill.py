@@ -58,7 +58,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seeds everything the run creates (default {DEFAULT_SEED})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--no-length-grouping",
@@ -102,12 +107,15 @@ def _cmd_trans_encoder(args) -> int:
     )
     summary = {
         "setting": report["evaluation_setting"]["setting"],
+        "per_cycle_score": f"eval average without the selection set {report.get('selection_set')} (avg_heldout)",
         "best": report["best"],
         "per_cycle": [
             {
                 "cycle": r["cycle"],
                 **{
-                    f"{k}-{t}": v.get("eval", {}).get("avg", v.get("dev"))
+                    f"{k}-{t}": v.get("eval", {}).get(
+                        "avg_heldout", v.get("eval", {}).get("avg", v.get("dev"))
+                    )
                     for k in ("bi", "cross")
                     for t, v in r[k].items()
                 },
