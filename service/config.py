@@ -34,7 +34,7 @@ class ServeConfig:
 
     model: str = "default"  # bi-encoder: 'default', a directory or a hub name
     cross_encoder: str | None = None  # enables Score/Rerank CROSS_ENCODER
-    uni_encoder: str | None = None  # Rerank UNI_ENCODER (not available in this build yet)
+    uni_encoder: str | None = None  # Rerank UNI_ENCODER (a Uni-Encoder directory)
     backend: str = "torch"  # torch | onnx
     auto_export: bool = True  # backend onnx: export a model with no export yet on first use
     device: str = "cpu"

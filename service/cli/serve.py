@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cross-encoder", help="cross-encoder model (enables CROSS_ENCODER scoring and reranking)"
     )
-    p.add_argument("--uni-encoder", help="Uni-Encoder model (accepted; not servable in this build yet)")
+    p.add_argument("--uni-encoder", help="Uni-Encoder directory (enables Rerank UNI_ENCODER)")
     p.add_argument("--backend", choices=("torch", "onnx"), help="inference runtime (default torch)")
     p.add_argument(
         "--no-auto-export",
