@@ -110,7 +110,10 @@ def openvino_encoder(model: str):
                 feeds["token_type_ids"] = batch.token_type_ids
             return self.req.infer(feeds)[out]
 
-    enc.runner = OVRunner()
+    from pairsmith.encoders.runtime import RunnerBackend
+
+    old = enc.pipeline.backend
+    enc.pipeline.backend = RunnerBackend(OVRunner(), old.kind, normalizes=old.normalizes)
     return enc
 
 
@@ -137,7 +140,7 @@ def bench_bi(args, gold, a, b) -> dict:
     ov = openvino_encoder(args.model)
     if ov is not None:
         ov.encode(texts[:64])
-        variants[f"openvino {ov.runner.precision} on model.onnx (exploratory)"] = lambda: (
+        variants[f"openvino {ov.pipeline.backend.runner.precision} on model.onnx (exploratory)"] = lambda: (
             ov.encode(texts, batch_size=args.batch_size).vectors
         )
     speed: dict[str, list[float]] = {k: [] for k in variants}

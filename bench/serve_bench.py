@@ -73,7 +73,7 @@ def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, int, P
     tmp = Path(tempfile.mkdtemp(prefix="pairsmith-bench-"))
     port_file = tmp / "port"
     log = tmp / "server.log"
-    cmd = [sys.executable, "-m", "pairsmith.service.cli", "serve", "--model", model, "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "pairsmith", "serve", "--model", model, "--host", "127.0.0.1"]
     cmd += ["--port", "0", "--port-file", str(port_file), "--data-dir", str(tmp / "data"), *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     while not port_file.exists():

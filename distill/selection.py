@@ -19,7 +19,9 @@ from pairsmith.encoders.source import ModelSource
 from pairsmith.errors import InvalidInput
 
 
-class Metric(enum.Enum):
+class PairMetric(enum.Enum):
+    """How a labeled pair set scores a model: Spearman x100 (STS) or accuracy x100 (0/1 labels)."""
+
     SPEARMAN = "spearman"
     ACCURACY = "accuracy"
 
@@ -50,8 +52,8 @@ def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float | No
     return {"accuracy": float((pred == y).mean() * 100), "f1": float(f1 * 100), "threshold": float(threshold)}
 
 
-def pair_metric(scores: np.ndarray, gold: np.ndarray, metric: Metric) -> float:
-    if metric is Metric.SPEARMAN:
+def pair_metric(scores: np.ndarray, gold: np.ndarray, metric: PairMetric) -> float:
+    if metric is PairMetric.SPEARMAN:
         return metrics.spearman(scores, gold)
     return binary_metrics(scores, gold)["accuracy"]
 
@@ -60,9 +62,9 @@ def bi_scores(
     st_model, source: ModelSource, s1: list[str], s2: list[str], batch_size: int = 64
 ) -> np.ndarray:
     """Cosines of pairs from a SentenceTransformer that may be in training (left in eval mode)."""
-    return BiEncoder(st_model, source=source, device=str(st_model.device)).similarity(
-        s1, s2, batch_size=batch_size
-    )
+    return BiEncoder.from_sentence_transformer(
+        st_model, source=source, device=str(st_model.device)
+    ).similarity(s1, s2, batch_size=batch_size)
 
 
 def cross_scores(
@@ -75,12 +77,14 @@ def cross_scores(
     batch_size: int = 64,
 ) -> np.ndarray:
     """Sigmoid scores of pairs from a sentence-transformers CrossEncoder that may be in training."""
-    ce = CrossEncoder(ce_model, source=source, device=str(ce_model.device))
+    ce = CrossEncoder.from_st(ce_model, source=source, device=str(ce_model.device))
     pairs = list(zip(s1, s2, strict=True))
     return ce.score(pairs, activation=Activation.SIGMOID, symmetric=symmetric, batch_size=batch_size).values
 
 
-def make_evaluator(kind: str, model, source: ModelSource, dev: PairSet, metric: Metric, *, symmetric=False):
+def make_evaluator(
+    kind: str, model, source: ModelSource, dev: PairSet, metric: PairMetric, *, symmetric=False
+):
     """A no-argument callable returning the dev metric of ``model`` as it is now."""
     if dev.scores is None:
         raise InvalidInput(f"dev set {dev.name}: has no gold scores for model selection")

@@ -1,7 +1,7 @@
 """The pairsmith.v1 RPCs. Validation at the top of each method, model work via batchers.
 
 Every method has the signature ``(self, request, context, timer)`` and is
-wrapped by :func:`pairsmith.service.errors.rpc` (error table, request id,
+wrapped by :func:`pairsmith.service.status.rpc` (error table, request id,
 timing metadata, metrics). Blocking store calls run on the store executor.
 """
 
@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pairsmith import __version__
+from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine, sigmoid
 from pairsmith.errors import FailedPrecondition, InvalidInput, Unavailable
 from pairsmith.service import convert
-from pairsmith.service.errors import CallTimer, rpc
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
+from pairsmith.service.status import CallTimer, rpc
 
 if TYPE_CHECKING:
     from pairsmith.service.server import Runtime
@@ -44,8 +45,9 @@ def _opt(msg, name: str, default):
     return getattr(msg, name) if msg.HasField(name) else default
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
@@ -57,15 +59,62 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     def observe(self, name: str, code, seconds: float) -> None:
         self.rt.metrics.observe_rpc(name, code.name, seconds)
 
+    def track(self, delta: int) -> None:
+        """Calls in flight: the ``pairsmith_inflight_requests`` gauge and the shutdown drain."""
+        self.rt.inflight += delta
+        self.rt.metrics.inflight.set(self.rt.inflight)
+
+    def scrub(self, message: str) -> str:
+        """No server filesystem paths in what a client reads (the log keeps them)."""
+        for path in self._private_paths:
+            message = message.replace(path, "<data-dir>")
+        return message
+
+    @property
+    def _private_paths(self) -> list[str]:
+        paths = []
+        try:
+            root = self.cfg.store_root
+            paths = [str(root.resolve()), str(root)]
+        except OSError:
+            pass
+        return sorted({p for p in paths if len(p) > 1}, key=len, reverse=True)
+
     # -- helpers -------------------------------------------------------------
+    def _vectors(
+        self, raw: np.ndarray, *, dimensions: int | None = None, normalize: bool = True
+    ) -> np.ndarray:
+        """The bi-encoder's post-processing (one copy, shared with BiEncoder.encode)."""
+        backend = self.rt.models.bi.pipeline.backend
+        return finalize_vectors(
+            raw, dimensions=dimensions, normalize=normalize, already_normalized=backend.normalizes
+        )
+
     def _models(self):
+        """At the start of a call: the models, or UNAVAILABLE (loading, failed, shutting down).
+
+        Only here: a call admitted before shutdown began (a stream) runs to its end.
+        """
         if self.rt.load_error is not None:
-            raise Unavailable(f"model failed to load: {self.rt.load_error}")
+            raise Unavailable("model failed to load; see the server log")
         if not self.rt.ready.is_set():
             raise Unavailable("models are loading; wait until health reports SERVING")
         if self.rt.shutting_down:
             raise Unavailable("server is shutting down")
         return self.rt.models
+
+    def _check_texts(self, texts, field: str) -> None:
+        """Refuse a text over ``max_text_chars`` before any tokenisation (cheap: len is O(1)).
+
+        ``field`` names the i-th text: ``"texts[{i}]"``, ``"pairs[{i}].text_a"``, or a plain name.
+        """
+        limit = self.cfg.max_text_chars
+        for i, t in enumerate(texts):
+            if len(t) > limit:
+                where = field.format(i=i)
+                raise InvalidInput(
+                    f"{where}: {len(t)} characters; the limit is {limit} per text (Info.max_text_chars)"
+                )
 
     def _store(self):
         self._models()
@@ -81,7 +130,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         """A store read (search, get, list, check_encoder) on the reader pool."""
         return await asyncio.get_running_loop().run_in_executor(self.rt.read_executor, fn, *args)
 
-    def _check_count(self, n: int, field: str, *, allow_empty: bool = True) -> None:
+    def _check_count(self, n: int, field: str, *, allow_empty: bool = False) -> None:
         if n == 0 and not allow_empty:
             raise InvalidInput(f"{field}: must not be empty")
         if n > self.cfg.max_texts_per_request:
@@ -97,16 +146,28 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             raise FailedPrecondition(
                 f"{field}: CROSS_ENCODER needs a cross-encoder; start the server with --cross-encoder MODEL"
             )
-        if method == pb.SCORE_METHOD_UNI_ENCODER:
-            if m.uni_requested is None:
-                raise FailedPrecondition(
-                    f"{field}: UNI_ENCODER needs a Uni-Encoder; start the server with --uni-encoder MODEL"
-                )
+        if method == pb.SCORE_METHOD_UNI_ENCODER and m.uni is None:
             raise FailedPrecondition(
-                f"{field}: UNI_ENCODER is not available in this build yet (--uni-encoder "
-                f"{m.uni_requested} was accepted but cannot be served); use CROSS_ENCODER or BI_ENCODER"
+                f"{field}: UNI_ENCODER needs a Uni-Encoder; start the server with --uni-encoder MODEL"
             )
         return method
+
+    async def _uni_rank(self, query: str, texts: list[str], raw: bool, truncate: bool, timer) -> np.ndarray:
+        """Uni-Encoder: all candidates of one query in one pass (chunked), on the model thread.
+
+        Scores: raw logits, or (default) their softmax over this request's candidates.
+        """
+        uni = self.rt.models.uni
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        logits = await loop.run_in_executor(
+            self.rt.model_executor, lambda: uni.rank(query, texts, truncate=truncate)
+        )
+        timer.inference_ms += (time.perf_counter() - t0) * 1000.0
+        if raw:
+            return logits.astype(np.float32)
+        e = np.exp(logits - logits.max())
+        return (e / e.sum()).astype(np.float32)
 
     async def _embed(self, texts, timer: CallTimer, context, *, truncate=True, field="texts"):
         res = await self.rt.bi_batcher.submit_texts(
@@ -119,6 +180,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
 
     async def _score(self, pairs, method: int, raw: bool, truncate: bool, timer, context, field="pairs"):
         """(scores, truncated) for (a, b) pairs by ``method`` (already resolved)."""
+        if method == pb.SCORE_METHOD_UNI_ENCODER:
+            raise InvalidInput(f"{field}: UNI_ENCODER ranks candidates for one query; use Rerank")
         if method == pb.SCORE_METHOD_CROSS_ENCODER:
             res = await self.rt.cross_batcher.submit_pairs(
                 pairs, truncate=truncate, deadline=_deadline(context), field=field
@@ -126,15 +189,14 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             timer.queue_ms += res.queue_ms
             timer.tokenize_ms += res.tokenize_ms
             timer.inference_ms += res.inference_ms
-            vals = res.values if raw else _sigmoid(res.values)
+            vals = res.values if raw else sigmoid(res.values)
             return vals.astype(np.float32), res.truncated
         uniq = list(dict.fromkeys([t for p in pairs for t in p]))
         res = await self._embed(uniq, timer, context, truncate=truncate, field=field)
-        vecs = convert.finalize_vectors(res.values, dimensions=None, normalize=True)
         pos = {t: i for i, t in enumerate(uniq)}
         ia = np.fromiter((pos[a] for a, _ in pairs), dtype=np.int64, count=len(pairs))
         ib = np.fromiter((pos[b] for _, b in pairs), dtype=np.int64, count=len(pairs))
-        scores = np.einsum("nd,nd->n", vecs[ia], vecs[ib]).astype(np.float32)
+        scores = pair_cosine(res.values[ia], res.values[ib])
         trunc = res.truncated[ia] | res.truncated[ib]
         return scores, trunc
 
@@ -155,19 +217,21 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             max_batch_tokens=self.cfg.max_batch_tokens,
             max_message_bytes=self.cfg.max_message_bytes,
             max_top_k=self.cfg.max_top_k,
+            max_text_chars=self.cfg.max_text_chars,
             version=__version__,
             runtime_versions=versions,
         )
         if m.cross is not None:
             resp.cross_encoder_id = m.cross.model_id
-        if m.uni_requested is not None:
-            resp.uni_encoder_id = m.uni_requested
+        if m.uni is not None:
+            resp.uni_encoder_id = m.uni.model_id
         resp.timing.CopyFrom(timer.message(pb))
         return resp
 
     def _embed_options(self, request, field: str):
-        m = self._models()
+        m = self.rt.models  # the call checked _models() at its start
         self._check_count(len(request.texts), f"{field}texts")
+        self._check_texts(request.texts, f"{field}texts[{{i}}]")
         convert.check_format(request.format, f"{field}format")
         dims = _opt(request, "dimensions", None)
         if dims is not None and not 1 <= dims <= m.bi.dim:
@@ -179,15 +243,14 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         res = await self._embed(list(request.texts), timer, context, truncate=truncate, field=f"{field}texts")
         d = dims or self.rt.models.bi.dim
         vecs = (
-            convert.finalize_vectors(res.values, dimensions=dims, normalize=normalize)
-            if len(res.values)
-            else res.values
+            self._vectors(res.values, dimensions=dims, normalize=normalize) if len(res.values) else res.values
         )
         embs = convert.embeddings_pb(vecs, res.token_counts, res.truncated, request.format)
         return embs, d, int(res.token_counts.sum())
 
     @rpc("Embed")
     async def Embed(self, request, context, timer):
+        self._models()
         embs, dim, tokens = await self._embed_reply(request, context, timer)
         return pb.EmbedResponse(embeddings=embs, dim=dim, total_tokens=tokens, timing=timer.message(pb))
 
@@ -235,11 +298,14 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                 item = window.get_nowait()
                 if isinstance(item, asyncio.Future):
                     item.cancel()
+                    item.add_done_callback(_retrieve)  # no "Task exception was never retrieved"
 
     @rpc("Score")
     async def Score(self, request, context, timer):
         self._models()
-        self._check_count(len(request.pairs), "pairs", allow_empty=False)
+        self._check_count(len(request.pairs), "pairs")
+        self._check_texts([p.text_a for p in request.pairs], "pairs[{i}].text_a")
+        self._check_texts([p.text_b for p in request.pairs], "pairs[{i}].text_b")
         method = self._method(request.method, "method")
         pairs = [(p.text_a, p.text_b) for p in request.pairs]
         scores, trunc = await self._score(
@@ -253,15 +319,24 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     async def Rerank(self, request, context, timer):
         self._models()
         n = len(request.texts)
-        self._check_count(n, "texts", allow_empty=False)
-        top_n = _opt(request, "top_n", n)
+        self._check_count(n, "texts")
+        self._check_texts([request.query], "query")
+        self._check_texts(request.texts, "texts[{i}]")
+        # Unset top_n: every candidate, up to max_top_k (the caller did not ask for a number).
+        top_n = _opt(request, "top_n", min(n, self.cfg.max_top_k))
         if not 1 <= top_n <= self.cfg.max_top_k:
             raise InvalidInput(f"top_n: must be in 1..{self.cfg.max_top_k}, got {top_n}")
         method = self._method(request.method, "method")
-        pairs = [(request.query, t) for t in request.texts]
-        scores, _ = await self._score(
-            pairs, method, request.raw_scores, _opt(request, "truncate", True), timer, context, field="texts"
-        )
+        truncate = _opt(request, "truncate", True)
+        if method == pb.SCORE_METHOD_UNI_ENCODER:
+            scores = await self._uni_rank(
+                request.query, list(request.texts), request.raw_scores, truncate, timer
+            )
+        else:
+            pairs = [(request.query, t) for t in request.texts]
+            scores, _ = await self._score(
+                pairs, method, request.raw_scores, truncate, timer, context, field="texts"
+            )
         order = np.argsort(-scores, kind="stable")[:top_n]
         results = []
         for i in order:
@@ -295,11 +370,13 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                 )
             if which != "text":
                 raise InvalidInput("rerank: a rerank stage needs a text query (set query.text, not a vector)")
+        if which == "text":
+            self._check_texts([request.text], "text")
         info = await self._read_store(store.get, request.index)
         if which == "text":
             await self._read_store(store.check_encoder, request.index, m.bi.fingerprint)
             res = await self._embed([request.text], timer, context, field="text")
-            query = convert.finalize_vectors(res.values, dimensions=None, normalize=True)
+            query = self._vectors(res.values)
         else:
             query = convert.vector_from(request, which, "query", int(info.dim))[None, :]
         t0 = time.perf_counter()
@@ -317,8 +394,11 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                         "store_text=true or set rerank.text_field"
                     )
                 texts.append(text)
-            pairs = [(request.text, t) for t in texts]
-            scores, _ = await self._score(pairs, method, False, True, timer, context, field="rerank")
+            if method == pb.SCORE_METHOD_UNI_ENCODER:
+                scores = await self._uni_rank(request.text, texts, False, True, timer)
+            else:
+                pairs = [(request.text, t) for t in texts]
+                scores, _ = await self._score(pairs, method, False, True, timer, context, field="rerank")
             order = np.argsort(-scores, kind="stable")[:top_k]
             hits = [
                 type(hits[i])(id=hits[i].id, score=float(scores[i]), payload=hits[i].payload) for i in order
@@ -346,10 +426,10 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         if not request.name:
             raise InvalidInput("name: must not be empty")
         if request.metric not in (pb.METRIC_UNSPECIFIED, *convert.PB_TO_METRIC):
-            raise InvalidInput(f"metric: unknown Metric {request.metric}")
-        from pairsmith.service.index_store import Metric
+            raise InvalidInput(f"metric: unknown metric enum value {request.metric}")
+        from pairsmith.service.store.index_store import IndexMetric
 
-        metric = Metric(convert.PB_TO_METRIC.get(request.metric, "cosine"))
+        metric = IndexMetric(convert.PB_TO_METRIC.get(request.metric, "cosine"))
         factory = _opt(request, "factory", "IDMap2,Flat")
         if not factory.strip():
             raise InvalidInput("factory: must not be empty")
@@ -371,7 +451,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     @rpc("Upsert")
     async def Upsert(self, request_iterator, context, timer):
         store = self._store()
-        from pairsmith.service.index_store import UpsertItem
+        from pairsmith.service.store.index_store import UpsertItem
 
         m = self.rt.models
         name = None
@@ -389,7 +469,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             if texts:
                 await self._read_store(store.check_encoder, name, m.bi.fingerprint)
                 res = await self._embed(texts, timer, context, field="items.text")
-                vecs = iter(convert.finalize_vectors(res.values, dimensions=None, normalize=True))
+                vecs = iter(self._vectors(res.values))
             items = [
                 UpsertItem(id=i, vector=next(vecs) if is_text else v, payload=p) for i, v, p, is_text in chunk
             ]
@@ -410,7 +490,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                     raise InvalidInput(
                         f"message[{seq}].index: {req.index!r} differs from {name!r} in message[0]"
                     )
-                self._check_count(len(req.items), f"message[{seq}].items")
+                self._check_count(len(req.items), f"message[{seq}].items", allow_empty=True)
                 store_text = _opt(req, "store_text", True)
                 for j, it in enumerate(req.items):
                     field = f"message[{seq}].items[{j}]"
@@ -418,14 +498,21 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                     which = it.WhichOneof("content")
                     if which is None:
                         raise InvalidInput(f"{field}: set one of text, vector, vector_values")
-                    payload = convert.payload_to_dict(it)
+                    payload = convert.payload_to_dict(it, field)
                     if which == "text":
+                        if len(it.text) > self.cfg.max_text_chars:
+                            raise InvalidInput(
+                                f"{field}.text: {len(it.text)} characters; the limit is "
+                                f"{self.cfg.max_text_chars} per text (Info.max_text_chars)"
+                            )
                         if store_text:
                             payload = dict(payload or {})
                             payload.setdefault("text", it.text)
+                        convert.check_payload_size(payload, field, text_stored=store_text)
                         chunk.append((it.id, it.text, payload, True))
                     else:
                         vec = convert.vector_from(it, which, field, int(info.dim))
+                        convert.check_payload_size(payload, field, text_stored=False)
                         chunk.append((it.id, vec, payload, False))
                     if len(chunk) >= UPSERT_CHUNK:
                         await flush()

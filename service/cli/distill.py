@@ -7,6 +7,7 @@ The distillation library is imported lazily inside each command, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -37,7 +38,7 @@ def _fit_args(p: argparse.ArgumentParser, prefix: str, defaults, what: str) -> N
 
 
 def _fit_from(args, prefix: str, seed: int):
-    from pairsmith.distill.train import FitConfig
+    from pairsmith.distill.fit_config import FitConfig
 
     key = f"{prefix}_" if prefix else ""
     return FitConfig(
@@ -53,10 +54,17 @@ def _fit_from(args, prefix: str, seed: int):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from pairsmith.distill.fit_config import DEFAULT_SEED
+
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=2021)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seeds everything the run creates (default {DEFAULT_SEED})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--no-length-grouping",
@@ -95,17 +103,26 @@ def _cmd_trans_encoder(args) -> int:
         bi=_fit_from(args, "bi", args.seed),
         seed=args.seed,
     )
-    report = run_trans_encoder(
-        cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress
-    )
+    with _scorer(args) as scorer:  # --engine ray: pseudo-labels scored by Ray actors
+        report = run_trans_encoder(
+            cfg,
+            args.out,
+            resume=args.resume,
+            device=args.device,
+            progress=not args.no_progress,
+            pair_scorer=scorer,
+        )
     summary = {
         "setting": report["evaluation_setting"]["setting"],
+        "per_cycle_score": f"eval average without the selection set {report.get('selection_set')} (avg_heldout)",
         "best": report["best"],
         "per_cycle": [
             {
                 "cycle": r["cycle"],
                 **{
-                    f"{k}-{t}": v.get("eval", {}).get("avg", v.get("dev"))
+                    f"{k}-{t}": v.get("eval", {}).get(
+                        "avg_heldout", v.get("eval", {}).get("avg", v.get("dev"))
+                    )
                     for k in ("bi", "cross")
                     for t, v in r[k].items()
                 },
@@ -121,7 +138,7 @@ def _cmd_trans_encoder(args) -> int:
 
 def _register_trans_encoder(sub) -> None:
     from pairsmith.distill.data import STS7
-    from pairsmith.distill.trans_encoder import BI_DEFAULT, CROSS_DEFAULT
+    from pairsmith.distill.fit_config import BI_DEFAULT, CROSS_DEFAULT
 
     p = sub.add_parser(
         "trans-encoder",
@@ -159,6 +176,7 @@ def _register_trans_encoder(sub) -> None:
     _fit_args(p, "cross", CROSS_DEFAULT, "cross-encoder")
     _fit_args(p, "bi", BI_DEFAULT, "bi-encoder")
     _common(p)
+    _engine_args(p, "pseudo-labelling")
     p.set_defaults(func=_cmd_trans_encoder)
 
 
@@ -185,13 +203,15 @@ def _cmd_dse(args) -> int:
         augment_k=args.augment_k,
         fit=_fit_from(args, "", args.seed),
     )
-    report = run_dse(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    with _scorer(args) as scorer:  # --engine ray: teacher scores from Ray actors
+        kw = {"resume": args.resume, "device": args.device, "progress": not args.no_progress}
+        report = run_dse(cfg, args.out, pair_scorer=scorer, **kw)
     _print(report, ["rows", "augment", "teacher_cache", "wall_s"])
     return 0
 
 
 def _register_dse(sub) -> None:
-    from pairsmith.distill.dse import DSE_FIT_DEFAULT
+    from pairsmith.distill.fit_config import DSE_FIT_DEFAULT
 
     p = sub.add_parser(
         "dse",
@@ -225,7 +245,27 @@ def _register_dse(sub) -> None:
     p.add_argument("--augment-k", type=int, default=1, help="partners per training sentence for --augment")
     _fit_args(p, "", DSE_FIT_DEFAULT, "student")
     _common(p)
+    _engine_args(p, "teacher scoring")
     p.set_defaults(func=_cmd_dse)
+
+
+def _engine_args(p, what: str) -> None:
+    from pairsmith.service.ray_engine import add_engine_args  # flags only; Ray is imported lazily
+
+    add_engine_args(p, what=what)
+
+
+@contextlib.contextmanager
+def _scorer(args):
+    """The ``pair_scorer`` hook for --engine ray (one Ray session for the whole job), else None."""
+    from pairsmith.service.ray_engine import options_from_args, pair_scorer, ray_session
+
+    opts = options_from_args(args, batch_size=64)
+    if opts is None:
+        yield None
+        return
+    with ray_session(opts):
+        yield pair_scorer(opts, progress=not args.no_progress)
 
 
 # --------------------------------------------------------------------------- train cross-encoder
@@ -254,7 +294,7 @@ def _cmd_train_cross(args) -> int:
 
 
 def _register_train(sub) -> None:
-    from pairsmith.distill.train import FitConfig
+    from pairsmith.distill.fit_config import TRAIN_CROSS_DEFAULT
 
     p = sub.add_parser("cross-encoder", help="supervised cross-encoder training on labeled pairs")
     p.add_argument(
@@ -270,9 +310,7 @@ def _register_train(sub) -> None:
     p.add_argument("--one-order", action="store_true", help="train on (a, b) only (default: both orders)")
     p.add_argument("--symmetric-eval", action="store_true", help="dev/test scores: mean of both orders")
     p.add_argument("--max-pairs", type=int, default=None)
-    _fit_args(
-        p, "", FitConfig(epochs=4, batch_size=16, lr=2e-5, max_length=128, eval_steps=0), "cross-encoder"
-    )
+    _fit_args(p, "", TRAIN_CROSS_DEFAULT, "cross-encoder")
     _common(p)
     p.set_defaults(func=_cmd_train_cross)
 
@@ -286,4 +324,7 @@ def register(subparsers) -> None:
     t = subparsers.add_parser("train", help="supervised training")
     tsub = t.add_subparsers(dest="train_command", metavar="MODEL")
     _register_train(tsub)
+    from pairsmith.service.cli.uni import register_train as _register_uni
+
+    _register_uni(tsub)
     t.set_defaults(func=lambda args: (t.print_help(sys.stderr), 2)[1])

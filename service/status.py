@@ -1,10 +1,12 @@
-"""The one table from error kinds to gRPC status codes, and the RPC wrapper that applies it.
+"""gRPC status codes for :mod:`pairsmith.errors`, and the RPC wrapper that applies them.
 
-Every servicer method is wrapped by :func:`rpc`: it gives the call a request
-id and a :class:`CallTimer`, maps :class:`PairsmithError` through
-``STATUS_FOR_KIND``, records metrics, and sends timing and request id as
-trailing metadata. Anything else is a bug: it is logged with the request id
-and answered as INTERNAL with that id (and nothing from the exception text).
+The error *kinds* are defined once, in :mod:`pairsmith.errors`; this module
+only maps each kind to its gRPC status code (``STATUS_FOR_KIND``). Every
+servicer method is wrapped by :func:`rpc`: it gives the call a request id and
+a :class:`CallTimer`, maps :class:`PairsmithError` through the table, reports
+``(rpc, code, seconds)`` to the servicer's ``observe``, and sends timing and
+request id as trailing metadata. Anything else is a bug: it is logged with the
+request id and answered as INTERNAL with that id (nothing from the exception text).
 """
 
 from __future__ import annotations
@@ -95,15 +97,15 @@ def _finish(context, timer: CallTimer) -> None:
         pass
 
 
-async def _abort(context, rpc_name: str, timer: CallTimer, exc: BaseException) -> grpc.StatusCode:
+async def _abort(self, context, rpc_name: str, timer: CallTimer, exc: BaseException) -> grpc.StatusCode:
     code = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.error("%s request %s failed: internal error", rpc_name, timer.request_id, exc_info=exc)
         message = f"internal error (request id {timer.request_id}); see the server log"
     elif isinstance(exc, PairsmithError):
-        message = exc.message
+        message = self.scrub(exc.message)
     else:
-        message = str(exc) or code.name
+        message = self.scrub(str(exc) or code.name)
     _finish(context, timer)
     await context.abort(code, message)
     return code  # not reached: abort raises
@@ -113,8 +115,9 @@ def rpc(name: str) -> Callable:
     """Wrap a servicer method ``(self, request, context, timer)`` with the error table.
 
     Works for coroutines (unary and client-streaming) and async generators
-    (server- and bidi-streaming). ``self.observe(name, code, seconds)`` and
-    ``self.admit()`` / ``self.release()`` come from the servicer.
+    (server- and bidi-streaming). From the servicer: ``self.observe(name, code, seconds)``,
+    ``self.track(+1 | -1)`` (calls in flight: the gauge and the shutdown drain) and
+    ``self.scrub(message)`` (no server paths in what a client reads).
     """
 
     def deco(fn: Callable) -> Callable:
@@ -124,6 +127,7 @@ def rpc(name: str) -> Callable:
             async def stream_wrapper(self, request, context):
                 timer = CallTimer()
                 code = grpc.StatusCode.OK
+                self.track(1)
                 try:
                     async for item in fn(self, request, context, timer):
                         yield item
@@ -136,8 +140,9 @@ def rpc(name: str) -> Callable:
                         code = _context_code(context)
                         raise
                     code = status_for(exc)
-                    await _abort(context, name, timer, exc)
+                    await _abort(self, context, name, timer, exc)
                 finally:
+                    self.track(-1)
                     self.observe(name, code, timer.total_ms / 1e3)
 
             return stream_wrapper
@@ -146,6 +151,7 @@ def rpc(name: str) -> Callable:
         async def wrapper(self, request, context):
             timer = CallTimer()
             code = grpc.StatusCode.OK
+            self.track(1)
             try:
                 result = await fn(self, request, context, timer)
                 _finish(context, timer)
@@ -158,8 +164,9 @@ def rpc(name: str) -> Callable:
                     code = _context_code(context)
                     raise
                 code = status_for(exc)
-                await _abort(context, name, timer, exc)
+                await _abort(self, context, name, timer, exc)
             finally:
+                self.track(-1)
                 self.observe(name, code, timer.total_ms / 1e3)
 
         return wrapper

@@ -1,7 +1,7 @@
 """``pairsmith index build|stats|list|search|drop``: build and inspect indexes on disk.
 
 The data directory is ``--home``, else ``$PAIRSMITH_HOME``, else the user
-data directory (see :func:`pairsmith.service.index_store.default_root`); the
+data directory (see :func:`pairsmith.service.store.index_store.default_root`); the
 server reads the same layout.
 """
 
@@ -65,6 +65,13 @@ def register(subparsers) -> None:
         help="do not keep each doc's text as payload['text'] (Search's rerank stage then needs its own text field)",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from pairsmith.service.ray_engine import add_engine_args  # no Ray import; flags only
+
+    add_engine_args(b, what="encoding and the FAISS build")
+    b.add_argument(
+        "--shard-docs", type=int, default=50_000, help="--engine ray: records per shard (default 50000)"
+    )
+    b.add_argument("--keep-shards", action="store_true", help="--engine ray: keep the shard files after")
     home(b)
     b.set_defaults(func=_build)
 
@@ -96,7 +103,7 @@ def register(subparsers) -> None:
 
 
 def _store(args):
-    from pairsmith.service.index_store import IndexStore
+    from pairsmith.service.store.index_store import IndexStore
 
     return IndexStore(args.home)
 
@@ -110,23 +117,32 @@ def _info_dict(info) -> dict:
 
 def _build(args) -> int:
     from pairsmith.encoders import BiEncoder
-    from pairsmith.service.index_build import BuildConfig, build_index
-    from pairsmith.service.index_faiss import Metric
+    from pairsmith.service.store.build import BuildConfig, build_index
+    from pairsmith.service.store.faiss_index import IndexMetric
 
     cfg = BuildConfig(
         corpus=args.corpus,
         name=args.name,
         factory=args.factory,
-        metric=Metric.parse(args.metric),
+        metric=IndexMetric.parse(args.metric),
         batch_tokens=args.batch_tokens,
         chunk_docs=args.chunk_docs,
         model_ref=_model_ref(args.model),
         build_params={"efConstruction": args.ef_construction} if args.ef_construction else None,
         store_text=not args.no_store_text,
     )
+    from pairsmith.service.ray_engine import options_from_args
+
+    ray_opts = options_from_args(args)  # None: local engine (Ray never imported)
     encoder = BiEncoder.load(args.model, backend=args.backend)
     with _store(args) as store:
-        report = build_index(store, encoder, cfg, progress=not args.no_progress)
+        if ray_opts is None:
+            report = build_index(store, encoder, cfg, progress=not args.no_progress)
+        else:
+            from pairsmith.service.ray_build import RayBuildConfig, build_index_ray
+
+            rcfg = RayBuildConfig(shard_docs=args.shard_docs, keep_shards=args.keep_shards, ray=ray_opts)
+            report = build_index_ray(store, encoder, cfg, rcfg, progress=not args.no_progress)
     r = report
     print(
         f"index {r.name}: {r.info.count} vectors ({r.info.factory}, dim {r.info.dim}, "
@@ -164,7 +180,7 @@ def _list(args) -> int:
 
 def _search(args) -> int:
     from pairsmith.encoders import BiEncoder
-    from pairsmith.service.index_build import MODEL_META_KEY
+    from pairsmith.service.store.build import MODEL_META_KEY
 
     with _store(args) as store:
         info = store.get(args.name)

@@ -1,13 +1,13 @@
-"""One open index: the writer side of :class:`~pairsmith.service.index_store.IndexStore`.
+"""One open index: the writer side of :class:`~pairsmith.service.store.index_store.IndexStore`.
 
 A :class:`LiveIndex` owns an index's SQLite store, its writer lock, the
-:class:`~pairsmith.service.index_faiss.Snapshot` readers search, and the
+:class:`~pairsmith.service.store.faiss_index.Snapshot` readers search, and the
 writer's bookkeeping. It loads (snapshot + replay of newer SQLite rows),
 applies committed upserts and deletes to a new snapshot, compacts (clone the
 base, remove deletes where FAISS can, add the delta, swap), rebuilds from
 SQLite (training on a sample; HNSW after many deletes), and checkpoints
 (snapshot file + manifest, temp + fsync + rename, then prunes ``dead``).
-Validation and naming live in :mod:`pairsmith.service.index_store`.
+Validation and naming live in :mod:`pairsmith.service.store.index_store`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pairsmith.errors import FailedPrecondition, NotFound
-from pairsmith.service.index_db import IndexDb
-from pairsmith.service.index_faiss import (
-    Metric,
+from pairsmith.atomic import atomic_write_bytes
+from pairsmith.errors import FailedPrecondition, NotFound, ResourceExhausted
+from pairsmith.service.store.db import IndexDb
+from pairsmith.service.store.faiss_index import (
+    FactoryLimits,
+    IndexMetric,
     Snapshot,
     apply_search_params,
     ivf_of,
     new_index,
     sha256_file,
-    write_bytes_atomic,
     write_index_atomic,
 )
 
@@ -53,6 +54,7 @@ class StoreConfig:
     rebuild_dead_fraction: float = 0.2
     checkpoint_interval_s: float = 300.0
     train_sample_max: int = 100_000
+    factory_limits: FactoryLimits = FactoryLimits()  # what a new index's factory may allocate
 
 
 class _State:
@@ -81,7 +83,7 @@ class LiveIndex:
         meta = db.all_meta()
         self.dim = int(meta["dim"])
         self.factory = meta["factory"]
-        self.metric = Metric.parse(meta["metric"])
+        self.metric = IndexMetric.parse(meta["metric"])
         self.removable = meta["needs_rebuild_on_delete"] == "0"
         self.min_train = int(meta["min_train"])
         self.train_size = int(meta["train_size"])
@@ -92,6 +94,11 @@ class LiveIndex:
         self.snapshot: Snapshot | None = None
         self.deferred = False  # bulk mode: SQLite only
         self.closed = False
+        # Users (store calls in progress) hold a reference; drop() marks the handle dropped and
+        # the last user releases it, so a drop never closes a database a reader is using.
+        self.refs = 0
+        self.dropped = False
+        self.released = False
 
     def check_open(self) -> None:
         if self.closed:
@@ -110,7 +117,7 @@ class LiveIndex:
         self.check_open()
         if self.state is not None or self.deferred:
             return
-        manifest = read_json(self.path / "manifest.json")
+        manifest = read_manifest(self.path)
         snap_info = manifest.get("snapshot") if manifest else None
         base = None
         if snap_info:
@@ -295,8 +302,46 @@ class LiveIndex:
         )
         self.checkpoint()
 
+    def adopt(self, base: faiss.Index) -> None:
+        """Publish and snapshot ``base``, built elsewhere from exactly the vectors in SQLite (ids = iids)."""
+        count, max_iid = self.db.count(), self.db.max_iid()
+        if base.d != self.dim or base.ntotal != count:
+            raise FailedPrecondition(
+                f"index {self.name!r}: a prebuilt FAISS index has {base.ntotal} vectors of dim {base.d}; "
+                f"the store holds {count} of dim {self.dim}"
+            )
+        ivf = ivf_of(base)
+        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        apply_search_params(base, self.params)
+        self.state = _State(count, max_iid, self.state.generation if self.state else 0)
+        self.publish(
+            base=base,
+            dead=np.zeros(0, np.int64),
+            delta_ids=np.zeros(0, np.int64),
+            delta_vecs=np.zeros((0, self.dim), np.float32),
+        )
+        self.checkpoint()
+
     def checkpoint(self) -> None:
-        """Snapshot file + manifest (both temp + fsync + rename), then prune ``dead``."""
+        """Snapshot file + manifest (both temp + fsync + rename), then prune ``dead``.
+
+        A failure (full disk, I/O error) is logged, not raised: every write is already
+        committed to ``store.sqlite``, the previous snapshot and manifest are untouched, and
+        the next open replays what the snapshot lacks. The writer that triggered the
+        checkpoint still succeeds, and the index stays dirty so the next one retries.
+        """
+        try:
+            self._checkpoint()
+        except (OSError, RuntimeError, ResourceExhausted) as exc:  # RuntimeError: FAISS's write errors
+            log.error(
+                "index %s: snapshot not written (%s); store.sqlite holds every write and replays at the "
+                "next open",
+                self.name,
+                exc,
+            )
+
+    def _checkpoint(self) -> None:
         snap, st = self.snapshot, self.state
         assert snap is not None and st is not None
         old_files = set(self.path.glob("snapshot-*.faiss"))
@@ -350,14 +395,31 @@ def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot:
         "store": "store.sqlite",
         "snapshot": snapshot,
     }
-    write_bytes_atomic(path / "manifest.json", (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_bytes(path / "manifest.json", (json.dumps(doc, indent=2) + "\n").encode())
 
 
-def read_json(path: Path) -> dict | None:
+def read_manifest(index_dir: Path) -> dict | None:
+    """``index_dir/manifest.json`` as a dict, or None when it is missing or unusable.
+
+    A manifest that exists but is truncated or corrupt is logged (naming the file); the
+    index then rebuilds its FAISS part from the write-ahead record (``store.sqlite``).
+    """
+    path = index_dir / "manifest.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "index %s: %s is unreadable (%s); rebuilding from store.sqlite", index_dir.name, path.name, exc
+        )
+        return None
+    if not isinstance(doc, dict):
+        log.warning(
+            "index %s: %s is not a JSON object; rebuilding from store.sqlite", index_dir.name, path.name
+        )
+        return None
+    return doc
 
 
 def now_iso() -> str:
