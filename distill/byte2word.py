@@ -92,7 +92,11 @@ class Trainer:
         self.sep_id = int(self.wp.token_to_id("[SEP]"))
         vocab = int(self.wp.get_vocab_size())
         self.encoder = WordEncoder(
-            unit=cfg.unit, vocab_size=vocab, max_word_bytes=cfg.max_word_bytes, tokenizer_dir=str(wp_dir), **size
+            unit=cfg.unit,
+            vocab_size=vocab,
+            max_word_bytes=cfg.max_word_bytes,
+            tokenizer_dir=str(wp_dir),
+            **size,
         )
         self.tok = self.encoder.tokenizer
         slots = cfg.slots if cfg.unit == "bytes" else 1
@@ -221,11 +225,13 @@ class Trainer:
     def pretrain(self, corpus: list[str], steps: int) -> list[float]:
         params = [*self.encoder.parameters(), *self.mlm.parameters()]
         bs = self.cfg.batch_size
-        return self._loop(params, steps, self.cfg.lr, lambda: self.mlm_loss(self.rng.sample(corpus, bs)), "mlm")
+        return self._loop(
+            params, steps, self.cfg.lr, lambda: self.mlm_loss(self.rng.sample(corpus, bs)), "mlm"
+        )
 
     def finetune(self, rows: list[tuple[str, int]], steps: int) -> list[float]:
-        import torch.nn.functional as F
         import torch
+        import torch.nn.functional as F
 
         params = [*self.encoder.parameters(), *self.clf.parameters()]
         self.clf.train()
@@ -275,8 +281,17 @@ def robustness(tr: Trainer, dev: list[tuple[str, int]], root: Path | None) -> di
     }
     texts = [t for t, _ in dev]
     for name, nc in kinds.items():
-        accs = [tr.accuracy(list(zip(noisy_texts(texts, nc, s), [y for _, y in dev], strict=True))) for s in NOISE_SEEDS]
-        out[name] = {"config": asdict(nc), "seeds": list(NOISE_SEEDS), "acc": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
+        accs = [
+            tr.accuracy(list(zip(noisy_texts(texts, nc, s), [y for _, y in dev], strict=True)))
+            for s in NOISE_SEEDS
+        ]
+        out[name] = {
+            "config": asdict(nc),
+            "seeds": list(NOISE_SEEDS),
+            "acc": accs,
+            "mean": float(np.mean(accs)),
+            "std": float(np.std(accs)),
+        }
     if root is not None:
         adv = read_advglue_sst2(root)
         out["advglue_sst2"] = {"n": len(adv), "acc": tr.accuracy(adv)}
@@ -336,7 +351,12 @@ def _commit() -> str:
 
     try:
         here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -118,7 +118,9 @@ class CorpusReport:
 def build_mlm_corpus(out: str | Path, data: str | Path | None = None) -> CorpusReport:
     """Write the deduplicated MLM corpus (one sentence per line) to ``out``, atomically."""
     root = data_root(data)
-    banned = {normalise(s) for s, _ in read_labelled(_need(root / "classification/sst2/sentiment-dev", "SST-2 dev"))}
+    banned = {
+        normalise(s) for s, _ in read_labelled(_need(root / "classification/sst2/sentiment-dev", "SST-2 dev"))
+    }
     banned |= {normalise(s) for s, _ in read_labelled(root / "classification/sst2/sentiment-test")}
     banned |= {normalise(s) for s, _ in read_advglue_sst2(root)}
     seen: set[str] = set()
@@ -183,4 +185,13 @@ def task_sets(task: str, dev: str | None, data: str | Path | None) -> tuple[list
     return train, read_labelled(Path(dev)), Path(task).name
 
 
-__all__ = ["EVAL_SETS", "MLM_SOURCES", "build_mlm_corpus", "normalise", "read_advglue_sst2", "read_corpus", "read_labelled", "task_sets"]
+__all__ = [
+    "EVAL_SETS",
+    "MLM_SOURCES",
+    "build_mlm_corpus",
+    "normalise",
+    "read_advglue_sst2",
+    "read_corpus",
+    "read_labelled",
+    "task_sets",
+]

@@ -73,7 +73,12 @@ def save_heads(directory: Path, heads: dict[str, nn.Module]) -> None:
     cfg = {}
     for name, head in heads.items():
         if isinstance(head, SubwordHead):
-            cfg[name] = {"type": "subword", "d_model": head.d_model, "vocab_size": head.vocab_size, "slots": head.slots}
+            cfg[name] = {
+                "type": "subword",
+                "d_model": head.d_model,
+                "vocab_size": head.vocab_size,
+                "slots": head.slots,
+            }
         else:
             cfg[name] = {"type": "classifier", "d_model": head.d_model, "n_labels": head.n_labels}
         tmp = out / f".{name}.safetensors.tmp"

@@ -60,14 +60,22 @@ class BytePooler(nn.Module):
         self.v = nn.Linear(d_byte, d_byte)
         self.out = nn.Linear(n_queries * d_byte, d_model)
 
-    def forward(self, byte_ids: torch.Tensor, byte_pos: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, byte_ids: torch.Tensor, byte_pos: torch.Tensor, cu_seqlens: torch.Tensor
+    ) -> torch.Tensor:
         x = self.norm(self.byte_emb(byte_ids) + self.pos_emb(byte_pos.clamp(max=self.max_pos - 1)))  # (T, C)
         if torch.onnx.is_in_onnx_export():
             pooled = self._pool_padded(x, byte_pos, cu_seqlens)  # (N, Nq, H, Dh)
         else:
             pooled, _ = cross_attention_pool_projected(
-                self.queries, x, self.k.weight, self.v.weight, cu_seqlens,
-                b_k=self.k.bias, b_v=self.v.bias, impl=kernel_impl(),
+                self.queries,
+                x,
+                self.k.weight,
+                self.v.weight,
+                cu_seqlens,
+                b_k=self.k.bias,
+                b_v=self.v.bias,
+                impl=kernel_impl(),
             )  # (N, Nq, H, Dh)
         return self.out(pooled.flatten(1))  # (N, d_model)
 
@@ -144,12 +152,18 @@ class WordEncoder(PairsmithModule):
         if unit not in UNITS:
             raise InvalidInput(f"unit: expected one of {UNITS}, got {unit!r}")
         self.unit, self.d_model, self.n_layers, self.n_heads = unit, int(d_model), int(n_layers), int(n_heads)
-        self.d_ff, self.max_seq_length, self.max_word_bytes = int(d_ff), int(max_seq_length), int(max_word_bytes)
+        self.d_ff, self.max_seq_length, self.max_word_bytes = (
+            int(d_ff),
+            int(max_seq_length),
+            int(max_word_bytes),
+        )
         self.d_byte, self.n_queries, self.pool_heads = int(d_byte), int(n_queries), int(pool_heads)
         self.vocab_size, self.dropout = int(vocab_size), float(dropout)
         self.tokenizer_dir = tokenizer_dir  # wordpiece only: where tokenizer.json lives (not a config key)
         if unit == "bytes":
-            self.pooler = BytePooler(self.d_byte, self.d_model, self.n_queries, self.pool_heads, self.max_word_bytes)
+            self.pooler = BytePooler(
+                self.d_byte, self.d_model, self.n_queries, self.pool_heads, self.max_word_bytes
+            )
         else:
             self.tok_emb = nn.Embedding(self.vocab_size, self.d_model)
         self.pos_emb = nn.Embedding(self.max_seq_length, self.d_model)
@@ -166,7 +180,15 @@ class WordEncoder(PairsmithModule):
     @property
     def onnx_input_names(self) -> tuple[str, ...]:
         if self.unit == "bytes":
-            return ("input_ids", "attention_mask", "token_type_ids", "byte_ids", "byte_pos", "cu_seqlens", "word_slot")
+            return (
+                "input_ids",
+                "attention_mask",
+                "token_type_ids",
+                "byte_ids",
+                "byte_pos",
+                "cu_seqlens",
+                "word_slot",
+            )
         return ("input_ids", "attention_mask", "token_type_ids")
 
     @property

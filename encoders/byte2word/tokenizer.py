@@ -168,6 +168,10 @@ class ByteWordTokenizer:
         return Encoded(ids, types, np.array(trunc, dtype=bool))
 
     def pad(self, ids: list[Sequence[Sequence[int]]], type_ids: list[list[int]]) -> TokenBatch:
+        """Pack rows of units; a bare ``int`` unit (the pipeline's synthetic calibration rows) is
+        taken as a one-byte word ``BOW, byte, EOW``."""
+        if any(isinstance(u, int) for row in ids for u in row):
+            ids = [[(BOW, N_SPECIAL + u % 256, EOW) if isinstance(u, int) else u for u in row] for row in ids]
         b = len(ids)
         width = max(len(r) for r in ids)
         mask = np.zeros((b, width), dtype=np.int64)  # (B, W)

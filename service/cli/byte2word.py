@@ -30,7 +30,15 @@ def _cmd_train(args) -> int:
         eval_noise=not args.no_noise_eval,
     )
     report = train_byte2word(cfg)
-    keys = ["unit", "size", "params_input_embedding", "mlm_loss_first50", "mlm_loss_last50", "dev_acc", "wall_s"]
+    keys = [
+        "unit",
+        "size",
+        "params_input_embedding",
+        "mlm_loss_first50",
+        "mlm_loss_last50",
+        "dev_acc",
+        "wall_s",
+    ]
     print(json.dumps({k: report.get(k) for k in keys}, indent=1))
     print(f"model: {args.out}  (report.json beside it)")
     return 0
@@ -40,8 +48,10 @@ def _cmd_corpus(args) -> int:
     from pairsmith.distill.byte2word_data import build_mlm_corpus
 
     rep = build_mlm_corpus(args.out, args.data)
-    print(f"{rep.sentences} sentences ({rep.read} read, {rep.duplicates} duplicates, "
-          f"{rep.eval_overlap_dropped} equal to an evaluation sentence dropped) -> {rep.path}")
+    print(
+        f"{rep.sentences} sentences ({rep.read} read, {rep.duplicates} duplicates, "
+        f"{rep.eval_overlap_dropped} equal to an evaluation sentence dropped) -> {rep.path}"
+    )
     return 0
 
 
@@ -56,7 +66,9 @@ def _train_subparsers(subparsers) -> argparse._SubParsersAction:
 
 def register(subparsers) -> None:
     sub = _train_subparsers(subparsers)
-    p = sub.add_parser("byte2word", help="Byte2Word (or --tokenizer wordpiece baseline): MLM + classification")
+    p = sub.add_parser(
+        "byte2word", help="Byte2Word (or --tokenizer wordpiece baseline): MLM + classification"
+    )
     p.add_argument("--mlm-corpus", required=True, help="one sentence per line (train byte2word-corpus)")
     p.add_argument("--task", default="sst2", help="sst2, or a 'sentence<TAB>label' training file")
     p.add_argument("--task-dev", default=None, help="labelled dev file (with --task FILE)")
