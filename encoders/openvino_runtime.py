@@ -120,19 +120,14 @@ def load_openvino_runner(
     _openvino()
     export = open_export(source, kind)
     v = (variant or "auto").strip().lower()
-    if v == "auto":  # fp32 file (OpenVINO picks bf16 itself where the CPU has it)
-        v = "fp32"
-    if (
-        v in ("int8", "int8-dynamic")
-        or v.startswith("qint8_")
-        and export.variants.get(v, {}).get("scheme") != "static"
+    v = {"auto": "fp32", "int8": "int8-static"}.get(v, v)  # auto: OpenVINO picks bf16 itself where it pays
+    if v == "int8-dynamic" or (
+        v.startswith("qint8_") and export.variants.get(v, {}).get("scheme") != "static"
     ):
-        if v != "int8":
-            raise InvalidInput(
-                f"onnx_variant: {variant!r} with backend openvino: dynamic int8 graphs are not supported "
-                "there; use int8-static or fp32"
-            )
-        v = "int8-static"
+        raise InvalidInput(
+            f"onnx_variant: {variant!r} with backend openvino: dynamic int8 graphs are not supported "
+            "there; use int8-static or fp32"
+        )
     chosen = choose_variant(export, v, on_gpu=False)
     if chosen == "fp16":
         raise InvalidInput(
