@@ -76,16 +76,6 @@ def engine_variants() -> list[tuple[str, str, str]]:
     return [v for v in ENGINE_VARIANTS if v[1] != "openvino" or available()]
 
 
-def load_runner(source, kind: str, backend: str, variant: str):
-    if backend == "openvino":
-        from pairsmith.encoders.openvino_runtime import load_openvino_runner
-
-        return load_openvino_runner(source, kind, variant)
-    from pairsmith.encoders.onnx_runtime import load_onnx_runner
-
-    return load_onnx_runner(source, kind, variant, "cpu")
-
-
 def invariance(encode, texts: list[str]) -> float:
     """Max |a text alone - the same text in a batch| over ``texts`` (raw outputs)."""
     alone = np.stack([np.asarray(encode([t], 1), dtype=np.float64)[0] for t in texts])
@@ -116,8 +106,7 @@ def bench_bi(args, gold, a, b) -> dict:
     }
     raw = {"pairsmith torch": lambda xs, k: st_enc.encode(xs, batch_size=k, normalize=False).vectors}
     for name, backend, v in engine_variants():
-        enc = BiEncoder.load(args.model, device="cpu")
-        enc.runner = load_runner(enc.source, "bi", backend, v)  # same tokenizer/batching, other engine
+        enc = BiEncoder.load(args.model, device="cpu", backend=backend, onnx_variant=v)
         enc.encode(texts[:64])  # warm-up: first-call allocations
         variants[name] = lambda enc=enc: enc.encode(texts, batch_size=bs).vectors
         raw[name] = lambda xs, k, enc=enc: enc.encode(xs, batch_size=k, normalize=False).vectors
@@ -157,9 +146,7 @@ def bench_cross(args, a, b) -> dict:
         torch_ce = CrossEncoder.load(tmp, device="cpu")
         engines = {}
         for name, backend, v in engine_variants():
-            ce = CrossEncoder.load(tmp, device="cpu")
-            ce.runner = load_runner(ce.source, "cross", backend, v)
-            engines[name] = ce
+            engines[name] = CrossEncoder.load(tmp, device="cpu", backend=backend, onnx_variant=v)
         raw = Activation.RAW
         bs = args.batch_size
         variants = {

@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 from pairsmith.distill.data import load_retrieval_set  # noqa: E402
 from pairsmith.distill.metrics import ndcg_at_k  # noqa: E402
 from pairsmith.encoders import BiEncoder  # noqa: E402
-from pairsmith.service.index_build import BuildConfig, build_index  # noqa: E402
-from pairsmith.service.index_store import IndexStore, Metric, UpsertItem  # noqa: E402
+from pairsmith.service.store.build import BuildConfig, build_index  # noqa: E402
+from pairsmith.service.store.index_store import IndexMetric, IndexStore, UpsertItem  # noqa: E402
 
 
 def write_corpus(path: Path, ids: list[str], texts: list[str]) -> Path:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                         name,
                         dim=enc.dim,
                         factory=factory,
-                        metric=Metric.COSINE,
+                        metric=IndexMetric.COSINE,
                         encoder_fingerprint=enc.fingerprint,
                         encoder_id=enc.model_id,
                     )

@@ -11,7 +11,7 @@ efSearch 64 recall 0.992 and top-1 cosine ~0.66, close to what
 all-MiniLM-L6-v2 shows on real sentences (0.993 in ENVIRONMENT.md).
 
 Indexes are built exactly as the index store builds them
-(:func:`pairsmith.service.index_faiss.new_index`: IDMap2 wrapping, IVF
+(:func:`pairsmith.service.store.faiss_index.new_index`: IDMap2 wrapping, IVF
 hashtable direct map), metric inner product on normalised vectors (= cosine).
 IVF uses nlist = 1024 (100k) / 4096 (1M), trained on a sample of at most
 100k vectors (the store's default ``train_sample_max``). Every QPS figure is
@@ -39,7 +39,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pairsmith.service.index_faiss import Metric, apply_search_params, new_index
+from pairsmith.service.store.faiss_index import IndexMetric, apply_search_params, new_index
 
 DIM = 384
 
@@ -107,7 +107,7 @@ def build(
     factory: str, xb: np.ndarray, budget_s: float, train_max: int = 100_000, build_params: dict | None = None
 ) -> tuple[faiss.Index | None, dict]:
     t0 = time.perf_counter()
-    index = new_index(factory, xb.shape[1], Metric.INNER_PRODUCT, build_params)
+    index = new_index(factory, xb.shape[1], IndexMetric.INNER_PRODUCT, build_params)
     train_s = 0.0
     if not index.is_trained:
         sample = xb[np.random.default_rng(1).choice(len(xb), size=min(len(xb), train_max), replace=False)]
@@ -169,7 +169,7 @@ def bench_index(name: str, factory: str, sweep: list[dict], xb, xq, gt, args) ->
 
 def bench_store(xb, xq, gt, args, factory: str, params: dict) -> dict:
     """The same search through IndexStore: bulk build, then store.search (adds SQLite id lookup)."""
-    from pairsmith.service.index_store import IndexStore, UpsertItem
+    from pairsmith.service.store.index_store import IndexStore, UpsertItem
 
     with tempfile.TemporaryDirectory() as tmp, IndexStore(tmp) as store:
         t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def bench_store(xb, xq, gt, args, factory: str, params: dict) -> dict:
             "bench",
             dim=xb.shape[1],
             factory=factory,
-            metric=Metric.INNER_PRODUCT,
+            metric=IndexMetric.INNER_PRODUCT,
             encoder_fingerprint="synthetic",
             encoder_id="synthetic",
             search_params=params,

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from pairsmith.service.batcher import plan_batches  # noqa: E402
+from pairsmith.encoders.pipeline import plan_batches  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,7 @@ def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, int, P
     tmp = Path(tempfile.mkdtemp(prefix="pairsmith-bench-"))
     port_file = tmp / "port"
     log = tmp / "server.log"
-    cmd = [sys.executable, "-m", "pairsmith.service.cli", "serve", "--model", model, "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "pairsmith", "serve", "--model", model, "--host", "127.0.0.1"]
     cmd += ["--port", "0", "--port-file", str(port_file), "--data-dir", str(tmp / "data"), *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     while not port_file.exists():
@@ -176,7 +176,12 @@ def pct_ms(lat: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
-    ap.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="server and in-process")
+    ap.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "openvino", "auto"),
+        default="torch",
+        help="server and in-process",
+    )
     ap.add_argument("--texts", type=int, default=1024, help="texts per measurement")
     ap.add_argument("--loads", default="16x8,4x32", help="CLIENTSxTEXTS_PER_REQUEST, comma-separated")
     ap.add_argument("--repeats", type=int, default=3)
@@ -255,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_line(),
             "model": bi.model_id,
             "backend": args.backend,
-            "variant": getattr(bi.runner, "variant", "torch"),
+            "variant": bi.pipeline.backend.variant,
             "texts_per_measurement": len(texts),
             "repeats": args.repeats,
             "texts_per_s_median": {k: round(v, 1) for k, v in med.items()},

@@ -40,18 +40,18 @@ from torch import nn
 
 from pairsmith.distill.augment import Sampling, augment_pairs
 from pairsmith.distill.data import PairSet
+from pairsmith.distill.fit_config import DSE_FIT_DEFAULT, FitConfig
 from pairsmith.distill.labels import parse_enum
 from pairsmith.distill.pairsets import load_pairs, pair_key, scale_scores, score_range_for, subsample
 from pairsmith.distill.runstate import RunState, save_dir_atomic, save_npz_atomic, write_json_atomic
 from pairsmith.distill.selection import Metric, binary_metrics, pair_metric
 from pairsmith.distill.supervised import resolve_cross_dir
-from pairsmith.distill.train import FitConfig, PairEmbedder, run_fit
+from pairsmith.distill.train import PairEmbedder, run_fit
 from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
 
-DSE_FIT_DEFAULT = FitConfig(epochs=4, batch_size=16, lr=2e-5, warmup_ratio=0.1, max_length=128, eval_steps=0)
 HEAD_DIR = "dse_head"
 
 

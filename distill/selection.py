@@ -60,9 +60,9 @@ def bi_scores(
     st_model, source: ModelSource, s1: list[str], s2: list[str], batch_size: int = 64
 ) -> np.ndarray:
     """Cosines of pairs from a SentenceTransformer that may be in training (left in eval mode)."""
-    return BiEncoder(st_model, source=source, device=str(st_model.device)).similarity(
-        s1, s2, batch_size=batch_size
-    )
+    return BiEncoder.from_sentence_transformer(
+        st_model, source=source, device=str(st_model.device)
+    ).similarity(s1, s2, batch_size=batch_size)
 
 
 def cross_scores(
@@ -75,7 +75,7 @@ def cross_scores(
     batch_size: int = 64,
 ) -> np.ndarray:
     """Sigmoid scores of pairs from a sentence-transformers CrossEncoder that may be in training."""
-    ce = CrossEncoder(ce_model, source=source, device=str(ce_model.device))
+    ce = CrossEncoder.from_st(ce_model, source=source, device=str(ce_model.device))
     pairs = list(zip(s1, s2, strict=True))
     return ce.score(pairs, activation=Activation.SIGMOID, symmetric=symmetric, batch_size=batch_size).values
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from pairsmith.distill.fit_config import TRAIN_CROSS_DEFAULT, FitConfig
 from pairsmith.distill.pairsets import load_pairs, scale_scores, score_range_for, subsample
 from pairsmith.distill.runstate import RunState, save_dir_atomic, write_json_atomic
 from pairsmith.distill.selection import Metric, binary_metrics, cross_scores, make_evaluator, pair_metric
-from pairsmith.distill.train import FitConfig, fit_cross_encoder
+from pairsmith.distill.train import fit_cross_encoder
 from pairsmith.encoders import CrossEncoder
 from pairsmith.encoders.runtime import resolve_device
 from pairsmith.errors import InvalidInput
@@ -42,9 +43,7 @@ class TrainCrossConfig:
     both_orders: bool = True  # train on (a, b) and (b, a)
     symmetric_eval: bool = False  # score dev/test as the mean of both orders
     max_pairs: int | None = None  # subsample the training pairs (CPU budgets)
-    fit: FitConfig = field(
-        default_factory=lambda: FitConfig(epochs=4, batch_size=16, lr=2e-5, max_length=128)
-    )
+    fit: FitConfig = TRAIN_CROSS_DEFAULT
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pairsmith.distill.data import STS7, PairSet, load_sts_set
+from pairsmith.distill.fit_config import BI_DEFAULT, CROSS_DEFAULT, FitConfig
 from pairsmith.distill.labels import (
     Combine,
     LabelRange,
@@ -54,14 +55,11 @@ from pairsmith.distill.runstate import (
     write_json_atomic,
 )
 from pairsmith.distill.selection import Metric, bi_scores, cross_scores, make_evaluator
-from pairsmith.distill.train import FitConfig, fit_bi_encoder, fit_cross_encoder
+from pairsmith.distill.train import fit_bi_encoder, fit_cross_encoder
 from pairsmith.encoders import BiEncoder, CrossEncoder
 from pairsmith.errors import InvalidInput
 
 log = logging.getLogger(__name__)
-
-CROSS_DEFAULT = FitConfig(epochs=1, batch_size=32, lr=2e-5, warmup_ratio=0.1, max_length=64, eval_steps=200)
-BI_DEFAULT = FitConfig(epochs=10, batch_size=128, lr=5e-5, warmup_ratio=0.0, max_length=32, eval_steps=200)
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,38 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pairsmith.encoders.runtime import Backend, Runner, TorchRunner, resolve_device
+from pairsmith.encoders.pipeline import Pipeline
+from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine
+from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
 from pairsmith.encoders.source import ModelSource, fingerprint, resolve_model
-from pairsmith.encoders.tokenize import TextTokenizer
-from pairsmith.encoders.types import Embeddings, Pooling
+from pairsmith.encoders.tokenize import TextTokenizer, Tokenizer
+from pairsmith.encoders.types import Embeddings, OutputKind, Pooling
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
+
+
+# Module classes outside sentence-transformers that pairsmith imports without asking: its own
+# (installed, never downloaded). Tests add their example package.
+TRUSTED_MODULE_PREFIXES: list[str] = ["pairsmith."]
+
+
+def trusted_custom_modules(path: Path) -> bool:
+    """True when ``modules.json`` names custom classes and all of them are trusted (pairsmith's own).
+
+    A module class from elsewhere is refused with a clear error instead of being imported.
+    """
+    from pairsmith.encoders.source import read_json
+
+    types = [str(m.get("type", "")) for m in read_json(path / "modules.json")]
+    custom = [t for t in types if not t.startswith("sentence_transformers.")]
+    untrusted = [t for t in custom if not any(t.startswith(p) for p in TRUSTED_MODULE_PREFIXES)]
+    if untrusted:
+        raise FailedPrecondition(
+            f"model {path}: modules.json names classes outside sentence-transformers and pairsmith "
+            f"({', '.join(untrusted)}); pairsmith does not import third-party code from a model directory"
+        )
+    return bool(custom)
 
 
 def load_sentence_transformer(source: ModelSource, *, pooling: Pooling | None, device: str):
@@ -30,7 +55,11 @@ def load_sentence_transformer(source: ModelSource, *, pooling: Pooling | None, d
     from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
 
+    from pairsmith.encoders.modules import enable_all_layers
+
     local = {"local_files_only": True} if source.is_local else {}
+    if source.is_sentence_transformer:
+        local["trust_remote_code"] = trusted_custom_modules(source.path)
     if source.is_sentence_transformer or not source.is_local:
         model = SentenceTransformer(source.load_arg, device=device, **local)
     else:
@@ -48,12 +77,32 @@ def load_sentence_transformer(source: ModelSource, *, pooling: Pooling | None, d
         keep_norm = any(isinstance(m, Normalize) for m in modules)
         modules = [m for m in modules if not isinstance(m, Normalize)] + ([Normalize()] if keep_norm else [])
         model = SentenceTransformer(modules=modules, device=device)
+    enable_all_layers(model)  # a pooler reading every hidden layer gets them
     model.eval()
     return model
 
 
+def st_tokenizer(st_model, max_length: int) -> Tokenizer:
+    """The pairsmith tokenizer of a sentence-transformers pipeline's first module.
+
+    A Hugging Face fast tokenizer becomes a :class:`TextTokenizer`; a custom first module (a
+    byte-level word embedder, say) hands its own :class:`Tokenizer` through ``pairsmith_tokenizer``.
+    """
+    first = next(iter(st_model._modules.values()))
+    own = getattr(first, "pairsmith_tokenizer", None)
+    if callable(own):
+        return own(max_length)
+    return TextTokenizer(st_model.tokenizer, max_length)
+
+
+def st_normalizes(st_model) -> bool:
+    from sentence_transformers.sentence_transformer.modules import Normalize
+
+    return any(isinstance(m, Normalize) for m in st_model._modules.values())
+
+
 class BiEncoder:
-    """Sentence embeddings from a sentence-transformers model.
+    """Sentence embeddings from a sentence-transformers model (torch) or its ONNX export.
 
     Example::
 
@@ -63,20 +112,35 @@ class BiEncoder:
 
     def __init__(
         self,
-        st_model,
+        pipeline: Pipeline,
         *,
         source: ModelSource,
+        dim: int,
+        st_model=None,
         device: str = "cpu",
-        runner: Runner | None = None,
         backend: Backend = Backend.TORCH,
     ) -> None:
-        self.st_model = st_model
+        self.pipeline = pipeline
+        self.st_model = st_model  # the torch model (None with backend=onnx: weights are not loaded twice)
         self.source = source
         self.device = device
         self.backend = backend
+        self._dim = int(dim)
+
+    @classmethod
+    def from_sentence_transformer(cls, st_model, *, source: ModelSource, device: str = "cpu") -> BiEncoder:
         max_len = int(st_model.max_seq_length or 512)
-        self.tokenizer = TextTokenizer(st_model.tokenizer, max_len)
-        self.runner: Runner = runner or TorchRunner(st_model, device, "sentence_embedding")
+        tok = st_tokenizer(st_model, max_len)
+        be = TorchBackend(
+            st_model, device, "sentence_embedding", OutputKind.EMBEDDINGS, normalizes=st_normalizes(st_model)
+        )
+        return cls(
+            Pipeline(tok, be),
+            source=source,
+            dim=int(st_model.get_embedding_dimension()),
+            st_model=st_model,
+            device=device,
+        )
 
     @classmethod
     def load(
@@ -88,31 +152,50 @@ class BiEncoder:
         max_length: int | None = None,
         backend: Backend | str = Backend.TORCH,
         onnx_variant: str | None = None,
+        auto_export: bool = True,
     ) -> BiEncoder:
+        """Load ``default``, a model directory or a hub name.
+
+        ``backend="onnx"`` runs the model's ONNX export without building the torch model; a model
+        with no export yet is exported on first use into the cache (``auto_export=False`` refuses).
+        """
         source = resolve_model(model)
         dev = resolve_device(device)
         pool = Pooling.parse(pooling) if pooling is not None else None
-        st = load_sentence_transformer(source, pooling=pool, device=dev)
-        if max_length is not None:
-            if max_length < 2:
-                raise InvalidInput(f"max_length: must be >= 2, got {max_length}")
-            st.max_seq_length = int(max_length)
+        if max_length is not None and max_length < 2:
+            raise InvalidInput(f"max_length: must be >= 2, got {max_length}")
         be = Backend.parse(backend)
-        runner = None
-        if be is Backend.ONNX:
+        if be is Backend.AUTO:
+            from pairsmith.encoders.engines import resolve_auto
+
+            be, onnx_variant = (
+                resolve_auto(dev, onnx_variant) if pool is None else (Backend.TORCH, onnx_variant)
+            )
+        if be in (Backend.ONNX, Backend.OPENVINO):
             if pool is not None:
                 raise InvalidInput(
-                    "pooling: cannot override pooling with backend=onnx; export the model with it"
+                    f"pooling: cannot override pooling with backend={be.value}; export the model with it"
                 )
-            from pairsmith.encoders.onnx_runtime import load_onnx_runner
+            from pairsmith.encoders.engines import load_export_backend
 
-            runner = load_onnx_runner(source, kind="bi", variant=onnx_variant, device=dev)
-        return cls(st, source=source, device=dev, runner=runner, backend=be)
+            onnx = load_export_backend(
+                be, source, kind="bi", variant=onnx_variant, device=dev, auto_export=auto_export
+            )
+            tok = onnx.tokenizer(max_length)
+            return cls(Pipeline(tok, onnx.backend), source=source, dim=onnx.dim, device=dev, backend=be)
+        st = load_sentence_transformer(source, pooling=pool, device=dev)
+        if max_length is not None:
+            st.max_seq_length = int(max_length)
+        return cls.from_sentence_transformer(st, source=source, device=dev)
 
     # -- facts -------------------------------------------------------------
     @property
     def dim(self) -> int:
-        return int(self.st_model.get_embedding_dimension())
+        return self._dim
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.pipeline.tokenizer
 
     @property
     def max_length(self) -> int:
@@ -131,8 +214,8 @@ class BiEncoder:
         vectors differ slightly and would mix badly with full-precision ones.
         """
         base = f"hub:{self.source.hub_id}" if self.source.path is None else fingerprint(self.source.path)
-        variant = getattr(self.runner, "variant", None)
-        return base if variant in (None, "fp32") else f"{base}+{variant}"
+        variant = self.pipeline.backend.variant
+        return base if variant == "fp32" else f"{base}+{variant}"
 
     # -- work --------------------------------------------------------------
     def encode(
@@ -142,31 +225,42 @@ class BiEncoder:
         batch_size: int = 32,
         max_tokens: int | None = None,
         normalize: bool = True,
+        dimensions: int | None = None,
         show_progress: bool = False,
     ) -> Embeddings:
-        """Embed ``texts`` (input order kept). ``normalize`` L2-normalises rows."""
+        """Embed ``texts`` (input order kept).
+
+        ``normalize`` L2-normalises rows; ``dimensions`` keeps the first D components (then
+        normalises, when ``normalize``); ``max_tokens`` caps padded tokens per forward.
+        """
+        if batch_size < 1:
+            raise InvalidInput(f"batch_size: must be >= 1, got {batch_size}")
         enc = self.tokenizer.encode(texts)
-        out = np.zeros((len(enc), self.dim), dtype=np.float32)
-        bar = tqdm(total=len(enc), desc="encode", unit="text", disable=not show_progress)
-        for idx, batch in self.tokenizer.batches(enc, batch_size=batch_size, max_tokens=max_tokens):
-            out[idx] = self.runner.run(batch)
-            bar.update(len(idx))
-        bar.close()
-        if normalize and len(out):
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.maximum(norms, 1e-12)
-        return Embeddings(vectors=out, token_counts=enc.token_counts, truncated=enc.truncated)
+        with tqdm(total=len(enc), desc="encode", unit="text", disable=not show_progress) as bar:
+            out = self.pipeline.forward(enc, max_rows=batch_size, max_tokens=max_tokens, progress=bar.update)
+        vecs = out.values if len(enc) else np.zeros((0, self.dim), dtype=np.float32)
+        vecs = finalize_vectors(
+            vecs,
+            dimensions=dimensions,
+            normalize=normalize,
+            already_normalized=self.pipeline.backend.normalizes,
+        )
+        return Embeddings(vectors=vecs, token_counts=enc.token_counts, truncated=enc.truncated)
 
     def similarity(self, a: Sequence[str], b: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
         """Cosine similarity of each pair ``(a[i], b[i])``."""
         if len(a) != len(b):
             raise InvalidInput(f"similarity: {len(a)} left texts vs {len(b)} right texts")
         uniq = list(dict.fromkeys([*a, *b]))
-        vecs = self.encode(uniq, batch_size=batch_size, normalize=True).vectors
+        vecs = self.encode(uniq, batch_size=batch_size, normalize=False).vectors
         pos = {t: i for i, t in enumerate(uniq)}
         ia = np.fromiter((pos[t] for t in a), dtype=np.int64, count=len(a))
         ib = np.fromiter((pos[t] for t in b), dtype=np.int64, count=len(b))
-        return np.einsum("nd,nd->n", vecs[ia], vecs[ib]).astype(np.float32)
+        return pair_cosine(vecs[ia], vecs[ib])
 
     def save(self, path: str | Path) -> None:
+        if self.st_model is None:
+            raise FailedPrecondition(
+                "save: this encoder runs an ONNX export; save the source model directory instead"
+            )
         self.st_model.save(str(path))

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pairsmith.encoders.runtime import Backend, Runner, TorchRunner, resolve_device
+from pairsmith.encoders.pipeline import Pipeline
+from pairsmith.encoders.postprocess import sigmoid
+from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
 from pairsmith.encoders.source import ModelSource, fingerprint, read_json, resolve_model
-from pairsmith.encoders.tokenize import TextTokenizer
-from pairsmith.encoders.types import Activation, Scores
-from pairsmith.errors import InvalidInput
+from pairsmith.encoders.tokenize import TextTokenizer, Tokenizer
+from pairsmith.encoders.types import Activation, OutputKind, Scores
+from pairsmith.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -90,31 +92,32 @@ def init_missing_pooler(hf_model, directory: Path | None) -> bool:
     return True
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 class CrossEncoder:
     """Scores sentence pairs jointly (one forward pass per pair)."""
 
     def __init__(
         self,
-        st_model,
+        pipeline: Pipeline,
         *,
         source: ModelSource,
+        st_model=None,
         device: str = "cpu",
-        runner: Runner | None = None,
         backend: Backend = Backend.TORCH,
         keepalive: object | None = None,
     ) -> None:
-        self.st_model = st_model
+        self.pipeline = pipeline
+        self.st_model = st_model  # None with backend=onnx
         self.source = source
         self.device = device
         self.backend = backend
         self._keepalive = keepalive  # temp backbone view, if any
+
+    @classmethod
+    def from_st(cls, st_model, *, source: ModelSource, device: str = "cpu", keepalive=None) -> CrossEncoder:
         max_len = int(getattr(st_model, "max_length", None) or 512)
-        self.tokenizer = TextTokenizer(st_model.tokenizer, max_len)
-        self.runner: Runner = runner or TorchRunner(st_model, device, "scores")
+        tok = TextTokenizer(st_model.tokenizer, max_len)
+        be = TorchBackend(st_model, device, "scores", OutputKind.SCORES)
+        return cls(Pipeline(tok, be), source=source, st_model=st_model, device=device, keepalive=keepalive)
 
     @classmethod
     def load(
@@ -125,6 +128,7 @@ class CrossEncoder:
         max_length: int | None = None,
         backend: Backend | str = Backend.TORCH,
         onnx_variant: str | None = None,
+        auto_export: bool = True,
     ) -> CrossEncoder:
         """Load a trained cross-encoder. A bi-encoder directory is refused: use from_backbone."""
         source = resolve_model(model)
@@ -133,18 +137,26 @@ class CrossEncoder:
                 f"cross-encoder: {source.ref} is a bi-encoder (sentence-transformers pooling model); "
                 "train a cross-encoder from it first (pairsmith train cross-encoder) or use CrossEncoder.from_backbone"
             )
+        dev = resolve_device(device)
+        be = Backend.parse(backend)
+        if be is Backend.AUTO:
+            from pairsmith.encoders.engines import resolve_auto
+
+            be, onnx_variant = resolve_auto(dev, onnx_variant)
+        if be in (Backend.ONNX, Backend.OPENVINO):
+            from pairsmith.encoders.engines import load_export_backend
+
+            onnx = load_export_backend(
+                be, source, kind="cross", variant=onnx_variant, device=dev, auto_export=auto_export
+            )
+            return cls(
+                Pipeline(onnx.tokenizer(max_length), onnx.backend), source=source, device=dev, backend=be
+            )
         from sentence_transformers import CrossEncoder as STCrossEncoder
 
-        dev = resolve_device(device)
         local = {"local_files_only": True} if source.is_local else {}
         st = STCrossEncoder(source.load_arg, device=dev, max_length=max_length, **local)
-        be = Backend.parse(backend)
-        runner = None
-        if be is Backend.ONNX:
-            from pairsmith.encoders.onnx_runtime import load_onnx_runner
-
-            runner = load_onnx_runner(source, kind="cross", variant=onnx_variant, device=dev)
-        return cls(st, source=source, device=dev, runner=runner, backend=be)
+        return cls.from_st(st, source=source, device=dev)
 
     @classmethod
     def from_backbone(
@@ -170,7 +182,11 @@ class CrossEncoder:
                 "(the head reads tanh([CLS]))",
                 source.ref,
             )
-        return cls(st, source=source, device=dev, keepalive=view)
+        return cls.from_st(st, source=source, device=dev, keepalive=view)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.pipeline.tokenizer
 
     @property
     def model_id(self) -> str:
@@ -184,7 +200,9 @@ class CrossEncoder:
     def fingerprint(self) -> str:
         if self.source.path is None:
             return f"hub:{self.source.hub_id}"
-        return fingerprint(self.source.path)
+        base = fingerprint(self.source.path)
+        variant = self.pipeline.backend.variant
+        return base if variant == "fp32" else f"{base}+{variant}"
 
     def score(
         self,
@@ -199,25 +217,26 @@ class CrossEncoder:
         """One score per pair. ``symmetric`` averages the scores of (a, b) and (b, a)."""
         pairs = list(pairs)
         logits, counts, trunc = self._logits(pairs, batch_size, max_tokens, show_progress)
-        vals = _sigmoid(logits) if activation is Activation.SIGMOID else logits
+        vals = sigmoid(logits) if activation is Activation.SIGMOID else logits
         if symmetric:
             rl, rc, rt = self._logits([(b, a) for a, b in pairs], batch_size, max_tokens, show_progress)
-            rvals = _sigmoid(rl) if activation is Activation.SIGMOID else rl
+            rvals = sigmoid(rl) if activation is Activation.SIGMOID else rl
             vals = (vals + rvals) / 2.0
             counts = counts + rc
             trunc = trunc | rt
-        return Scores(values=vals.astype(np.float32), token_counts=counts, truncated=trunc)
+        return Scores(values=np.asarray(vals, dtype=np.float32), token_counts=counts, truncated=trunc)
 
     def _logits(self, pairs, batch_size, max_tokens, show_progress):
+        if batch_size < 1:
+            raise InvalidInput(f"batch_size: must be >= 1, got {batch_size}")
         enc = self.tokenizer.encode_pairs(pairs)
-        out = np.zeros(len(enc), dtype=np.float32)
-        bar = tqdm(total=len(enc), desc="score", unit="pair", disable=not show_progress)
-        for idx, batch in self.tokenizer.batches(enc, batch_size=batch_size, max_tokens=max_tokens):
-            res = self.runner.run(batch)
-            out[idx] = res.reshape(len(idx), -1)[:, 0]
-            bar.update(len(idx))
-        bar.close()
-        return out, enc.token_counts, enc.truncated
+        with tqdm(total=len(enc), desc="score", unit="pair", disable=not show_progress) as bar:
+            out = self.pipeline.forward(enc, max_rows=batch_size, max_tokens=max_tokens, progress=bar.update)
+        return out.values.astype(np.float32), enc.token_counts, enc.truncated
 
     def save(self, path: str | Path) -> None:
+        if self.st_model is None:
+            raise FailedPrecondition(
+                "save: this cross-encoder runs an ONNX export; save the source directory"
+            )
         self.st_model.save(str(path))

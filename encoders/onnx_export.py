@@ -188,12 +188,11 @@ def _torch_export(spec: GraphSpec, path: Path, opset: int) -> None:
 
     import torch
 
-    ids = torch.tensor([[101, 2023, 2003, 102], [101, 2748, 102, 0]], dtype=torch.long)  # (2, 4)
-    mask = (ids != 0).long()
-    args: tuple = (ids, mask)
-    if "token_type_ids" in spec.input_names:
-        args = (ids, mask, torch.zeros_like(ids))
-    axes = {n: {0: "batch", 1: "sequence"} for n in spec.input_names}
+    feeds = spec.feeds(["A man is playing a guitar.", "Hi"])
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names)
+    axes = dict(spec.input_axes) if spec.input_axes is not None else {}
+    for n in spec.input_names:
+        axes.setdefault(n, {0: "batch", 1: "sequence"})
     axes.update(spec.output_axes)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that hold for every input
@@ -221,15 +220,13 @@ def _parity(spec: GraphSpec, path: Path) -> float:
         "Hi",
         "The quick brown fox jumps over the lazy dog near the quiet river bank at dawn, twice.",
     ]
-    if spec.kind == "cross":
-        enc = spec.tokenizer(texts, texts[::-1], padding=True, truncation=True, max_length=spec.max_length)
-    else:
-        enc = spec.tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length)
-    feeds = {n: np.asarray(enc[n], dtype=np.int64) for n in spec.input_names}
+    feeds = spec.feeds(texts)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run([spec.primary_output], feeds)[0]
+    types = {i.name: (np.float32 if "float" in i.type else np.int64) for i in sess.get_inputs()}
+    got = sess.run([spec.primary_output], {n: feeds[n].astype(types[n]) for n in types})[0]
     with torch.no_grad():
-        ref = spec.module(*[torch.from_numpy(feeds[n]) for n in spec.input_names])[0].float().numpy()
+        ref = spec.module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names])
+        ref = ref[spec.output_names.index(spec.primary_output)].float().numpy()
     return float(np.abs(got - ref).max())
 
 

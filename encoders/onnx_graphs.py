@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pairsmith.encoders.source import ModelSource, read_json
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
@@ -48,6 +50,28 @@ class GraphSpec:
     tokenizer: object  # a Hugging Face fast tokenizer (for the parity check)
     details: dict = field(default_factory=dict)  # recorded in the manifest (pooling, head, ...)
     save: Callable[[str], None] | None = None  # writes the model directory (used for hub models)
+    # Inputs for tracing and the parity check, by input name; a kind whose inputs are not plain
+    # tokenizer output (Uni-Encoder masks, packed bytes) provides them. None: built from the tokenizer.
+    example_feeds: Callable[[], dict[str, np.ndarray]] | None = None
+    input_axes: dict[str, dict[int, str]] | None = None  # None: (batch, sequence) on every input
+
+    def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Graph inputs for ``texts`` (pairs of ``texts`` and its reverse for a cross-encoder)."""
+        if self.example_feeds is not None:
+            return self.example_feeds()
+        tok = self.tokenizer
+        if hasattr(tok, "encode_pairs"):  # a pairsmith Tokenizer (protocol), not a transformers one
+            enc = (
+                tok.encode_pairs(list(zip(texts, texts[::-1], strict=True)))
+                if self.kind == "cross"
+                else tok.encode(texts)
+            )
+            have = tok.pad(enc.ids, enc.type_ids).feeds()
+        elif self.kind == "cross":
+            have = dict(tok(texts, texts[::-1], padding=True, truncation=True, max_length=self.max_length))
+        else:
+            have = dict(tok(texts, padding=True, truncation=True, max_length=self.max_length))
+        return {n: np.asarray(have[n]) for n in self.input_names}
 
 
 GraphBuilder = Callable[[ModelSource], GraphSpec]
@@ -93,29 +117,30 @@ def _build_bi(source: ModelSource) -> GraphSpec:
     from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
 
-    from pairsmith.encoders.bi_encoder import load_sentence_transformer
+    from pairsmith.encoders.bi_encoder import load_sentence_transformer, st_tokenizer
 
     st = load_sentence_transformer(source, pooling=None, device="cpu")
     modules = list(st._modules.values())
     body = modules[0]
-    if not isinstance(body, Transformer):
+    custom_tok = callable(getattr(body, "pairsmith_tokenizer", None))
+    if not isinstance(body, Transformer) and not custom_tok:
         raise FailedPrecondition(
-            f"export: {source.ref}: first module is {type(body).__name__}, not a Transformer"
+            f"export: {source.ref}: first module is {type(body).__name__}, neither a Transformer nor a "
+            "module with its own pairsmith_tokenizer"
         )
-    hf = body.auto_model
-    _eager(hf)
-    names = _input_names(st.tokenizer)
+    hf = getattr(body, "auto_model", None)
+    if hf is not None:
+        _eager(hf)
+    tok = st_tokenizer(st, int(st.max_seq_length or 512)) if custom_tok else st.tokenizer
+    names = tuple(getattr(body, "onnx_input_names", None) or _input_names(tok))
 
     class BiGraph(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.st = st
 
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            feats = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                feats["token_type_ids"] = token_type_ids
-            out = self.st(feats)
+        def forward(self, *inputs):
+            out = self.st(dict(zip(names, inputs, strict=True)))
             return out["sentence_embedding"], out["token_embeddings"]  # (B, D), (B, T, H)
 
     pools = [m for m in modules if isinstance(m, STPooling)]
@@ -125,7 +150,7 @@ def _build_bi(source: ModelSource) -> GraphSpec:
         "modules": [type(m).__name__ for m in modules],
         "dim": int(st.get_embedding_dimension()),
     }
-    heads, hidden = _heads(hf.config)
+    heads, hidden = _heads(hf.config) if hf is not None else (0, 0)
     return GraphSpec(
         kind="bi",
         module=BiGraph().eval(),
@@ -133,11 +158,11 @@ def _build_bi(source: ModelSource) -> GraphSpec:
         output_names=("sentence_embedding", "last_hidden_state"),
         output_axes={"sentence_embedding": {0: "batch"}, "last_hidden_state": {0: "batch", 1: "sequence"}},
         primary_output="sentence_embedding",
-        model_type=str(hf.config.model_type),
+        model_type=str(hf.config.model_type) if hf is not None else "custom",
         num_heads=heads,
         hidden_size=hidden,
         max_length=int(st.max_seq_length or 512),
-        tokenizer=st.tokenizer,
+        tokenizer=tok,
         details=details,
         save=st.save,
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +24,10 @@ import numpy as np
 
 from pairsmith.encoders.onnx_export import MANIFEST, find_export
 from pairsmith.encoders.onnx_quant import FP16_FILE, FP32_FILE, Int8Scheme, detect_isa, int8_variant
+from pairsmith.encoders.runtime import RunnerBackend
 from pairsmith.encoders.source import ModelSource, fingerprint, read_json
-from pairsmith.encoders.types import TokenBatch
+from pairsmith.encoders.tokenize import TextTokenizer, Tokenizer
+from pairsmith.encoders.types import OutputKind, TokenBatch
 from pairsmith.errors import FailedPrecondition, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -181,15 +185,23 @@ class OnnxRunner:
         self.export = export
         self.output = export.manifest.get("primary_output") or self.session.get_outputs()[0].name
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_dtypes = {
+            i.name: (np.float32 if "float" in i.type else np.int64) for i in self.session.get_inputs()
+        }
         self.device_id = int(device.split(":", 1)[1]) if ":" in device else 0
         log.info("onnx runner: %s on %s", path.name, self.session.get_providers()[0])
 
     def _feeds(self, batch: TokenBatch) -> dict[str, np.ndarray]:
-        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if "token_type_ids" in self.input_names:
-            tt = batch.token_type_ids
-            feeds["token_type_ids"] = tt if tt is not None else np.zeros_like(batch.input_ids)
-        return {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in feeds.items() if k in self.input_names}
+        """The batch's arrays the graph asks for, by name, in the graph's dtypes."""
+        have = batch.feeds()
+        if "token_type_ids" in self.input_names and "token_type_ids" not in have:
+            have["token_type_ids"] = np.zeros_like(batch.input_ids)
+        missing = [n for n in self.input_names if n not in have]
+        if missing:
+            raise FailedPrecondition(
+                f"onnx: the graph needs inputs {missing} that this token batch does not carry"
+            )
+        return {n: np.ascontiguousarray(have[n], dtype=self.input_dtypes[n]) for n in self.input_names}
 
     def run(self, batch: TokenBatch) -> np.ndarray:
         feeds = self._feeds(batch)
@@ -211,9 +223,11 @@ class OnnxRunner:
 def load_onnx_runner(
     source: ModelSource, kind: str, variant: str | None, device: str, *, threads: int | None = None
 ) -> OnnxRunner:
-    """The runner BiEncoder / CrossEncoder use with ``backend='onnx'``."""
-    if kind not in ("bi", "cross"):
-        raise InvalidInput(f"kind: expected 'bi' or 'cross', got {kind!r}")
+    """Open ``source``'s export of ``kind`` and a session on the chosen variant."""
+    from pairsmith.encoders.onnx_graphs import exporter_kinds
+
+    if kind not in exporter_kinds():
+        raise InvalidInput(f"kind: expected one of {list(exporter_kinds())}, got {kind!r}")
     export = open_export(source, kind)
     _, on_gpu = _providers(device)
     chosen = choose_variant(export, variant, on_gpu)
@@ -223,12 +237,120 @@ def load_onnx_runner(
     return OnnxRunner(export.path(chosen), export, chosen, device, threads)
 
 
+@dataclass(frozen=True)
+class OnnxModel:
+    """What an encoder needs to run an export without torch: the backend, its tokenizer, facts."""
+
+    backend: RunnerBackend
+    export: OnnxExport
+    model_dir: Path
+
+    @property
+    def dim(self) -> int:
+        dim = int(self.export.manifest.get("details", {}).get("dim") or 0)
+        if dim == 0 and self.backend.kind is OutputKind.EMBEDDINGS:  # exports made before "dim" was recorded
+            ids = np.array([[1, 2]], dtype=np.int64)
+            dim = int(
+                self.backend.embed(TokenBatch(ids, np.ones_like(ids), np.zeros_like(ids))).values.shape[1]
+            )
+        return dim
+
+    def tokenizer(self, max_length: int | None) -> Tokenizer:
+        """The model's tokenizer, without ``transformers`` and without its torch weights.
+
+        A WordPiece/BPE model: the fast tokenizer from ``tokenizer.json``. A model whose first
+        module owns its tokenizer (e.g. a byte-level word embedder): that class's
+        ``load_tokenizer(module_dir, max_length)``.
+        """
+        runner = self.backend.runner
+        length = int(max_length or self.export.manifest.get("max_length") or 512)
+        first = _first_module(self.model_dir)
+        if first is not None:
+            cls, module_dir = first
+            return cls.load_tokenizer(module_dir, length)
+        return TextTokenizer.from_dir(
+            self.model_dir, length, uses_type_ids="token_type_ids" in runner.input_names
+        )
+
+
+def _first_module(model_dir: Path):
+    """(class, folder) of a custom first module with its own tokenizer, else None."""
+    import importlib
+
+    mj = model_dir / "modules.json"
+    if not mj.is_file():
+        return None
+    mods = read_json(mj)
+    if not mods:
+        return None
+    ref = str(mods[0].get("type", ""))
+    if ref.startswith("sentence_transformers."):
+        return None
+    from pairsmith.encoders.bi_encoder import trusted_custom_modules
+
+    trusted_custom_modules(model_dir)  # refuses classes from outside pairsmith
+    mod_name, _, cls_name = ref.rpartition(".")
+    cls = getattr(importlib.import_module(mod_name), cls_name)
+    if not hasattr(cls, "load_tokenizer"):
+        return None
+    return cls, model_dir / str(mods[0].get("path", ""))
+
+
+_KIND_OUTPUT = {"bi": OutputKind.EMBEDDINGS, "cross": OutputKind.SCORES}
+
+
+def load_onnx_backend(
+    source: ModelSource,
+    kind: str,
+    variant: str | None,
+    device: str,
+    *,
+    threads: int | None = None,
+    auto_export: bool = True,
+    output: OutputKind | None = None,
+) -> OnnxModel:
+    """The backend BiEncoder / CrossEncoder use with ``backend='onnx'``.
+
+    With no export yet and ``auto_export``, the model is exported once (fp32, into the model's
+    ``onnx/`` or the cache for packaged/read-only models), with a progress line on stderr.
+    """
+    if source.path is None:
+        raise NotFound(
+            f"onnx: {source.ref} is a hub name; export a local copy first: "
+            f"pairsmith export onnx --model {source.ref} --out DIR"
+        )
+    try:
+        find_export(source)
+    except NotFound:
+        if not auto_export:
+            raise
+        from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
+
+        print(
+            f"pairsmith: no ONNX export of {source.ref} yet; exporting it once (fp32) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        t0 = time.perf_counter()
+        res = export_onnx(str(source.path), ExportConfig(kind=kind))
+        print(
+            f"pairsmith: exported to {res.onnx_dir} in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    runner = load_onnx_runner(source, kind, variant, device, threads=threads)
+    out_kind = output or _KIND_OUTPUT.get(kind, OutputKind.EMBEDDINGS)
+    normalizes = bool(runner.export.manifest.get("details", {}).get("normalize"))
+    return OnnxModel(RunnerBackend(runner, out_kind, normalizes=normalizes), runner.export, source.path)
+
+
 __all__ = [
     "FP16_FILE",
     "FP32_FILE",
     "OnnxExport",
     "OnnxRunner",
     "choose_variant",
+    "load_onnx_backend",
     "load_onnx_runner",
     "open_export",
     "physical_cores",

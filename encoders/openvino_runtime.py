@@ -84,11 +84,15 @@ class OpenVinoRunner:
             raise FailedPrecondition(f"backend openvino: cannot compile {path}: {exc}") from exc
         self.path = path
         self.export = export
-        self.variant = variant
+        self.file_variant = variant  # the manifest key of the file compiled
+        self.precision = self.compiled.get_property(
+            "INFERENCE_PRECISION_HINT"
+        ).get_type_name()  # f32, bf16 ...
+        # Reduced-precision inference gives other vectors: its own fingerprint suffix (never mixed in an index).
+        self.variant = variant if self.precision == "f32" else f"{variant}+ov_{self.precision}"
         name = export.manifest.get("primary_output") or self.compiled.outputs[0].get_any_name()
         self.output = self.compiled.output(name)
         self.input_names = {i.get_any_name() for i in self.compiled.inputs}
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         log.info("openvino runner: %s (inference precision %s)", path.name, self.precision)

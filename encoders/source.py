@@ -97,39 +97,58 @@ def resolve_model(ref: str | os.PathLike[str]) -> ModelSource:
     return ModelSource(ref=text, path=None, hub_id=text)
 
 
+def fingerprint_files(root: Path) -> list[Path]:
+    """Every file that decides what the model at ``root`` computes, in a fixed order.
+
+    The root's config, tokenizer and weights, plus every file under each module folder that
+    ``modules.json`` lists (a Dense layer's weights, a pooler's config and weights, ...), so
+    replacing any module's weights changes the fingerprint. Exports (``onnx/``) are not inputs.
+    """
+    files = [root / name for name in _FINGERPRINT_FILES if (root / name).is_file()]
+    modules_json = root / "modules.json"
+    if modules_json.is_file():
+        for mod in read_json(modules_json):
+            sub = str(mod.get("path", "") or "")
+            if not sub:
+                continue
+            folder = (root / sub).resolve()
+            if folder.is_dir() and folder.is_relative_to(root.resolve()):
+                files.extend(
+                    p
+                    for p in sorted(folder.rglob("*"))
+                    if p.is_file() and "onnx" not in p.relative_to(root.resolve()).parts
+                )
+            elif folder.is_file():
+                files.append(folder)
+    return files
+
+
 @lru_cache(maxsize=64)
 def _fingerprint_cached(path: str, stamp: tuple) -> str:
     h = hashlib.sha256()
     root = Path(path)
-    for name in _FINGERPRINT_FILES:
-        f = root / name
-        if not f.exists():
-            sub = sorted(root.glob(f"*/{name}"))
-            if not sub:
-                continue
-            f = sub[0]
-        h.update(name.encode())
+    for f in fingerprint_files(root):
+        h.update(
+            str(f.resolve().relative_to(root)).encode()
+            if f.resolve().is_relative_to(root)
+            else f.name.encode()
+        )
+        h.update(b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    for cfg in sorted(root.glob("*_Pooling/config.json")) + sorted(root.glob("*_Normalize")):
-        h.update(str(cfg.relative_to(root)).encode())
-        if cfg.is_file():
-            h.update(cfg.read_bytes())
     return h.hexdigest()[:16]
 
 
 def fingerprint(path: str | os.PathLike[str]) -> str:
-    """A short content hash of a model directory (weights, config, tokenizer, pooling).
+    """A short content hash of a model directory: every weight, config and tokenizer file it uses.
 
-    Two directories with the same fingerprint produce the same embeddings; an
-    index or ONNX export records it and refuses a different encoder.
+    Two directories with the same fingerprint produce the same embeddings; an index or ONNX
+    export records it and refuses a different encoder.
     """
-    root = Path(path)
-    stamp = tuple(
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.iterdir()) if p.is_file()
-    )
-    return _fingerprint_cached(str(root.resolve()), stamp)
+    root = Path(path).resolve()
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in fingerprint_files(root))
+    return _fingerprint_cached(str(root), stamp)
 
 
 def read_json(path: Path) -> dict:

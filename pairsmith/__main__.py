@@ -1,3 +1,3 @@
-from pairsmith.service.cli import main
+from pairsmith.service.cli.main import main
 
 raise SystemExit(main())

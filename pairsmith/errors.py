@@ -2,7 +2,7 @@
 
 Every public entry (CLI, gRPC, Python API, file readers) raises a
 :class:`PairsmithError` subclass for anything the caller can fix. Its
-:class:`ErrorKind` decides the gRPC status code (see ``service/errors.py``)
+:class:`ErrorKind` decides the gRPC status code (see ``service/status.py``)
 and the CLI exit code; nothing else is allowed to leak as INTERNAL.
 """
 

@@ -2,9 +2,10 @@
 
 Each request is tokenised on its own (in a small thread pool), then queued.
 One worker task per model pops queued requests in arrival order until the
-next one would exceed ``max_batch_tokens`` real tokens, merges them, and runs
-the merged set as length-sorted padded sub-batches (each at most
-``max_batch_tokens`` padded tokens) on the model executor. There is no delay
+next one would exceed ``max_batch_tokens`` real tokens, merges them into one
+:class:`Encoded`, and hands that to the model's :class:`Pipeline` (the same one
+``BiEncoder.encode`` uses: padding-aware sub-batches, backend, typed output) on
+the model executor. The batcher only merges and splits; it has no model semantics. There is no delay
 timer: the wait for the running batch is the coalescing window, so a lone
 request starts at once and a busy server forms large batches by itself. An
 optional bounded hold (``hold_fraction``, see :meth:`TokenBatcher._hold`)
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import logging
 import time
 from collections.abc import Sequence
@@ -28,24 +28,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pairsmith.encoders.tokenize import TextTokenizer
-from pairsmith.encoders.types import Encoded
+from pairsmith.encoders.pipeline import Pipeline, concat_encoded
+from pairsmith.encoders.types import Encoded, ModelOutput, OutputKind
 from pairsmith.errors import InvalidInput, ResourceExhausted, Unavailable
-from pairsmith.service.errors import RequestExpired
+from pairsmith.service.status import RequestExpired
 
 log = logging.getLogger(__name__)
-
-
-class OutputKind(enum.Enum):
-    VECTORS = "vectors"  # (B, D) rows, e.g. sentence embeddings
-    SCALARS = "scalars"  # (B,) or (B, 1), e.g. cross-encoder logits
 
 
 @dataclass(frozen=True)
 class BatchResult:
     """One request's share of the model output, in request order."""
 
-    values: np.ndarray  # (N, D) float32 for VECTORS, (N,) for SCALARS
+    values: np.ndarray  # (N, D) float32 for EMBEDDINGS, (N,) for SCORES
     token_counts: np.ndarray  # (N,) int64
     truncated: np.ndarray  # (N,) bool
     queue_ms: float
@@ -68,10 +63,8 @@ class TokenBatcher:
     def __init__(
         self,
         name: str,
-        tokenizer: TextTokenizer,
-        runner,
+        pipeline: Pipeline,
         *,
-        output: OutputKind,
         max_batch_tokens: int,
         max_pending: int,
         max_batch_rows: int = 32,
@@ -81,13 +74,11 @@ class TokenBatcher:
         metrics=None,
     ) -> None:
         self.name = name
-        self.tokenizer = tokenizer
-        self.runner = runner
-        self.output = output
+        self.pipeline = pipeline
+        self.tokenizer = pipeline.tokenizer
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_pending = int(max_pending)
         self.max_batch_rows = int(max_batch_rows)
-        self.forward_overhead_tokens = 64.0  # replaced by calibrate() at warm-up
         self.hold_fraction = float(hold_fraction)
         self._model_executor = model_executor
         self._tok_executor = tokenize_executor
@@ -162,7 +153,7 @@ class TokenBatcher:
             t0 = time.perf_counter()
             n = len(texts) if texts is not None else len(pairs)
             if n == 0:
-                return _empty(self.output)
+                return _empty(self.pipeline.kind)
             if texts is not None:
                 enc = await loop.run_in_executor(self._tok_executor, self.tokenizer.encode, list(texts))
             else:
@@ -265,10 +256,10 @@ class TokenBatcher:
             if not jobs:
                 continue
             start = time.perf_counter()
-            ids = [row for j in jobs for row in j.enc.ids]
-            type_ids = [row for j in jobs for row in j.enc.type_ids]
+            merged = concat_encoded([j.enc for j in jobs])
+            ids = merged.ids
             try:
-                out = await loop.run_in_executor(self._model_executor, self._run, ids, type_ids)
+                out = await loop.run_in_executor(self._model_executor, self._run, merged)
             except asyncio.CancelledError:
                 for j in jobs:
                     if not j.future.done():
@@ -296,55 +287,24 @@ class TokenBatcher:
                     j.future.set_result((out[pos : pos + n], queue_ms, inference_ms))
                 pos += n
 
+    @property
+    def forward_overhead_tokens(self) -> float:
+        return self.pipeline.overhead_tokens
+
     def calibrate(self, width: int = 16, reps: int = 3) -> float:
-        """Model executor: measure the per-forward overhead, in token-equivalents.
+        """Model executor: measure the per-forward overhead (see :meth:`Pipeline.calibrate`); warm-up."""
+        self.pipeline.max_rows = self.max_batch_rows
+        return self.pipeline.calibrate(width, reps)
 
-        Fits ``time = a * padded_tokens + b`` from forwards of 1 and ``max_batch_rows`` rows;
-        ``b / a`` is what one extra forward costs, which :func:`plan_batches` weighs against
-        padding. Returns (and keeps) the estimate; run once at warm-up.
-        """
-        import statistics
-
-        def timed(rows: int) -> float:
-            ids = [[self.tokenizer.pad_id + 1] * width] * rows
-            batch = self.tokenizer.pad(ids, [[0] * width] * rows)
-            self.runner.run(batch)
-            out = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                self.runner.run(batch)
-                out.append(time.perf_counter() - t0)
-            return statistics.median(out)
-
-        rows = max(2, self.max_batch_rows)
-        t1, tr = timed(1), timed(rows)
-        per_token = (tr - t1) / ((rows - 1) * width)
-        if per_token > 0:
-            overhead = (t1 - per_token * width) / per_token
-            self.forward_overhead_tokens = float(min(max(overhead, 1.0), 4096.0))
-        log.info("%s: one forward costs about %.0f tokens of work", self.name, self.forward_overhead_tokens)
-        return self.forward_overhead_tokens
-
-    def _run(self, ids: list[list[int]], type_ids: list[list[int]]) -> np.ndarray:
-        """Model executor: sort the merged inputs by length and run them as the sub-batches that
-        :func:`plan_batches` picks (padding vs. per-forward overhead; <= max_batch_rows rows and
-        <= max_batch_tokens padded tokens each)."""
-        lengths = np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(-lengths, kind="stable")
-        plan = plan_batches(
-            lengths[order], self.max_batch_rows, self.max_batch_tokens, self.forward_overhead_tokens
+    def _run(self, merged: Encoded) -> np.ndarray:
+        """Model executor: the merged rows through the pipeline (<= max_batch_rows rows and
+        <= max_batch_tokens padded tokens per forward)."""
+        out: ModelOutput = self.pipeline.forward(
+            merged, max_rows=self.max_batch_rows, max_tokens=self.max_batch_tokens
         )
-        out: np.ndarray | None = None
-        for start, end in plan:
-            idx = order[start:end]
-            batch = self.tokenizer.pad([ids[i] for i in idx], [type_ids[i] for i in idx])
-            res = np.asarray(self.runner.run(batch), dtype=np.float32)
-            res = res.reshape(len(idx), -1)
-            if out is None:
-                out = np.empty((len(ids), res.shape[1]), dtype=np.float32)
-            out[idx] = res
-        assert out is not None
-        return out[:, 0].copy() if self.output is OutputKind.SCALARS else out
+        if out.kind is OutputKind.GROUPED_SCORES:
+            return np.asarray(out.groups(), dtype=object)  # one array of scores per row
+        return out.values
 
     def _set_depth(self) -> None:
         if self._metrics is not None:
@@ -355,45 +315,8 @@ class TokenBatcher:
             self._metrics.dropped.labels(self.name).inc()
 
 
-def plan_batches(
-    lengths: np.ndarray, max_rows: int, max_tokens: int, overhead_tokens: float
-) -> list[tuple[int, int]]:
-    """Split inputs sorted by length (descending) into contiguous sub-batches of least cost.
-
-    Cost of a sub-batch = its padded tokens (rows x its first, longest row) + ``overhead_tokens``
-    (one forward's fixed cost). Exact dynamic programme over the split points, O(n x max_rows).
-    A merged batch of mixed lengths then runs as a few near-uniform forwards instead of padding
-    every short text to the longest one (in-process encode sorts its whole input; a server only
-    ever sees what is queued).
-    """
-    n = len(lengths)
-    if n == 0:
-        return []
-    lens = np.asarray(lengths, dtype=np.float64)
-    best = np.full(n + 1, np.inf)
-    best[0] = 0.0
-    cut = np.zeros(n + 1, dtype=np.int64)
-    for j in range(1, n + 1):
-        lo = max(0, j - max_rows)
-        starts = np.arange(lo, j)
-        width = np.maximum(lens[starts], 1.0)
-        rows = j - starts
-        cost = best[starts] + rows * width + overhead_tokens
-        cost[rows * width > max_tokens] = np.inf
-        cost[rows == 1] = best[j - 1] + width[-1] + overhead_tokens  # one row always fits
-        k = int(np.argmin(cost))
-        best[j] = cost[k]
-        cut[j] = starts[k]
-    plan = []
-    j = n
-    while j > 0:
-        plan.append((int(cut[j]), j))
-        j = int(cut[j])
-    return plan[::-1]
-
-
-def _empty(output: OutputKind) -> BatchResult:
-    shape = (0,) if output is OutputKind.SCALARS else (0, 0)
+def _empty(kind: OutputKind) -> BatchResult:
+    shape = (0, 0) if kind is OutputKind.EMBEDDINGS else (0,)
     return BatchResult(
         values=np.zeros(shape, dtype=np.float32),
         token_counts=np.zeros(0, dtype=np.int64),

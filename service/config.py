@@ -23,7 +23,7 @@ DEFAULT_METRICS_PORT = 9464
 
 def default_data_dir() -> Path:
     """The index store's default root: ``$PAIRSMITH_HOME``, else the user's data dir + ``pairsmith``."""
-    from pairsmith.service.index_store import default_root
+    from pairsmith.service.store.index_store import default_root
 
     return default_root()
 

@@ -124,13 +124,3 @@ def _timestamp(value) -> timestamp_pb2.Timestamp:
     elif isinstance(value, (int, float)) and value:
         ts.FromNanoseconds(int(value * 1e9))
     return ts
-
-
-def finalize_vectors(vectors: np.ndarray, *, dimensions: int | None, normalize: bool) -> np.ndarray:
-    """Prefix-truncate to ``dimensions`` then (optionally) L2-normalise, as float32."""
-    out = vectors[:, :dimensions] if dimensions is not None else vectors
-    out = np.array(out, dtype=np.float32, copy=True)
-    if normalize and out.size:
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out /= np.maximum(norms, 1e-12)
-    return out

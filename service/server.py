@@ -21,11 +21,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pairsmith.service.batcher import OutputKind, TokenBatcher
+from pairsmith.service.batcher import TokenBatcher
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
-from pairsmith.service.metrics import Metrics
+from pairsmith.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def load_models(config: ServeConfig) -> Models:
 
 
 def open_store(config: ServeConfig):
-    from pairsmith.service.index_store import IndexStore
+    from pairsmith.service.store.index_store import IndexStore
 
     root = config.store_root
     root.mkdir(parents=True, exist_ok=True)
@@ -206,14 +206,10 @@ class PairsmithServer:
                 tokenize_executor=self.rt.tokenize_executor,
                 metrics=self.metrics,
             )
-            self.rt.bi_batcher = TokenBatcher(
-                "bi", models.bi.tokenizer, models.bi.runner, output=OutputKind.VECTORS, **common
-            )
+            self.rt.bi_batcher = TokenBatcher("bi", models.bi.pipeline, **common)
             self.rt.bi_batcher.start()
             if models.cross is not None:
-                self.rt.cross_batcher = TokenBatcher(
-                    "cross", models.cross.tokenizer, models.cross.runner, output=OutputKind.SCALARS, **common
-                )
+                self.rt.cross_batcher = TokenBatcher("cross", models.cross.pipeline, **common)
                 self.rt.cross_batcher.start()
             try:
                 self.rt.store = await loop.run_in_executor(self.rt.store_executor, open_store, cfg)

@@ -1,7 +1,7 @@
 """The pairsmith.v1 RPCs. Validation at the top of each method, model work via batchers.
 
 Every method has the signature ``(self, request, context, timer)`` and is
-wrapped by :func:`pairsmith.service.errors.rpc` (error table, request id,
+wrapped by :func:`pairsmith.service.status.rpc` (error table, request id,
 timing metadata, metrics). Blocking store calls run on the store executor.
 """
 
@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pairsmith import __version__
+from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine, sigmoid
 from pairsmith.errors import FailedPrecondition, InvalidInput, Unavailable
 from pairsmith.service import convert
-from pairsmith.service.errors import CallTimer, rpc
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
+from pairsmith.service.status import CallTimer, rpc
 
 if TYPE_CHECKING:
     from pairsmith.service.server import Runtime
@@ -44,10 +45,6 @@ def _opt(msg, name: str, default):
     return getattr(msg, name) if msg.HasField(name) else default
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
-
-
 class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -58,6 +55,15 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         self.rt.metrics.observe_rpc(name, code.name, seconds)
 
     # -- helpers -------------------------------------------------------------
+    def _vectors(
+        self, raw: np.ndarray, *, dimensions: int | None = None, normalize: bool = True
+    ) -> np.ndarray:
+        """The bi-encoder's post-processing (one copy, shared with BiEncoder.encode)."""
+        backend = self.rt.models.bi.pipeline.backend
+        return finalize_vectors(
+            raw, dimensions=dimensions, normalize=normalize, already_normalized=backend.normalizes
+        )
+
     def _models(self):
         if self.rt.load_error is not None:
             raise Unavailable(f"model failed to load: {self.rt.load_error}")
@@ -126,15 +132,14 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             timer.queue_ms += res.queue_ms
             timer.tokenize_ms += res.tokenize_ms
             timer.inference_ms += res.inference_ms
-            vals = res.values if raw else _sigmoid(res.values)
+            vals = res.values if raw else sigmoid(res.values)
             return vals.astype(np.float32), res.truncated
         uniq = list(dict.fromkeys([t for p in pairs for t in p]))
         res = await self._embed(uniq, timer, context, truncate=truncate, field=field)
-        vecs = convert.finalize_vectors(res.values, dimensions=None, normalize=True)
         pos = {t: i for i, t in enumerate(uniq)}
         ia = np.fromiter((pos[a] for a, _ in pairs), dtype=np.int64, count=len(pairs))
         ib = np.fromiter((pos[b] for _, b in pairs), dtype=np.int64, count=len(pairs))
-        scores = np.einsum("nd,nd->n", vecs[ia], vecs[ib]).astype(np.float32)
+        scores = pair_cosine(res.values[ia], res.values[ib])
         trunc = res.truncated[ia] | res.truncated[ib]
         return scores, trunc
 
@@ -179,9 +184,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         res = await self._embed(list(request.texts), timer, context, truncate=truncate, field=f"{field}texts")
         d = dims or self.rt.models.bi.dim
         vecs = (
-            convert.finalize_vectors(res.values, dimensions=dims, normalize=normalize)
-            if len(res.values)
-            else res.values
+            self._vectors(res.values, dimensions=dims, normalize=normalize) if len(res.values) else res.values
         )
         embs = convert.embeddings_pb(vecs, res.token_counts, res.truncated, request.format)
         return embs, d, int(res.token_counts.sum())
@@ -299,7 +302,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         if which == "text":
             await self._read_store(store.check_encoder, request.index, m.bi.fingerprint)
             res = await self._embed([request.text], timer, context, field="text")
-            query = convert.finalize_vectors(res.values, dimensions=None, normalize=True)
+            query = self._vectors(res.values)
         else:
             query = convert.vector_from(request, which, "query", int(info.dim))[None, :]
         t0 = time.perf_counter()
@@ -346,10 +349,10 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         if not request.name:
             raise InvalidInput("name: must not be empty")
         if request.metric not in (pb.METRIC_UNSPECIFIED, *convert.PB_TO_METRIC):
-            raise InvalidInput(f"metric: unknown Metric {request.metric}")
-        from pairsmith.service.index_store import Metric
+            raise InvalidInput(f"metric: unknown metric enum value {request.metric}")
+        from pairsmith.service.store.index_store import IndexMetric
 
-        metric = Metric(convert.PB_TO_METRIC.get(request.metric, "cosine"))
+        metric = IndexMetric(convert.PB_TO_METRIC.get(request.metric, "cosine"))
         factory = _opt(request, "factory", "IDMap2,Flat")
         if not factory.strip():
             raise InvalidInput("factory: must not be empty")
@@ -371,7 +374,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     @rpc("Upsert")
     async def Upsert(self, request_iterator, context, timer):
         store = self._store()
-        from pairsmith.service.index_store import UpsertItem
+        from pairsmith.service.store.index_store import UpsertItem
 
         m = self.rt.models
         name = None
@@ -389,7 +392,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             if texts:
                 await self._read_store(store.check_encoder, name, m.bi.fingerprint)
                 res = await self._embed(texts, timer, context, field="items.text")
-                vecs = iter(convert.finalize_vectors(res.values, dimensions=None, normalize=True))
+                vecs = iter(self._vectors(res.values))
             items = [
                 UpsertItem(id=i, vector=next(vecs) if is_text else v, payload=p) for i, v, p, is_text in chunk
             ]

@@ -11,7 +11,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from pairsmith.encoders.bi_encoder import TRUSTED_MODULE_PREFIXES  # noqa: E402
 from tests.tiny import make_tiny_bi_encoder, make_tiny_cross_encoder  # noqa: E402
+
+TRUSTED_MODULE_PREFIXES.append("tests.")  # the test-only example modules (tests/core_examples.py)
 
 REPO = Path(__file__).resolve().parent.parent
 

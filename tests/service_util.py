@@ -48,7 +48,7 @@ class SubprocessServer:
         port_file = self.tmp / "port"
         port_file.unlink(missing_ok=True)
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "pairsmith.service.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+        cmd = [sys.executable, "-m", "pairsmith", "serve", "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--port-file", str(port_file), *self.args]
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT

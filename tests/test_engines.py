@@ -87,33 +87,52 @@ def tiny_export(tiny_bi_dir, tmp_path_factory):
     return export_onnx(str(tiny_bi_dir), ExportConfig(quantize="int8-static"), out=out)
 
 
-def _with_runner(model_dir, runner) -> BiEncoder:
-    enc = BiEncoder.load(str(model_dir), device="cpu")
-    enc.runner = runner
-    return enc
-
-
 def test_openvino_fp32_matches_onnxruntime(tiny_export):
-    from pairsmith.encoders.onnx_runtime import load_onnx_runner
-    from pairsmith.encoders.openvino_runtime import load_openvino_runner
-
-    src = BiEncoder.load(str(tiny_export.model_dir), device="cpu").source
-    ov = _with_runner(tiny_export.model_dir, load_openvino_runner(src, "bi", "fp32", precision="f32"))
-    ort = _with_runner(tiny_export.model_dir, load_onnx_runner(src, "bi", "fp32", "cpu"))
-    assert ov.runner.variant == "fp32"
+    d = str(tiny_export.model_dir)
+    ov = BiEncoder.load(d, device="cpu", backend="openvino", onnx_variant="fp32")
+    ort = BiEncoder.load(d, device="cpu", backend="onnx", onnx_variant="fp32")
+    # This CPU has no bf16: OpenVINO infers in f32 and the vectors share torch's fingerprint.
+    assert ov.pipeline.backend.runner.precision == "f32" or ov.fingerprint.endswith("+ov_bf16")
+    assert ov.backend.value == "openvino"
     np.testing.assert_allclose(ov.encode(TEXTS).vectors, ort.encode(TEXTS).vectors, atol=1e-4)
 
 
 def test_openvino_static_int8_is_batch_invariant(tiny_export):
     from pairsmith.encoders.openvino_runtime import load_openvino_runner
 
-    src = BiEncoder.load(str(tiny_export.model_dir), device="cpu").source
-    enc = _with_runner(tiny_export.model_dir, load_openvino_runner(src, "bi", "int8"))
-    assert enc.runner.variant.startswith("qint8_static_")  # int8 on openvino = the static file
+    d = str(tiny_export.model_dir)
+    enc = BiEncoder.load(d, device="cpu", backend="openvino", onnx_variant="int8")
+    assert enc.pipeline.backend.variant.startswith("qint8_static_")  # int8 on openvino = the static file
     together = enc.encode(TEXTS, batch_size=len(TEXTS), normalize=False).vectors
     alone = np.stack([enc.encode([t], normalize=False).vectors[0] for t in TEXTS])
     assert np.abs(alone - together).max() < 1e-5
     with pytest.raises(InvalidInput, match="dynamic"):
-        load_openvino_runner(src, "bi", "int8-dynamic")
+        BiEncoder.load(d, device="cpu", backend="openvino", onnx_variant="int8-dynamic")
     with pytest.raises(InvalidInput, match="precision"):
-        load_openvino_runner(src, "bi", "fp32", precision="fp8")
+        load_openvino_runner(enc.source, "bi", "fp32", precision="fp8")
+
+
+def test_auto_backend_runs_the_table_choice(tiny_bi_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import pairsmith.encoders.onnx_quant as q
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_bi_dir, model)
+    table = tmp_path / "table.json"
+    table.write_text(
+        json.dumps(
+            {"rows": {q.feature_set().value: {"backend": "onnx", "variant": "int8-static", "measured": "t"}}}
+        )
+    )
+    monkeypatch.setattr(q, "ENGINE_TABLE", table)
+    enc = BiEncoder.load(str(model), device="cpu", backend="auto")  # no export yet: made on first use
+    assert enc.backend.value == "onnx" and enc.pipeline.backend.variant.startswith("qint8_static_")
+    assert (model / "onnx" / "calibration.txt").exists()
+    table.write_text(
+        json.dumps({"rows": {q.feature_set().value: {"backend": "onnx", "variant": "fp32", "measured": "t"}}})
+    )
+    assert BiEncoder.load(str(model), device="cpu", backend="auto").pipeline.backend.variant == "fp32"
+    # An explicit variant wins over the table's.
+    got = BiEncoder.load(str(model), device="cpu", backend="auto", onnx_variant="int8-dynamic")
+    assert got.pipeline.backend.variant.startswith("qint8_") and "static" not in got.pipeline.backend.variant

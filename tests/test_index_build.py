@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from pairsmith.errors import DataFormatError, FailedPrecondition, InvalidInput, NotFound
-from pairsmith.service.corpus import Corpus
-from pairsmith.service.index_build import BuildConfig, build_index
-from pairsmith.service.index_store import IndexStore
+from pairsmith.service.store.build import BuildConfig, build_index
+from pairsmith.service.store.corpus import Corpus
+from pairsmith.service.store.index_store import IndexStore
 from tests.tiny import make_tiny_bi_encoder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,7 +216,7 @@ def test_corpus_file_errors(tmp_path):
 
 
 def test_cli_build_stats_search_list_drop(tmp_path, tiny_bi_dir, capsys):
-    from pairsmith.service.cli import main
+    from pairsmith.service.cli.main import main
 
     corpus = _write_jsonl(tmp_path / "c.jsonl", 80)
     home = str(tmp_path / "home")
@@ -268,7 +268,7 @@ def test_kill_9_during_cli_build_then_rerun_completes(tmp_path, tiny_bi_dir):
     cmd = [
         sys.executable,
         "-m",
-        "pairsmith.service.cli",
+        "pairsmith",
         "index",
         "build",
         "--corpus",

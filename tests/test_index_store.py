@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from pairsmith.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PairsmithError
-from pairsmith.service.index_faiss import hnsw_of
-from pairsmith.service.index_store import (
+from pairsmith.service.store.faiss_index import hnsw_of
+from pairsmith.service.store.index_store import (
     Hit,
+    IndexMetric,
     IndexStore,
-    Metric,
     StoreConfig,
     UpsertItem,
 )
@@ -44,11 +44,11 @@ def _create(store: IndexStore, name: str = "idx", **kw):
     return store.create(name, encoder_fingerprint="fp-a", encoder_id="enc-a", **kw)
 
 
-def _brute(x: np.ndarray, q: np.ndarray, k: int, metric: Metric):
-    if metric is Metric.COSINE:
+def _brute(x: np.ndarray, q: np.ndarray, k: int, metric: IndexMetric):
+    if metric is IndexMetric.COSINE:
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
         q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    if metric is Metric.L2:
+    if metric is IndexMetric.L2:
         s = -((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
     else:
         s = q @ x.T
@@ -63,7 +63,7 @@ def store(tmp_path):
     s.close()
 
 
-@pytest.mark.parametrize("metric", list(Metric))
+@pytest.mark.parametrize("metric", list(IndexMetric))
 def test_flat_search_equals_bruteforce_numpy(store, metric):
     x, q = _vecs(700, 1), _vecs(9, 2)
     _create(store, metric=metric)
@@ -79,7 +79,7 @@ def test_flat_search_equals_bruteforce_numpy(store, metric):
     assert [[x.id for x in h] for h in store.search("idx", q, 10)] == [[x.id for x in h] for h in hits]
 
 
-@pytest.mark.parametrize("metric", [Metric.INNER_PRODUCT, Metric.L2])
+@pytest.mark.parametrize("metric", [IndexMetric.INNER_PRODUCT, IndexMetric.L2])
 def test_search_merges_base_delta_and_deletes_exactly(tmp_path, metric):
     """Vectors split between the FAISS base and the exact delta, with deletes and replacements
     in both: results still equal brute force over the live set."""
@@ -161,11 +161,11 @@ def test_ivf_buffers_until_trained_then_trains_on_sample(store):
     assert not info.trained and info.search_params == {"nprobe": 8}
     store.upsert("idx", _items(x[:500]))
     assert not store.get("idx").trained
-    order, _ = _brute(x[:500], q, 5, Metric.COSINE)  # exact while untrained
+    order, _ = _brute(x[:500], q, 5, IndexMetric.COSINE)  # exact while untrained
     assert [[int(h.id[1:]) for h in r] for r in store.search("idx", q, 5)] == order.tolist()
     store.upsert("idx", [UpsertItem(f"d{i}", x[i]) for i in range(500, 1200)])
     assert store.get("idx").trained
-    order, _ = _brute(x, q, 5, Metric.COSINE)  # nprobe = nlist: IVF is exact
+    order, _ = _brute(x, q, 5, IndexMetric.COSINE)  # nprobe = nlist: IVF is exact
     assert [[int(h.id[1:]) for h in r] for r in store.search("idx", q, 5)] == order.tolist()
 
 
@@ -276,7 +276,7 @@ def test_drop_list_and_second_process_lock(tmp_path):
         _create(store, "b", factory="HNSW8", metric="l2")
         store.upsert("a", _items(_vecs(5, 1)))
         assert [i.name for i in store.list()] == ["a", "b"]
-        assert store.list()[1].metric is Metric.L2
+        assert store.list()[1].metric is IndexMetric.L2
         with IndexStore(tmp_path) as other:  # another opener (as another process would be)
             assert other.get("a").count == 5  # metadata reads need no lock
             with pytest.raises(FailedPrecondition, match="open in another process"):
@@ -335,7 +335,7 @@ def test_concurrent_searches_while_writing(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys, time, numpy as np
-    from pairsmith.service.index_store import IndexStore, StoreConfig, UpsertItem
+    from pairsmith.service.store.index_store import IndexStore, StoreConfig, UpsertItem
     root, factory = sys.argv[1], sys.argv[2]
     cfg = StoreConfig(compact_min_delta=100, compact_delta_fraction=0.0, checkpoint_interval_s=0.0,
                       rebuild_min_dead=10**6)
@@ -453,7 +453,7 @@ def test_random_operation_sequences_match_a_model(tmp_path_factory, factory):
                 mat = np.stack([model[k] for k in keys])
                 q = rng.standard_normal((3, DIM)).astype(np.float32)
                 k = min(5, len(keys))
-                order, _ = _brute(mat, q, k, Metric.COSINE)
+                order, _ = _brute(mat, q, k, IndexMetric.COSINE)
                 got = [[h.id for h in row] for row in store.search("idx", q, k)]
                 assert got == [[keys[j] for j in row] for row in order]
         finally:

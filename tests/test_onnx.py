@@ -91,8 +91,8 @@ def test_int8_close_to_fp32_and_batch_invariant(default_export):
     fp32 = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="fp32")
     int8 = BiEncoder.load("default", device="cpu", backend="onnx")  # auto: static int8 on CPU
     isa = detect_isa()
-    assert int8.runner.variant == f"qint8_static_{isa.value}"
-    facts = default_export.manifest["variants"][int8.runner.variant]
+    assert int8.pipeline.backend.variant == f"qint8_static_{isa.value}"
+    facts = default_export.manifest["variants"][int8.pipeline.backend.variant]
     assert facts["per_channel"] and facts["reduce_range"] == isa.reduce_range
     assert facts["scheme"] == "static" and facts["calibration"]["source"] == "builtin:general_en"
     a = fp32.encode(SENTS).vectors
@@ -128,7 +128,8 @@ def test_tiny_cross_graph_outputs_logit_and_sigmoid(tiny_cross_export, tiny_cros
     assert m["kind"] == "cross" and m["outputs"] == ["logits", "scores"]
     ce = CrossEncoder.load(str(tiny_cross_export.model_dir), device="cpu")
     enc = ce.tokenizer.encode_pairs(PAIRS[:2])
-    idx, batch = next(ce.tokenizer.batches(enc))
+    idx = np.arange(2)
+    batch = ce.tokenizer.pad(enc.ids, enc.type_ids)
     sess = ort.InferenceSession(str(tiny_cross_export.onnx_dir / "model.onnx"))
     feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     feeds["token_type_ids"] = batch.token_type_ids
@@ -146,7 +147,7 @@ def test_int8_for_a_given_isa(tiny_bi_dir, tmp_path):
     v = res.manifest["variants"]["qint8_avx2"]
     assert v["reduce_range"] and v["file"] == "model_qint8_avx2.onnx" and v["fused"]
     enc = BiEncoder.load(str(tmp_path), device="cpu", backend="onnx", onnx_variant="int8")
-    assert enc.runner.variant == "qint8_avx2"  # the only int8 file, even if made for another CPU
+    assert enc.pipeline.backend.variant == "qint8_avx2"  # the only int8 file, even if made for another CPU
     ref_enc = BiEncoder.load(str(tiny_bi_dir), device="cpu")
     ref = ref_enc.encode(SENTS).vectors
     assert _cos_rows(enc.encode(SENTS).vectors, ref).min() > 0.95
@@ -200,13 +201,27 @@ def test_stale_export_is_refused(tiny_bi_dir, tmp_path):
         BiEncoder.load(str(res.model_dir), device="cpu", backend="onnx")
 
 
+def test_onnx_backend_exports_on_first_use_and_builds_no_torch_model(tiny_bi_dir, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_bi_dir, plain, ignore=shutil.ignore_patterns("onnx"))
+    enc = BiEncoder.load(str(plain), device="cpu", backend="onnx")
+    assert "exporting it once" in capsys.readouterr().err
+    assert (plain / "onnx" / MANIFEST).is_file()
+    assert enc.st_model is None  # the weights are held once, by onnxruntime
+    ref = BiEncoder.load(str(tiny_bi_dir), device="cpu").encode(SENTS).vectors
+    np.testing.assert_allclose(enc.encode(SENTS).vectors, ref, atol=1e-5)
+    BiEncoder.load(str(plain), device="cpu", backend="onnx")  # second load: found, no new export
+    assert "exporting" not in capsys.readouterr().err
+
+
 def test_bad_paths_and_variants(tiny_bi_dir, tiny_bi_export, tiny_cross_export, tmp_path):
     with pytest.raises(NotFound, match="does not exist"):
         BiEncoder.load(str(tmp_path / "nope"), device="cpu", backend="onnx")
     plain = tmp_path / "plain"
     shutil.copytree(tiny_bi_dir, plain, ignore=shutil.ignore_patterns("onnx"))
     with pytest.raises(NotFound, match="no export found.*pairsmith export onnx"):
-        BiEncoder.load(str(plain), device="cpu", backend="onnx")
+        BiEncoder.load(str(plain), device="cpu", backend="onnx", auto_export=False)
+    assert not (plain / "onnx").exists()  # refused before anything was written
     with pytest.raises(InvalidInput, match="onnx_variant"):
         BiEncoder.load(str(tiny_bi_export.model_dir), device="cpu", backend="onnx", onnx_variant="int3")
     with pytest.raises(NotFound, match="fp16"):
@@ -298,7 +313,7 @@ def test_new_encoder_kind_plugs_into_exporter(tiny_bi_dir, tmp_path):
 
 
 def test_cli_export(tiny_bi_dir, tmp_path, capsys):
-    from pairsmith.service.cli import main
+    from pairsmith.service.cli.main import main
 
     out = tmp_path / "exported"
     assert main(["export", "onnx", "--model", str(tiny_bi_dir), "--out", str(out), "--quantize", "int8"]) == 0

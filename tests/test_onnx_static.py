@@ -64,7 +64,7 @@ def _alone_vs_batches(enc: BiEncoder) -> float:
 def test_static_int8_is_batch_invariant_dynamic_is_not(default_both):
     static = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="int8-static")
     dynamic = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="int8-dynamic")
-    assert static.runner.variant == STATIC and dynamic.runner.variant == DYNAMIC
+    assert static.pipeline.backend.variant == STATIC and dynamic.pipeline.backend.variant == DYNAMIC
     assert _alone_vs_batches(static) < 1e-6
     # The contrast that shows the check can fail: per-batch scales move rows by far more.
     assert _alone_vs_batches(dynamic) > 1e-3
@@ -73,7 +73,7 @@ def test_static_int8_is_batch_invariant_dynamic_is_not(default_both):
 def test_static_int8_parity_to_fp32(default_both):
     fp32 = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="fp32")
     static = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="int8")
-    assert static.runner.variant == STATIC  # int8 prefers static when both exist
+    assert static.pipeline.backend.variant == STATIC  # int8 prefers static when both exist
     cos = _cos_rows(fp32.encode(TEXTS).vectors, static.encode(TEXTS).vectors)
     # Stated tolerance: on all 3,000 STS-B dev sentences (AVX2 EPYC) mean cosine to fp32 was 0.992
     # and min 0.974 (very short texts are worst); these 10 texts sit inside that.
@@ -146,7 +146,7 @@ def test_static_cross_encoder_is_batch_invariant(tiny_cross_dir, tmp_path):
     res = export_onnx(str(tiny_cross_dir), ExportConfig(quantize="int8"), out=tmp_path / "m")
     assert STATIC in res.manifest["variants"]
     ce = CrossEncoder.load(str(res.model_dir), device="cpu", backend="onnx", onnx_variant="int8")
-    assert ce.runner.variant == STATIC
+    assert ce.pipeline.backend.variant == STATIC
     pairs = [(a, b) for a, b in zip(TEXTS, TEXTS[::-1], strict=True)]
     together = ce.score(pairs, batch_size=len(pairs)).values
     alone = np.array([ce.score([p]).values[0] for p in pairs])

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ["pairsmith.encoders", "pairsmith.distill", "pairsmith.kernels", "pairsmith.service"]
+SUBPACKAGES = [
+    "pairsmith.encoders",
+    "pairsmith.distill",
+    "pairsmith.kernels",
+    "pairsmith.service",
+    "pairsmith.service.cli",
+    "pairsmith.service.store",
+]
 
 
 def test_every_subpackage_and_module_imports():
@@ -23,19 +30,169 @@ def test_every_subpackage_and_module_imports():
             importlib.import_module(mod.name)
 
 
-def test_library_imports_are_one_way():
-    # kernels <- encoders <- distill; encoders <- service. Library code never imports service/distill.
-    forbidden = {"encoders": ("pairsmith.service", "pairsmith.distill"), "kernels": ("pairsmith.",)}
-    for folder, bad in forbidden.items():
-        for f in (REPO / folder).glob("*.py"):
-            text = f.read_text()
-            for b in bad:
-                allowed = "pairsmith.kernels" if folder == "kernels" else None
-                for line in text.splitlines():
-                    if ("import " in line) and b in line and not (allowed and allowed in line):
-                        if folder == "kernels" and "pairsmith.errors" in line:
-                            continue
-                        raise AssertionError(f"{f.name}: {line.strip()}")
+# -- the import layout (DESIGN.md): kernels <- encoders <- distill; service may import encoders and
+# the store; the store imports only the root package; only the CLI imports distill; nothing imports
+# the CLI (but ``python -m pairsmith``). Every import counts, lazy ones inside functions too, and
+# ``importlib.import_module("...")`` with a literal name.
+ROOT = "pairsmith"
+LAYERS = {  # layer -> the pairsmith layers it may import (besides itself and the root package)
+    "root": set(),
+    "kernels": set(),
+    "encoders": {"kernels"},
+    "distill": {"kernels", "encoders"},
+    "store": set(),
+    "service": {"encoders", "store"},
+    "cli": {"kernels", "encoders", "distill", "store", "service"},
+}
+FOLDERS = {"pairsmith": "pairsmith", "kernels": "pairsmith.kernels", "encoders": "pairsmith.encoders",
+           "distill": "pairsmith.distill", "service": "pairsmith.service"}  # fmt: skip
+ENTRY_POINTS = {"pairsmith.__main__"}  # may import the CLI
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] != ROOT:
+        raise ValueError(module)
+    if len(parts) == 1 or parts[1] not in ("kernels", "encoders", "distill", "service"):
+        return "root"  # pairsmith, pairsmith.errors, pairsmith.atomic, pairsmith.__version__...
+    if parts[1] == "service" and len(parts) > 2 and parts[2] in ("cli", "store"):
+        return parts[2]
+    return parts[1]
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO)
+    pkg = FOLDERS[rel.parts[0]]
+    rest = [p for p in rel.with_suffix("").parts[1:] if p != "__init__"]
+    return ".".join([pkg, *rest])
+
+
+def _imports(path: Path, module: str) -> list[tuple[int, str]]:
+    """Every pairsmith module ``path`` imports: (line, absolute module name)."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_pkg = path.name == "__init__.py"
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base if is_pkg else base[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            # ``from pairsmith.service import convert`` imports the submodule: check the full name
+            out += [(node.lineno, f"{name}.{a.name}") for a in node.names] or [(node.lineno, name)]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            out.append((node.lineno, node.args[0].value))
+    return [(line, n) for line, n in out if n == ROOT or n.startswith(ROOT + ".")]
+
+
+def layout_violations(files: list[Path]) -> list[str]:
+    bad = []
+    for f in files:
+        module = _module_name(f)
+        layer = _layer(module)
+        for line, name in _imports(f, module):
+            # ``from pairsmith.x import Name``: Name may be a class, not a module; layer of the prefix
+            target = _layer(name)
+            where = f"{f.relative_to(REPO)}:{line}: {module} ({layer}) imports {name} ({target})"
+            if target == "cli" and layer != "cli" and module not in ENTRY_POINTS:
+                bad.append(where + ": nothing imports the CLI")
+            elif target not in LAYERS[layer] | {layer, "root"} and not (
+                target == "cli" and module in ENTRY_POINTS
+            ):
+                bad.append(where)
+    return bad
+
+
+def _package_files() -> list[Path]:
+    return [
+        f
+        for folder in FOLDERS
+        for f in sorted((REPO / folder).rglob("*.py"))
+        if "gen" not in f.relative_to(REPO).parts
+    ]
+
+
+def test_import_layout_holds_for_every_module():
+    files = _package_files()
+    assert len(files) > 40, "the walk found too few modules: the test would check nothing"
+    assert layout_violations(files) == []
+
+
+@pytest.mark.parametrize(
+    ("folder", "source", "why"),
+    [
+        ("encoders", "from pairsmith.distill.train import FitConfig\n", "encoders imports distill"),
+        ("kernels", "def f():\n    import pairsmith.encoders.types\n", "kernels imports encoders (lazily)"),
+        ("service", "from pairsmith.distill import fit_config\n", "service (not CLI) imports distill"),
+        ("service/store", "from pairsmith.service import servicer\n", "the store imports the servicer"),
+        ("service/store", "from ..servicer import X\n", "relative import of the servicer"),
+        ("distill", "import importlib\nimportlib.import_module('pairsmith.service.cli.main')\n", "CLI"),
+        ("pairsmith", "from pairsmith.encoders import BiEncoder\n", "root imports a layer"),
+    ],
+)
+def test_import_layout_catches_each_violation(folder, source, why):
+    # A probe module inside the real tree (removed at once) must be reported.
+    probe = REPO / folder / "_layout_probe.py"
+    probe.write_text(source)
+    try:
+        assert layout_violations([probe]), why
+    finally:
+        probe.unlink()
+
+
+def test_cli_parser_imports_no_heavy_module():
+    # ``pairsmith --help`` and each subcommand's help build every parser: no torch, transformers,
+    # FAISS or distillation training code may load for that; a client call loads no distill at all.
+    code = (
+        "import sys\n"
+        "from pairsmith.service.cli.main import build_parser\n"
+        "build_parser()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'sentence_transformers', 'scipy',"
+        " 'pairsmith.distill.train', 'pairsmith.encoders.runtime') if m in sys.modules]\n"
+        "build_parser('client')\n"
+        "print(heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout
+    client = (
+        "import sys\n"
+        "from pairsmith.service.cli.main import build_parser\n"
+        "build_parser('client').parse_args(['client', 'embed', 'x'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torch', 'pairsmith.distill'))))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_help_answers_fast_without_torch():
+    # ``python -X importtime -m pairsmith --help``: the import log must not name torch.
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pairsmith", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "COMMAND" in res.stdout
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "|" in line}
+    for heavy in ("torch", "transformers", "faiss"):
+        assert heavy not in imported, f"--help imported {heavy}"
 
 
 @pytest.mark.slow
@@ -63,4 +220,5 @@ def test_wheel_contains_all_subpackages(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for sub in SUBPACKAGES:
         assert f"{sub.replace('.', '/')}/__init__.py" in names
-    assert "pairsmith/service/cli.py" in names
+    assert "pairsmith/service/cli/main.py" in names
+    assert "pairsmith/service/store/index_store.py" in names

@@ -34,7 +34,7 @@ def server(tiny_bi_dir, tiny_cross_dir, tmp_path_factory):
     stub.CreateIndex(pb.CreateIndexRequest(name="docs"))
     stub.Upsert(iter([pb.UpsertRequest(index="docs", items=[pb.UpsertItem(id="a", text="alpha")])]))
     # An index recorded with another encoder: text queries and text upserts must be refused.
-    from pairsmith.service.index_store import Metric
+    from pairsmith.service.store.index_store import IndexMetric
 
     store = st.server.rt.store
     st.call(
@@ -42,7 +42,7 @@ def server(tiny_bi_dir, tiny_cross_dir, tmp_path_factory):
             lambda: store.create(
                 "other",
                 dim=DIM,
-                metric=Metric.COSINE,
+                metric=IndexMetric.COSINE,
                 encoder_fingerprint="0123456789abcdef",
                 encoder_id="elsewhere",
             )

@@ -167,8 +167,8 @@ def test_batch_built_index_serves_search_with_rerank(server, stub, bi, tmp_path)
     """An index from `pairsmith index build` keeps its texts, so the rerank stage works on it."""
     import json
 
-    from pairsmith.service.index_build import BuildConfig, build_index
-    from pairsmith.service.index_store import IndexStore
+    from pairsmith.service.store.build import BuildConfig, build_index
+    from pairsmith.service.store.index_store import IndexStore
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"b{i}", "text": t}) + "\n" for i, t in enumerate(DOCS)))

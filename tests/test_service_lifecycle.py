@@ -69,21 +69,29 @@ def test_load_failure_keeps_not_serving(tmp_path):
         st.stop()
 
 
-class _SlowRunner:
+class _SlowBackend:
+    """Wraps the real backend; every forward first sleeps ``delay`` seconds."""
+
     def __init__(self, inner, delay: float) -> None:
         self.inner, self.delay = inner, delay
         self.started = threading.Event()
+        self.kind, self.normalizes, self.variant = inner.kind, inner.normalizes, inner.variant
 
-    def run(self, batch):
+    def embed(self, batch):
         self.started.set()
         time.sleep(self.delay)
-        return self.inner.run(batch)
+        return self.inner.embed(batch)
+
+    predict = embed
+
+    def health(self) -> None:
+        self.inner.health()
 
 
 def test_graceful_stop_drains_and_queued_deadline_is_dropped(tiny_bi_dir, tmp_path):
     st = ServerThread(ServeConfig(model=str(tiny_bi_dir), host="127.0.0.1", data_dir=tmp_path)).start()
     batcher = st.server.rt.bi_batcher
-    slow = batcher.runner = _SlowRunner(batcher.runner, 0.8)
+    slow = batcher.pipeline.backend = _SlowBackend(batcher.pipeline.backend, 0.8)
     ch, stub = stub_for(st.target)
     results: dict[str, object] = {}
 

@@ -13,12 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pairsmith.encoders.pipeline import Pipeline, plan_batches
+from pairsmith.encoders.runtime import RunnerBackend
 from pairsmith.encoders.tokenize import TextTokenizer
+from pairsmith.encoders.types import OutputKind
 from pairsmith.errors import ErrorKind, InvalidInput, NotFound, ResourceExhausted
-from pairsmith.service.batcher import OutputKind, TokenBatcher, plan_batches
-from pairsmith.service.cli_serve import config_from_args
+from pairsmith.service.batcher import TokenBatcher
+from pairsmith.service.cli.serve import config_from_args
 from pairsmith.service.config import ServeConfig
-from pairsmith.service.errors import STATUS_FOR_KIND, RequestExpired, status_for
+from pairsmith.service.status import STATUS_FOR_KIND, RequestExpired, status_for
 
 
 class CountingRunner:
@@ -45,11 +48,12 @@ def tokenizer(tiny_bi_dir):
     return TextTokenizer(AutoTokenizer.from_pretrained(str(tiny_bi_dir)), 64)
 
 
-def _batcher(tokenizer, runner, **kw):
+def _batcher(tokenizer, runner, output=OutputKind.EMBEDDINGS, **kw):
     ex = ThreadPoolExecutor(1)
-    defaults = dict(output=OutputKind.VECTORS, max_batch_tokens=256, max_pending=100)
+    defaults = dict(max_batch_tokens=256, max_pending=100)
     defaults.update(kw)
-    return TokenBatcher("t", tokenizer, runner, model_executor=ex, tokenize_executor=ex, **defaults)
+    pipe = Pipeline(tokenizer, RunnerBackend(runner, output))
+    return TokenBatcher("t", pipe, model_executor=ex, tokenize_executor=ex, **defaults)
 
 
 def test_merges_concurrent_requests_within_the_token_budget(tokenizer):
@@ -139,7 +143,7 @@ def test_truncate_false_names_the_text(tokenizer):
 
 def test_scalar_output_and_pairs(tokenizer):
     async def go():
-        b = _batcher(tokenizer, CountingRunner(), output=OutputKind.SCALARS)
+        b = _batcher(tokenizer, CountingRunner(), output=OutputKind.SCORES)
         b.start()
         r = await b.submit_pairs([("a", "b"), ("c d", "e")])
         await b.close()
@@ -159,7 +163,7 @@ def test_config_from_toml_and_flags(tmp_path):
     assert str(cfg.data_dir).endswith("/idx") and "~" not in str(cfg.data_dir)
     import argparse
 
-    from pairsmith.service.cli_serve import _FLAG_FIELDS
+    from pairsmith.service.cli.serve import _FLAG_FIELDS
 
     ns = argparse.Namespace(config=f, port_file=None, **dict.fromkeys(_FLAG_FIELDS))
     ns.backend = "onnx"
@@ -197,7 +201,7 @@ def test_error_table_covers_every_kind():
 
 
 def test_serve_flags_reach_the_config(tmp_path):
-    from pairsmith.service.cli import build_parser
+    from pairsmith.service.cli.main import build_parser
 
     keys = tmp_path / "keys"
     keys.write_text("k" * 20 + "\n")

@@ -3,7 +3,7 @@
 Interface (shared with the gRPC server; keep it stable)::
 
     store = IndexStore(root)                       # root: PAIRSMITH_HOME or the user data dir
-    store.create(name, dim=384, factory="IDMap2,Flat", metric=Metric.COSINE,
+    store.create(name, dim=384, factory="IDMap2,Flat", metric=IndexMetric.COSINE,
                  encoder_fingerprint=enc.fingerprint, encoder_id=enc.model_id) -> IndexInfo
     store.get(name) / store.list() / store.drop(name)
     store.upsert(name, [UpsertItem(id, vector, payload)]) -> int   # durable when it returns
@@ -74,23 +74,23 @@ from pathlib import Path
 
 import numpy as np
 
+from pairsmith.atomic import fsync_dir
 from pairsmith.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
-from pairsmith.service.index_db import IndexDb
-from pairsmith.service.index_faiss import (
-    Metric,
+from pairsmith.service.store.db import IndexDb
+from pairsmith.service.store.faiss_index import (
+    IndexMetric,
     apply_search_params,
     can_remove,
     default_search_params,
-    fsync_dir,
     new_index,
     train_requirement,
 )
-from pairsmith.service.index_live import (
+from pairsmith.service.store.live import (
     FORMAT_VERSION,
     LiveIndex,
     StoreConfig,
     now_iso,
-    read_json,
+    read_manifest,
     write_manifest,
 )
 
@@ -101,7 +101,7 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "IndexInfo", "IndexStore", "Metric", "StoreConfig", "UpsertItem", "default_root"]
+__all__ = ["Hit", "IndexInfo", "IndexStore", "IndexMetric", "StoreConfig", "UpsertItem", "default_root"]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_DIM = 65_536
@@ -132,7 +132,7 @@ class IndexInfo:
     name: str
     dim: int
     factory: str
-    metric: Metric
+    metric: IndexMetric
     count: int  # live vectors (committed)
     encoder_fingerprint: str
     encoder_id: str
@@ -192,7 +192,7 @@ class IndexStore:
         *,
         dim: int,
         factory: str = "IDMap2,Flat",
-        metric: Metric | str = Metric.COSINE,
+        metric: IndexMetric | str = IndexMetric.COSINE,
         encoder_fingerprint: str,
         encoder_id: str,
         search_params: Mapping[str, int] | None = None,
@@ -208,7 +208,7 @@ class IndexStore:
             raise InvalidInput(
                 "encoder_fingerprint: required (the fingerprint of the encoder that fills the index)"
             )
-        metric = Metric.parse(metric)
+        metric = IndexMetric.parse(metric)
         factory = factory.strip()
         probe = new_index(factory, int(dim), metric, build_params)
         min_train = train_requirement(probe)
@@ -443,7 +443,7 @@ class IndexStore:
         q = np.ascontiguousarray(q, dtype=np.float32)
         if not np.isfinite(q).all():
             raise InvalidInput("queries: contain NaN or infinity")
-        if h.metric is Metric.COSINE:
+        if h.metric is IndexMetric.COSINE:
             norms = np.linalg.norm(q, axis=1, keepdims=True)
             if (norms == 0).any():
                 raise InvalidInput("queries: a zero vector has no cosine similarity")
@@ -537,7 +537,7 @@ class IndexStore:
                 )
             if not np.isfinite(vec).all():
                 raise InvalidInput(f"items[{n}].vector: item {ident!r} contains NaN or infinity")
-            if h.metric is Metric.COSINE:
+            if h.metric is IndexMetric.COSINE:
                 norm = float(np.linalg.norm(vec))
                 if norm == 0.0:
                     raise InvalidInput(f"items[{n}].vector: item {ident!r} is a zero vector (no cosine)")
@@ -551,14 +551,14 @@ class IndexStore:
     ) -> IndexInfo:
         meta = db.all_meta()
         if trained is None:
-            manifest = read_json(path / "manifest.json") or {}
+            manifest = read_manifest(path) or {}
             trained = meta.get("min_train") == "0" or bool(manifest.get("snapshot"))
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         return IndexInfo(
             name=meta["name"],
             dim=int(meta["dim"]),
             factory=meta["factory"],
-            metric=Metric.parse(meta["metric"]),
+            metric=IndexMetric.parse(meta["metric"]),
             count=db.count() if count is None else count,
             encoder_fingerprint=meta["encoder_fingerprint"],
             encoder_id=meta["encoder_id"],

@@ -37,7 +37,7 @@ def _fit_args(p: argparse.ArgumentParser, prefix: str, defaults, what: str) -> N
 
 
 def _fit_from(args, prefix: str, seed: int):
-    from pairsmith.distill.train import FitConfig
+    from pairsmith.distill.fit_config import FitConfig
 
     key = f"{prefix}_" if prefix else ""
     return FitConfig(
@@ -53,10 +53,12 @@ def _fit_from(args, prefix: str, seed: int):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from pairsmith.distill.fit_config import DEFAULT_SEED
+
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=2021)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--no-length-grouping",
@@ -121,7 +123,7 @@ def _cmd_trans_encoder(args) -> int:
 
 def _register_trans_encoder(sub) -> None:
     from pairsmith.distill.data import STS7
-    from pairsmith.distill.trans_encoder import BI_DEFAULT, CROSS_DEFAULT
+    from pairsmith.distill.fit_config import BI_DEFAULT, CROSS_DEFAULT
 
     p = sub.add_parser(
         "trans-encoder",
@@ -191,7 +193,7 @@ def _cmd_dse(args) -> int:
 
 
 def _register_dse(sub) -> None:
-    from pairsmith.distill.dse import DSE_FIT_DEFAULT
+    from pairsmith.distill.fit_config import DSE_FIT_DEFAULT
 
     p = sub.add_parser(
         "dse",
@@ -254,7 +256,7 @@ def _cmd_train_cross(args) -> int:
 
 
 def _register_train(sub) -> None:
-    from pairsmith.distill.train import FitConfig
+    from pairsmith.distill.fit_config import TRAIN_CROSS_DEFAULT
 
     p = sub.add_parser("cross-encoder", help="supervised cross-encoder training on labeled pairs")
     p.add_argument(
@@ -270,9 +272,7 @@ def _register_train(sub) -> None:
     p.add_argument("--one-order", action="store_true", help="train on (a, b) only (default: both orders)")
     p.add_argument("--symmetric-eval", action="store_true", help="dev/test scores: mean of both orders")
     p.add_argument("--max-pairs", type=int, default=None)
-    _fit_args(
-        p, "", FitConfig(epochs=4, batch_size=16, lr=2e-5, max_length=128, eval_steps=0), "cross-encoder"
-    )
+    _fit_args(p, "", TRAIN_CROSS_DEFAULT, "cross-encoder")
     _common(p)
     p.set_defaults(func=_cmd_train_cross)
 

@@ -21,14 +21,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pairsmith import __version__  # noqa: E402
 from pairsmith.errors import ErrorKind, PairsmithError  # noqa: E402
 
-# Subcommand modules, in --help order.
-_MODULES = (
-    "pairsmith.service.cli_eval",
-    "pairsmith.service.cli_serve",
-    "pairsmith.service.cli_index",
-    "pairsmith.service.cli_export",
-    "pairsmith.service.cli_distill",
-)
+# Subcommand modules, in --help order, with the top-level commands each registers.
+_MODULES = {
+    "pairsmith.service.cli.eval": ("eval",),
+    "pairsmith.service.cli.serve": ("serve", "client"),
+    "pairsmith.service.cli.index": ("index",),
+    "pairsmith.service.cli.export": ("export",),
+    "pairsmith.service.cli.distill": ("distill", "train"),
+}
 
 EXIT_CODES = {
     ErrorKind.INVALID_ARGUMENT: 2,
@@ -41,8 +41,23 @@ EXIT_CODES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (first word not starting with '-'), if any."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``command`` given and known) one with only that command's module.
+
+    Registering one module keeps ``pairsmith client ...`` from importing the others
+    (``distill`` reads its defaults from :mod:`pairsmith.distill`).
+    """
     import importlib
+
+    modules = [m for m, cmds in _MODULES.items() if command in cmds] or list(_MODULES)
 
     parser = argparse.ArgumentParser(
         prog="pairsmith",
@@ -51,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pairsmith {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _MODULES:
+    for name in modules:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -63,18 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_transformers() -> None:
-    """Hide transformers' per-load weight bars and load reports; ours show progress instead."""
-    try:
+    """Hide transformers' per-load weight bars and load reports; ours show progress instead.
+
+    Through the environment when transformers is not imported yet (most commands never
+    import it: ``client``, ``index list``...), so this costs nothing.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
         from transformers.utils import logging as tlog
 
         tlog.disable_progress_bar()
         tlog.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,10 +1,12 @@
-"""The one table from error kinds to gRPC status codes, and the RPC wrapper that applies it.
+"""gRPC status codes for :mod:`pairsmith.errors`, and the RPC wrapper that applies them.
 
-Every servicer method is wrapped by :func:`rpc`: it gives the call a request
-id and a :class:`CallTimer`, maps :class:`PairsmithError` through
-``STATUS_FOR_KIND``, records metrics, and sends timing and request id as
-trailing metadata. Anything else is a bug: it is logged with the request id
-and answered as INTERNAL with that id (and nothing from the exception text).
+The error *kinds* are defined once, in :mod:`pairsmith.errors`; this module
+only maps each kind to its gRPC status code (``STATUS_FOR_KIND``). Every
+servicer method is wrapped by :func:`rpc`: it gives the call a request id and
+a :class:`CallTimer`, maps :class:`PairsmithError` through the table, reports
+``(rpc, code, seconds)`` to the servicer's ``observe``, and sends timing and
+request id as trailing metadata. Anything else is a bug: it is logged with the
+request id and answered as INTERNAL with that id (nothing from the exception text).
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ def rpc(name: str) -> Callable:
     """Wrap a servicer method ``(self, request, context, timer)`` with the error table.
 
     Works for coroutines (unary and client-streaming) and async generators
-    (server- and bidi-streaming). ``self.observe(name, code, seconds)`` and
-    ``self.admit()`` / ``self.release()`` come from the servicer.
+    (server- and bidi-streaming). ``self.observe(name, code, seconds)`` comes
+    from the servicer.
     """
 
     def deco(fn: Callable) -> Callable:

@@ -1,13 +1,13 @@
-"""One open index: the writer side of :class:`~pairsmith.service.index_store.IndexStore`.
+"""One open index: the writer side of :class:`~pairsmith.service.store.index_store.IndexStore`.
 
 A :class:`LiveIndex` owns an index's SQLite store, its writer lock, the
-:class:`~pairsmith.service.index_faiss.Snapshot` readers search, and the
+:class:`~pairsmith.service.store.faiss_index.Snapshot` readers search, and the
 writer's bookkeeping. It loads (snapshot + replay of newer SQLite rows),
 applies committed upserts and deletes to a new snapshot, compacts (clone the
 base, remove deletes where FAISS can, add the delta, swap), rebuilds from
 SQLite (training on a sample; HNSW after many deletes), and checkpoints
 (snapshot file + manifest, temp + fsync + rename, then prunes ``dead``).
-Validation and naming live in :mod:`pairsmith.service.index_store`.
+Validation and naming live in :mod:`pairsmith.service.store.index_store`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from pairsmith.atomic import atomic_write_bytes
 from pairsmith.errors import FailedPrecondition, NotFound
-from pairsmith.service.index_db import IndexDb
-from pairsmith.service.index_faiss import (
-    Metric,
+from pairsmith.service.store.db import IndexDb
+from pairsmith.service.store.faiss_index import (
+    IndexMetric,
     Snapshot,
     apply_search_params,
     ivf_of,
     new_index,
     sha256_file,
-    write_bytes_atomic,
     write_index_atomic,
 )
 
@@ -81,7 +81,7 @@ class LiveIndex:
         meta = db.all_meta()
         self.dim = int(meta["dim"])
         self.factory = meta["factory"]
-        self.metric = Metric.parse(meta["metric"])
+        self.metric = IndexMetric.parse(meta["metric"])
         self.removable = meta["needs_rebuild_on_delete"] == "0"
         self.min_train = int(meta["min_train"])
         self.train_size = int(meta["train_size"])
@@ -110,7 +110,7 @@ class LiveIndex:
         self.check_open()
         if self.state is not None or self.deferred:
             return
-        manifest = read_json(self.path / "manifest.json")
+        manifest = read_manifest(self.path)
         snap_info = manifest.get("snapshot") if manifest else None
         base = None
         if snap_info:
@@ -350,14 +350,16 @@ def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot:
         "store": "store.sqlite",
         "snapshot": snapshot,
     }
-    write_bytes_atomic(path / "manifest.json", (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_bytes(path / "manifest.json", (json.dumps(doc, indent=2) + "\n").encode())
 
 
-def read_json(path: Path) -> dict | None:
+def read_manifest(index_dir: Path) -> dict | None:
+    """``index_dir/manifest.json`` as a dict, or None when it is missing or not valid JSON."""
     try:
-        return json.loads(path.read_text())
+        doc = json.loads((index_dir / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
 
 
 def now_iso() -> str:

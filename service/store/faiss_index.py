@@ -1,6 +1,6 @@
 """FAISS plumbing for the index store: factory strings, training needs, snapshots, atomic files.
 
-Nothing here knows about SQLite or names; :mod:`pairsmith.service.index_store`
+Nothing here knows about SQLite or names; :mod:`pairsmith.service.store.index_store`
 owns those. The pieces:
 
 - :func:`new_index` builds an index from any factory string. Indexes that
@@ -12,7 +12,7 @@ owns those. The pieces:
 - :class:`Snapshot` is what readers search: an immutable base FAISS index,
   the ids deleted from it but still physically present (filtered at search
   time), and a small exact "delta" of recent vectors not yet merged in.
-- :func:`write_index_atomic` / :func:`write_bytes_atomic`: temp + fsync + rename.
+- :func:`write_index_atomic`: temp + fsync + rename (other files: :mod:`pairsmith.atomic`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pairsmith.atomic import atomic_write_bytes as write_bytes_atomic  # noqa: F401 (re-export)
 from pairsmith.atomic import fsync_dir
 from pairsmith.errors import InvalidInput, parse_enum
 
 SINGLE_THREAD_MAX_QUERIES = 4
 
 
-class Metric(enum.Enum):
+class IndexMetric(enum.Enum):
     """Similarity of an index. COSINE = L2-normalise vectors and queries, then inner product."""
 
     COSINE = "cosine"
@@ -42,13 +41,13 @@ class Metric(enum.Enum):
     L2 = "l2"
 
     @classmethod
-    def parse(cls, value: str | Metric) -> Metric:
+    def parse(cls, value: str | IndexMetric) -> IndexMetric:
         aliases = {"inner_product": "ip", "dot": "ip", "euclidean": "l2"}
         return parse_enum(cls, value, "metric", aliases=aliases, dash_to_underscore=True)
 
     @property
     def faiss_metric(self) -> int:
-        return faiss.METRIC_L2 if self is Metric.L2 else faiss.METRIC_INNER_PRODUCT
+        return faiss.METRIC_L2 if self is IndexMetric.L2 else faiss.METRIC_INNER_PRODUCT
 
 
 def _short(exc: BaseException) -> str:
@@ -87,7 +86,7 @@ BUILD_PARAM_KEYS = ("efConstruction",)
 
 
 def new_index(
-    factory: str, dim: int, metric: Metric, build_params: Mapping[str, int] | None = None
+    factory: str, dim: int, metric: IndexMetric, build_params: Mapping[str, int] | None = None
 ) -> faiss.Index:
     """An empty index for ``factory`` that accepts ``add_with_ids``.
 
@@ -198,7 +197,7 @@ class Snapshot:
     """
 
     dim: int
-    metric: Metric
+    metric: IndexMetric
     base: faiss.Index | None
     dead: np.ndarray  # (n_dead,) int64, sorted
     delta_ids: np.ndarray  # (m,) int64
@@ -259,17 +258,17 @@ class Snapshot:
                 ids = np.where(drop, -1, ids)
         else:
             dist, ids = base.search(queries, kk)
-        scores = -dist if self.metric is Metric.L2 else dist
+        scores = -dist if self.metric is IndexMetric.L2 else dist
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids
 
 
 def exact_search(
-    vecs: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, metric: Metric
+    vecs: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, metric: IndexMetric
 ) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force top-k in numpy (the reference for every approximate index)."""
     sims = queries @ vecs.T  # (Q, m)
-    if metric is Metric.L2:
+    if metric is IndexMetric.L2:
         sims = -(
             np.sum(queries * queries, axis=1, keepdims=True) - 2 * sims + np.sum(vecs * vecs, axis=1)[None, :]
         )

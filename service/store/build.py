@@ -27,9 +27,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pairsmith.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
-from pairsmith.service.corpus import Corpus
-from pairsmith.service.index_faiss import Metric, new_index, train_requirement
-from pairsmith.service.index_store import IndexInfo, IndexStore, UpsertItem, validate_name
+from pairsmith.service.store.corpus import Corpus
+from pairsmith.service.store.faiss_index import IndexMetric, new_index, train_requirement
+from pairsmith.service.store.index_store import IndexInfo, IndexStore, UpsertItem, validate_name
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class BuildConfig:
     corpus: Path
     name: str
     factory: str | None = None  # None: "IDMap2,Flat" for a new index, the stored one when resuming
-    metric: Metric = Metric.COSINE
+    metric: IndexMetric = IndexMetric.COSINE
     batch_tokens: int = 16_384  # padded tokens per encoder batch
     batch_size: int = 256  # rows per encoder batch (the token budget usually binds first)
     chunk_docs: int = 2048  # records per read/encode/commit step

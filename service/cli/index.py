@@ -1,7 +1,7 @@
 """``pairsmith index build|stats|list|search|drop``: build and inspect indexes on disk.
 
 The data directory is ``--home``, else ``$PAIRSMITH_HOME``, else the user
-data directory (see :func:`pairsmith.service.index_store.default_root`); the
+data directory (see :func:`pairsmith.service.store.index_store.default_root`); the
 server reads the same layout.
 """
 
@@ -96,7 +96,7 @@ def register(subparsers) -> None:
 
 
 def _store(args):
-    from pairsmith.service.index_store import IndexStore
+    from pairsmith.service.store.index_store import IndexStore
 
     return IndexStore(args.home)
 
@@ -110,14 +110,14 @@ def _info_dict(info) -> dict:
 
 def _build(args) -> int:
     from pairsmith.encoders import BiEncoder
-    from pairsmith.service.index_build import BuildConfig, build_index
-    from pairsmith.service.index_faiss import Metric
+    from pairsmith.service.store.build import BuildConfig, build_index
+    from pairsmith.service.store.faiss_index import IndexMetric
 
     cfg = BuildConfig(
         corpus=args.corpus,
         name=args.name,
         factory=args.factory,
-        metric=Metric.parse(args.metric),
+        metric=IndexMetric.parse(args.metric),
         batch_tokens=args.batch_tokens,
         chunk_docs=args.chunk_docs,
         model_ref=_model_ref(args.model),
@@ -164,7 +164,7 @@ def _list(args) -> int:
 
 def _search(args) -> int:
     from pairsmith.encoders import BiEncoder
-    from pairsmith.service.index_build import MODEL_META_KEY
+    from pairsmith.service.store.build import MODEL_META_KEY
 
     with _store(args) as store:
         info = store.get(args.name)

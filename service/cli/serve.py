@@ -186,7 +186,7 @@ def _run_client(args, fn) -> int:
     import grpc
 
     from pairsmith.errors import PairsmithError
-    from pairsmith.service.errors import STATUS_FOR_KIND
+    from pairsmith.service.status import STATUS_FOR_KIND
 
     try:
         with _client(args) as c:

@@ -1,0 +1,73 @@
+"""Post-processing after the backend, one copy each: normalise, ``dimensions``, sigmoid, pair cosine.
+
+Used by ``BiEncoder``/``CrossEncoder``, the server (``Embed``, ``Score``, ``Search``, ``Upsert``)
+and the distillation jobs' evaluation, so the numbers cannot drift between them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pairsmith.errors import InvalidInput
+
+
+def normalize_rows(x: np.ndarray, *, field: str = "vectors") -> np.ndarray:
+    """L2-normalise rows (new array, float32). Safe for huge and tiny finite values.
+
+    Rows are first scaled by their largest magnitude, so 1e38 does not overflow and 1e-30
+    does not underflow; a row that is all zeros or holds NaN/Inf cannot be normalised and
+    is refused with its index.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise InvalidInput(f"{field}: expected a (N, D) array, got shape {x.shape}")
+    if x.size == 0:
+        return x.copy()
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise InvalidInput(f"{field}[{int(np.flatnonzero(~finite)[0])}]: holds NaN or Inf")
+    scale = np.abs(x).max(axis=1, keepdims=True).astype(np.float64)  # (N, 1)
+    zero = scale[:, 0] == 0
+    if zero.any():
+        raise InvalidInput(f"{field}[{int(np.flatnonzero(zero)[0])}]: all zeros; cannot be normalised")
+    y = x.astype(np.float64) / scale
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    return y.astype(np.float32)
+
+
+def finalize_vectors(
+    x: np.ndarray, *, dimensions: int | None, normalize: bool, already_normalized: bool = False
+) -> np.ndarray:
+    """``dimensions`` keeps the first D components (Matryoshka-style), then normalises if asked.
+
+    ``already_normalized`` (the model's own head normalised) skips a second normalisation when
+    no prefix is taken.
+    """
+    out = np.asarray(x, dtype=np.float32)
+    if dimensions is not None:
+        if not 1 <= dimensions <= out.shape[1]:
+            raise InvalidInput(f"dimensions: must be in 1..{out.shape[1]}, got {dimensions}")
+        out = out[:, :dimensions]
+    elif normalize and already_normalized:
+        return out.copy()
+    return normalize_rows(out) if normalize and len(out) else out.copy()
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (no overflow warning for large |x|), float32."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out.astype(np.float32)
+
+
+def pair_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row pair ``(a[i], b[i])``; inputs need not be normalised."""
+    if a.shape != b.shape:
+        raise InvalidInput(f"pair_cosine: shapes differ, {a.shape} vs {b.shape}")
+    if len(a) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return np.einsum("nd,nd->n", normalize_rows(a), normalize_rows(b)).astype(np.float32)

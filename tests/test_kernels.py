@@ -1,0 +1,282 @@
+"""pairsmith.kernels.cross_attention_pool: the reference against a naive loop, every impl against the reference.
+
+Tolerances (each one stated where it is used):
+- fp64 oracle vs fp32 compute: scores and sums are fp32 with at most ~60 terms of O(1) values, so the
+  error is a few fp32 ulps (1.2e-7) times the term count: 2e-5 absolute/relative covers it with margin.
+- bf16 inputs: every impl computes in fp32 from the same bf16 inputs and rounds the result once to
+  bf16, so two impls differ by at most one bf16 rounding step (2**-8 relative each side): rtol 2**-7.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pairsmith.errors import FailedPrecondition, InvalidInput
+from pairsmith.kernels import Impl, cross_attention_pool, cross_attention_pool_projected
+
+FAST_IMPLS: list[str] = []  # checked against the reference on the CPU here; triton has its own tests below
+
+
+def make_case(
+    lens: list[int],
+    n_q: int = 2,
+    heads: int = 2,
+    dim: int = 8,
+    d_v: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    per_item: bool = False,
+    seed: int = 0,
+):
+    g = torch.Generator().manual_seed(seed)
+    total = sum(lens)
+    d_v = d_v or dim
+    q_shape = (len(lens), n_q, heads, dim) if per_item else (n_q, heads, dim)
+    q = torch.randn(q_shape, generator=g).to(dtype)
+    k = torch.randn(total, heads, dim, generator=g).to(dtype)
+    v = torch.randn(total, heads, d_v, generator=g).to(dtype)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    return q, k, v, cu
+
+
+def naive_loop(q, k, v, cu, scale):
+    """Independent oracle: one item and one head at a time, fp64, torch.softmax."""
+    n_items = cu.numel() - 1
+    n_q, heads, _ = q.shape[-3:]
+    out = torch.zeros(n_items, n_q, heads, v.shape[-1], dtype=torch.float64)
+    lse = torch.full((n_items, n_q, heads), -math.inf, dtype=torch.float64)
+    for b in range(n_items):
+        s, e = int(cu[b]), int(cu[b + 1])
+        if e == s:
+            continue
+        qb = q[b] if q.dim() == 4 else q
+        for h in range(heads):
+            scores = scale * qb[:, h].double() @ k[s:e, h].double().T  # (Nq, L)
+            out[b, :, h] = torch.softmax(scores, dim=-1) @ v[s:e, h].double()
+            lse[b, :, h] = torch.logsumexp(scores, dim=-1)
+    return out, lse
+
+
+RAGGED = [
+    [3, 0, 1, 7, 2],  # an empty item, a length-1 item
+    [0],  # one empty item only
+    [1, 1, 1],
+    [40, 5, 0, 0, 17, 1],  # a long item next to empties
+    [13] * 6,  # uniform (multi-layer pooling shape)
+]
+
+
+@pytest.mark.parametrize("lens", RAGGED)
+@pytest.mark.parametrize("n_q,heads,per_item", [(1, 1, False), (5, 3, False), (3, 2, True)])
+def test_reference_matches_naive_loop(lens, n_q, heads, per_item):
+    q, k, v, cu = make_case(lens, n_q=n_q, heads=heads, dim=8, d_v=6, per_item=per_item)
+    out, lse = cross_attention_pool(q, k, v, cu, impl="reference")
+    want_out, want_lse = naive_loop(q, k, v, cu, 1 / math.sqrt(8))
+    assert out.shape == (len(lens), n_q, heads, 6) and out.dtype == torch.float32
+    assert lse.shape == (len(lens), n_q, heads) and lse.dtype == torch.float32
+    torch.testing.assert_close(out.double(), want_out, rtol=2e-5, atol=2e-5)  # fp32 vs fp64: see header
+    torch.testing.assert_close(lse.double(), want_lse, rtol=2e-5, atol=2e-5)
+
+
+def test_empty_item_gives_zeros_and_minus_inf_lse():
+    q, k, v, cu = make_case([0, 2, 0])
+    for impl in ["reference", *FAST_IMPLS]:
+        q_, k_, v_ = (t.clone().requires_grad_() for t in (q, k, v))
+        out, lse = cross_attention_pool(q_, k_, v_, cu, impl=impl)
+        assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.equal(out[2], torch.zeros_like(out[2]))
+        assert torch.isneginf(lse[0]).all() and torch.isneginf(lse[2]).all() and torch.isfinite(lse[1]).all()
+        out.sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in (q_, k_, v_)), impl
+
+
+def test_large_scores_do_not_overflow():
+    # Scores of ~1e4: exp overflows fp32 unless the max is subtracted first.
+    q, k, v, cu = make_case([4, 1, 6], dim=4)
+    for impl in ["reference", *FAST_IMPLS]:
+        out, lse = cross_attention_pool(q * 100, k * 100, v, cu, impl=impl)
+        want_out, want_lse = naive_loop(q * 100, k * 100, v, cu, 0.5)
+        torch.testing.assert_close(out.double(), want_out, rtol=1e-4, atol=1e-4)  # near-one-hot softmax
+        torch.testing.assert_close(lse.double(), want_lse, rtol=2e-5, atol=2e-5)
+
+
+def test_scale_and_mean_over_queries():
+    q, k, v, cu = make_case([3, 0, 5], n_q=4)
+    out, _ = cross_attention_pool(q, k, v, cu, scale=0.3, impl="reference")
+    want, _ = naive_loop(q, k, v, cu, 0.3)
+    torch.testing.assert_close(out.double(), want, rtol=2e-5, atol=2e-5)
+    for impl in ["reference", *FAST_IMPLS]:
+        mean, _ = cross_attention_pool(q, k, v, cu, scale=0.3, impl=impl, mean_over_queries=True)
+        assert mean.shape == (3, 2, 8)
+        torch.testing.assert_close(mean.double(), want.mean(dim=1), rtol=2e-5, atol=2e-5)
+
+
+def grads(impl, q, k, v, cu, dout, **kw):
+    q_, k_, v_ = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, lse = cross_attention_pool(q_, k_, v_, cu, impl=impl, **kw)
+    (out.to(dout.dtype) * dout).sum().backward()
+    return out, lse, q_.grad, k_.grad, v_.grad
+
+
+def assert_close_scaled(got, want, rtol, name, floor=0.0):
+    # Gradients are sums of mixed-sign terms: compare to the tensor's scale, not elementwise-relative.
+    atol = rtol * max(float(want.abs().max()) if want.numel() else 0.0, floor)
+    torch.testing.assert_close(
+        got.double(), want.double(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}"
+    )
+
+
+@pytest.mark.parametrize("impl", ["reference", *FAST_IMPLS])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("per_item", [False, True])
+def test_forward_and_gradients_vs_naive_fp64(impl, seed, per_item):
+    # Random ragged shapes: empties, length 1, long items; Nq 1 and many; H > 1; Dv != D.
+    g = torch.Generator().manual_seed(100 + seed)
+    lens = torch.randint(0, 30, (9,), generator=g).tolist() + [0, 1, 64]
+    n_q = [1, 7, 16][seed]
+    q, k, v, cu = make_case(
+        lens, n_q=n_q, heads=3, dim=16, d_v=8, dtype=torch.float64, per_item=per_item, seed=seed
+    )
+    dout = torch.randn(len(lens), n_q, 3, 8, generator=g, dtype=torch.float64)
+    want = grads("reference", q, k, v, cu, dout)
+    # the fp64 reference itself against the loop (autograd through the loop gives the gradients)
+    q_, k_, v_ = (t.clone().requires_grad_() for t in (q, k, v))
+    loop_out, _ = naive_loop(q_, k_, v_, cu, 0.25)
+    (loop_out * dout).sum().backward()
+    for got, ref, name in zip(want[2:], (q_.grad, k_.grad, v_.grad), "qkv", strict=True):
+        assert_close_scaled(got, ref, 1e-10, f"reference d{name}")  # fp64 both sides
+    got = grads(impl, q.float(), k.float(), v.float(), cu, dout.float())
+    torch.testing.assert_close(got[0].double(), want[0], rtol=2e-5, atol=2e-5)  # fp32 vs fp64: see header
+    torch.testing.assert_close(got[1].double(), want[1], rtol=2e-5, atol=2e-5)
+    for g_, w_, name in zip(got[2:], want[2:], "qkv", strict=True):
+        # dq sums over every key of every item (~400 terms): a few fp32 ulps per term, relative to the max
+        assert_close_scaled(g_, w_, 5e-5, f"{impl} d{name}")
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_bf16_matches_reference_bf16(impl):
+    lens = [5, 0, 1, 23, 9, 14]
+    q, k, v, cu = make_case(lens, n_q=4, heads=2, dim=16, dtype=torch.bfloat16, seed=3)
+    dout = torch.randn(len(lens), 4, 2, 16, generator=torch.Generator().manual_seed(4))
+    want = grads("reference", q, k, v, cu, dout)
+    got = grads(impl, q, k, v, cu, dout)
+    assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.float32
+    # fp32 math on identical bf16 inputs, one rounding to bf16 each: within one bf16 step (2**-7 relative)
+    torch.testing.assert_close(got[0].float(), want[0].float(), rtol=2**-7, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=2e-5, atol=2e-5)  # lse stays fp32
+    for g_, w_, name in zip(got[2:], want[2:], "qkv", strict=True):
+        assert g_.dtype == torch.bfloat16
+        # gradients: fp32 sums in different orders, then one bf16 rounding: two bf16 steps of the max
+        assert_close_scaled(g_, w_, 2**-6, f"{impl} d{name} bf16")
+
+
+@pytest.mark.parametrize("impl", ["reference", *FAST_IMPLS])
+def test_item_alone_equals_item_in_batch(impl):
+    lens = [4, 0, 11, 1, 7]
+    q, k, v, cu = make_case(lens, n_q=3, heads=2, dim=8)
+    out, lse = cross_attention_pool(q, k, v, cu, impl=impl)
+    for b in range(len(lens)):
+        s, e = int(cu[b]), int(cu[b + 1])
+        one = torch.tensor([0, e - s], dtype=cu.dtype)
+        o1, l1 = cross_attention_pool(q, k[s:e], v[s:e], one, impl=impl)
+        # same item, same arithmetic per item: only summation order may differ with batch composition
+        torch.testing.assert_close(o1[0], out[b], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(l1[0], lse[b], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["reference", *FAST_IMPLS])
+def test_projected_matches_explicit_projection_with_gradients(impl):
+    g = torch.Generator().manual_seed(7)
+    lens = [3, 0, 12, 1]
+    heads, dim, d_v, c_in = 2, 8, 4, 10
+    x = torch.randn(sum(lens), c_in, generator=g, dtype=torch.float64)
+    w_k = torch.randn(heads * dim, c_in, generator=g, dtype=torch.float64) / 3
+    w_v = torch.randn(heads * d_v, c_in, generator=g, dtype=torch.float64) / 3
+    b_k = torch.randn(heads * dim, generator=g, dtype=torch.float64)
+    b_v = torch.randn(heads * d_v, generator=g, dtype=torch.float64)
+    q = torch.randn(5, heads, dim, generator=g, dtype=torch.float64)
+    cu = torch.tensor([0, 3, 3, 15, 16])
+    dout = torch.randn(4, 5, heads, d_v, generator=g, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (q, x, w_k, w_v, b_k, b_v)]
+    out, _ = naive_loop(
+        leaves[0],
+        (leaves[1] @ leaves[2].T + leaves[4]).view(-1, heads, dim),
+        (leaves[1] @ leaves[3].T + leaves[5]).view(-1, heads, d_v),
+        cu,
+        1 / math.sqrt(dim),
+    )
+    (out * dout).sum().backward()
+    want = [t.grad for t in leaves]
+    got_leaves = [t.float().clone().requires_grad_() for t in (q, x, w_k, w_v, b_k, b_v)]
+    q_, x_, wk_, wv_, bk_, bv_ = got_leaves
+    got, _ = cross_attention_pool_projected(q_, x_, wk_, wv_, cu, b_k=bk_, b_v=bv_, impl=impl)
+    torch.testing.assert_close(got.double(), out.detach(), rtol=2e-5, atol=2e-5)  # fp32 vs fp64: see header
+    (got * dout.float()).sum().backward()
+    for leaf, w, name in zip(got_leaves, want, ["q", "x", "w_k", "w_v", "b_k", "b_v"], strict=True):
+        # fp32 sums of ~100 terms. db_k is exactly 0 in exact arithmetic (q.b_k shifts every score of a
+        # query equally; softmax ignores it), so it is compared on the O(1) scale of the other gradients.
+        assert_close_scaled(leaf.grad, w, 5e-5, f"{impl} d{name}", floor=1.0)
+
+
+def test_auto_picks_packed_on_cpu_and_impl_is_validated():
+    from pairsmith.kernels.dispatch import resolve_impl
+
+    assert resolve_impl("auto", torch.device("cpu")) is Impl.PACKED
+    assert resolve_impl(Impl.REFERENCE, torch.device("cpu")) is Impl.REFERENCE
+    q, k, v, cu = make_case([2, 3])
+    with pytest.raises(InvalidInput, match="impl: unknown 'fast'"):
+        cross_attention_pool(q, k, v, cu, impl="fast")
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
+    from pairsmith.kernels.dispatch import triton_available
+
+    if not triton_available():
+        pytest.skip("triton not installed: the refusal names the pip install instead")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q, k, v, cu = make_case([2, 3])
+    with pytest.raises(FailedPrecondition, match="TRITON_INTERPRET=1"):
+        cross_attention_pool(q, k, v, cu, impl="triton")
+
+
+def _bad_inputs():
+    q, k, v, cu = make_case([2, 0, 3])
+    cu64 = cu.long()
+    return [
+        ("q rank", (q[0], k, v, cu), "q: expected"),
+        ("k rank", (q, k[:, 0], v, cu), "k, v: expected packed"),
+        ("int q", (q.long(), k, v, cu), "q: dtype"),
+        ("mixed dtype", (q, k.double(), v, cu), "share one dtype"),
+        ("head mismatch", (q, k[:, :1], v[:, :1], cu), "shapes disagree"),
+        ("dim mismatch", (q, k[..., :4], v, cu), "shapes disagree"),
+        ("total mismatch", (q, k, v[:-1], cu), "shapes disagree"),
+        ("cu float", (q, k, v, cu.float()), "cu_seqlens: expected int32 or int64"),
+        ("cu 2-D", (q, k, v, cu[None]), "cu_seqlens: expected a 1-D"),
+        ("cu start", (q, k, v, cu64 + 1), "must start at 0"),
+        ("cu end", (q, k, v, torch.tensor([0, 2, 2, 4])), "must end at total"),
+        ("cu decreasing", (q, k, v, torch.tensor([0, 3, 2, 5])), "non-decreasing; item 1"),
+        ("per-item B", (q.expand(2, *q.shape), k, v, cu), "need B = len"),
+        ("not a tensor", (q.tolist(), k, v, cu), "q: expected a torch.Tensor"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
+def test_bad_inputs_raise_invalid_input(case):
+    _, args, match = case
+    with pytest.raises(InvalidInput, match=match):
+        cross_attention_pool(*args)
+
+
+def test_bad_scale_and_projection_inputs():
+    q, k, v, cu = make_case([2, 3])
+    with pytest.raises(InvalidInput, match="scale: expected a finite"):
+        cross_attention_pool(q, k, v, cu, scale=float("nan"))
+    x = torch.randn(5, 6)
+    w = torch.randn(16, 6)
+    with pytest.raises(InvalidInput, match="w_k: expected"):
+        cross_attention_pool_projected(q, x, w[:, :5], w, cu)
+    with pytest.raises(InvalidInput, match="b_v: expected shape"):
+        cross_attention_pool_projected(q, x, w, w, cu, b_v=torch.zeros(3))
+    with pytest.raises(InvalidInput, match="x: expected"):
+        cross_attention_pool_projected(q, x[None], w, w, cu)
