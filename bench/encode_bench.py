@@ -137,7 +137,7 @@ def bench_cross(args, a, b) -> dict:
 
     from pairsmith.encoders import Activation, CrossEncoder
 
-    pairs = list(zip(a, b, strict=True))
+    pairs = list(zip(a, b, strict=True))[: args.cross_limit]
     n = len(pairs)
     with tempfile.TemporaryDirectory(prefix="pairsmith-bench-ce-") as tmp:
         CrossEncoder.from_backbone(args.model, device="cpu", seed=0).save(tmp)
@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--limit", type=int, default=None, help="first N pairs only (smoke runs)")
     p.add_argument("--skip-cross", action="store_true")
+    p.add_argument(
+        "--cross-limit", type=int, default=None, help="first N dev pairs for the cross-encoder part"
+    )
     p.add_argument("--invariance-texts", type=int, default=48, help="texts checked alone vs in one batch")
     p.add_argument(
         "--write-table",

@@ -45,7 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--cross-encoder", help="cross-encoder model (enables CROSS_ENCODER scoring and reranking)"
     )
     p.add_argument("--uni-encoder", help="Uni-Encoder model (accepted; not servable in this build yet)")
-    p.add_argument("--backend", choices=("torch", "onnx"), help="inference runtime (default torch)")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "openvino", "auto"),
+        help="inference runtime (default torch); auto = the measured fastest engine for this CPU",
+    )
     p.add_argument("--device", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument(
         "--data-dir", type=Path, help="index store root (default $PAIRSMITH_HOME or ~/.local/share/pairsmith)"
