@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_serving(target)
         if peer is not None:
             peer.wait_ready()
-            peer.closed_loop([texts[i : i + 8] for i in range(0, 128, 8)], 4)  # warm-up
+            peer.closed_loop([texts[i : i + 8] for i in range(0, min(128, len(texts)), 8)], 4)  # warm-up
         asyncio.run(closed_loop(target, requests_of(texts, 8)[:16], 4))  # warm-up
         names = ["in_process"] + [f"grpc_{c}x{t}" for c, t in loads]
         names += [f"infinity_{c}x{t}" for c, t in loads] if peer is not None else []
