@@ -133,6 +133,7 @@ def plot(res: dict, out_dir: Path, line: str) -> list[Path]:
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)
+        ax1.set_yscale("log")
         ax2.set_yscale("log")
         ax1.legend()
         fig.suptitle(line, fontsize=8)
