@@ -14,7 +14,7 @@ import json
 import statistics
 from pathlib import Path
 
-VARIANTS = ("mean", "multi-layer", "last-layer")
+VARIANTS = ("mean", "multi-layer", "last-layer", "multi-layer-paper")
 COLUMNS = (("stsb-dev", "sts"), ("sickr-dev", "sts"), ("MAP", "wikiqa"))
 
 

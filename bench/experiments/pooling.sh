@@ -16,9 +16,11 @@ mkdir -p "$R"
 for seed in $SEEDS; do
   for v in $VARIANTS; do
     d="$R/$v-s$seed"
+    pool="$v" extra=""
+    if [ "$v" = multi-layer-paper ]; then pool=multi-layer extra=--no-residual; fi  # the paper's output form
     if [ ! -f "$d/report.json" ]; then
       echo "$(date -u +%FT%TZ) train $d"
-      nice -n 19 $PS train embedding --model default --pooling "$v" --data stsb-train --max-pairs "$PAIRS" \
+      nice -n 19 $PS train embedding --model default --pooling "$pool" $extra --data stsb-train --max-pairs "$PAIRS" \
         --epochs 1 --batch-size 32 --lr 2e-5 --pooler-lr 1e-3 --max-length 64 --seed "$seed" \
         --threads 1 --no-progress --out "$d" >> "$d.log" 2>&1 || { echo "train failed: $d"; continue; }
     fi
