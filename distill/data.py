@@ -153,22 +153,39 @@ def read_senteval_year(folder: str | os.PathLike[str], name: str | None = None) 
         raise NotFound(f"{folder}: no STS.input.*.txt files")
     rows: list[tuple[str, str, float | None]] = []
     for inp in inputs:
-        subset = inp.name[len("STS.input.") : -len(".txt")]
-        gs = folder / f"STS.gs.{subset}.txt"
-        if not gs.exists():
-            continue  # e.g. STS13 SMT: input withheld / gold without input
-        sents = list(_lines(inp))
-        golds = list(_lines(gs))
-        if len(sents) != len(golds):
-            raise DataFormatError(gs, f"{len(golds)} gold lines for {len(sents)} input lines in {inp.name}")
-        for (no, s), (_, g) in zip(sents, golds, strict=True):
-            if not g.strip():
-                continue
-            parts = s.split("\t")
-            if len(parts) < 2:
-                raise DataFormatError(inp, "expected 's1 TAB s2'", line=no)
-            rows.append((parts[0], parts[1], _float(gs, no, g.strip(), "gold score")))
+        rows.extend(_senteval_subset(folder, inp))
     return _pairset(name or folder.name, rows, folder)
+
+
+def senteval_subsets(folder: str | os.PathLike[str]) -> list[PairSet]:
+    """The scored subsets of one SentEval year folder, one PairSet each (e.g. STS12's MSRpar)."""
+    folder = _need(Path(folder), "STS year folder")
+    out = []
+    for inp in sorted(folder.glob("STS.input.*.txt")):
+        rows = _senteval_subset(folder, inp)
+        if rows:
+            out.append(_pairset(f"{folder.name}/{inp.name}", rows, inp))
+    return out
+
+
+def _senteval_subset(folder: Path, inp: Path) -> list[tuple[str, str, float | None]]:
+    subset = inp.name[len("STS.input.") : -len(".txt")]
+    gs = folder / f"STS.gs.{subset}.txt"
+    if not gs.exists():
+        return []  # e.g. STS13 SMT: input withheld / gold without input
+    sents = list(_lines(inp))
+    golds = list(_lines(gs))
+    if len(sents) != len(golds):
+        raise DataFormatError(gs, f"{len(golds)} gold lines for {len(sents)} input lines in {inp.name}")
+    rows: list[tuple[str, str, float | None]] = []
+    for (no, s), (_, g) in zip(sents, golds, strict=True):
+        if not g.strip():
+            continue
+        parts = s.split("\t")
+        if len(parts) < 2:
+            raise DataFormatError(inp, "expected 's1 TAB s2'", line=no)
+        rows.append((parts[0], parts[1], _float(gs, no, g.strip(), "gold score")))
+    return rows
 
 
 def read_sick(path: str | os.PathLike[str], name: str | None = None) -> PairSet:
@@ -298,19 +315,6 @@ def read_pair_path(path: Path) -> PairSet:
     if len(fields) >= 6 and (_isfloat(fields[4]) or _isfloat(fields[3])):
         return read_sts_tab(path)
     return read_pair_file(path)
-
-
-def unlabeled_pool(names: Iterable[str], root: str | os.PathLike[str] | None = None) -> PairSet:
-    """Union of sets as unlabeled pairs (scores dropped), deduplicated in first-seen order."""
-    seen: dict[tuple[str, str], None] = {}
-    for n in names:
-        ps = load_sts_set(n, root)
-        for a, b in zip(ps.s1, ps.s2, strict=True):
-            seen.setdefault((a, b), None)
-    keys = list(seen)
-    if not keys:
-        raise InvalidInput("unlabeled pool: no pairs")
-    return PairSet("+".join(names), [a for a, _ in keys], [b for _, b in keys], None)
 
 
 # --------------------------------------------------------------------------- retrieval

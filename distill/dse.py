@@ -25,7 +25,6 @@ also ``out/student/dse_head``), ``out/teacher_cache.npz``, ``config.json``,
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import json
 import logging
@@ -42,9 +41,10 @@ from pairsmith.distill.augment import Sampling, augment_pairs
 from pairsmith.distill.data import PairSet
 from pairsmith.distill.fit_config import DSE_FIT_DEFAULT, FitConfig
 from pairsmith.distill.labels import parse_enum
+from pairsmith.distill.losses import DSEHead, DSELoss
 from pairsmith.distill.pairsets import load_pairs, pair_key, scale_scores, score_range_for, subsample
 from pairsmith.distill.runstate import RunState, save_dir_atomic, save_npz_atomic, write_json_atomic
-from pairsmith.distill.selection import Metric, binary_metrics, pair_metric
+from pairsmith.distill.selection import PairMetric, binary_metrics, pair_metric
 from pairsmith.distill.supervised import resolve_cross_dir
 from pairsmith.distill.train import PairEmbedder, run_fit
 from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
@@ -53,11 +53,6 @@ from pairsmith.errors import FailedPrecondition, InvalidInput
 log = logging.getLogger(__name__)
 
 HEAD_DIR = "dse_head"
-
-
-class Head(enum.Enum):
-    COSINE = "cosine"
-    MLP = "mlp"
 
 
 class MLPHead(nn.Module):
@@ -187,7 +182,7 @@ class DSEConfig:
     teacher: str  # cross-encoder directory (or a train cross-encoder / trans-encoder output folder)
     pairs: str  # training pairs; gold scores used for the task term when present
     student: str = "default"
-    head: str = Head.COSINE.value
+    head: str = DSEHead.COSINE.value
     alpha: float = 0.5  # weight of the teacher term (DSE's distillation_coeff)
     dev: str | None = None
     test: str | None = None
@@ -202,7 +197,7 @@ class DSEConfig:
     fit: FitConfig = field(default_factory=lambda: DSE_FIT_DEFAULT)
 
     def __post_init__(self) -> None:
-        parse_enum(Head, self.head, "--head")
+        parse_enum(DSEHead, self.head, "--head")
         parse_enum(Sampling, self.augment, "--augment")
         if self.augment_k < 1:
             raise InvalidInput(f"--augment-k: must be >= 1, got {self.augment_k}")
@@ -213,26 +208,28 @@ class DSEConfig:
         return dataclasses.asdict(self)
 
 
-def _metric(cfg: DSEConfig, gold: np.ndarray | None) -> Metric:
+def _metric(cfg: DSEConfig, gold: np.ndarray | None) -> PairMetric:
     if cfg.metric != "auto":
-        return parse_enum(Metric, cfg.metric, "--metric")  # type: ignore[return-value]
+        return parse_enum(PairMetric, cfg.metric, "--metric")  # type: ignore[return-value]
     if gold is not None and set(np.unique(gold).tolist()) <= {0.0, 1.0}:
-        return Metric.ACCURACY
-    return Metric.SPEARMAN
+        return PairMetric.ACCURACY
+    return PairMetric.SPEARMAN
 
 
-def _rows_eval(scores_dev, dev: PairSet | None, scores_test, test: PairSet | None, metric: Metric) -> dict:
+def _rows_eval(
+    scores_dev, dev: PairSet | None, scores_test, test: PairSet | None, metric: PairMetric
+) -> dict:
     row: dict = {}
     thr = None
     if dev is not None:
-        if metric is Metric.ACCURACY:
+        if metric is PairMetric.ACCURACY:
             m = binary_metrics(scores_dev, dev.scores)
             thr = m["threshold"]
             row["dev"] = m
         else:
             row["dev"] = {"spearman": pair_metric(scores_dev, dev.scores, metric)}
     if test is not None:
-        if metric is Metric.ACCURACY:
+        if metric is PairMetric.ACCURACY:
             row["test"] = binary_metrics(scores_test, test.scores, thr)  # threshold chosen on dev
         else:
             row["test"] = {"spearman": pair_metric(scores_test, test.scores, metric)}
@@ -240,13 +237,19 @@ def _rows_eval(scores_dev, dev: PairSet | None, scores_test, test: PairSet | Non
 
 
 def run_dse(
-    cfg: DSEConfig, out: str | Path, *, resume: bool = False, device: str | None = "auto", progress=True
+    cfg: DSEConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str | None = "auto",
+    progress=True,
+    pair_scorer=None,  # fn(model_dir, pairs, kind=, activation=, symmetric=) -> scores; e.g. Ray (--engine ray)
 ) -> dict:
     from pairsmith.encoders.runtime import resolve_device
 
     out = Path(out)
     dev_name = resolve_device(device)
-    head_kind = parse_enum(Head, cfg.head, "--head")
+    head_kind = parse_enum(DSEHead, cfg.head, "--head")
     train = subsample(load_pairs(cfg.pairs, labeled=cfg.use_labels), cfg.max_pairs, cfg.fit.seed)
     y = None
     if cfg.use_labels:
@@ -262,7 +265,14 @@ def run_dse(
     teacher_dir = resolve_cross_dir(cfg.teacher)
     state = RunState(out, cfg.to_dict(), resume=resume, kind="dse")
     write_json_atomic(out / "config.json", {"kind": "dse", **cfg.to_dict()})
-    report: dict = {"kind": "dse", "config": cfg.to_dict(), "train_pairs": len(train), "metric": metric.value}
+    report: dict = {
+        "kind": "dse",
+        "code": state.code,
+        "config": cfg.to_dict(),
+        "train_pairs": len(train),
+        "metric": metric.value,
+        "selected_on": cfg.dev,  # the dev set picks the checkpoint: its row is optimistic, test is not
+    }
     report["rows"] = {}
 
     start_encoder = functools.cache(lambda: BiEncoder.load(cfg.student, device=dev_name))  # read-only uses
@@ -273,17 +283,30 @@ def run_dse(
         report["augment"] = state.info("augment")
     fit_pairs = train.pairs + aug.pairs
 
-    # 1. teacher scores (cached by pair text) and the teacher's own row
+    # 1. teacher scores (cached by pair text) and the teacher's own row. The teacher as it is now
+    # identifies the cache: a teacher retrained in place since the run started is refused on --resume.
     need_teacher = cfg.alpha > 0 or dev is not None or test is not None
-    if need_teacher and not state.is_done("teacher"):
-        ce = CrossEncoder.load(teacher_dir, device=dev_name)
+    teacher = functools.cache(lambda: CrossEncoder.load(teacher_dir, device=dev_name))
+    meta = None
+    if need_teacher:
         meta = {
-            "fingerprint": ce.fingerprint,
-            "max_length": ce.max_length,
+            "fingerprint": teacher().fingerprint,
+            "max_length": teacher().max_length,
             "symmetric": cfg.teacher_symmetric,
         }
+        before = state.info("teacher").get("meta")
+        if state.is_done("teacher") and before != meta:
+            raise FailedPrecondition(
+                f"{out}: --resume with another teacher than the run started with ({before} -> {meta}); "
+                "the cached teacher scores would be stale: start a new --out directory"
+            )
+    if need_teacher and not state.is_done("teacher"):
+        ce = teacher()
         cache = TeacherCache(out / "teacher_cache.npz", meta)
         fn = lambda ps: teacher_logits(ce, ps, cfg.teacher_symmetric, progress)  # noqa: E731
+        if pair_scorer is not None:  # the same logits, scored elsewhere (e.g. Ray actors)
+            kw = {"kind": "cross", "activation": "raw", "symmetric": cfg.teacher_symmetric}
+            fn = lambda ps: pair_scorer(str(teacher_dir), ps, **kw)  # noqa: E731
         t0 = time.time()
         t_fit, n_new = cache.lookup(fit_pairs, fn) if cfg.alpha > 0 else (None, 0)
         sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
@@ -298,7 +321,7 @@ def run_dse(
                 "p10": round(float(np.percentile(silver, 10)), 4),
                 "p90": round(float(np.percentile(silver, 90)), 4),
             }
-        state.mark("teacher", row=row, cache=cache_info)
+        state.mark("teacher", row=row, cache=cache_info, meta=meta)
     if need_teacher:
         report["rows"]["teacher"] = state.info("teacher").get("row")
         report["teacher_cache"] = state.info("teacher").get("cache")
@@ -316,15 +339,18 @@ def run_dse(
     if not state.is_done("fit"):
         t_logit = None
         if cfg.alpha > 0:
-            ce_meta = json.loads((out / "teacher_cache.json").read_text())["teacher"]
-            cache = TeacherCache(out / "teacher_cache.npz", ce_meta)
+            cache = TeacherCache(out / "teacher_cache.npz", meta)  # empty unless made by this teacher
 
             def refuse(_pairs):
-                raise FailedPrecondition("teacher cache lost pairs between steps; rerun without --resume")
+                raise FailedPrecondition(
+                    f"{out}/teacher_cache.npz: lost pairs or made by another teacher since the teacher step; "
+                    "start a new --out directory"
+                )
 
             t_logit, _ = cache.lookup(fit_pairs, refuse)
         enc = BiEncoder.load(cfg.student, device=dev_name)
-        head = MLPHead(enc.dim, cfg.mlp_hidden).to(dev_name) if head_kind is Head.MLP else None
+        torch.manual_seed(cfg.fit.seed)  # the new head's weights: the same for the same --seed
+        head = MLPHead(enc.dim, cfg.mlp_hidden).to(dev_name) if head_kind is DSEHead.MLP else None
         fit_set, fit_y = train, y
         if len(aug):  # silver rows carry no gold label (NaN): teacher term only
             fit_set = PairSet(f"{train.name}+{aug.name}", train.s1 + aug.s1, train.s2 + aug.s2)
@@ -388,7 +414,7 @@ def fit_dse(
     t_logit: np.ndarray | None,
     cfg: DSEConfig,
     dev: PairSet | None,
-    metric: Metric,
+    metric: PairMetric,
     device: str,
     progress: bool,
 ):
@@ -397,31 +423,19 @@ def fit_dse(
     model: nn.Module = st_model if head is None else nn.ModuleDict({"encoder": st_model, "head": head})
     pe = PairEmbedder(st_model, train.s1, train.s2, cfg.fit.max_length, device)
     tt = torch.as_tensor(t_logit) if t_logit is not None else None
-    alpha = cfg.alpha if y is not None else 1.0
-    # Per-row weights, fixed for the run: gold rows (1-a) on the task, a on the teacher; silver rows
-    # (NaN gold) 0 on the task, 1 on the teacher.
-    has = torch.as_tensor(~np.isnan(y)) if y is not None else torch.zeros(len(train), dtype=torch.bool)
-    gold_all = torch.as_tensor(np.nan_to_num(y)) if y is not None else None
-    w_task_all = (1 - alpha) * has.float()
-    w_teacher_all = torch.where(has, torch.tensor(alpha), torch.tensor(1.0))
+    gold_all = torch.as_tensor(y) if y is not None else None  # NaN: a silver (teacher-only) row
+    criterion = DSELoss(
+        cfg.alpha if y is not None else 1.0, head=DSEHead.COSINE if head is None else DSEHead.MLP
+    )
 
     def loss(idx: np.ndarray) -> torch.Tensor:
-        """Mean over the batch of per-pair losses, weighted as above."""
         u, v = pe.pair_embeddings(idx)  # (B, D) each
         s = F.cosine_similarity(u, v, dim=-1) if head is None else head(u, v)  # (B,) cosine or logit
-        per = torch.zeros_like(s)
-        if gold_all is not None and alpha < 1:
-            gold = gold_all[idx].to(s.device)
-            if head is None:
-                task = (s - gold) ** 2
-            else:
-                task = F.binary_cross_entropy_with_logits(s, gold, reduction="none")
-            per = per + w_task_all[idx].to(s.device) * task
-        if tt is not None and alpha > 0:
-            t = tt[idx].to(s.device)
-            target = torch.sigmoid(t) if head is None else t  # cosine vs teacher prob; logit vs teacher logit
-            per = per + w_teacher_all[idx].to(s.device) * (s - target) ** 2
-        return per.mean()
+        return criterion(
+            s,
+            gold_all[idx] if gold_all is not None else None,
+            tt[idx] if tt is not None and criterion.alpha > 0 else None,
+        )
 
     evaluator = None
     if dev is not None:
@@ -442,4 +456,4 @@ def fit_dse(
     )
 
 
-__all__ = ["DSEConfig", "DSEStudent", "DSE_FIT_DEFAULT", "Head", "MLPHead", "TeacherCache", "run_dse"]
+__all__ = ["DSEConfig", "DSEStudent", "MLPHead", "TeacherCache", "run_dse"]

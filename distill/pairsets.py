@@ -2,9 +2,15 @@
 
 ``--pairs`` accepts a comma-separated list of named sets (``stsb-train``,
 ``sts12`` ... ``sts16``, ``sickr-train``, ``sts-companion``, ``mrpc-train`` ...),
-pools (``sts-all``: the paper's transductive pool; ``sts-inductive``: pairs
-disjoint from the STS 7-task evaluation sets) and pair files (TSV or JSONL,
+pools (``sts-all``: the paper's transductive pool; ``sts-inductive``: STS-B train
+and SICK train minus every pair of the STS 7-task evaluation sets) and pair files (TSV or JSONL,
 see :func:`pairsmith.distill.data.read_pair_file`).
+
+Overlap, exclusion and deduplication compare pairs by their normalised text
+(:mod:`pairsmith.distill.textnorm`: case, punctuation and whitespace ignored).
+Gold scores of the STS12-16 and companion sets are never training targets; the
+guard checks the *content* of every labeled training set (a path to a copy of
+those files is refused like their names).
 """
 
 from __future__ import annotations
@@ -13,10 +19,21 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-from pairsmith.distill.data import STS7, PairSet, data_root, load_sts_set, read_mrpc
+from pairsmith.distill.data import (
+    STS7,
+    PairSet,
+    data_root,
+    load_sts_set,
+    read_mrpc,
+    read_sts_tab,
+    senteval_subsets,
+)
+from pairsmith.distill.textnorm import norm_pair_key
 from pairsmith.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -38,9 +55,14 @@ POOLS = {
     ],
     "sts-inductive": ["stsb-train", "sickr-train"],
 }
+# Pools that are disjoint from the STS 7-task evaluation sets by construction: STS-B train holds whole
+# STS12-16 subsets (17-50% of each year's pairs, normalised text), so those pairs are dropped on load.
+INDUCTIVE_POOLS = {"sts-inductive"}
 MRPC = {"mrpc-train": "msr-para-train.tsv", "mrpc-val": "msr-para-val.tsv", "mrpc-test": "msr-para-test.tsv"}
-# Sets whose scores must never be training targets (they contain most STS-B test pairs).
+# Sets whose scores must never be training targets (they contain most STS-B test pairs). By name here;
+# by content in :func:`protected_rows` (STS2017 ships as zips only and has no reader: name only).
 NO_TRAIN_SCORES = {"sts12", "sts13", "sts14", "sts15", "sts16", "sts-companion", "sts2017"}
+
 # Known score ranges for scaling gold scores to [0, 1].
 SCORE_RANGES = {"stsb": (0.0, 5.0), "sickr": (1.0, 5.0), "mrpc": (0.0, 1.0)}
 
@@ -71,12 +93,14 @@ def load_pairs(
 
     ``labeled=False`` drops the scores (unlabeled use; allowed for every set).
     ``labeled=True`` keeps them and, when ``for_training``, refuses sets whose
-    scores may never be trained on (STS12-16, companion, 2017). ``dedup`` drops repeated (s1, s2)
-    pairs, keeping the first.
+    scores may never be trained on (STS12-16, companion, 2017), by name and by content. ``dedup``
+    drops repeated pairs (normalised text, same order), keeping the first.
     """
     names: list[str] = []
+    inductive = False
     for n in _names(spec):
         names.extend(POOLS.get(n.lower(), [n]))
+        inductive |= n.lower() in INDUCTIVE_POOLS
     if labeled and for_training:
         bad = [n for n in names if n.lower() in NO_TRAIN_SCORES]
         if bad:
@@ -85,6 +109,9 @@ def load_pairs(
                 "pairs); use them unlabeled or for evaluation only"
             )
     sets = [_load_one(n, root) for n in names]
+    if labeled and for_training:
+        for n, ps in zip(names, sets, strict=True):
+            check_not_protected(ps, n, root)
     s1 = [s for ps in sets for s in ps.s1]
     s2 = [s for ps in sets for s in ps.s2]
     scores = None
@@ -94,9 +121,9 @@ def load_pairs(
             raise InvalidInput(f"pairs: {missing} have no scores; labeled training needs a score per pair")
         scores = np.concatenate([ps.scores for ps in sets]).astype(np.float32)  # type: ignore[misc]
     if dedup:
-        keep: dict[tuple[str, str], int] = {}
-        for i, p in enumerate(zip(s1, s2, strict=True)):
-            keep.setdefault(p, i)
+        keep: dict[str, int] = {}
+        for i, (a, b) in enumerate(zip(s1, s2, strict=True)):
+            keep.setdefault(norm_pair_key(a, b), i)
         idx = np.fromiter(keep.values(), dtype=np.int64, count=len(keep))
         if len(idx) < len(s1):
             log.info("pairs %s: %d duplicate pairs dropped", spec, len(s1) - len(idx))
@@ -105,7 +132,10 @@ def load_pairs(
             scores = scores[idx] if scores is not None else None
     if not s1:
         raise InvalidInput(f"pairs {spec}: no pairs")
-    return PairSet(spec, s1, s2, scores)
+    out = PairSet(spec, s1, s2, scores)
+    if inductive:
+        out = drop_pairs_in(out, list(STS7), root)
+    return out
 
 
 def score_range_for(spec: str, scores: np.ndarray, given: str | None = None) -> tuple[float, float]:
@@ -166,8 +196,7 @@ def overlap(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | 
     with the pool (incidental duplicates, e.g. STS-B train/dev share 0.5%; use
     ``drop_pairs_in`` for a strictly disjoint pool); *partial* otherwise.
     """
-    keys = {(a, b) for a, b in zip(pool.s1, pool.s2, strict=True)}
-    keys |= {(b, a) for a, b in keys}
+    keys = _unordered_norm_keys(pool.s1, pool.s2)
     per: dict[str, float] = {}
     for name in eval_sets:
         try:
@@ -175,22 +204,78 @@ def overlap(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | 
         except Exception as exc:  # noqa: BLE001 - a missing eval set only weakens the report
             log.warning("overlap check: cannot read %s (%s)", name, exc)
             continue
-        hits = sum((a, b) in keys for a, b in zip(ps.s1, ps.s2, strict=True))
+        hits = sum(norm_pair_key(a, b) in keys for a, b in zip(ps.s1, ps.s2, strict=True))
         per[name] = round(hits / max(len(ps), 1), 4)
     worst = max(per.values(), default=0.0)
     setting = "transductive" if worst >= 0.5 else "inductive" if worst <= 0.05 else "partial"
     return Overlap(per, setting)
 
 
+def _unordered_norm_keys(s1: list[str], s2: list[str]) -> set[str]:
+    keys: set[str] = set()
+    for a, b in zip(s1, s2, strict=True):
+        keys.add(norm_pair_key(a, b))
+        keys.add(norm_pair_key(b, a))
+    return keys
+
+
+def _rows(ps: PairSet) -> set[tuple[str, float]]:
+    """(normalised pair, score) rows of a labeled set: what the content guard compares."""
+    assert ps.scores is not None
+    return {
+        (norm_pair_key(a, b), round(float(y), 2)) for a, b, y in zip(ps.s1, ps.s2, ps.scores, strict=True)
+    }
+
+
+@lru_cache(maxsize=4)
+def protected_rows(root: str) -> tuple[tuple[str, frozenset], ...]:
+    """(piece name, rows) of every protected piece found under ``root``: each STS12-16 year and each
+    of its subsets, the whole companion and each of its files. Missing files are skipped."""
+    base = Path(root)
+    pieces: list[tuple[str, frozenset]] = []
+    for y in (12, 13, 14, 15, 16):
+        folder = base / f"sts/sts12-16/STS{y}-en-test"
+        if not folder.is_dir():
+            continue
+        subs = senteval_subsets(folder)
+        pieces.append((f"sts{y}", frozenset().union(*(_rows(p) for p in subs))))
+        pieces.extend((f"sts{y} {p.name.split('/')[-1]}", frozenset(_rows(p))) for p in subs)
+    comp = sorted((base / "sts/sts-companion/stscompanion").glob("sts-*.csv"))
+    parts = [(f"sts-companion {f.name}", frozenset(_rows(read_sts_tab(f)))) for f in comp]
+    if parts:
+        pieces.append(("sts-companion", frozenset().union(*(r for _, r in parts))))
+        pieces.extend(parts)
+    return tuple(p for p in pieces if p[1])
+
+
+def check_not_protected(ps: PairSet, spec: str, root: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a labeled training set whose scored pairs are those of a protected set or file, whatever its path.
+
+    The rule is equality of content (normalised pairs with their scores), not containment:
+    STS-B train itself holds whole STS12-16 subsets with their scores, so a set that merely
+    contains protected rows cannot be refused. A copied, renamed or re-formatted file is caught;
+    a file that mixes protected rows with others is not.
+    """
+    if ps.scores is None:
+        return
+    mine = frozenset(_rows(ps))
+    for piece, rows in protected_rows(str(data_root(root))):
+        if rows == mine:
+            raise InvalidInput(
+                f"pairs {spec}: its scored pairs are those of {piece}, whose scores must not be used for "
+                "training (they contain most STS-B test pairs); use them unlabeled or for evaluation only"
+            )
+
+
 def drop_pairs_in(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | None = None) -> PairSet:
-    """``pool`` without any pair that occurs (in either order) in ``eval_sets``."""
-    banned: set[tuple[str, str]] = set()
+    """``pool`` without any pair that occurs (in either order, normalised text) in ``eval_sets``."""
+    banned: set[str] = set()
     for name in eval_sets:
         ps = load_sts_set(name, root)
-        for a, b in zip(ps.s1, ps.s2, strict=True):
-            banned.add((a, b))
-            banned.add((b, a))
-    idx = [i for i, p in enumerate(zip(pool.s1, pool.s2, strict=True)) if p not in banned]
+        banned |= _unordered_norm_keys(ps.s1, ps.s2)
+    idx = [
+        i for i, (a, b) in enumerate(zip(pool.s1, pool.s2, strict=True)) if norm_pair_key(a, b) not in banned
+    ]
     if len(idx) < len(pool):
         log.info("pairs: %d pairs that occur in the evaluation sets dropped", len(pool) - len(idx))
     if not idx:
@@ -221,6 +306,7 @@ def subsample(ps: PairSet, n: int | None, seed: int) -> PairSet:
 __all__ = [
     "MRPC",
     "NO_TRAIN_SCORES",
+    "check_not_protected",
     "POOLS",
     "STS7",
     "Overlap",

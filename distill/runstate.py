@@ -4,7 +4,8 @@ Every artifact is written atomically (temp file or directory, fsync, rename),
 and a run's ``state.json`` lists the steps already finished with what they
 produced. ``--resume`` re-reads it and skips those steps, so a run killed at
 any point restarts from the last finished step, never from the beginning. A
-state whose recorded configuration differs from the one given is refused.
+state whose recorded configuration differs from the one given is refused, and so
+is one written by different code (:mod:`pairsmith.distill.provenance`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pairsmith.atomic import atomic_write_bytes, fsync_dir
+from pairsmith.distill.provenance import code_version, describe, same_code
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,13 @@ class RunState:
                 raise FailedPrecondition(f"{self.path}: unreadable run state ({exc})") from exc
             if data.get("kind") != kind:
                 raise FailedPrecondition(f"{self.path}: a {data.get('kind')!r} run, not {kind!r}")
+            code = code_version()
+            if not same_code(data.get("code"), code):
+                raise FailedPrecondition(
+                    f"{self.path}: --resume of a run written by {describe(data.get('code'))}, but this is "
+                    f"{describe(code)}; a resumed run must not mix code versions: rerun it with that code "
+                    "or start a new --out directory"
+                )
             diff = _config_diff(data.get("config", {}), config)
             if diff:
                 raise FailedPrecondition(
@@ -144,6 +153,11 @@ class RunState:
     # Only these keys may change between a run and its resume.
     RESUMABLE_CHANGES = ("cycles", "progress", "device")
 
+    @property
+    def code(self) -> dict:
+        """The code version that wrote this run (what every report records)."""
+        return code_version()
+
     def elapsed(self) -> float:
         return self.elapsed_before + (time.time() - self._t0)
 
@@ -164,6 +178,7 @@ class RunState:
             {
                 "version": 1,
                 "kind": self.kind,
+                "code": code_version(),
                 "config": self.config,
                 "started": self.started,
                 "elapsed_s": round(self.elapsed(), 3),

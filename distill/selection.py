@@ -19,7 +19,9 @@ from pairsmith.encoders.source import ModelSource
 from pairsmith.errors import InvalidInput
 
 
-class Metric(enum.Enum):
+class PairMetric(enum.Enum):
+    """How a labeled pair set scores a model: Spearman x100 (STS) or accuracy x100 (0/1 labels)."""
+
     SPEARMAN = "spearman"
     ACCURACY = "accuracy"
 
@@ -50,8 +52,8 @@ def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float | No
     return {"accuracy": float((pred == y).mean() * 100), "f1": float(f1 * 100), "threshold": float(threshold)}
 
 
-def pair_metric(scores: np.ndarray, gold: np.ndarray, metric: Metric) -> float:
-    if metric is Metric.SPEARMAN:
+def pair_metric(scores: np.ndarray, gold: np.ndarray, metric: PairMetric) -> float:
+    if metric is PairMetric.SPEARMAN:
         return metrics.spearman(scores, gold)
     return binary_metrics(scores, gold)["accuracy"]
 
@@ -80,7 +82,9 @@ def cross_scores(
     return ce.score(pairs, activation=Activation.SIGMOID, symmetric=symmetric, batch_size=batch_size).values
 
 
-def make_evaluator(kind: str, model, source: ModelSource, dev: PairSet, metric: Metric, *, symmetric=False):
+def make_evaluator(
+    kind: str, model, source: ModelSource, dev: PairSet, metric: PairMetric, *, symmetric=False
+):
     """A no-argument callable returning the dev metric of ``model`` as it is now."""
     if dev.scores is None:
         raise InvalidInput(f"dev set {dev.name}: has no gold scores for model selection")

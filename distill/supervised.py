@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pairsmith.distill.fit_config import TRAIN_CROSS_DEFAULT, FitConfig
 from pairsmith.distill.pairsets import load_pairs, scale_scores, score_range_for, subsample
 from pairsmith.distill.runstate import RunState, save_dir_atomic, write_json_atomic
-from pairsmith.distill.selection import Metric, binary_metrics, cross_scores, make_evaluator, pair_metric
+from pairsmith.distill.selection import PairMetric, binary_metrics, cross_scores, make_evaluator, pair_metric
 from pairsmith.distill.train import fit_cross_encoder
 from pairsmith.encoders import CrossEncoder
 from pairsmith.encoders.runtime import resolve_device
@@ -43,7 +43,7 @@ class TrainCrossConfig:
     both_orders: bool = True  # train on (a, b) and (b, a)
     symmetric_eval: bool = False  # score dev/test as the mean of both orders
     max_pairs: int | None = None  # subsample the training pairs (CPU budgets)
-    fit: FitConfig = TRAIN_CROSS_DEFAULT
+    fit: FitConfig = field(default_factory=lambda: TRAIN_CROSS_DEFAULT)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -69,16 +69,16 @@ def resolve_cross_dir(path: str) -> str:
     return path
 
 
-def _metric_for(cfg_metric: str, scores) -> Metric:
+def _metric_for(cfg_metric: str, scores) -> PairMetric:
     if cfg_metric != "auto":
         try:
-            return Metric(cfg_metric)
+            return PairMetric(cfg_metric)
         except ValueError:
             raise InvalidInput(
                 f"--metric: unknown {cfg_metric!r}; choose spearman, accuracy or auto"
             ) from None
     vals = set(float(x) for x in scores[:1000])
-    return Metric.ACCURACY if vals <= {0.0, 1.0} else Metric.SPEARMAN
+    return PairMetric.ACCURACY if vals <= {0.0, 1.0} else PairMetric.SPEARMAN
 
 
 def train_cross_encoder(
@@ -102,7 +102,9 @@ def train_cross_encoder(
     write_json_atomic(out / "config.json", {"kind": "train-cross-encoder", **cfg.to_dict()})
     report: dict = {
         "kind": "train-cross-encoder",
+        "code": state.code,
         "config": cfg.to_dict(),
+        "selected_on": cfg.dev,  # the checkpoint is chosen on dev: report test for an unbiased figure
         "train_pairs": len(train),
         "score_range": list(rng),
         "metric": metric.value,
@@ -139,12 +141,12 @@ def train_cross_encoder(
         report["dev"] = {"set": cfg.dev, metric.value: pair_metric(s, dev.scores, metric)}
         s_sym = cross_scores(ce.st_model, ce.source, dev.s1, dev.s2, symmetric=True)
         report["dev"][f"{metric.value}_symmetric"] = pair_metric(s_sym, dev.scores, metric)
-        if metric is Metric.ACCURACY:
+        if metric is PairMetric.ACCURACY:
             report["dev"].update(binary_metrics(s, dev.scores))
     if cfg.test:
         test = load_pairs(cfg.test, labeled=True, dedup=False, for_training=False)
         s = cross_scores(ce.st_model, ce.source, test.s1, test.s2, symmetric=cfg.symmetric_eval)
-        if metric is Metric.ACCURACY:
+        if metric is PairMetric.ACCURACY:
             thr = report.get("dev", {}).get("threshold")
             report["test"] = {"set": cfg.test, **binary_metrics(s, test.scores, thr)}
         else:

@@ -8,10 +8,11 @@ warm-up then linear decay, gradient-norm clipping at 1, evaluation every
 at the end (``save_best_model=True``). Models are sentence-transformers
 modules throughout, so what is saved loads in plain sentence-transformers.
 
-- bi-encoder: :func:`fit_bi_encoder`, MSE between cos(u, v) and a target
-  (``losses.CosineSimilarityLoss``).
-- cross-encoder: :func:`fit_cross_encoder`, BCE-with-logits on targets in
-  [0, 1] (``BinaryCrossEntropyLoss``), optionally on both pair orders.
+- bi-encoder: :func:`fit_bi_encoder`, :class:`~pairsmith.distill.losses.CosineMSELoss`.
+- cross-encoder: :func:`fit_cross_encoder`,
+  :class:`~pairsmith.distill.losses.CrossEncoderBCELoss`, optionally on both pair orders.
+
+Hyper-parameters: :class:`~pairsmith.distill.fit_config.FitConfig`.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pairsmith.distill.fit_config import FitConfig
+from pairsmith.distill.losses import CosineMSELoss, CrossEncoderBCELoss
 from pairsmith.encoders.runtime import to_features
 from pairsmith.encoders.tokenize import TextTokenizer
 from pairsmith.errors import InvalidInput
+
+__all__ = ["FitResult", "PairEmbedder", "fit_bi_encoder", "fit_cross_encoder", "run_fit"]
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +96,14 @@ def run_fit(
     lengths: np.ndarray | None = None,
     desc: str = "fit",
     progress: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """The shared loop: ``batch_loss(indices)`` returns the loss of one batch of example indices."""
+    """The shared loop: ``batch_loss(indices)`` returns the loss of one batch of example indices.
+
+    ``optimizer`` replaces the default AdamW groups (e.g. a higher rate for a new head);
+    ``on_step(step)`` runs after each optimiser step (e.g. checkpoints).
+    """
     if n == 0:
         raise InvalidInput(f"{desc}: no training examples")
     torch.manual_seed(cfg.seed)
@@ -108,7 +117,7 @@ def run_fit(
             return float(step) / float(max(1, warm))
         return max(0.0, float(total - step) / float(max(1, total - warm)))
 
-    opt = _optimizer(model, cfg)
+    opt = optimizer if optimizer is not None else _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     res = FitResult()
     best_state: dict[str, torch.Tensor] | None = None
@@ -142,6 +151,8 @@ def run_fit(
             ema = val if ema is None else 0.98 * ema + 0.02 * val
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.4f}")
+            if on_step is not None:
+                on_step(step)
             if evaluator is not None and cfg.eval_steps and step % cfg.eval_steps == 0 and step % per_epoch:
                 evaluate(epoch)
         if evaluator is not None:
@@ -211,11 +222,11 @@ def fit_bi_encoder(
     if len(y_all) != len(s1):
         raise InvalidInput(f"{desc}: {len(y_all)} targets for {len(s1)} pairs")
     pe = PairEmbedder(st_model, s1, s2, cfg.max_length, device)
+    criterion = CosineMSELoss()
 
     def loss(idx: np.ndarray) -> torch.Tensor:
-        u, v = pe.pair_embeddings(idx)
-        cos = F.cosine_similarity(u, v, dim=-1)  # (B,)
-        return F.mse_loss(cos, y_all[idx].to(cos.device))
+        u, v = pe.pair_embeddings(idx)  # (B, D) each
+        return criterion(u, v, y_all[idx])
 
     return run_fit(
         st_model, len(s1), loss, cfg, evaluator=evaluator, lengths=pe.lengths, desc=desc, progress=progress
@@ -254,11 +265,12 @@ def fit_cross_encoder(
     tok = TextTokenizer(ce_model.tokenizer, cfg.max_length)
     enc = tok.encode_pairs(pairs)
     y_all = torch.as_tensor(y)
+    criterion = CrossEncoderBCELoss()
 
     def loss(idx: np.ndarray) -> torch.Tensor:
         batch = tok.pad([enc.ids[i] for i in idx], [enc.type_ids[i] for i in idx])
         logits = ce_model(to_features(batch, device))["scores"].view(-1)  # (B,)
-        return F.binary_cross_entropy_with_logits(logits, y_all[idx].to(logits.device))
+        return criterion(logits, y_all[idx])
 
     return run_fit(
         ce_model,

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pairsmith.distill.data import STS7, PairSet, load_sts_set
-from pairsmith.distill.fit_config import BI_DEFAULT, CROSS_DEFAULT, FitConfig
+from pairsmith.distill.fit_config import BI_DEFAULT, CROSS_DEFAULT, DEFAULT_SEED, FitConfig
 from pairsmith.distill.labels import (
     Combine,
     LabelRange,
@@ -54,7 +54,7 @@ from pairsmith.distill.runstate import (
     save_npz_atomic,
     write_json_atomic,
 )
-from pairsmith.distill.selection import Metric, bi_scores, cross_scores, make_evaluator
+from pairsmith.distill.selection import PairMetric, bi_scores, cross_scores, make_evaluator
 from pairsmith.distill.train import fit_bi_encoder, fit_cross_encoder
 from pairsmith.encoders import BiEncoder, CrossEncoder
 from pairsmith.errors import InvalidInput
@@ -81,7 +81,7 @@ class TransEncoderConfig:
     warm_start: bool = False  # start each cycle's fits from the previous cycle (official: fresh)
     cross: FitConfig = CROSS_DEFAULT
     bi: FitConfig = BI_DEFAULT
-    seed: int = 2021
+    seed: int = DEFAULT_SEED
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -124,6 +124,20 @@ class _Ctx:
     progress: bool
     parallel: bool = False  # fits of different models run at once (one device each)
     tags: list[str] = field(default_factory=list)
+    pair_scorer: Callable | None = None  # pseudo-labels scored elsewhere (Ray); None: in this process
+    selection_key: str | None = None  # the dev set's name among the eval sets' scores
+
+    def heldout(self, scores: dict[str, float]) -> dict[str, float]:
+        """``scores`` plus ``avg_heldout``: the mean over the eval sets without the selection (dev) set.
+
+        The dev set picks every checkpoint and the best cycle, so an average that includes it is
+        optimistic; ``avg_heldout`` is the figure to compare runs by.
+        """
+        rest = [v for k, v in scores.items() if k not in ("avg", "avg_heldout", self.selection_key)]
+        out = dict(scores)
+        if rest:
+            out["avg_heldout"] = round(float(np.mean(rest)), 3)
+        return out
 
     def for_models(self, fn: Callable[[int], None]) -> None:
         """``fn(i)`` for every model: in parallel threads when each model has its own device, else in order."""
@@ -160,6 +174,7 @@ def run_trans_encoder(
     device: str | None = "auto",
     progress=True,
     parallel: bool | None = None,
+    pair_scorer=None,  # fn(model_dir, pairs, kind=, symmetric=, pooling=) -> scores; e.g. Ray (--engine ray)
 ) -> dict:
     """Run (or resume) a Trans-Encoder job; returns the report (also written to ``out/report.json``).
 
@@ -179,8 +194,10 @@ def run_trans_encoder(
     devices = _devices(device, n)
     if parallel is None:
         parallel = n > 1 and len(set(devices)) == n and all(d.startswith("cuda") for d in devices)
-    ctx = _Ctx(cfg, out, state, pool, dev, devices, progress, parallel=parallel)
+    ctx = _Ctx(cfg, out, state, pool, dev, devices, progress, parallel=parallel, pair_scorer=pair_scorer)
     ctx.tags = [f"m{i}" for i in range(n)]
+    if cfg.dev:
+        ctx.selection_key = load_sts_set(cfg.dev).name  # how eval_sts names it among the eval sets
     log.info(
         "trans-encoder: %d unlabeled pairs, %d model(s) on %s%s, %d cycle(s)",
         len(pool),
@@ -252,8 +269,12 @@ def _cycle(ctx: _Ctx, c: int) -> None:
     if not st.is_done(f"c{c}/labels-bi"):
         raw = []
         for i in range(len(cfg.models)):
-            enc = _bi_at(ctx, c - 1, i)
-            s = bi_scores(enc.st_model, enc.source, pool.s1, pool.s2)
+            if ctx.pair_scorer is not None:  # same cosines; the start model keeps its pooling override
+                ref = cfg.models[i] if c == 1 else str(_cdir(ctx, c - 1) / f"bi-{ctx.tags[i]}")
+                s = ctx.pair_scorer(ref, pool.pairs, kind="bi", pooling=cfg.pooling if c == 1 else None)
+            else:
+                enc = _bi_at(ctx, c - 1, i)
+                s = bi_scores(enc.st_model, enc.source, pool.s1, pool.s2)
             save_npy_atomic(cdir / f"scores-bi-{ctx.tags[i]}.npy", s)
             raw.append(s)
         merged = combine(raw, parse_enum(Combine, cfg.combine, "combine"))
@@ -276,8 +297,12 @@ def _cycle(ctx: _Ctx, c: int) -> None:
     if not st.is_done(f"c{c}/labels-cross"):
         raw = []
         for i in range(len(cfg.models)):
-            ce = _load_cross(ctx, c, i)
-            s = cross_scores(ce.st_model, ce.source, pool.s1, pool.s2, symmetric=cfg.symmetric_labels)
+            if ctx.pair_scorer is not None:
+                ref = str(_cdir(ctx, c) / f"cross-{ctx.tags[i]}")
+                s = ctx.pair_scorer(ref, pool.pairs, kind="cross", symmetric=cfg.symmetric_labels)
+            else:
+                ce = _load_cross(ctx, c, i)
+                s = cross_scores(ce.st_model, ce.source, pool.s1, pool.s2, symmetric=cfg.symmetric_labels)
             save_npy_atomic(cdir / f"scores-cross-{ctx.tags[i]}.npy", s)
             raw.append(s)
         y = combine(raw, parse_enum(Combine, cfg.combine, "combine"))
@@ -313,7 +338,7 @@ def _fit(ctx: _Ctx, c: int, i: int, kind: str, targets: np.ndarray) -> None:
     ev = None
     if ctx.dev is not None:
         sym = {"symmetric": cfg.symmetric_eval} if kind == "cross" else {}
-        ev = make_evaluator(kind, model.st_model, model.source, ctx.dev, Metric.SPEARMAN, **sym)
+        ev = make_evaluator(kind, model.st_model, model.source, ctx.dev, PairMetric.SPEARMAN, **sym)
     res = fit(
         model.st_model,
         pool.s1,
@@ -358,7 +383,7 @@ def _eval_step(ctx: _Ctx, c: int, kind: str, i: int, load) -> None:
         preds[_DEV_KEY] = calls.pop()
     if ctx.cfg.eval_sets:
         scores = eval_sts(scorer, list(ctx.cfg.eval_sets))
-        res["eval"] = {k: round(v, 3) for k, v in scores.items()}
+        res["eval"] = ctx.heldout({k: round(v, 3) for k, v in scores.items()})
         preds.update((f"set{j}", p) for j, p in enumerate(calls))  # one call per eval set, in order
     if len(ctx.tags) > 1:
         save_npz_atomic(_cdir(ctx, c) / f"preds-{kind}-{ctx.tags[i]}.npz", **preds)
@@ -392,7 +417,7 @@ def _ensemble_step(ctx: _Ctx, c: int, kind: str) -> None:
 
         replay = iter(mean[f"set{j}"] for j in range(len(ctx.cfg.eval_sets)))
         ev = eval_sts(lambda _a, _b: next(replay), list(ctx.cfg.eval_sets))
-        res["eval"] = {k: round(v, 3) for k, v in ev.items()}
+        res["eval"] = ctx.heldout({k: round(v, 3) for k, v in ev.items()})
     log.info("cycle %d %s ensemble: %s", c, kind, res)
     ctx.state.mark(step, **res)
 
@@ -448,7 +473,10 @@ def build_report(ctx: _Ctx) -> dict:
     ov = overlap(ctx.pool, [*cfg.eval_sets, *([cfg.dev] if cfg.dev else [])])
     return {
         "kind": "trans-encoder",
+        "code": st.code,
         "mode": "self" if len(cfg.models) == 1 else "mutual",
+        # the set that selected every checkpoint and cycle; eval "avg_heldout" leaves it out
+        "selection_set": ctx.selection_key,
         "config": cfg.to_dict(),
         "models": dict(zip(ctx.tags, cfg.models, strict=True)),
         "unlabeled_pairs": len(ctx.pool),
@@ -499,4 +527,4 @@ def load_config(path: str | Path) -> TransEncoderConfig:
     return TransEncoderConfig.from_dict(json.loads(Path(path).read_text()))
 
 
-__all__ = ["BI_DEFAULT", "CROSS_DEFAULT", "TransEncoderConfig", "load_sts_set", "run_trans_encoder"]
+__all__ = ["TransEncoderConfig", "run_trans_encoder"]

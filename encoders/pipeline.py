@@ -166,9 +166,10 @@ class Pipeline:
         rows = max(2, self.max_rows)
         t1, tr = timed(1), timed(rows)
         per_token = (tr - t1) / ((rows - 1) * width)
-        if per_token > 0:
-            overhead = (t1 - per_token * width) / per_token
-            self.overhead_tokens = float(min(max(overhead, 1.0), 4096.0))
-            self.calibrated = True
+        # per_token <= 0: a full batch costs no more than one row (a tiny model, or noise): the
+        # fixed per-forward cost dominates, so the planner should favour few, full forwards.
+        overhead = (t1 - per_token * width) / per_token if per_token > 0 else 4096.0
+        self.overhead_tokens = float(min(max(overhead, 1.0), 4096.0))
+        self.calibrated = True
         log.info("one forward costs about %.0f tokens of work", self.overhead_tokens)
         return self.overhead_tokens

@@ -1,5 +1,8 @@
 """Post-processing after the backend, one copy each: normalise, ``dimensions``, sigmoid, pair cosine.
 
+Row normalisation itself lives in :mod:`pairsmith.vectors` (the index store, which imports no
+encoder code, uses the same function).
+
 Used by ``BiEncoder``/``CrossEncoder``, the server (``Embed``, ``Score``, ``Search``, ``Upsert``)
 and the distillation jobs' evaluation, so the numbers cannot drift between them.
 """
@@ -9,30 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pairsmith.errors import InvalidInput
-
-
-def normalize_rows(x: np.ndarray, *, field: str = "vectors") -> np.ndarray:
-    """L2-normalise rows (new array, float32). Safe for huge and tiny finite values.
-
-    Rows are first scaled by their largest magnitude, so 1e38 does not overflow and 1e-30
-    does not underflow; a row that is all zeros or holds NaN/Inf cannot be normalised and
-    is refused with its index.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise InvalidInput(f"{field}: expected a (N, D) array, got shape {x.shape}")
-    if x.size == 0:
-        return x.copy()
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        raise InvalidInput(f"{field}[{int(np.flatnonzero(~finite)[0])}]: holds NaN or Inf")
-    scale = np.abs(x).max(axis=1, keepdims=True).astype(np.float64)  # (N, 1)
-    zero = scale[:, 0] == 0
-    if zero.any():
-        raise InvalidInput(f"{field}[{int(np.flatnonzero(zero)[0])}]: all zeros; cannot be normalised")
-    y = x.astype(np.float64) / scale
-    y /= np.linalg.norm(y, axis=1, keepdims=True)
-    return y.astype(np.float32)
+from pairsmith.vectors import normalize_rows
 
 
 def finalize_vectors(

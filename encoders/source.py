@@ -1,6 +1,8 @@
-"""Where a model comes from: the packaged default, a local directory, or a hub name.
+"""Where a model comes from: the packaged default, an installed named model, a local directory, or a hub name.
 
-No network is touched for the first two. A hub name only works where the
+Named models (``mpnet``, ``all-mpnet-base-v2``: see :mod:`pairsmith.encoders.registry`)
+resolve to their directory in the pairsmith model cache once ``pairsmith models
+install`` has put them there. No network is touched for the first three. A hub name only works where the
 user has network (and ``HF_HUB_OFFLINE`` is not set).
 """
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pairsmith.encoders import registry
 from pairsmith.errors import FailedPrecondition, NotFound
 
 DEFAULT_MODEL = "default"
@@ -29,6 +32,8 @@ _FINGERPRINT_FILES = (
     "vocab.txt",
     "model.safetensors",
     "pytorch_model.bin",
+    "uni_encoder.json",  # Uni-Encoder: packing config
+    "uni_head.safetensors",  # Uni-Encoder: score head
 )
 
 
@@ -69,16 +74,24 @@ class ModelSource:
     def display_id(self) -> str:
         if self.ref == DEFAULT_MODEL:
             return DEFAULT_MODEL_ID
+        if registry.is_registered_name(self.ref):
+            return registry.spec_for(self.ref).hub_id
         return self.ref
 
 
 def resolve_model(ref: str | os.PathLike[str]) -> ModelSource:
-    """Turn ``default``, a directory, or ``org/name`` into a :class:`ModelSource`."""
+    """Turn ``default``, an installed name (``mpnet``), a directory, or ``org/name`` into a :class:`ModelSource`.
+
+    Like ``default``, a registered short name wins over a directory of the same name in
+    the working directory (give ``./mpnet`` for that).
+    """
     text = str(ref).strip()
     if not text:
         raise NotFound("model: empty model name; give 'default', a model directory, or a hub name")
     if text == DEFAULT_MODEL:
         return ModelSource(ref=text, path=default_model_dir(), hub_id=None)
+    if registry.is_registered_name(text):
+        return ModelSource(ref=text, path=registry.installed_path(text), hub_id=None)
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import enum
 import importlib.util
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +40,15 @@ def resolve_impl(impl: str | Impl, device: torch.device) -> Impl:
     if chosen is Impl.TRITON:
         if not triton_available():
             raise FailedPrecondition(f"impl='triton' needs Triton: {TRITON_HINT}")
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-            raise FailedPrecondition(
-                f"impl='triton' on {device.type} tensors runs only in Triton's interpreter: "
-                "set TRITON_INTERPRET=1 (slow; for tests), or use impl='packed' on the CPU"
-            )
+        if device.type != "cuda":
+            from .triton_pool import interpreter_active
+
+            if not interpreter_active():
+                raise FailedPrecondition(
+                    f"impl='triton' on {device.type} tensors runs only in Triton's interpreter: set "
+                    "TRITON_INTERPRET=1 at process start, before anything imports triton (slow; for tests), "
+                    "or use impl='packed' on the CPU"
+                )
     return chosen
 
 

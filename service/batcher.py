@@ -72,6 +72,8 @@ class TokenBatcher:
         model_executor: Executor,
         tokenize_executor: Executor,
         metrics=None,
+        big_tokenize_executor: Executor | None = None,
+        big_request_chars: int = 262_144,
     ) -> None:
         self.name = name
         self.pipeline = pipeline
@@ -82,6 +84,10 @@ class TokenBatcher:
         self.hold_fraction = float(hold_fraction)
         self._model_executor = model_executor
         self._tok_executor = tokenize_executor
+        # Requests with more characters than big_request_chars tokenise on their own pool, so a
+        # few huge requests queue behind each other instead of in front of every small one.
+        self._big_executor = big_tokenize_executor
+        self._big_chars = int(big_request_chars)
         self._metrics = metrics
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued_tokens = 0
@@ -154,10 +160,14 @@ class TokenBatcher:
             n = len(texts) if texts is not None else len(pairs)
             if n == 0:
                 return _empty(self.pipeline.kind)
+            chars = sum(map(len, texts)) if texts is not None else sum(len(a) + len(b) for a, b in pairs)
+            pool = self._tok_executor
+            if self._big_executor is not None and chars > self._big_chars:
+                pool = self._big_executor
             if texts is not None:
-                enc = await loop.run_in_executor(self._tok_executor, self.tokenizer.encode, list(texts))
+                enc = await loop.run_in_executor(pool, self.tokenizer.encode, list(texts))
             else:
-                enc = await loop.run_in_executor(self._tok_executor, self.tokenizer.encode_pairs, list(pairs))
+                enc = await loop.run_in_executor(pool, self.tokenizer.encode_pairs, list(pairs))
             tokenize_ms = (time.perf_counter() - t0) * 1e3
             if not truncate and enc.truncated.any():
                 i = int(np.flatnonzero(enc.truncated)[0])

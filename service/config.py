@@ -34,35 +34,48 @@ class ServeConfig:
 
     model: str = "default"  # bi-encoder: 'default', a directory or a hub name
     cross_encoder: str | None = None  # enables Score/Rerank CROSS_ENCODER
-    uni_encoder: str | None = None  # Rerank UNI_ENCODER (not available in this build yet)
+    uni_encoder: str | None = None  # Rerank UNI_ENCODER (a Uni-Encoder directory)
     backend: str = "torch"  # torch | onnx
+    auto_export: bool = True  # backend onnx: export a model with no export yet on first use
     device: str = "cpu"
     data_dir: Path | None = None  # index store root; None: default_data_dir()
-    host: str = "0.0.0.0"
+    # None: loopback (127.0.0.1) unless an API key is configured, then all interfaces (0.0.0.0).
+    # An explicit host always wins (a warning is logged for a non-loopback host without a key).
+    host: str | None = None
     port: int = DEFAULT_PORT
     api_key_file: Path | None = None  # one key per line; none: no auth
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: clients must present a cert signed by it (mTLS)
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # /metrics has no auth: loopback unless asked
     max_batch_tokens: int = 8192  # tokens per merged batch (and padded tokens per forward pass)
     max_batch_rows: int = 32  # rows per forward pass (length-sorted within a merged batch)
     batch_hold_fraction: float = 0.0  # optional bounded adaptive hold after a batch (0: never); see batcher
     max_concurrent_requests: int = 512  # in-flight model calls; beyond: RESOURCE_EXHAUSTED
     max_texts_per_request: int = 1024
+    max_text_chars: int = 65_536  # per text; longer ones are refused before tokenisation
+    # Tokenising a request with more characters than this (all texts together) runs on its own
+    # one-thread pool, so big requests queue behind each other, not in front of small ones.
+    big_request_chars: int = 262_144
     max_message_bytes: int = 32 * 1024 * 1024
     max_top_k: int = 1000
     max_stream_inflight: int = 32  # EmbedStream messages processed ahead of the reply
     tokenizer_threads: int = 2
+    # What one CreateIndex factory string may allocate (checked before FAISS builds anything).
+    max_factory_nlist: int = 262_144
+    max_factory_hnsw_m: int = 256
+    max_factory_pq_nbits: int = 12
+    # Requests per second per API key (token bucket, burst = 2 x rate); 0: no limit.
+    rate_limit_per_key: float = 0.0
     shutdown_grace_s: float = 10.0
     warmup: bool = True
 
     def __post_init__(self) -> None:
         if not str(self.model).strip():
             raise InvalidInput("model: must not be empty")
-        if self.backend not in ("torch", "onnx"):
-            raise InvalidInput(f"backend: must be 'torch' or 'onnx', got {self.backend!r}")
+        if self.backend not in ("torch", "onnx", "openvino", "auto"):
+            raise InvalidInput(f"backend: must be torch, onnx, openvino or auto, got {self.backend!r}")
         for name in ("port", "metrics_port"):
             v = getattr(self, name)
             if v is not None and not (0 <= int(v) <= 65535):
@@ -72,6 +85,11 @@ class ServeConfig:
             "max_batch_rows",
             "max_concurrent_requests",
             "max_texts_per_request",
+            "max_text_chars",
+            "big_request_chars",
+            "max_factory_nlist",
+            "max_factory_hnsw_m",
+            "max_factory_pq_nbits",
             "max_message_bytes",
             "max_top_k",
             "max_stream_inflight",
@@ -86,6 +104,12 @@ class ServeConfig:
             raise InvalidInput(f"max_message_bytes: must be >= 65536, got {self.max_message_bytes}")
         if not 0.0 <= self.batch_hold_fraction <= 1.0:
             raise InvalidInput(f"batch_hold_fraction: must be in 0..1, got {self.batch_hold_fraction}")
+        if self.rate_limit_per_key < 0:
+            raise InvalidInput(f"rate_limit_per_key: must be >= 0, got {self.rate_limit_per_key}")
+        if self.rate_limit_per_key > 0 and self.api_key_file is None:
+            raise InvalidInput("rate_limit_per_key: limits are per API key; set api_key_file as well")
+        if self.host is not None and not str(self.host).strip():
+            raise InvalidInput("host: must not be empty (omit it for the default)")
         if self.shutdown_grace_s < 0:
             raise InvalidInput(f"shutdown_grace_s: must be >= 0, got {self.shutdown_grace_s}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -100,6 +124,28 @@ class ServeConfig:
     @property
     def store_root(self) -> Path:
         return Path(self.data_dir) if self.data_dir is not None else default_data_dir()
+
+    @property
+    def bind_host(self) -> str:
+        """The address to bind: ``host``, else loopback without a key and all interfaces with one."""
+        if self.host is not None:
+            return self.host
+        return "0.0.0.0" if self.api_key_file is not None else "127.0.0.1"
+
+    @property
+    def store_config(self):
+        """The index store's configuration (factory limits from this config)."""
+        from pairsmith.service.store.faiss_index import FactoryLimits
+        from pairsmith.service.store.live import StoreConfig
+
+        return StoreConfig(
+            factory_limits=FactoryLimits(
+                max_nlist=self.max_factory_nlist,
+                max_hnsw_m=self.max_factory_hnsw_m,
+                max_pq_nbits=self.max_factory_pq_nbits,
+                max_number=max(self.max_factory_nlist, FactoryLimits.max_number),
+            )
+        )
 
     @property
     def tls(self) -> bool:

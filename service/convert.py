@@ -6,6 +6,7 @@ tensor. Every check here raises :class:`InvalidInput` naming the field.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -62,10 +63,13 @@ def check_format(fmt: int, field: str = "format") -> int:
     return fmt
 
 
-def payload_to_dict(msg) -> dict | None:
+def payload_to_dict(msg, field: str = "item") -> dict | None:
     if not msg.HasField("payload"):
         return None
-    return json_format.MessageToDict(msg.payload)
+    try:
+        return json_format.MessageToDict(msg.payload)
+    except (ValueError, json_format.Error) as exc:  # NaN / Infinity numbers have no JSON form
+        raise InvalidInput(f"{field}.payload: not representable as JSON ({exc})") from None
 
 
 def payload_pb(payload: dict | None) -> struct_pb2.Struct | None:
@@ -86,6 +90,26 @@ def _jsonable(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def check_payload_size(payload: dict | None, field: str, *, text_stored: bool) -> None:
+    """Refuse a payload over the store's limit before any embedding, naming the real cause."""
+    from pairsmith.service.store.index_store import MAX_PAYLOAD_BYTES
+
+    if not payload:
+        return
+    try:
+        size = len(json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{field}.payload: not JSON-serialisable ({exc})") from None
+    if size <= MAX_PAYLOAD_BYTES:
+        return
+    if text_stored:
+        raise InvalidInput(
+            f"{field}.text: stored as payload.text (store_text=true), the payload is {size} bytes as JSON; "
+            f"the limit is {MAX_PAYLOAD_BYTES}. Shorten the text or set store_text=false"
+        )
+    raise InvalidInput(f"{field}.payload: {size} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES}")
 
 
 def check_id(item_id: str, field: str) -> str:

@@ -18,18 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from pairsmith.service.batcher import TokenBatcher
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
-from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
 from pairsmith.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PairsmithService"].full_name
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 WARMUP_TEXTS = ("pairsmith warm-up", "a slightly longer sentence to warm up the model with more tokens.")
 
 
@@ -37,13 +38,16 @@ WARMUP_TEXTS = ("pairsmith warm-up", "a slightly longer sentence to warm up the 
 class Models:
     bi: object  # BiEncoder
     cross: object | None = None  # CrossEncoder
-    uni_requested: str | None = None  # --uni-encoder value (not servable yet)
+    uni_requested: str | None = None  # --uni-encoder value
+    uni: object | None = None  # UniEncoder (Rerank UNI_ENCODER)
 
     @property
     def methods(self) -> list[int]:
         out = [pb.SCORE_METHOD_BI_ENCODER]
         if self.cross is not None:
             out.append(pb.SCORE_METHOD_CROSS_ENCODER)
+        if self.uni is not None:
+            out.append(pb.SCORE_METHOD_UNI_ENCODER)
         return out
 
 
@@ -65,22 +69,24 @@ class Runtime:
     store_error: str | None = None
     load_error: str | None = None
     shutting_down: bool = False
+    inflight: int = 0  # RPCs between the start of their handler and their reply
     runtime_versions: dict[str, str] = field(default_factory=dict)
+    big_tokenize_executor: ThreadPoolExecutor | None = None  # requests over big_request_chars
 
 
 def load_models(config: ServeConfig) -> Models:
     """Blocking: load the encoders named in ``config``."""
-    from pairsmith.encoders import BiEncoder, CrossEncoder
+    from pairsmith.encoders import BiEncoder, CrossEncoder, UniEncoder
 
-    bi = BiEncoder.load(config.model, device=config.device, backend=config.backend)
+    common = dict(device=config.device, backend=config.backend, auto_export=config.auto_export)
+    bi = BiEncoder.load(config.model, **common)
     cross = None
     if config.cross_encoder:
-        cross = CrossEncoder.load(config.cross_encoder, device=config.device, backend=config.backend)
+        cross = CrossEncoder.load(config.cross_encoder, **common)
+    uni = None
     if config.uni_encoder:
-        log.warning(
-            "--uni-encoder %s: the Uni-Encoder is not available in this build yet", config.uni_encoder
-        )
-    return Models(bi=bi, cross=cross, uni_requested=config.uni_encoder)
+        uni = UniEncoder.load(config.uni_encoder, **common)
+    return Models(bi=bi, cross=cross, uni_requested=config.uni_encoder, uni=uni)
 
 
 def open_store(config: ServeConfig):
@@ -88,7 +94,7 @@ def open_store(config: ServeConfig):
 
     root = config.store_root
     root.mkdir(parents=True, exist_ok=True)
-    return IndexStore(root)
+    return IndexStore(root, config=config.store_config)
 
 
 def runtime_versions() -> dict[str, str]:
@@ -111,6 +117,104 @@ def runtime_versions() -> dict[str, str]:
     return out
 
 
+def decoding_handler(servicer, metrics) -> grpc.GenericRpcHandler:
+    """The pairsmith.v1 methods, decoding requests themselves.
+
+    gRPC's own deserializer turns a malformed message (invalid UTF-8 in a string field, a
+    Struct nested past the decoder's depth limit) into UNKNOWN or INTERNAL; here it is
+    INVALID_ARGUMENT naming the message, and counted in ``pairsmith_decode_failures_total``.
+    """
+    from pairsmith.errors import InvalidInput
+
+    service = pb.DESCRIPTOR.services_by_name["PairsmithService"]
+    handlers = {}
+    for m in service.methods:
+        in_cls = getattr(pb, m.input_type.name)
+        out_ser = getattr(pb, m.output_type.name).SerializeToString
+        fn = getattr(servicer, m.name)
+        name = m.name
+
+        def decode(raw: bytes, where: str, in_cls=in_cls, name=name):
+            try:
+                return in_cls.FromString(raw)
+            except DecodeError as exc:
+                metrics.decode_failures.labels(name).inc()
+                raise InvalidInput(
+                    f"{where}: malformed {in_cls.DESCRIPTOR.name} message ({_decode_reason(exc)})"
+                ) from None
+
+        if m.client_streaming:
+
+            def wrap(fn=fn, decode=decode, server_streaming=m.server_streaming):
+                async def decoded(raw_iter):
+                    seq = 0
+                    async for raw in raw_iter:
+                        yield decode(raw, f"message[{seq}]")
+                        seq += 1
+
+                if server_streaming:
+
+                    async def call(raw_iter, context):
+                        async for reply in fn(decoded(raw_iter), context):
+                            yield reply
+
+                    return call
+
+                async def call_unary(raw_iter, context):
+                    return await fn(decoded(raw_iter), context)
+
+                return call_unary
+
+            kind = (
+                grpc.stream_stream_rpc_method_handler
+                if m.server_streaming
+                else grpc.stream_unary_rpc_method_handler
+            )
+        else:
+
+            def wrap(fn=fn, decode=decode, name=name):
+                async def call(raw, context):
+                    try:
+                        request = decode(raw, "request")
+                    except InvalidInput as exc:
+                        servicer.observe(name, grpc.StatusCode.INVALID_ARGUMENT, 0.0)
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+                    return await fn(request, context)
+
+                return call
+
+            kind = grpc.unary_unary_rpc_method_handler
+        handlers[m.name] = kind(wrap(), request_deserializer=None, response_serializer=out_ser)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _decode_reason(exc: DecodeError) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[1] if text.startswith("Error parsing message") and ": " in text else text
+
+
+def enable_reflection(server: grpc.aio.Server) -> None:
+    """Server reflection under both names clients use: v1alpha and v1 (same messages, new package)."""
+    names = (
+        SERVICE_NAME,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+        REFLECTION_V1,
+    )
+    servicer = reflection.aio.ReflectionServicer(names)
+    from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
+
+
 class PairsmithServer:
     """One running server. Use :func:`build_server`, then ``wait_ready()`` / ``stop()``."""
 
@@ -127,6 +231,7 @@ class PairsmithServer:
             store_executor=ThreadPoolExecutor(1, thread_name_prefix="pairsmith-store-w"),
             read_executor=ThreadPoolExecutor(2, thread_name_prefix="pairsmith-store-r"),
             runtime_versions=runtime_versions(),
+            big_tokenize_executor=ThreadPoolExecutor(1, thread_name_prefix="pairsmith-tok-big"),
         )
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
@@ -142,44 +247,61 @@ class PairsmithServer:
             from pairsmith.service.auth import ApiKeyInterceptor, load_api_keys
 
             keys = load_api_keys(cfg.api_key_file)
-            interceptors.append(ApiKeyInterceptor(keys, on_reject=self._count_rejected))
+            interceptors.append(
+                ApiKeyInterceptor(
+                    keys,
+                    on_reject=self._count_rejected,
+                    rate_per_key=cfg.rate_limit_per_key,
+                    on_limited=lambda m: self.metrics.rate_limited.labels(m.rsplit("/", 1)[-1]).inc(),
+                )
+            )
+        host = cfg.bind_host
+        if cfg.api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("binding %s without an API key: anyone who can reach it can call every RPC", host)
+        credentials = None
+        if cfg.tls:
+            from pairsmith.service.auth import server_credentials
+
+            credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        pb_grpc.add_PairsmithServiceServicer_to_server(self._servicer(), server)
+        server.add_generic_rpc_handlers((decoding_handler(self._servicer(), self.metrics),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        enable_reflection(server)
         for svc in ("", SERVICE_NAME):
             await self.health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
-        address = f"{cfg.host}:{cfg.port if port is None else port}"
-        if cfg.tls:
-            from pairsmith.service.auth import server_credentials
-
-            bound = server.add_secure_port(
-                address, server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-            )
-        else:
-            bound = server.add_insecure_port(address)
+        address = f"{host}:{cfg.port if port is None else port}"
+        try:
+            if credentials is not None:
+                bound = server.add_secure_port(address, credentials)
+            else:
+                bound = server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
         if bound == 0:
             from pairsmith.errors import Unavailable
 
-            raise Unavailable(f"cannot bind {address}")
+            raise Unavailable(
+                f"cannot listen on {address}: the port is in use or the address is not on this machine"
+            )
         await server.start()
         self._server = server
         self.port = bound
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
-        log.info("pairsmith listening on %s:%d (%s)", cfg.host, bound, "TLS" if cfg.tls else "plaintext")
+            try:
+                self.metrics_port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            except OSError as exc:
+                from pairsmith.errors import Unavailable
+
+                await server.stop(0)
+                raise Unavailable(
+                    f"metrics: cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc.strerror or exc})"
+                ) from None
+        log.info("pairsmith listening on %s:%d (%s)", host, bound, "TLS" if cfg.tls else "plaintext")
         self._load_task = asyncio.get_running_loop().create_task(self._load())
         return bound
 
@@ -205,6 +327,8 @@ class PairsmithServer:
                 model_executor=self.rt.model_executor,
                 tokenize_executor=self.rt.tokenize_executor,
                 metrics=self.metrics,
+                big_tokenize_executor=self.rt.big_tokenize_executor,
+                big_request_chars=cfg.big_request_chars,
             )
             self.rt.bi_batcher = TokenBatcher("bi", models.bi.pipeline, **common)
             self.rt.bi_batcher.start()
@@ -255,19 +379,30 @@ class PairsmithServer:
         await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful: NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``."""
+        """Graceful: NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``.
+
+        While draining, the gRPC server keeps accepting connections so that health checks
+        answer NOT_SERVING (not UNAVAILABLE) and in-flight streams keep reading their requests;
+        new pairsmith calls are refused with UNAVAILABLE. Once nothing is in flight (or the
+        grace period is over) the gRPC server stops and cancels whatever is left.
+        """
         if self._stopped.is_set():
             return
         grace = self.config.shutdown_grace_s if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         await self.begin_shutdown()
+        while self.rt.inflight > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.rt.inflight:
+            log.warning("shutdown grace over: cancelling %d calls still in flight", self.rt.inflight)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(max(0.0, deadline - loop.time()))
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         for b in (self.rt.bi_batcher, self.rt.cross_batcher):
             if b is not None:
                 await b.close()
-        loop = asyncio.get_running_loop()
         if self.rt.store is not None:
             await loop.run_in_executor(self.rt.store_executor, self.rt.store.close)
         for ex in (
@@ -275,8 +410,10 @@ class PairsmithServer:
             self.rt.tokenize_executor,
             self.rt.store_executor,
             self.rt.read_executor,
+            self.rt.big_tokenize_executor,
         ):
-            ex.shutdown(wait=False, cancel_futures=True)
+            if ex is not None:
+                ex.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
         self._stopped.set()
         log.info("pairsmith stopped")

@@ -45,6 +45,11 @@ def _opt(msg, name: str, default):
     return getattr(msg, name) if msg.HasField(name) else default
 
 
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -53,6 +58,27 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     # -- hooks used by the rpc() wrapper -----------------------------------
     def observe(self, name: str, code, seconds: float) -> None:
         self.rt.metrics.observe_rpc(name, code.name, seconds)
+
+    def track(self, delta: int) -> None:
+        """Calls in flight: the ``pairsmith_inflight_requests`` gauge and the shutdown drain."""
+        self.rt.inflight += delta
+        self.rt.metrics.inflight.set(self.rt.inflight)
+
+    def scrub(self, message: str) -> str:
+        """No server filesystem paths in what a client reads (the log keeps them)."""
+        for path in self._private_paths:
+            message = message.replace(path, "<data-dir>")
+        return message
+
+    @property
+    def _private_paths(self) -> list[str]:
+        paths = []
+        try:
+            root = self.cfg.store_root
+            paths = [str(root.resolve()), str(root)]
+        except OSError:
+            pass
+        return sorted({p for p in paths if len(p) > 1}, key=len, reverse=True)
 
     # -- helpers -------------------------------------------------------------
     def _vectors(
@@ -65,13 +91,30 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         )
 
     def _models(self):
+        """At the start of a call: the models, or UNAVAILABLE (loading, failed, shutting down).
+
+        Only here: a call admitted before shutdown began (a stream) runs to its end.
+        """
         if self.rt.load_error is not None:
-            raise Unavailable(f"model failed to load: {self.rt.load_error}")
+            raise Unavailable("model failed to load; see the server log")
         if not self.rt.ready.is_set():
             raise Unavailable("models are loading; wait until health reports SERVING")
         if self.rt.shutting_down:
             raise Unavailable("server is shutting down")
         return self.rt.models
+
+    def _check_texts(self, texts, field: str) -> None:
+        """Refuse a text over ``max_text_chars`` before any tokenisation (cheap: len is O(1)).
+
+        ``field`` names the i-th text: ``"texts[{i}]"``, ``"pairs[{i}].text_a"``, or a plain name.
+        """
+        limit = self.cfg.max_text_chars
+        for i, t in enumerate(texts):
+            if len(t) > limit:
+                where = field.format(i=i)
+                raise InvalidInput(
+                    f"{where}: {len(t)} characters; the limit is {limit} per text (Info.max_text_chars)"
+                )
 
     def _store(self):
         self._models()
@@ -87,7 +130,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         """A store read (search, get, list, check_encoder) on the reader pool."""
         return await asyncio.get_running_loop().run_in_executor(self.rt.read_executor, fn, *args)
 
-    def _check_count(self, n: int, field: str, *, allow_empty: bool = True) -> None:
+    def _check_count(self, n: int, field: str, *, allow_empty: bool = False) -> None:
         if n == 0 and not allow_empty:
             raise InvalidInput(f"{field}: must not be empty")
         if n > self.cfg.max_texts_per_request:
@@ -103,16 +146,28 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             raise FailedPrecondition(
                 f"{field}: CROSS_ENCODER needs a cross-encoder; start the server with --cross-encoder MODEL"
             )
-        if method == pb.SCORE_METHOD_UNI_ENCODER:
-            if m.uni_requested is None:
-                raise FailedPrecondition(
-                    f"{field}: UNI_ENCODER needs a Uni-Encoder; start the server with --uni-encoder MODEL"
-                )
+        if method == pb.SCORE_METHOD_UNI_ENCODER and m.uni is None:
             raise FailedPrecondition(
-                f"{field}: UNI_ENCODER is not available in this build yet (--uni-encoder "
-                f"{m.uni_requested} was accepted but cannot be served); use CROSS_ENCODER or BI_ENCODER"
+                f"{field}: UNI_ENCODER needs a Uni-Encoder; start the server with --uni-encoder MODEL"
             )
         return method
+
+    async def _uni_rank(self, query: str, texts: list[str], raw: bool, truncate: bool, timer) -> np.ndarray:
+        """Uni-Encoder: all candidates of one query in one pass (chunked), on the model thread.
+
+        Scores: raw logits, or (default) their softmax over this request's candidates.
+        """
+        uni = self.rt.models.uni
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        logits = await loop.run_in_executor(
+            self.rt.model_executor, lambda: uni.rank(query, texts, truncate=truncate)
+        )
+        timer.inference_ms += (time.perf_counter() - t0) * 1000.0
+        if raw:
+            return logits.astype(np.float32)
+        e = np.exp(logits - logits.max())
+        return (e / e.sum()).astype(np.float32)
 
     async def _embed(self, texts, timer: CallTimer, context, *, truncate=True, field="texts"):
         res = await self.rt.bi_batcher.submit_texts(
@@ -125,6 +180,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
 
     async def _score(self, pairs, method: int, raw: bool, truncate: bool, timer, context, field="pairs"):
         """(scores, truncated) for (a, b) pairs by ``method`` (already resolved)."""
+        if method == pb.SCORE_METHOD_UNI_ENCODER:
+            raise InvalidInput(f"{field}: UNI_ENCODER ranks candidates for one query; use Rerank")
         if method == pb.SCORE_METHOD_CROSS_ENCODER:
             res = await self.rt.cross_batcher.submit_pairs(
                 pairs, truncate=truncate, deadline=_deadline(context), field=field
@@ -160,19 +217,21 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             max_batch_tokens=self.cfg.max_batch_tokens,
             max_message_bytes=self.cfg.max_message_bytes,
             max_top_k=self.cfg.max_top_k,
+            max_text_chars=self.cfg.max_text_chars,
             version=__version__,
             runtime_versions=versions,
         )
         if m.cross is not None:
             resp.cross_encoder_id = m.cross.model_id
-        if m.uni_requested is not None:
-            resp.uni_encoder_id = m.uni_requested
+        if m.uni is not None:
+            resp.uni_encoder_id = m.uni.model_id
         resp.timing.CopyFrom(timer.message(pb))
         return resp
 
     def _embed_options(self, request, field: str):
-        m = self._models()
+        m = self.rt.models  # the call checked _models() at its start
         self._check_count(len(request.texts), f"{field}texts")
+        self._check_texts(request.texts, f"{field}texts[{{i}}]")
         convert.check_format(request.format, f"{field}format")
         dims = _opt(request, "dimensions", None)
         if dims is not None and not 1 <= dims <= m.bi.dim:
@@ -191,6 +250,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
 
     @rpc("Embed")
     async def Embed(self, request, context, timer):
+        self._models()
         embs, dim, tokens = await self._embed_reply(request, context, timer)
         return pb.EmbedResponse(embeddings=embs, dim=dim, total_tokens=tokens, timing=timer.message(pb))
 
@@ -238,11 +298,14 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                 item = window.get_nowait()
                 if isinstance(item, asyncio.Future):
                     item.cancel()
+                    item.add_done_callback(_retrieve)  # no "Task exception was never retrieved"
 
     @rpc("Score")
     async def Score(self, request, context, timer):
         self._models()
-        self._check_count(len(request.pairs), "pairs", allow_empty=False)
+        self._check_count(len(request.pairs), "pairs")
+        self._check_texts([p.text_a for p in request.pairs], "pairs[{i}].text_a")
+        self._check_texts([p.text_b for p in request.pairs], "pairs[{i}].text_b")
         method = self._method(request.method, "method")
         pairs = [(p.text_a, p.text_b) for p in request.pairs]
         scores, trunc = await self._score(
@@ -256,15 +319,24 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     async def Rerank(self, request, context, timer):
         self._models()
         n = len(request.texts)
-        self._check_count(n, "texts", allow_empty=False)
-        top_n = _opt(request, "top_n", n)
+        self._check_count(n, "texts")
+        self._check_texts([request.query], "query")
+        self._check_texts(request.texts, "texts[{i}]")
+        # Unset top_n: every candidate, up to max_top_k (the caller did not ask for a number).
+        top_n = _opt(request, "top_n", min(n, self.cfg.max_top_k))
         if not 1 <= top_n <= self.cfg.max_top_k:
             raise InvalidInput(f"top_n: must be in 1..{self.cfg.max_top_k}, got {top_n}")
         method = self._method(request.method, "method")
-        pairs = [(request.query, t) for t in request.texts]
-        scores, _ = await self._score(
-            pairs, method, request.raw_scores, _opt(request, "truncate", True), timer, context, field="texts"
-        )
+        truncate = _opt(request, "truncate", True)
+        if method == pb.SCORE_METHOD_UNI_ENCODER:
+            scores = await self._uni_rank(
+                request.query, list(request.texts), request.raw_scores, truncate, timer
+            )
+        else:
+            pairs = [(request.query, t) for t in request.texts]
+            scores, _ = await self._score(
+                pairs, method, request.raw_scores, truncate, timer, context, field="texts"
+            )
         order = np.argsort(-scores, kind="stable")[:top_n]
         results = []
         for i in order:
@@ -298,6 +370,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                 )
             if which != "text":
                 raise InvalidInput("rerank: a rerank stage needs a text query (set query.text, not a vector)")
+        if which == "text":
+            self._check_texts([request.text], "text")
         info = await self._read_store(store.get, request.index)
         if which == "text":
             await self._read_store(store.check_encoder, request.index, m.bi.fingerprint)
@@ -320,8 +394,11 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                         "store_text=true or set rerank.text_field"
                     )
                 texts.append(text)
-            pairs = [(request.text, t) for t in texts]
-            scores, _ = await self._score(pairs, method, False, True, timer, context, field="rerank")
+            if method == pb.SCORE_METHOD_UNI_ENCODER:
+                scores = await self._uni_rank(request.text, texts, False, True, timer)
+            else:
+                pairs = [(request.text, t) for t in texts]
+                scores, _ = await self._score(pairs, method, False, True, timer, context, field="rerank")
             order = np.argsort(-scores, kind="stable")[:top_k]
             hits = [
                 type(hits[i])(id=hits[i].id, score=float(scores[i]), payload=hits[i].payload) for i in order
@@ -413,7 +490,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                     raise InvalidInput(
                         f"message[{seq}].index: {req.index!r} differs from {name!r} in message[0]"
                     )
-                self._check_count(len(req.items), f"message[{seq}].items")
+                self._check_count(len(req.items), f"message[{seq}].items", allow_empty=True)
                 store_text = _opt(req, "store_text", True)
                 for j, it in enumerate(req.items):
                     field = f"message[{seq}].items[{j}]"
@@ -421,14 +498,21 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                     which = it.WhichOneof("content")
                     if which is None:
                         raise InvalidInput(f"{field}: set one of text, vector, vector_values")
-                    payload = convert.payload_to_dict(it)
+                    payload = convert.payload_to_dict(it, field)
                     if which == "text":
+                        if len(it.text) > self.cfg.max_text_chars:
+                            raise InvalidInput(
+                                f"{field}.text: {len(it.text)} characters; the limit is "
+                                f"{self.cfg.max_text_chars} per text (Info.max_text_chars)"
+                            )
                         if store_text:
                             payload = dict(payload or {})
                             payload.setdefault("text", it.text)
+                        convert.check_payload_size(payload, field, text_stored=store_text)
                         chunk.append((it.id, it.text, payload, True))
                     else:
                         vec = convert.vector_from(it, which, field, int(info.dim))
+                        convert.check_payload_size(payload, field, text_stored=False)
                         chunk.append((it.id, vec, payload, False))
                     if len(chunk) >= UPSERT_CHUNK:
                         await flush()

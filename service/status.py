@@ -97,15 +97,15 @@ def _finish(context, timer: CallTimer) -> None:
         pass
 
 
-async def _abort(context, rpc_name: str, timer: CallTimer, exc: BaseException) -> grpc.StatusCode:
+async def _abort(self, context, rpc_name: str, timer: CallTimer, exc: BaseException) -> grpc.StatusCode:
     code = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.error("%s request %s failed: internal error", rpc_name, timer.request_id, exc_info=exc)
         message = f"internal error (request id {timer.request_id}); see the server log"
     elif isinstance(exc, PairsmithError):
-        message = exc.message
+        message = self.scrub(exc.message)
     else:
-        message = str(exc) or code.name
+        message = self.scrub(str(exc) or code.name)
     _finish(context, timer)
     await context.abort(code, message)
     return code  # not reached: abort raises
@@ -115,8 +115,9 @@ def rpc(name: str) -> Callable:
     """Wrap a servicer method ``(self, request, context, timer)`` with the error table.
 
     Works for coroutines (unary and client-streaming) and async generators
-    (server- and bidi-streaming). ``self.observe(name, code, seconds)`` comes
-    from the servicer.
+    (server- and bidi-streaming). From the servicer: ``self.observe(name, code, seconds)``,
+    ``self.track(+1 | -1)`` (calls in flight: the gauge and the shutdown drain) and
+    ``self.scrub(message)`` (no server paths in what a client reads).
     """
 
     def deco(fn: Callable) -> Callable:
@@ -126,6 +127,7 @@ def rpc(name: str) -> Callable:
             async def stream_wrapper(self, request, context):
                 timer = CallTimer()
                 code = grpc.StatusCode.OK
+                self.track(1)
                 try:
                     async for item in fn(self, request, context, timer):
                         yield item
@@ -138,8 +140,9 @@ def rpc(name: str) -> Callable:
                         code = _context_code(context)
                         raise
                     code = status_for(exc)
-                    await _abort(context, name, timer, exc)
+                    await _abort(self, context, name, timer, exc)
                 finally:
+                    self.track(-1)
                     self.observe(name, code, timer.total_ms / 1e3)
 
             return stream_wrapper
@@ -148,6 +151,7 @@ def rpc(name: str) -> Callable:
         async def wrapper(self, request, context):
             timer = CallTimer()
             code = grpc.StatusCode.OK
+            self.track(1)
             try:
                 result = await fn(self, request, context, timer)
                 _finish(context, timer)
@@ -160,8 +164,9 @@ def rpc(name: str) -> Callable:
                     code = _context_code(context)
                     raise
                 code = status_for(exc)
-                await _abort(context, name, timer, exc)
+                await _abort(self, context, name, timer, exc)
             finally:
+                self.track(-1)
                 self.observe(name, code, timer.total_ms / 1e3)
 
         return wrapper

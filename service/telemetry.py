@@ -31,7 +31,7 @@ class Metrics:
             "pairsmith_queue_depth", "Requests waiting for a batch", ["model"], registry=r
         )
         self.inflight = Gauge(
-            "pairsmith_inflight_requests", "Model requests admitted and not done", registry=r
+            "pairsmith_inflight_requests", "RPCs being handled (started and not yet answered)", registry=r
         )
         self.batch_size = Histogram(
             "pairsmith_batch_size",
@@ -59,6 +59,15 @@ class Metrics:
             "Queued requests dropped (cancelled or past deadline)",
             ["model"],
             registry=r,
+        )
+        self.decode_failures = Counter(
+            "pairsmith_decode_failures",
+            "Request messages that were not valid protobuf (answered INVALID_ARGUMENT)",
+            ["rpc"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "pairsmith_rate_limited", "Calls refused by the per-key rate limit", ["rpc"], registry=r
         )
         self.index_vectors = Gauge("pairsmith_index_vectors", "Items per index", ["index"], registry=r)
         self.index_bytes = Gauge("pairsmith_index_bytes", "Bytes on disk per index", ["index"], registry=r)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from pairsmith.distill import trans_encoder as te
+from pairsmith.distill.fit_config import FitConfig
 from pairsmith.distill.labels import Combine, LabelRange, apply_range, combine, label_stats
 from pairsmith.distill.pairsets import load_pairs
 from pairsmith.distill.selection import binary_metrics
-from pairsmith.distill.train import FitConfig
 from pairsmith.errors import DataFormatError, FailedPrecondition, InvalidInput
 from tests.tiny import make_tiny_bi_encoder
 
@@ -28,12 +28,15 @@ def _sent(rng: random.Random) -> str:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    """30 unlabeled pairs, a 16-pair labeled dev file (scores 0-5), two tiny bi-encoders."""
+    """30 unlabeled pairs, a 16-pair labeled dev file and a 12-pair eval file (scores 0-5), two tiny bi-encoders."""
     d = tmp_path_factory.mktemp("toy")
     rng = random.Random(0)
     (d / "pairs.tsv").write_text("".join(f"{_sent(rng)}\t{_sent(rng)}\n" for _ in range(30)))
     (d / "dev.tsv").write_text(
         "".join(f"{_sent(rng)}\t{_sent(rng)}\t{rng.uniform(0, 5):.2f}\n" for _ in range(16))
+    )
+    (d / "other.tsv").write_text(  # a second eval set: the one the held-out average keeps
+        "".join(f"{_sent(rng)}\t{_sent(rng)}\t{rng.uniform(0, 5):.2f}\n" for _ in range(12))
     )
     make_tiny_bi_encoder(d / "bi0", seed=0)
     make_tiny_bi_encoder(d / "bi1", seed=1)
@@ -46,7 +49,7 @@ def _cfg(toy, **kw) -> te.TransEncoderConfig:
         models=(str(toy / "bi0"),),
         cycles=1,
         dev=str(toy / "dev.tsv"),
-        eval_sets=(str(toy / "dev.tsv"),),
+        eval_sets=(str(toy / "dev.tsv"), str(toy / "other.tsv")),
         cross=FitConfig(epochs=1, batch_size=8, lr=1e-3, max_length=32, eval_steps=4),
         bi=FitConfig(epochs=1, batch_size=8, lr=1e-3, max_length=32, warmup_ratio=0.0),
     )
@@ -73,15 +76,21 @@ def test_label_stats_reports_out_of_range():
 
 def test_combine_modes():
     a = np.array([0.1, 0.5, 0.9, 0.3])
-    b = np.array([0.80, 0.82, 0.99, 0.81])  # same order as a except 0.3 < 0.5 kept; different scale
+    # b orders the pairs differently (0.70 < 0.80 < 0.81) on a tighter scale, so that the mean of the
+    # raw scores (order 0, 3, 1, 2: a dominates) and the mean of the ranks (order 0, 1, 3, 2) disagree
+    b = np.array([0.80, 0.70, 0.99, 0.81])
     mean = combine([a, b], Combine.MEAN)
     np.testing.assert_allclose(mean, (a + b) / 2, atol=1e-6)
+    assert list(np.argsort(mean)) == [0, 3, 1, 2]
     rank = combine([a, b], Combine.RANK)
-    # rank keeps the plain mean's values, reordered by the mean rank
+    # rank keeps the plain mean's values, reordered by the mean rank (a RANK that returns MEAN fails here)
     np.testing.assert_allclose(np.sort(rank), np.sort(mean), atol=1e-6)
-    assert list(np.argsort(rank)) == list(np.argsort(a))
+    assert list(np.argsort(rank)) == [0, 1, 3, 2]
     z = combine([a, b], Combine.ZSCORE)
+    # z-scores: b's tight scale counts as much as a's, so pair 1 (b's lowest) drops below pair 3
     assert abs(z.mean() - mean.mean()) < 1e-5 and abs(z.std() - mean.std()) < 1e-5
+    zs = np.mean([(x - x.mean()) / x.std() for x in (a, b)], axis=0)
+    assert list(np.argsort(z)) == list(np.argsort(zs)) and list(np.argsort(z)) != list(np.argsort(mean))
     np.testing.assert_allclose(combine([a], Combine.RANK), a, atol=1e-6)
     with pytest.raises(InvalidInput):
         combine([a, b[:2]])
@@ -95,7 +104,10 @@ def test_binary_metrics_threshold_is_best():
     brute = max(((s >= t) == (y > 0.5)).mean() for t in np.concatenate([s, [s.max() + 1]]))
     assert abs(m["accuracy"] - brute * 100) < 1e-9
     fixed = binary_metrics(s, y, threshold=0.0)
-    assert fixed["threshold"] == 0.0 and 0 <= fixed["f1"] <= 100
+    pred, gold = s >= 0.0, y > 0.5
+    tp, fp, fn = (pred & gold).sum(), (pred & ~gold).sum(), (~pred & gold).sum()
+    assert fixed["threshold"] == 0.0 and fixed["f1"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn))
+    assert fixed["accuracy"] == pytest.approx(100 * (pred == gold).mean())
 
 
 # --------------------------------------------------------------------------- errors
@@ -172,6 +184,13 @@ def test_self_distillation_cycle(toy, tmp_path):
     assert rep["evaluation_setting"]["setting"] == "inductive"
     c0, c1 = rep["cycles"]
     assert "dev" in c0["bi"]["m0"] and "eval" in c0["bi"]["m0"]
+    # the selection set (dev) is marked and left out of the held-out average
+    from pairsmith.distill.provenance import code_version
+
+    assert rep["selection_set"] == "dev" and rep["code"] == code_version() and rep["code"]["commit"]
+    for row in (c0["bi"]["m0"], c1["bi"]["m0"], c1["cross"]["m0"]):
+        ev = row["eval"]
+        assert ev["avg_heldout"] == pytest.approx(ev["other"]) and ev["avg"] != pytest.approx(ev["other"])
     assert "dev" in c1["bi"]["m0"] and "dev" in c1["cross"]["m0"] and c1["cross"]["m0"]["fit"]["steps"] == 8
     assert c1["labels_bi"]["targets"]["n"] == 30 and rep["wall_s"] > 0
     assert json.loads((out / "report.json").read_text())["best"] == rep["best"]
@@ -201,6 +220,7 @@ def test_mutual_distillation_cycle(toy, tmp_path):
         for t in ("m0", "m1")
     ]
     expect = 100 * spearmanr((sims[0] + sims[1]) / 2, dev.scores).statistic
+    # the report rounds to 3 decimals; 2e-3 also absorbs float32 vs float64 averaging of the predictions
     assert rep["cycles"][1]["bi"]["ensemble"]["dev"] == pytest.approx(expect, abs=2e-3)
     for name in ("best-bi-m0", "best-bi-m1", "best-cross-m0", "best-cross-m1"):
         assert (out / name / "config.json").exists(), name
@@ -330,3 +350,122 @@ def test_for_models_propagates_a_failure(toy, tmp_path):
     with pytest.raises(RuntimeError, match="model 1 failed"):
         ctx.for_models(fn)
     assert sorted(seen) == [0, 1] and state.is_done("ok/0")
+
+
+# --------------------------------------------------------------------------- what each fit trains on
+
+
+def test_cycle_fits_train_on_the_other_models_labels(toy, tmp_path, monkeypatch):
+    """The cross fit learns the bi-encoder's (clamped) cosines; the bi fit learns the cross-encoder's scores.
+
+    Catches a cycle whose bi fit is trained on its own labels (labels-bi) instead of the cross labels.
+    """
+    from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
+
+    seen: dict[str, np.ndarray] = {}
+    real_bi, real_cross = te.fit_bi_encoder, te.fit_cross_encoder
+
+    def spy(kind, real):
+        def fit(st, s1, s2, targets, cfg, **kw):
+            seen[kind] = np.asarray(targets, dtype=np.float32).copy()
+            return real(st, s1, s2, targets, cfg, **kw)
+
+        return fit
+
+    monkeypatch.setattr(te, "fit_bi_encoder", spy("bi", real_bi))
+    monkeypatch.setattr(te, "fit_cross_encoder", spy("cross", real_cross))
+    out = tmp_path / "spy"
+    te.run_trans_encoder(_cfg(toy, eval_sets=()), out, device="cpu", progress=False)
+    pool = load_pairs(str(toy / "pairs.tsv"))
+    start = BiEncoder.load(str(toy / "bi0"), device="cpu").similarity(pool.s1, pool.s2)
+    np.testing.assert_allclose(seen["cross"], np.clip(start, 0, 1), atol=1e-5)
+    cross = CrossEncoder.load(str(out / "cycle1" / "cross-m0"), device="cpu")
+    probs = cross.score(pool.pairs, activation=Activation.SIGMOID).values
+    np.testing.assert_allclose(seen["bi"], probs, atol=1e-5)
+    assert np.abs(seen["bi"] - seen["cross"]).max() > 0.05  # the two label sets really differ here
+
+
+# --------------------------------------------------------------------------- evidence: overlap, guard, code
+
+
+def test_overlap_exclusion_and_dedup_use_normalised_text(tmp_path):
+    """STS12-16 hold lower-cased tokenised text; STS-B/companion the same pairs in original casing."""
+    from pairsmith.distill.pairsets import drop_pairs_in, overlap
+    from pairsmith.distill.textnorm import normalise_text
+
+    tokenised = ("a man 's playing the guitar .", "the man is n't singing , is he ?")
+    original = ("A man's playing the guitar.", "The man isn't singing, is he?")
+    assert normalise_text(tokenised[0]) == normalise_text(original[0])
+    assert normalise_text("a cat") != normalise_text("a dog")
+    ev = tmp_path / "eval.tsv"
+    ev.write_text(f"{tokenised[0]}\t{tokenised[1]}\t4.0\nthe cat sat\tthe dog ran\t1.0\n")
+    pool_file = tmp_path / "pool.tsv"
+    pool_file.write_text(
+        f"{original[1]}\t{original[0]}\n"  # the eval pair, reversed and in original casing
+        f"{original[0]}\t{original[1]}\n"
+        "Something else entirely.\tNot in the eval set.\n"
+        "something   ELSE, entirely\tnot in the eval set\n"  # a duplicate of the line above
+    )
+    pool = load_pairs(str(pool_file))
+    assert len(pool) == 3  # the last line is the previous one, normalised
+    ov = overlap(pool, [str(ev)])
+    assert ov.per_set[str(ev)] == 0.5 and ov.setting == "transductive"  # exact strings would say 0.0
+    kept = drop_pairs_in(pool, [str(ev)])
+    assert kept.pairs == [("Something else entirely.", "Not in the eval set.")]
+
+
+def test_sts_inductive_pool_is_disjoint_from_the_eval_sets(shared_data):
+    from pairsmith.distill.pairsets import overlap
+
+    pool = load_pairs("sts-inductive")
+    from pairsmith.distill.data import STS7
+
+    ov = overlap(pool, list(STS7))
+    assert ov.setting == "inductive" and max(ov.per_set.values()) == 0.0, ov.per_set
+    assert len(pool) == 5383  # STS-B train + SICK train (10,141 distinct) minus 4,758 pairs of the STS7 sets
+
+
+def test_protected_scores_refused_by_content_not_name(shared_data, tmp_path):
+    import shutil
+
+    year = tmp_path / "my-copy-of-sts12"
+    shutil.copytree(shared_data / "sts/sts12-16/STS12-en-test", year)
+    with pytest.raises(InvalidInput, match="sts12"):
+        load_pairs(str(year), labeled=True)
+    comp = sorted((shared_data / "sts/sts-companion/stscompanion").glob("sts-*.csv"))[0]
+    copy = tmp_path / "renamed.csv"
+    shutil.copy(comp, copy)
+    with pytest.raises(InvalidInput, match="sts-companion"):
+        load_pairs(str(copy), labeled=True)
+    # re-formatted as JSONL, still the same pairs and scores: refused too
+    ps = load_pairs(str(copy), labeled=True, for_training=False, dedup=False)
+    jl = tmp_path / "converted.jsonl"
+    jl.write_text(
+        "".join(
+            json.dumps({"s1": a, "s2": b, "score": float(y)}) + "\n"
+            for a, b, y in zip(ps.s1, ps.s2, ps.scores, strict=True)
+        )
+    )
+    with pytest.raises(InvalidInput, match="must not be used for training"):
+        load_pairs(str(jl), labeled=True)
+    assert load_pairs(str(copy)).scores is None  # unlabeled use stays allowed
+    assert load_pairs("stsb-train", labeled=True).scores is not None  # STS-B train is not refused
+
+
+def test_resume_refuses_a_run_written_by_other_code(toy, tmp_path, monkeypatch):
+    from pairsmith.distill import runstate
+    from pairsmith.distill.provenance import code_version
+
+    cfg = {"a": 1}
+    runstate.RunState(tmp_path / "r", cfg, resume=False, kind="k")
+    saved = json.loads((tmp_path / "r" / "state.json").read_text())["code"]
+    assert saved == code_version() and set(saved) == {"version", "commit", "dirty", "diff_sha256"}
+    runstate.RunState(tmp_path / "r", cfg, resume=True, kind="k")  # same code: fine
+    other = {**code_version(), "commit": "0" * 40}
+    monkeypatch.setattr(runstate, "code_version", lambda: other)
+    with pytest.raises(FailedPrecondition, match="written by commit .* but this is commit 000000000000"):
+        runstate.RunState(tmp_path / "r", cfg, resume=True, kind="k")
+    dirty = {**code_version(), "dirty": True, "diff_sha256": "abc"}  # same commit, other local changes
+    monkeypatch.setattr(runstate, "code_version", lambda: dirty)
+    with pytest.raises(FailedPrecondition, match="uncommitted changes abc"):
+        runstate.RunState(tmp_path / "r", cfg, resume=True, kind="k")

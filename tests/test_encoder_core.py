@@ -12,12 +12,13 @@ import pytest
 
 from pairsmith.encoders import BiEncoder
 from pairsmith.encoders.pipeline import Pipeline
-from pairsmith.encoders.postprocess import finalize_vectors, normalize_rows, pair_cosine, sigmoid
+from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine, sigmoid
 from pairsmith.encoders.runtime import ModelBackend, TorchBackend
 from pairsmith.encoders.source import fingerprint, resolve_model
 from pairsmith.encoders.tokenize import TextTokenizer, Tokenizer
 from pairsmith.encoders.types import ModelOutput, OutputKind, TokenBatch
 from pairsmith.errors import InvalidInput
+from pairsmith.vectors import normalize_rows
 
 GOLDEN = Path(__file__).parent / "golden" / "default_embeddings.json"
 
@@ -72,10 +73,10 @@ def test_normalize_rows_handles_huge_and_tiny_values_and_refuses_zero():
     np.testing.assert_allclose(y[0], [2**-0.5, 2**-0.5, 0], atol=1e-6)
     np.testing.assert_allclose(y[1], [2**-0.5, 0, 2**-0.5], atol=1e-6)
     np.testing.assert_allclose(y[2], [0.6, 0.8, 0], atol=1e-6)
-    with pytest.raises(InvalidInput, match=r"vectors\[1\]: all zeros"):
+    with pytest.raises(InvalidInput, match=r"vectors\[1\]: a zero vector has no direction"):
         normalize_rows(np.array([[1.0, 0], [0, 0]], np.float32))
     with pytest.raises(InvalidInput, match=r"vectors\[0\]: holds NaN"):
-        normalize_rows(np.array([[np.nan, 1.0]], np.float32))
+        normalize_rows(np.array([[np.nan, 1.0], [1.0, 1.0]], np.float32))
 
 
 def test_dimensions_prefix_then_normalise_and_sigmoid_is_stable():

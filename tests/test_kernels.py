@@ -10,6 +10,9 @@ Tolerances (each one stated where it is used):
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ import torch
 from pairsmith.errors import FailedPrecondition, InvalidInput
 from pairsmith.kernels import Impl, cross_attention_pool, cross_attention_pool_projected
 
-FAST_IMPLS: list[str] = []  # checked against the reference on the CPU here; triton has its own tests below
+FAST_IMPLS = ["packed"]  # checked against the reference on the CPU here; triton has its own tests below
 
 
 def make_case(
@@ -154,6 +157,23 @@ def test_forward_and_gradients_vs_naive_fp64(impl, seed, per_item):
         assert_close_scaled(g_, w_, 5e-5, f"{impl} d{name}")
 
 
+@pytest.mark.parametrize("per_item", [False, True])
+def test_packed_uniform_lengths_vs_naive_fp64(per_item):
+    # Every item 13 keys (multi-layer pooling): the packed path takes its dense branch.
+    q, k, v, cu = make_case(
+        [13] * 5, n_q=9, heads=3, dim=16, d_v=8, dtype=torch.float64, per_item=per_item, seed=5
+    )
+    dout = torch.randn(5, 9, 3, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    q_, k_, v_ = (t.clone().requires_grad_() for t in (q, k, v))
+    loop_out, loop_lse = naive_loop(q_, k_, v_, cu, 0.25)
+    (loop_out * dout).sum().backward()
+    got = grads("packed", q.float(), k.float(), v.float(), cu, dout.float())
+    torch.testing.assert_close(got[0].double(), loop_out.detach(), rtol=2e-5, atol=2e-5)  # fp32: see header
+    torch.testing.assert_close(got[1].double(), loop_lse, rtol=2e-5, atol=2e-5)
+    for g_, w_, name in zip(got[2:], (q_.grad, k_.grad, v_.grad), "qkv", strict=True):
+        assert_close_scaled(g_, w_, 5e-5, f"packed uniform d{name}")  # fp32 sums of ~65 terms
+
+
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 def test_bf16_matches_reference_bf16(impl):
     lens = [5, 0, 1, 23, 9, 14]
@@ -234,7 +254,9 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
 
     if not triton_available():
         pytest.skip("triton not installed: the refusal names the pip install instead")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from pairsmith.kernels import triton_pool
+
+    monkeypatch.setattr(triton_pool, "interpreter_active", lambda: False)  # as if TRITON_INTERPRET were unset
     q, k, v, cu = make_case([2, 3])
     with pytest.raises(FailedPrecondition, match="TRITON_INTERPRET=1"):
         cross_attention_pool(q, k, v, cu, impl="triton")
@@ -280,3 +302,103 @@ def test_bad_scale_and_projection_inputs():
         cross_attention_pool_projected(q, x, w, w, cu, b_v=torch.zeros(3))
     with pytest.raises(InvalidInput, match="x: expected"):
         cross_attention_pool_projected(q, x[None], w, w, cu)
+
+
+# --- Triton kernel, run on the CPU in Triton's interpreter --------------------------------------------
+
+
+@pytest.fixture
+def interpret():
+    """The interpreter must be on before triton's first import: tests/conftest.py sets TRITON_INTERPRET=1."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"triton cannot be imported here ({exc}); install it: pip install 'triton==3.9.0'")
+    from pairsmith.kernels import triton_pool
+
+    assert triton_pool.interpreter_active(), "triton was imported before TRITON_INTERPRET=1 was set"
+    return triton_pool
+
+
+def _triton_vs_reference(q, k, v, cu, *, rtol, grad_rtol, **kw):
+    dout = torch.randn(
+        (cu.numel() - 1, *q.shape[-3:-1], v.shape[-1]), generator=torch.Generator().manual_seed(9)
+    ).to(torch.float32)
+    want = grads("reference", q, k, v, cu, dout, **kw)
+    got = grads("triton", q, k, v, cu, dout, **kw)
+    torch.testing.assert_close(got[0].float(), want[0].float(), rtol=rtol, atol=rtol)
+    torch.testing.assert_close(got[1], want[1], rtol=2e-5, atol=2e-5)  # lse: fp32 either way
+    for g_, w_, name in zip(got[2:], want[2:], "qkv", strict=True):
+        assert g_.dtype == w_.dtype
+        assert_close_scaled(g_, w_, grad_rtol, f"triton d{name}")
+
+
+@pytest.mark.parametrize("items_per_program", [1, 3])
+def test_triton_fp32_forward_and_gradients(interpret, monkeypatch, items_per_program):
+    # 40 keys > BLOCK_L = 32: the online softmax crosses a tile; 3 items per program: dq partials summed
+    # inside a program and across programs (the cross-item reduction of the shared-query gradient).
+    monkeypatch.setattr(interpret, "ITEMS_PER_PROGRAM", items_per_program)
+    q, k, v, cu = make_case([3, 0, 1, 40, 2, 5, 0], n_q=3, heads=2, dim=16, d_v=8, seed=11)
+    # IEEE fp32 dots in different summation orders than torch's einsum: fp32 ulps (see header)
+    _triton_vs_reference(q, k, v, cu, rtol=2e-5, grad_rtol=5e-5)
+
+
+def test_triton_per_item_queries_and_many_queries(interpret):
+    q, k, v, cu = make_case([4, 0, 1, 9], n_q=17, heads=1, dim=8, d_v=8, per_item=True, seed=12)
+    _triton_vs_reference(q, k, v, cu, rtol=2e-5, grad_rtol=5e-5)  # fp32: see header
+
+
+def test_triton_fp16(interpret):
+    q, k, v, cu = make_case([6, 0, 1, 33], n_q=2, heads=2, dim=16, dtype=torch.float16, seed=13)
+    # The kernel rounds probabilities (and dS) to fp16 before the P@V and dS@K dots, as FlashAttention
+    # does; the reference keeps them fp32. Each rounding is 2**-11 relative; with sums of up to ~33 terms
+    # and one fp16 rounding of the result, 4e-3 of the values' scale holds with margin.
+    _triton_vs_reference(q, k, v, cu, rtol=4e-3, grad_rtol=4e-3)
+
+
+def test_triton_bf16_is_not_checked_in_the_interpreter(interpret):
+    pytest.skip(
+        "Triton 3.9's interpreter computes bf16 wrongly (ENVIRONMENT.md); bf16 is checked on a GPU only"
+    )
+
+
+def test_triton_projected_mean_and_item_alone(interpret):
+    g = torch.Generator().manual_seed(14)
+    lens = [2, 0, 5, 1]
+    cu = torch.tensor([0, 2, 2, 7, 8])
+    q = torch.randn(2, 2, 16, generator=g)
+    x = torch.randn(8, 12, generator=g)
+    w_k, w_v = torch.randn(32, 12, generator=g) / 3, torch.randn(32, 12, generator=g) / 3
+    outs = {}
+    for impl in ("reference", "triton"):
+        leaves = [t.clone().requires_grad_() for t in (q, x, w_k, w_v)]
+        out, _ = cross_attention_pool_projected(*leaves, cu, impl=impl, mean_over_queries=True)  # (B, H, 16)
+        out.pow(2).sum().backward()
+        outs[impl] = (out.detach(), [t.grad for t in leaves])
+    torch.testing.assert_close(outs["triton"][0], outs["reference"][0], rtol=2e-5, atol=2e-5)  # fp32
+    for got, want, name in zip(
+        outs["triton"][1], outs["reference"][1], ["q", "x", "w_k", "w_v"], strict=True
+    ):
+        assert_close_scaled(got, want, 5e-5, f"triton d{name}")  # fp32 sums of tens of terms
+    # an item alone equals the item in the batch
+    alone, _ = cross_attention_pool_projected(q, x[2:7], w_k, w_v, torch.tensor([0, 5]), impl="triton")
+    batch, _ = cross_attention_pool_projected(q, x, w_k, w_v, cu, impl="triton")
+    torch.testing.assert_close(alone[0], batch[2], rtol=1e-6, atol=1e-6)
+    assert len(lens) == batch.shape[0]
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_an_h100_class_gpu():
+    # No GPU here: compile both kernels to sm_90 cubin (the real compiler, stricter than the interpreter)
+    # in a fresh process, since this one imported triton in interpreter mode. ~30 s.
+    pytest.importorskip("triton", reason="triton not installed: pip install 'triton==3.9.0'")
+    code = (
+        "from pairsmith.kernels.triton_pool import compile_for_gpu\n"
+        "for dt in ('fp32', 'bf16'):\n"
+        "    for per_item in (False, True):\n"
+        "        print(dt, per_item, compile_for_gpu(dt, 90, per_item))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("_bwd_kernel") == 4, res.stdout

@@ -70,8 +70,10 @@ def test_info(stub, bi, tiny_cross_dir):
 
 
 def test_warmup_calibrated_the_batchers(server):
+    """Fails when warm-up skips the planner's calibration (the overhead would stay the default)."""
     for b in (server.server.rt.bi_batcher, server.server.rt.cross_batcher):
-        assert 1.0 <= b.forward_overhead_tokens <= 4096.0 and b.batches_run >= 1
+        assert b.pipeline.calibrated and b.batches_run >= 1
+        assert b.pipeline.max_rows == b.max_batch_rows  # calibrated on the server's own batch shape
 
 
 def test_embed_equals_in_process_encode(stub, bi):
@@ -98,7 +100,9 @@ def test_embed_options(stub, bi):
     r = stub.Embed(pb.EmbedRequest(texts=["short", LONG]))
     assert [e.truncated for e in r.embeddings] == [False, True]
     assert r.embeddings[1].token_count == 64
-    assert len(stub.Embed(pb.EmbedRequest(texts=[])).embeddings) == 0
+    with pytest.raises(grpc.RpcError) as ei:  # empty texts: INVALID_ARGUMENT (the README's table)
+        stub.Embed(pb.EmbedRequest(texts=[]))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_embed_stream_preserves_order(stub, bi):

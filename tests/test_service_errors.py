@@ -333,3 +333,50 @@ def test_messages_name_field_and_limit(server):
         stub.Embed(pb.EmbedRequest(texts=["ok", LONG], truncate=False))
     assert "texts[1]" in ei.value.details() and "64" in ei.value.details()
     ch.close()
+
+
+# Every row of the README's error table and the tests that make a server answer it.
+README_ROWS = {
+    "INVALID_ARGUMENT": ["tests/test_service_errors.py::test_bad_request",
+                         "tests/test_service_defects.py::test_empty_embed_is_invalid_argument",
+                         "tests/test_service_defects.py::test_malformed_protobuf_is_invalid_argument_on_unary_and_streams",
+                         "tests/test_service_defects.py::test_factory_refused_before_faiss_builds"],
+    "NOT_FOUND": ["tests/test_service_errors.py::test_bad_request",
+                  "tests/test_service_defects.py::test_errors_leak_no_paths_or_index_names"],
+    "ALREADY_EXISTS": ["tests/test_service_errors.py::test_bad_request"],
+    "FAILED_PRECONDITION": ["tests/test_service_errors.py::test_bad_request"],
+    "RESOURCE_EXHAUSTED": ["tests/test_service.py::test_overload_is_resource_exhausted",
+                           "tests/reliability/test_security.py::test_oversized_message_refused_before_decoding",
+                           "tests/reliability/test_security.py::test_rate_limit_per_key",
+                           "tests/reliability/test_faults.py::test_full_disk_write_is_resource_exhausted_reads_keep_working"],
+    "UNAUTHENTICATED": ["tests/test_service_auth.py::test_every_rpc_needs_the_key"],
+    "UNAVAILABLE": ["tests/test_service_lifecycle.py::test_health_transitions",
+                    "tests/test_service_defects.py::test_sigterm_drains_embed_stream_and_health_is_not_serving"],
+    "DEADLINE_EXCEEDED": ["tests/test_service_lifecycle.py::test_graceful_stop_drains_and_queued_deadline_is_dropped"],
+    "INTERNAL": ["tests/reliability/test_fuzz.py::test_server_healthy_after_fuzzing"],
+}  # fmt: skip
+
+
+def test_every_readme_error_row_is_exercised():
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    table = readme[readme.index("### Errors") : readme.index("### Reliability")]
+    rows = [
+        line.split("|")[1].strip()
+        for line in table.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
+    rows = [r for r in rows if r != "status"]
+    assert sorted(rows) == sorted(README_ROWS), "README error table and README_ROWS differ"
+    for status, tests in README_ROWS.items():
+        for node in tests:
+            path, name = node.split("::")
+            names = {
+                f.name
+                for f in ast.walk(ast.parse((repo / path).read_text()))
+                if isinstance(f, ast.FunctionDef)
+            }
+            assert name in names, f"{status}: {node} does not exist"

@@ -212,7 +212,11 @@ def test_serve_flags_reach_the_config(tmp_path):
     cfg = config_from_args(args)
     assert (cfg.model, cfg.port, cfg.max_batch_rows, cfg.max_batch_tokens) == ("m", 0, 16, 2048)
     assert cfg.api_key_file == keys and cfg.metrics_port == 9999 and cfg.store_root == tmp_path
-    assert cfg.backend == "onnx"
+    assert cfg.backend == "onnx" and cfg.auto_export is True
+    no_export = config_from_args(
+        build_parser().parse_args(["serve", "--backend", "onnx", "--no-auto-export"])
+    )
+    assert no_export.auto_export is False
 
 
 @pytest.mark.parametrize("hold", [0.0, 0.25])

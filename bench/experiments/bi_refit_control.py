@@ -24,7 +24,7 @@ from scipy.stats import spearmanr
 
 from pairsmith.distill.evaluation import bi_scorer, eval_sts
 from pairsmith.distill.pairsets import load_pairs, subsample
-from pairsmith.distill.selection import Metric, make_evaluator
+from pairsmith.distill.selection import PairMetric, make_evaluator
 from pairsmith.distill.train import fit_bi_encoder
 from pairsmith.distill.trans_encoder import load_config
 from pairsmith.encoders import BiEncoder
@@ -46,7 +46,7 @@ def main() -> int:
         raise SystemExit(f"control: {len(own)} labels for {len(pool)} pool pairs (pool changed?)")
     enc = BiEncoder.load(cfg.models[0], pooling=cfg.pooling, device="cpu")
     dev = load_pairs(cfg.dev, labeled=True, dedup=False, for_training=False)
-    ev = make_evaluator("bi", enc.st_model, enc.source, dev, Metric.SPEARMAN)
+    ev = make_evaluator("bi", enc.st_model, enc.source, dev, PairMetric.SPEARMAN)
     fit_cfg = dataclasses.replace(cfg.bi, seed=cfg.bi.seed + 1)  # the cycle-1 bi fit's configuration
     res = fit_bi_encoder(enc.st_model, pool.s1, pool.s2, own, fit_cfg, evaluator=ev, desc="control bi")
     scores = eval_sts(bi_scorer(enc), list(cfg.eval_sets))

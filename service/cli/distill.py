@@ -7,6 +7,7 @@ The distillation library is imported lazily inside each command, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -58,7 +59,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seeds everything the run creates (default {DEFAULT_SEED})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--no-length-grouping",
@@ -97,17 +103,26 @@ def _cmd_trans_encoder(args) -> int:
         bi=_fit_from(args, "bi", args.seed),
         seed=args.seed,
     )
-    report = run_trans_encoder(
-        cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress
-    )
+    with _scorer(args) as scorer:  # --engine ray: pseudo-labels scored by Ray actors
+        report = run_trans_encoder(
+            cfg,
+            args.out,
+            resume=args.resume,
+            device=args.device,
+            progress=not args.no_progress,
+            pair_scorer=scorer,
+        )
     summary = {
         "setting": report["evaluation_setting"]["setting"],
+        "per_cycle_score": f"eval average without the selection set {report.get('selection_set')} (avg_heldout)",
         "best": report["best"],
         "per_cycle": [
             {
                 "cycle": r["cycle"],
                 **{
-                    f"{k}-{t}": v.get("eval", {}).get("avg", v.get("dev"))
+                    f"{k}-{t}": v.get("eval", {}).get(
+                        "avg_heldout", v.get("eval", {}).get("avg", v.get("dev"))
+                    )
                     for k in ("bi", "cross")
                     for t, v in r[k].items()
                 },
@@ -161,6 +176,7 @@ def _register_trans_encoder(sub) -> None:
     _fit_args(p, "cross", CROSS_DEFAULT, "cross-encoder")
     _fit_args(p, "bi", BI_DEFAULT, "bi-encoder")
     _common(p)
+    _engine_args(p, "pseudo-labelling")
     p.set_defaults(func=_cmd_trans_encoder)
 
 
@@ -187,7 +203,9 @@ def _cmd_dse(args) -> int:
         augment_k=args.augment_k,
         fit=_fit_from(args, "", args.seed),
     )
-    report = run_dse(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    with _scorer(args) as scorer:  # --engine ray: teacher scores from Ray actors
+        kw = {"resume": args.resume, "device": args.device, "progress": not args.no_progress}
+        report = run_dse(cfg, args.out, pair_scorer=scorer, **kw)
     _print(report, ["rows", "augment", "teacher_cache", "wall_s"])
     return 0
 
@@ -227,7 +245,27 @@ def _register_dse(sub) -> None:
     p.add_argument("--augment-k", type=int, default=1, help="partners per training sentence for --augment")
     _fit_args(p, "", DSE_FIT_DEFAULT, "student")
     _common(p)
+    _engine_args(p, "teacher scoring")
     p.set_defaults(func=_cmd_dse)
+
+
+def _engine_args(p, what: str) -> None:
+    from pairsmith.service.ray_engine import add_engine_args  # flags only; Ray is imported lazily
+
+    add_engine_args(p, what=what)
+
+
+@contextlib.contextmanager
+def _scorer(args):
+    """The ``pair_scorer`` hook for --engine ray (one Ray session for the whole job), else None."""
+    from pairsmith.service.ray_engine import options_from_args, pair_scorer, ray_session
+
+    opts = options_from_args(args, batch_size=64)
+    if opts is None:
+        yield None
+        return
+    with ray_session(opts):
+        yield pair_scorer(opts, progress=not args.no_progress)
 
 
 # --------------------------------------------------------------------------- train cross-encoder
@@ -286,4 +324,7 @@ def register(subparsers) -> None:
     t = subparsers.add_parser("train", help="supervised training")
     tsub = t.add_subparsers(dest="train_command", metavar="MODEL")
     _register_train(tsub)
+    from pairsmith.service.cli.uni import register_train as _register_uni
+
+    _register_uni(tsub)
     t.set_defaults(func=lambda args: (t.print_help(sys.stderr), 2)[1])

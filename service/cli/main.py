@@ -29,6 +29,8 @@ _MODULES = {
     "pairsmith.service.cli.export": ("export",),
     "pairsmith.service.cli.distill": ("distill", "train"),
     "pairsmith.service.cli.byte2word": ("train",),
+    "pairsmith.service.cli.train_embedding": ("train",),
+    "pairsmith.service.cli.models": ("models",),
 }
 
 EXIT_CODES = {

@@ -19,6 +19,7 @@ _FLAG_FIELDS = (
     "cross_encoder",
     "uni_encoder",
     "backend",
+    "auto_export",
     "device",
     "data_dir",
     "host",
@@ -28,6 +29,9 @@ _FLAG_FIELDS = (
     "tls_key",
     "tls_client_ca",
     "metrics_port",
+    "metrics_host",
+    "max_text_chars",
+    "rate_limit_per_key",
     "max_batch_tokens",
     "max_batch_rows",
     "batch_hold_fraction",
@@ -44,13 +48,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cross-encoder", help="cross-encoder model (enables CROSS_ENCODER scoring and reranking)"
     )
-    p.add_argument("--uni-encoder", help="Uni-Encoder model (accepted; not servable in this build yet)")
-    p.add_argument("--backend", choices=("torch", "onnx"), help="inference runtime (default torch)")
+    p.add_argument("--uni-encoder", help="Uni-Encoder directory (enables Rerank UNI_ENCODER)")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "openvino", "auto"),
+        help="inference runtime (default torch); auto = the measured fastest engine for this CPU",
+    )
+    p.add_argument(
+        "--no-auto-export",
+        dest="auto_export",
+        action="store_false",
+        default=None,
+        help="backend onnx: refuse a model with no ONNX export instead of exporting it on first use",
+    )
     p.add_argument("--device", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument(
         "--data-dir", type=Path, help="index store root (default $PAIRSMITH_HOME or ~/.local/share/pairsmith)"
     )
-    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument(
+        "--host",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 when --api-key-file is given)",
+    )
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
     p.add_argument("--api-key-file", type=Path, help="file with API keys, one per line (enables auth)")
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); with --tls-key enables TLS")
@@ -59,6 +77,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tls-client-ca", type=Path, help="CA that client certificates must chain to (mutual TLS)"
     )
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: off)")
+    p.add_argument(
+        "--metrics-host", help="address for /metrics (default 127.0.0.1; it has no authentication)"
+    )
+    p.add_argument(
+        "--max-text-chars",
+        type=int,
+        help="longest text in characters; longer ones are refused (default 65536)",
+    )
+    p.add_argument(
+        "--rate-limit-per-key", type=float, help="calls per second per API key (default 0: no limit)"
+    )
     p.add_argument("--max-batch-tokens", type=int, help="token budget per forward batch (default 8192)")
     p.add_argument("--max-batch-rows", type=int, help="rows per forward pass (default 32)")
     p.add_argument(
@@ -145,7 +174,9 @@ async def _serve(config, port_file: Path | None) -> int:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(port))
         os.replace(tmp, port_file)
-    print(f"pairsmith: listening on {config.host}:{port}; loading models...", file=sys.stderr, flush=True)
+    print(
+        f"pairsmith: listening on {config.bind_host}:{port}; loading models...", file=sys.stderr, flush=True
+    )
     ready = asyncio.ensure_future(server.wait_ready())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)

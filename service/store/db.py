@@ -17,6 +17,8 @@ commit is on disk when it returns). Tables:
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import sqlite3
 import threading
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pairsmith.errors import FailedPrecondition, NotFound
+from pairsmith.errors import FailedPrecondition, NotFound, ResourceExhausted
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,6 +43,31 @@ CREATE TABLE IF NOT EXISTS dead (iid INTEGER PRIMARY KEY);
 _IN_CHUNK = 900  # stay well under SQLite's bound-parameter limit
 
 
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "disk I/O" in str(exc))
+
+
+def _writes(fn):
+    """A write that fails for lack of space is RESOURCE_EXHAUSTED naming the index; the
+    transaction was rolled back, so nothing of it is stored (reads keep working)."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except (sqlite3.OperationalError, OSError) as exc:
+            if not _is_disk_full(exc):
+                raise
+            raise ResourceExhausted(
+                f"index {self.path.parent.name!r}: the disk is full or failing ({exc}); nothing of this "
+                "write was stored. Free space and retry"
+            ) from None
+
+    return wrapper
+
+
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     mode = "ro" if readonly else "rw"
     try:
@@ -48,7 +75,7 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
             f"file:{path}?mode={mode}", uri=True, check_same_thread=False, isolation_level=None, timeout=30
         )
     except sqlite3.OperationalError as exc:
-        raise NotFound(f"index store {path}: cannot open ({exc})") from None
+        raise NotFound(f"index {path.parent.name!r}: {path.name} cannot be opened ({exc})") from None
     if not readonly:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -175,9 +202,10 @@ class IndexDb:
     # -- writes (writer thread, under the index's write lock) ---------------------------
     def _writer(self) -> sqlite3.Connection:
         if self._w is None:
-            raise FailedPrecondition(f"index store {self.path}: opened read-only")
+            raise FailedPrecondition(f"index {self.path.parent.name!r}: {self.path.name} is opened read-only")
         return self._w
 
+    @_writes
     def write_chunk(
         self, rows: Sequence[tuple[str, bytes, str | None]], meta: Mapping[str, str]
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -206,10 +234,11 @@ class IndexDb:
                 w.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(meta.items()))
             w.execute("COMMIT")
         except BaseException:
-            w.execute("ROLLBACK")
+            _rollback(w)
             raise
         return np.asarray(new, dtype=np.int64), np.asarray(sorted(old), dtype=np.int64)
 
+    @_writes
     def delete(self, ids: Sequence[str], meta: Mapping[str, str]) -> np.ndarray:
         """Delete ``ids`` durably; returns the iids removed."""
         w = self._writer()
@@ -228,20 +257,37 @@ class IndexDb:
                 w.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(meta.items()))
             w.execute("COMMIT")
         except BaseException:
-            w.execute("ROLLBACK")
+            _rollback(w)
             raise
         return np.asarray(sorted(old), dtype=np.int64)
 
+    @_writes
     def set_meta(self, meta: Mapping[str, str]) -> None:
         w = self._writer()
         w.execute("BEGIN IMMEDIATE")
-        w.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(meta.items()))
-        w.execute("COMMIT")
+        try:
+            w.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(meta.items()))
+            w.execute("COMMIT")
+        except BaseException:
+            _rollback(w)
+            raise
 
+    @_writes
     def set_dead(self, iids: np.ndarray) -> None:
         """Make ``dead`` exactly ``iids`` (after a snapshot that no longer holds the others)."""
         w = self._writer()
         w.execute("BEGIN IMMEDIATE")
-        w.execute("DELETE FROM dead")
-        w.executemany("INSERT INTO dead(iid) VALUES (?)", [(int(i),) for i in iids])
-        w.execute("COMMIT")
+        try:
+            w.execute("DELETE FROM dead")
+            w.executemany("INSERT INTO dead(iid) VALUES (?)", [(int(i),) for i in iids])
+            w.execute("COMMIT")
+        except BaseException:
+            _rollback(w)
+            raise
+
+
+def _rollback(w: sqlite3.Connection) -> None:
+    try:
+        w.execute("ROLLBACK")
+    except sqlite3.Error:  # no transaction left (SQLite rolled back itself, e.g. on SQLITE_FULL)
+        pass

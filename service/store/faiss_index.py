@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +51,92 @@ class IndexMetric(enum.Enum):
         return faiss.METRIC_L2 if self is IndexMetric.L2 else faiss.METRIC_INNER_PRODUCT
 
 
+_FAISS_LOCATION = re.compile(r"Error in .*? at \S+:\d+:\s*")
+
+
 def _short(exc: BaseException) -> str:
-    """FAISS errors carry a C++ location line; keep only the message."""
-    text = str(exc).strip().splitlines()
-    msg = [t for t in text if not t.startswith("Error in ")]
-    return (msg[-1] if msg else text[-1] if text else repr(exc))[:300]
+    """FAISS errors carry the C++ function and source path ("Error in ... at /x/IndexIVF.cpp:42:");
+    keep only the message, never a path."""
+    lines = [_FAISS_LOCATION.sub("", t).strip() for t in str(exc).strip().splitlines()]
+    lines = [t.removeprefix("Error: ").strip() for t in lines if t and not t.startswith("Error in ")]
+    msg = lines[-1] if lines else type(exc).__name__
+    return re.sub(r"(/[\w.+-]+)+\.(cpp|h|hpp|py)(:\d+)?", "<faiss>", msg)[:300]
+
+
+@dataclass(frozen=True)
+class FactoryLimits:
+    """What one factory string may allocate, checked before FAISS builds anything.
+
+    FAISS allocates at construction (an ``IVF100000000`` quantizer and its inverted lists took
+    17.8 GB) and at training (PQ codebooks grow with ``2**nbits``); these bound each knob.
+    """
+
+    max_nlist: int = 262_144  # IVF lists (IMI: total cells)
+    max_hnsw_m: int = 256  # HNSW / NSG neighbours per node
+    max_pq_m: int = 1024  # PQ / OPQ / RQ / LSQ sub-quantizers
+    max_pq_nbits: int = 12  # bits per sub-quantizer code (codebook 2**nbits entries)
+    max_out_dim: int = 65_536  # PCA / OPQ / RR output dimension
+    max_number: int = 262_144  # largest build parameter (efConstruction)
+
+
+# The factory components the store accepts (each comma-separated part must match one). FAISS
+# parses far more, but some of it aborts or segfaults the process on small or zero parameters
+# (HNSW0/HNSW1, PQ8x0, RR0, SQ0, LSQ, NSG hangs): a server must never hand those to FAISS.
+_SQ = r"SQ(?:4|6|8|fp16|bf16)"
+_PQ = r"PQ(?P<pq_m>\d+)(?:x(?P<pq_bits>\d+))?(?:np)?"
+_COMPONENTS = {
+    "idmap": re.compile(r"IDMap2?"),
+    "opq": re.compile(r"OPQ(?P<opq_m>\d+)(?:_(?P<out>\d+))?"),
+    "pca": re.compile(r"PCAW?R?(?P<out>\d+)"),
+    "rr": re.compile(r"RR(?P<out>\d+)"),
+    "l2norm": re.compile(r"L2norm"),
+    "ivf": re.compile(r"IVF(?P<nlist>\d+)(?:_HNSW(?P<hnsw_m>\d+))?"),
+    "hnsw": re.compile(rf"HNSW(?P<hnsw_m>\d+)(?:_(?:Flat|{_SQ}|{_PQ}))?"),
+    "flat": re.compile(r"Flat"),
+    "pq": re.compile(_PQ),
+    "sq": re.compile(_SQ),
+    "refine": re.compile(r"RFlat|Refine\(Flat\)"),
+}
+_SUPPORTED = "IDMap2, OPQ{M}[_{D}], PCA{D}, RR{D}, L2norm, IVF{nlist}[_HNSW{M}], HNSW{M}[_Flat|_SQ8|_PQ{M}], Flat, PQ{M}[x{bits}], SQ{4|6|8|fp16|bf16}, RFlat"
+
+
+def check_factory(factory: str, limits: FactoryLimits) -> None:
+    """Refuse a factory string outside the supported grammar or over ``limits`` (InvalidInput).
+
+    Runs before FAISS sees the string: the memory FAISS allocates at construction and training
+    grows with nlist, M and ``2**bits``, and some parameter values crash it.
+    """
+
+    def bad(what: str) -> InvalidInput:
+        return InvalidInput(f"factory: {what} in {factory!r}")
+
+    def within(what: str, value: int, lo: int, hi: int) -> None:
+        if value < lo:
+            raise bad(f"{what} {value} is below {lo}")
+        if value > hi:
+            raise bad(
+                f"{what} {value} exceeds the server's limit of {hi} (it bounds the memory one CreateIndex may take)"
+            )
+
+    parts = factory.split(",")
+    for n, part in enumerate(p.strip() for p in parts):
+        kind = next((k for k, rx in _COMPONENTS.items() if rx.fullmatch(part)), None)
+        if kind is None:
+            raise bad(f"component {part!r} is not supported; use {_SUPPORTED}")
+        if kind == "idmap" and n != 0:
+            raise bad("IDMap may only come first")
+        groups = {k: int(v) for k, v in _COMPONENTS[kind].fullmatch(part).groupdict().items() if v}
+        if "nlist" in groups:
+            within("nlist", groups["nlist"], 1, limits.max_nlist)
+        if "hnsw_m" in groups:
+            within("graph degree M", groups["hnsw_m"], 2, limits.max_hnsw_m)
+        for key in ("pq_m", "opq_m"):
+            if key in groups:
+                within("sub-quantizers", groups[key], 1, limits.max_pq_m)
+        if "pq_bits" in groups:
+            within("bits per code", groups["pq_bits"], 1, limits.max_pq_nbits)
+        if "out" in groups:
+            within("output dimension", groups["out"], 1, limits.max_out_dim)
 
 
 def _unwrap(index: faiss.Index) -> faiss.Index:
@@ -86,12 +168,22 @@ BUILD_PARAM_KEYS = ("efConstruction",)
 
 
 def new_index(
-    factory: str, dim: int, metric: IndexMetric, build_params: Mapping[str, int] | None = None
+    factory: str,
+    dim: int,
+    metric: IndexMetric,
+    build_params: Mapping[str, int] | None = None,
+    limits: FactoryLimits | None = None,
 ) -> faiss.Index:
     """An empty index for ``factory`` that accepts ``add_with_ids``.
 
     ``build_params``: ``efConstruction`` for HNSW (FAISS default 40; higher = better graph, slower build).
+    ``limits``: checked before FAISS allocates anything (new indexes; existing ones rebuild as made).
     """
+    if limits is not None:
+        check_factory(factory, limits)
+        for key, value in (build_params or {}).items():
+            if isinstance(value, int) and value > limits.max_number:
+                raise InvalidInput(f"build_params: {key}={value} exceeds the limit of {limits.max_number}")
     try:
         index = faiss.index_factory(int(dim), factory, metric.faiss_metric)
     except (RuntimeError, ValueError) as exc:
@@ -305,9 +397,13 @@ def merge_topk(parts_s: list[np.ndarray], parts_i: list[np.ndarray], k: int) -> 
 def write_index_atomic(index: faiss.Index, path: Path) -> str:
     """Write ``index`` to ``path`` (temp + fsync + rename); returns the file's sha256."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    digest = sha256_file(tmp, fsync=True)
-    os.replace(tmp, path)
+    try:
+        faiss.write_index(index, str(tmp))
+        digest = sha256_file(tmp, fsync=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
     return digest
 

@@ -60,6 +60,7 @@ Semantics:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -67,6 +68,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +95,7 @@ from pairsmith.service.store.live import (
     read_manifest,
     write_manifest,
 )
+from pairsmith.vectors import normalize_rows
 
 try:  # POSIX advisory lock: one process per index
     import fcntl
@@ -103,7 +106,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Hit", "IndexInfo", "IndexStore", "IndexMetric", "StoreConfig", "UpsertItem", "default_root"]
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # fullmatch only: "$" would allow "abc\n"
 MAX_DIM = 65_536
 MAX_K = 10_000
 MAX_QUERIES = 10_000
@@ -159,9 +162,10 @@ class UpsertItem:
 
 
 def validate_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:80]) + "..."
         raise InvalidInput(
-            f"name: index name {name!r} is invalid; use 1-64 characters from a-z, 0-9, '.', '_', '-', "
+            f"name: index name {shown} is invalid; use 1-64 characters from a-z, 0-9, '.', '_', '-', "
             "starting with a letter or digit"
         )
     return name
@@ -178,6 +182,22 @@ class IndexStore:
         self._lock = threading.Lock()
         self._handles: dict[str, LiveIndex] = {}
         self._closed = False
+        self._clean_leftovers()
+
+    def _clean_leftovers(self) -> None:
+        """Remove ``.dropped-*`` (a drop interrupted after its rename) and stale ``.creating-*``
+        folders (a create interrupted before its rename: never visible as an index)."""
+        now = time.time()
+        for p in self.dir.glob(".*-*"):
+            if not p.is_dir():
+                continue
+            stale = p.name.startswith(".dropped-") or (
+                # a create in another process takes milliseconds; older ones are crash leftovers
+                p.name.startswith(".creating-") and now - p.stat().st_mtime > 60
+            )
+            if stale:
+                shutil.rmtree(p, ignore_errors=True)
+                log.info("removed leftover %s from an interrupted create/drop", p.name)
 
     def __enter__(self) -> IndexStore:
         return self
@@ -210,7 +230,7 @@ class IndexStore:
             )
         metric = IndexMetric.parse(metric)
         factory = factory.strip()
-        probe = new_index(factory, int(dim), metric, build_params)
+        probe = new_index(factory, int(dim), metric, build_params, limits=self.config.factory_limits)
         min_train = train_requirement(probe)
         params = default_search_params(probe)
         for key, value in (search_params or {}).items():
@@ -267,7 +287,10 @@ class IndexStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 if final.exists():
                     raise AlreadyExists(f"index {name!r} already exists") from None
-                raise FailedPrecondition(f"index {name!r}: cannot create under {self.dir} ({exc})") from None
+                log.error("index %s: cannot create under %s: %s", name, self.dir, exc)
+                raise FailedPrecondition(
+                    f"index {name!r}: cannot create it in the data directory ({exc.strerror or exc})"
+                ) from None
             fsync_dir(self.dir)
         log.info("created index %s (%s, dim %d, %s)", name, factory, dim, metric.value)
         return self.get(name)
@@ -276,19 +299,37 @@ class IndexStore:
         validate_name(name)
         with self._lock:
             h = self._handles.get(name)
+            if h is not None:
+                h.refs += 1
         if h is not None:
-            return self._info(h.path, h.db, count=h.state.count if h.state else None, trained=h.trained())
+            try:
+                h.check_open()
+                return self._info(h.path, h.db, count=h.state.count if h.state else None, trained=h.trained())
+            except (OSError, sqlite3.Error):
+                # A drop renames the folder first and marks the handle just after: either sign will do.
+                if h.closed or h.dropped or not (h.path / "store.sqlite").exists():
+                    raise NotFound(f"index {name!r} not found (dropped)") from None
+                raise
+            finally:
+                self._unref(h)
         path = self._path(name)
-        db = IndexDb(path / "store.sqlite", readonly=True)
         try:
-            return self._info(path, db)
-        finally:
-            db.close()
+            db = IndexDb(path / "store.sqlite", readonly=True)
+            try:
+                return self._info(path, db)
+            finally:
+                db.close()
+        except (OSError, sqlite3.Error, NotFound) as exc:
+            if not (path / "store.sqlite").is_file():  # dropped while we read it
+                raise NotFound(f"index {name!r} not found (dropped)") from None
+            if isinstance(exc, NotFound):
+                raise
+            raise FailedPrecondition(f"index {name!r}: store.sqlite is unreadable ({exc})") from None
 
     def list(self) -> list[IndexInfo]:
         out = []
         for p in sorted(self.dir.iterdir()):
-            if p.is_dir() and NAME_RE.match(p.name):
+            if p.is_dir() and NAME_RE.fullmatch(p.name):
                 try:
                     out.append(self.get(p.name))
                 except (NotFound, FailedPrecondition) as exc:
@@ -297,6 +338,7 @@ class IndexStore:
 
     def drop(self, name: str) -> None:
         validate_name(name)
+        release = None
         with self._lock:
             path = self._path(name)
             h = self._handles.pop(name, None)
@@ -305,17 +347,43 @@ class IndexStore:
             trash = self.dir / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
             try:
                 if h is not None:
-                    with h.write_lock:
+                    with h.write_lock:  # writers in progress finish first
                         os.rename(path, trash)
-                        h.release()
+                        h.dropped = True
+                        h.closed = True  # new calls on this handle: NotFound
+                        if h.refs == 0 and not h.released:
+                            h.released = True
+                            release = h
                 else:
                     os.rename(path, trash)
                 fsync_dir(self.dir)
             finally:
                 if fd is not None:
                     os.close(fd)
+        if release is not None:
+            release.release()
+        # Readers still holding the handle keep their open files (POSIX); the last one releases it.
         shutil.rmtree(trash, ignore_errors=True)
         log.info("dropped index %s", name)
+
+    @contextlib.contextmanager
+    def _use(self, name: str) -> Iterator[LiveIndex]:
+        """The open handle for ``name``, referenced for the duration of the block."""
+        h = self._open(name)
+        try:
+            yield h
+        finally:
+            self._unref(h)
+
+    def _unref(self, h: LiveIndex) -> None:
+        with self._lock:
+            h.refs -= 1
+            last = h.dropped and h.refs == 0 and not h.released
+            if last:
+                h.released = True
+        if last:
+            with h.write_lock:
+                h.release()
 
     def close(self) -> None:
         with self._lock:
@@ -343,87 +411,109 @@ class IndexStore:
         Items are committed in transactions of ``config.upsert_chunk``; ``meta``
         (``read_meta`` keys) is committed with the last one.
         """
-        h = self._open(name)
-        total = 0
-        with h.write_lock:
-            h.ensure_loaded()
-            chunks = _chunks(iter(items), self.config.upsert_chunk)
-            chunk = next(chunks, None)
-            if chunk is None and meta:
-                h.db.set_meta(_user_meta(meta))
-            while chunk is not None:
-                following = next(chunks, None)
-                rows = self._rows(h, chunk)
-                extra = {"updated_at": now_iso()}
-                if following is None and meta:
-                    extra.update(_user_meta(meta))
-                new_iids, replaced = h.db.write_chunk([(r[0], r[1].tobytes(), r[2]) for r in rows], extra)
-                if not h.deferred:
-                    h.apply_upsert(new_iids, np.stack([r[1] for r in rows]), replaced)
-                total += len(rows)
-                chunk = following
-        return total
+        with self._use(name) as h:
+            total = 0
+            with h.write_lock:
+                h.ensure_loaded()
+                chunks = _chunks(iter(items), self.config.upsert_chunk)
+                chunk = next(chunks, None)
+                if chunk is None and meta:
+                    h.db.set_meta(_user_meta(meta))
+                while chunk is not None:
+                    following = next(chunks, None)
+                    rows = self._rows(h, chunk)
+                    extra = {"updated_at": now_iso()}
+                    if following is None and meta:
+                        extra.update(_user_meta(meta))
+                    new_iids, replaced = h.db.write_chunk([(r[0], r[1].tobytes(), r[2]) for r in rows], extra)
+                    if not h.deferred:
+                        h.apply_upsert(new_iids, np.stack([r[1] for r in rows]), replaced)
+                    total += len(rows)
+                    chunk = following
+            return total
 
     def delete(self, name: str, ids: Sequence[str]) -> int:
-        h = self._open(name)
-        if isinstance(ids, str):
-            raise InvalidInput("ids: expected a list of ids, got one string")
-        ids = list(dict.fromkeys(_check_id(i, "ids") for i in ids))
-        if not ids:
-            return 0
-        with h.write_lock:
-            h.ensure_loaded()
-            removed = h.db.delete(ids, {"updated_at": now_iso()})
-            if not h.deferred and len(removed):
-                h.apply_delete(removed)
-        return len(removed)
+        with self._use(name) as h:
+            if isinstance(ids, str):
+                raise InvalidInput("ids: expected a list of ids, got one string")
+            ids = list(dict.fromkeys(_check_id(i, "ids") for i in ids))
+            if not ids:
+                return 0
+            with h.write_lock:
+                h.ensure_loaded()
+                removed = h.db.delete(ids, {"updated_at": now_iso()})
+                if not h.deferred and len(removed):
+                    h.apply_delete(removed)
+            return len(removed)
 
     def compact(self, name: str) -> IndexInfo:
         """Merge recent vectors, remove deleted ones (rebuilding HNSW), train if possible, snapshot."""
-        h = self._open(name)
-        with h.write_lock:
-            h.ensure_loaded()
-            if h.deferred:
-                raise FailedPrecondition(f"index {name!r}: a bulk build is in progress")
-            snap = h.snapshot
-            assert snap is not None
-            if snap.base is None:
-                if h.db.count() >= h.min_train:
-                    h.rebuild(force_train=True)
-            elif len(snap.dead) and not h.removable:
-                h.rebuild()
-            else:
-                h.compact(force_checkpoint=True)
-        return self.get(name)
+        with self._use(name) as h:
+            with h.write_lock:
+                h.ensure_loaded()
+                if h.deferred:
+                    raise FailedPrecondition(f"index {name!r}: a bulk build is in progress")
+                snap = h.snapshot
+                assert snap is not None
+                if snap.base is None:
+                    if h.db.count() >= h.min_train:
+                        h.rebuild(force_train=True)
+                elif len(snap.dead) and not h.removable:
+                    h.rebuild()
+                else:
+                    h.compact(force_checkpoint=True)
+            return self.get(name)
 
     def begin_bulk(self, name: str) -> None:
         """Batch-build mode: upserts go to SQLite only; searches are refused until :meth:`end_bulk`."""
-        h = self._open(name)
-        with h.write_lock:
-            h.deferred = True
-            h.state = None
-            h.snapshot = None
+        with self._use(name) as h:
+            with h.write_lock:
+                h.deferred = True
+                h.state = None
+                h.snapshot = None
 
-    def end_bulk(self, name: str) -> IndexInfo:
-        """Build FAISS from every stored vector (training on a sample), snapshot, leave bulk mode."""
-        h = self._open(name)
-        with h.write_lock:
-            h.deferred = False
-            h.rebuild(force_train=True)
-        return self.get(name)
+    def end_bulk(self, name: str, *, base=None) -> IndexInfo:
+        """Build FAISS from every stored vector (training on a sample), snapshot, leave bulk mode.
+
+        ``base``: a FAISS index built elsewhere (e.g. in parallel by the Ray engine) from exactly the
+        stored vectors under their iids; it is checked, adopted and snapshotted instead of a rebuild.
+        """
+        with self._use(name) as h:
+            with h.write_lock:
+                if base is None:
+                    h.deferred = False
+                    h.rebuild(force_train=True)
+                else:
+                    h.adopt(base)
+                    h.deferred = False
+            return self.get(name)
+
+    def bulk_vectors(self, name: str):
+        """A read-only view of ``name``'s SQLite record (``iter_vectors``, ``sample_vectors``, ``count``).
+
+        For bulk builds that assemble FAISS elsewhere; the caller closes it.
+        """
+        return IndexDb(self._path(name) / "store.sqlite", readonly=True)
 
     def load(self, name: str) -> IndexInfo:
         """Open ``name`` now (lock, FAISS snapshot, replay) instead of on first use: for server start-up."""
-        h = self._open(name)
-        with h.write_lock:
-            h.ensure_loaded()
-        return self.get(name)
+        with self._use(name) as h:
+            with h.write_lock:
+                h.ensure_loaded()
+            return self.get(name)
 
     def read_meta(self, name: str, key: str) -> str | None:
         """Caller metadata written with ``upsert(..., meta=...)``."""
-        h = self._handles.get(validate_name(name))
+        with self._lock:
+            h = self._handles.get(validate_name(name))
+            if h is not None:
+                h.refs += 1
         if h is not None:
-            return h.db.meta(f"user:{key}")
+            try:
+                h.check_open()
+                return h.db.meta(f"user:{key}")
+            finally:
+                self._unref(h)
         db = IndexDb(self._path(name) / "store.sqlite", readonly=True)
         try:
             return db.meta(f"user:{key}")
@@ -434,41 +524,40 @@ class IndexStore:
     def search(self, name: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
             raise InvalidInput(f"k: must be an integer in [1, {MAX_K}], got {k!r}")
-        h = self._open(name)
-        q = np.asarray(queries)
-        if q.ndim != 2 or q.shape[1] != h.dim:
-            raise InvalidInput(f"queries: expected shape (Q, {h.dim}) for index {name!r}, got {q.shape}")
-        if not 1 <= q.shape[0] <= MAX_QUERIES:
-            raise InvalidInput(f"queries: between 1 and {MAX_QUERIES} per call, got {q.shape[0]}")
-        q = np.ascontiguousarray(q, dtype=np.float32)
-        if not np.isfinite(q).all():
-            raise InvalidInput("queries: contain NaN or infinity")
-        if h.metric is IndexMetric.COSINE:
-            norms = np.linalg.norm(q, axis=1, keepdims=True)
-            if (norms == 0).any():
-                raise InvalidInput("queries: a zero vector has no cosine similarity")
-            q = q / norms
-        if h.snapshot is None:
-            with h.write_lock:
-                h.ensure_loaded()
-        snap = h.snapshot
-        if snap is None:
-            h.check_open()
-            raise FailedPrecondition(f"index {name!r}: a bulk build is in progress; search after it finishes")
-        scores, iids = snap.search(q, int(k))
-        try:
-            found = h.db.resolve(sorted({int(i) for i in iids.ravel() if i >= 0}))
-        except sqlite3.ProgrammingError:  # closed under us by drop()
-            raise NotFound(f"index {name!r} was dropped") from None
-        out: list[list[Hit]] = []
-        for srow, irow in zip(scores, iids, strict=True):
-            hits = []
-            for s, i in zip(srow, irow, strict=True):
-                rec = found.get(int(i)) if i >= 0 else None
-                if rec is not None:
-                    hits.append(Hit(id=rec[0], score=float(s), payload=rec[1]))
-            out.append(hits)
-        return out
+        with self._use(name) as h:
+            q = np.asarray(queries)
+            if q.ndim != 2 or q.shape[1] != h.dim:
+                raise InvalidInput(f"queries: expected shape (Q, {h.dim}) for index {name!r}, got {q.shape}")
+            if not 1 <= q.shape[0] <= MAX_QUERIES:
+                raise InvalidInput(f"queries: between 1 and {MAX_QUERIES} per call, got {q.shape[0]}")
+            q = np.ascontiguousarray(q, dtype=np.float32)
+            if not np.isfinite(q).all():
+                raise InvalidInput("queries: contain NaN or infinity")
+            if h.metric is IndexMetric.COSINE:
+                q = normalize_rows(q, field="queries")
+            if h.snapshot is None:
+                with h.write_lock:
+                    h.ensure_loaded()
+            snap = h.snapshot
+            if snap is None:
+                h.check_open()
+                raise FailedPrecondition(
+                    f"index {name!r}: a bulk build is in progress; search after it finishes"
+                )
+            scores, iids = snap.search(q, int(k))
+            try:
+                found = h.db.resolve(sorted({int(i) for i in iids.ravel() if i >= 0}))
+            except sqlite3.ProgrammingError:  # closed under us by drop()
+                raise NotFound(f"index {name!r} was dropped") from None
+            out: list[list[Hit]] = []
+            for srow, irow in zip(scores, iids, strict=True):
+                hits = []
+                for s, i in zip(srow, irow, strict=True):
+                    rec = found.get(int(i)) if i >= 0 else None
+                    if rec is not None:
+                        hits.append(Hit(id=rec[0], score=float(s), payload=rec[1]))
+                out.append(hits)
+            return out
 
     def check_encoder(self, name: str, fingerprint: str) -> None:
         info = self.get(name)
@@ -483,8 +572,8 @@ class IndexStore:
     def _path(self, name: str) -> Path:
         path = self.dir / validate_name(name)
         if not (path / "store.sqlite").is_file():
-            known = sorted(p.name for p in self.dir.iterdir() if p.is_dir() and NAME_RE.match(p.name))
-            raise NotFound(f"index {name!r} not found under {self.dir} (existing: {known or 'none'})")
+            # Neither the data directory nor the other indexes' names: ListIndexes is the way to see them.
+            raise NotFound(f"index {name!r} not found")
         return path
 
     def _take_lock(self, name: str, path: Path) -> int | None:
@@ -515,12 +604,21 @@ class IndexStore:
                 try:
                     for junk in path.glob(".*.tmp-*"):  # left by a crash mid-snapshot; we hold the lock
                         junk.unlink(missing_ok=True)
-                    h = LiveIndex(name, path, IndexDb(path / "store.sqlite"), fd, self.config)
+                    try:
+                        db = IndexDb(path / "store.sqlite")
+                        h = LiveIndex(name, path, db, fd, self.config)
+                    except sqlite3.DatabaseError as exc:
+                        log.error("index %s: %s is corrupt: %s", name, path / "store.sqlite", exc)
+                        raise FailedPrecondition(
+                            f"index {name!r}: store.sqlite is corrupt or not a database ({exc}); it is the "
+                            "write-ahead record, so restore it from a backup or drop and rebuild the index"
+                        ) from None
                 except BaseException:
                     if fd is not None:
                         os.close(fd)
                     raise
                 self._handles[name] = h
+            h.refs += 1  # released by _unref (callers use _use)
             return h
 
     # -- internals: writing ---------------------------------------------------------------
@@ -538,10 +636,7 @@ class IndexStore:
             if not np.isfinite(vec).all():
                 raise InvalidInput(f"items[{n}].vector: item {ident!r} contains NaN or infinity")
             if h.metric is IndexMetric.COSINE:
-                norm = float(np.linalg.norm(vec))
-                if norm == 0.0:
-                    raise InvalidInput(f"items[{n}].vector: item {ident!r} is a zero vector (no cosine)")
-                vec = vec / norm
+                vec = normalize_rows(vec[None, :], field=f"items[{n}].vector (item {ident!r})")[0]
             rows.pop(ident, None)  # same id twice in one call: the last one wins
             rows[ident] = (ident, np.ascontiguousarray(vec, dtype="<f4"), _payload_json(item.payload, n))
         return list(rows.values())
@@ -553,7 +648,7 @@ class IndexStore:
         if trained is None:
             manifest = read_manifest(path) or {}
             trained = meta.get("min_train") == "0" or bool(manifest.get("snapshot"))
-        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        size = _dir_size(path)
         return IndexInfo(
             name=meta["name"],
             dim=int(meta["dim"]),
@@ -569,6 +664,19 @@ class IndexStore:
             trained=trained,
             search_params=json.loads(meta["search_params"]),
         )
+
+
+def _dir_size(path: Path) -> int:
+    """Bytes of the files in ``path``; a file replaced meanwhile (a new snapshot) is skipped."""
+    total = 0
+    for f in path.iterdir():
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        if not f.is_dir():
+            total += st.st_size
+    return total
 
 
 def _chunks(it: Iterator, size: int) -> Iterator[list]:

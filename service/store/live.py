@@ -25,9 +25,10 @@ import faiss
 import numpy as np
 
 from pairsmith.atomic import atomic_write_bytes
-from pairsmith.errors import FailedPrecondition, NotFound
+from pairsmith.errors import FailedPrecondition, NotFound, ResourceExhausted
 from pairsmith.service.store.db import IndexDb
 from pairsmith.service.store.faiss_index import (
+    FactoryLimits,
     IndexMetric,
     Snapshot,
     apply_search_params,
@@ -53,6 +54,7 @@ class StoreConfig:
     rebuild_dead_fraction: float = 0.2
     checkpoint_interval_s: float = 300.0
     train_sample_max: int = 100_000
+    factory_limits: FactoryLimits = FactoryLimits()  # what a new index's factory may allocate
 
 
 class _State:
@@ -92,6 +94,11 @@ class LiveIndex:
         self.snapshot: Snapshot | None = None
         self.deferred = False  # bulk mode: SQLite only
         self.closed = False
+        # Users (store calls in progress) hold a reference; drop() marks the handle dropped and
+        # the last user releases it, so a drop never closes a database a reader is using.
+        self.refs = 0
+        self.dropped = False
+        self.released = False
 
     def check_open(self) -> None:
         if self.closed:
@@ -295,8 +302,46 @@ class LiveIndex:
         )
         self.checkpoint()
 
+    def adopt(self, base: faiss.Index) -> None:
+        """Publish and snapshot ``base``, built elsewhere from exactly the vectors in SQLite (ids = iids)."""
+        count, max_iid = self.db.count(), self.db.max_iid()
+        if base.d != self.dim or base.ntotal != count:
+            raise FailedPrecondition(
+                f"index {self.name!r}: a prebuilt FAISS index has {base.ntotal} vectors of dim {base.d}; "
+                f"the store holds {count} of dim {self.dim}"
+            )
+        ivf = ivf_of(base)
+        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        apply_search_params(base, self.params)
+        self.state = _State(count, max_iid, self.state.generation if self.state else 0)
+        self.publish(
+            base=base,
+            dead=np.zeros(0, np.int64),
+            delta_ids=np.zeros(0, np.int64),
+            delta_vecs=np.zeros((0, self.dim), np.float32),
+        )
+        self.checkpoint()
+
     def checkpoint(self) -> None:
-        """Snapshot file + manifest (both temp + fsync + rename), then prune ``dead``."""
+        """Snapshot file + manifest (both temp + fsync + rename), then prune ``dead``.
+
+        A failure (full disk, I/O error) is logged, not raised: every write is already
+        committed to ``store.sqlite``, the previous snapshot and manifest are untouched, and
+        the next open replays what the snapshot lacks. The writer that triggered the
+        checkpoint still succeeds, and the index stays dirty so the next one retries.
+        """
+        try:
+            self._checkpoint()
+        except (OSError, RuntimeError, ResourceExhausted) as exc:  # RuntimeError: FAISS's write errors
+            log.error(
+                "index %s: snapshot not written (%s); store.sqlite holds every write and replays at the "
+                "next open",
+                self.name,
+                exc,
+            )
+
+    def _checkpoint(self) -> None:
         snap, st = self.snapshot, self.state
         assert snap is not None and st is not None
         old_files = set(self.path.glob("snapshot-*.faiss"))
@@ -354,12 +399,27 @@ def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot:
 
 
 def read_manifest(index_dir: Path) -> dict | None:
-    """``index_dir/manifest.json`` as a dict, or None when it is missing or not valid JSON."""
+    """``index_dir/manifest.json`` as a dict, or None when it is missing or unusable.
+
+    A manifest that exists but is truncated or corrupt is logged (naming the file); the
+    index then rebuilds its FAISS part from the write-ahead record (``store.sqlite``).
+    """
+    path = index_dir / "manifest.json"
     try:
-        doc = json.loads((index_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
-    return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "index %s: %s is unreadable (%s); rebuilding from store.sqlite", index_dir.name, path.name, exc
+        )
+        return None
+    if not isinstance(doc, dict):
+        log.warning(
+            "index %s: %s is not a JSON object; rebuilding from store.sqlite", index_dir.name, path.name
+        )
+        return None
+    return doc
 
 
 def now_iso() -> str:

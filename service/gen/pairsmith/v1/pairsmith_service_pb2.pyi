@@ -67,7 +67,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_id", "encoder_fingerprint", "dim", "similarity", "backend", "cross_encoder_id", "uni_encoder_id", "rerank_methods", "max_texts_per_request", "max_input_tokens", "max_batch_tokens", "max_message_bytes", "max_top_k", "version", "runtime_versions", "timing")
+    __slots__ = ("model_id", "encoder_fingerprint", "dim", "similarity", "backend", "cross_encoder_id", "uni_encoder_id", "rerank_methods", "max_texts_per_request", "max_input_tokens", "max_batch_tokens", "max_message_bytes", "max_top_k", "version", "runtime_versions", "max_text_chars", "timing")
     class RuntimeVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class InfoResponse(_message.Message):
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     encoder_fingerprint: str
@@ -106,8 +107,9 @@ class InfoResponse(_message.Message):
     max_top_k: int
     version: str
     runtime_versions: _containers.ScalarMap[str, str]
+    max_text_chars: int
     timing: Timing
-    def __init__(self, model_id: _Optional[str] = ..., encoder_fingerprint: _Optional[str] = ..., dim: _Optional[int] = ..., similarity: _Optional[str] = ..., backend: _Optional[str] = ..., cross_encoder_id: _Optional[str] = ..., uni_encoder_id: _Optional[str] = ..., rerank_methods: _Optional[_Iterable[_Union[ScoreMethod, str]]] = ..., max_texts_per_request: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_top_k: _Optional[int] = ..., version: _Optional[str] = ..., runtime_versions: _Optional[_Mapping[str, str]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    def __init__(self, model_id: _Optional[str] = ..., encoder_fingerprint: _Optional[str] = ..., dim: _Optional[int] = ..., similarity: _Optional[str] = ..., backend: _Optional[str] = ..., cross_encoder_id: _Optional[str] = ..., uni_encoder_id: _Optional[str] = ..., rerank_methods: _Optional[_Iterable[_Union[ScoreMethod, str]]] = ..., max_texts_per_request: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_top_k: _Optional[int] = ..., version: _Optional[str] = ..., runtime_versions: _Optional[_Mapping[str, str]] = ..., max_text_chars: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("texts", "normalize", "truncate", "dimensions", "format")

@@ -1,0 +1,144 @@
+"""`make reliability`: the whole reliability and security suite with full sizes, then a summary.
+
+1. pytest over ``tests/reliability`` (fuzzing: ``--fuzz-examples`` per request message; kill -9:
+   ``--kill-rounds``; full disk; corrupted files; security), the defect regressions and the
+   README error table (``tests/test_service_defects.py``, ``tests/test_service_errors.py``,
+   ``tests/test_service_auth.py``);
+2. the load run (``bench/reliability/load.py``: 16 and 64 mixed clients, saturation, recovery);
+3. ``summary.md`` beside the JSON figures (``--out``), ready for docs/results.md.
+
+    python bench/reliability/run.py [--quick]   # --quick: small sizes, ~2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TESTS = [
+    "tests/reliability",
+    "tests/test_service_defects.py",
+    "tests/test_service_errors.py",
+    "tests/test_service_auth.py",
+]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reliability")
+    ap.add_argument("--fuzz-examples", type=int, default=1000)
+    ap.add_argument("--kill-rounds", type=int, default=24)
+    ap.add_argument("--clients", default="16,64")
+    ap.add_argument("--seconds", default="60,300")
+    ap.add_argument("--skip-load", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="50 examples, 3 rounds, 20 s load phases")
+    args = ap.parse_args()
+    if args.quick:
+        args.fuzz_examples, args.kill_rounds, args.seconds = 50, 3, "20,20"
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ,
+        PAIRSMITH_FUZZ_EXAMPLES=str(args.fuzz_examples),
+        PAIRSMITH_KILL_ROUNDS=str(args.kill_rounds),
+        PAIRSMITH_RELIABILITY_OUT=str(args.out),
+        HF_HUB_OFFLINE="1",
+    )
+    t0 = time.time()
+    junit = args.out / "pytest.xml"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            *TESTS,
+        ],
+        cwd=REPO,
+        env=env,
+    )
+    tests_s = time.time() - t0
+    load_rc = 0
+    if not args.skip_load:
+        load_rc = subprocess.run(
+            [sys.executable, "bench/reliability/load.py", "--clients", args.clients, "--seconds", args.seconds,
+             "--out", str(args.out)],
+            cwd=REPO,
+            env=env,
+        ).returncode  # fmt: skip
+    summary = render(args, res.returncode, tests_s, junit)
+    (args.out / "summary.md").write_text(summary)
+    print(summary)
+    return res.returncode or load_rc
+
+
+def render(args, tests_rc: int, tests_s: float, junit: Path) -> str:
+    import xml.etree.ElementTree as ET
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite[0]
+    lines = [
+        f"Command: `make reliability` (`python bench/reliability/run.py --fuzz-examples {args.fuzz_examples} "
+        f"--kill-rounds {args.kill_rounds} --clients {args.clients} --seconds {args.seconds}`), "
+        f"{time.strftime('%Y-%m-%d')}, commit {commit.strip()}, {platform.machine()} ({os.cpu_count()} cores, shared).",
+        "",
+        f"- Tests: {suite.get('tests')} run, {suite.get('failures')} failed, {suite.get('errors')} errors, "
+        f"{suite.get('skipped')} skipped, {tests_s:.0f} s (exit {tests_rc}).",
+    ]
+    faults = args.out / "faults.json"
+    if faults.exists():
+        f = json.loads(faults.read_text())
+        lines.append(
+            f"- kill -9: {f['rounds_passed']}/{f['rounds']} rounds with zero acknowledged writes lost "
+            f"({f['acknowledged_ops']} acknowledged operations; {f['live_items_checked']} live items checked "
+            f"after the rounds, summed; killed during {f['killed_during']})."
+        )
+    fuzz = args.out / "fuzz.json"
+    if fuzz.exists():
+        z = json.loads(fuzz.read_text())
+        total = sum(v["examples"] for v in z.values())
+        bad = sum(n for v in z.values() for c, n in v["codes"].items() if c in ("INTERNAL", "UNKNOWN"))
+        lines.append(f"- Fuzzing: {total} calls over {len(z)} RPC/wire targets, INTERNAL/UNKNOWN: {bad}.")
+        lines.append("")
+        lines.append("| target | calls | status codes |")
+        lines.append("|---|---|---|")
+        for k, v in z.items():
+            codes = ", ".join(f"{c} {n}" for c, n in sorted(v["codes"].items(), key=lambda x: -x[1]))
+            lines.append(f"| {k} | {v['examples']} | {codes} |")
+    load = args.out / "load.json"
+    if load.exists():
+        d = json.loads(load.read_text())
+        lines += [
+            "",
+            "| clients | seconds | calls/s | p50 ms | p99 ms | status codes | RSS MB first -> last (max) | growth |",
+        ]
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for p in [d["baseline"], *d["load"], d["recovery"]]:
+            r = p.get("rss_mb", {})
+            lines.append(
+                f"| {p['clients']} | {p['seconds']} | {p['throughput_rps']} | {p['p50_ms']} | {p['p99_ms']} | "
+                f"{p['codes']} | {r.get('first')} -> {r.get('last')} ({r.get('max')}) | {r.get('growth_pct')}% |"
+            )
+        if "saturation" in d:
+            s = d["saturation"]
+            lines.append(f"\nSaturation: {s['in_flight']} Embed calls in flight at once -> {s['codes']}.")
+        lines.append(f"Server exit code after SIGTERM: {d.get('server_exit_code')}.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Cross-attention pooling on packed rows, without padding: the CPU path.
+
+The padded reference copies every item to the longest item's length (on Byte2Word-like words of 1-24
+bytes that doubles the bytes touched) and materialises an outer product or a padded score tensor.
+Here every tensor is exactly T = sum(L_b) rows long:
+
+- scores   s (T, H, Nq)                 one dense GEMM for shared queries (no gather of q)
+- softmax  segment max / segment sum over each item's rows (``torch.segment_reduce``, contiguous spans)
+- output   per head, a sparse (Nq*B, T) matrix of probabilities times v_h (T, Dv): CSR spmm.
+           Row i*B + b holds item b's probabilities for query i, so nothing of size T*Nq*Dv is made.
+
+Backward is analytic (FlashAttention's equations), with the same sparse patterns:
+dv_h = P_h^T dO_h (spmm), dP = dO_h v_h^T sampled at the pattern (SDDMM), dS = P * (dP - rowsum(dO*O)),
+dk = scale * dS q, dq = scale * dS^T k: for shared queries one dense GEMM over all rows, so the query
+gradient is reduced across items without per-item copies of q. Per-item queries (B, Nq, H, D) use the
+pattern for the scores (SDDMM) and dq (spmm) too. Everything is fp32 (fp64 for fp64 inputs).
+
+When every item has the same length (multi-layer pooling), the packed rows already form a dense batch:
+dense batched matmuls on views, no sparse patterns (``_uniform_pool``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .reference import accum_dtype
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Sparsity of the probability matrix: A (Nq*B, T) with row i*B + b, and its transpose At (T, Nq*B)."""
+
+    n_items: int
+    n_q: int
+    total: int
+    lens: torch.Tensor  # (B,) keys per item
+    seg: torch.Tensor  # (T,) item of each row
+    crow: torch.Tensor  # (Nq*B + 1,) A's row starts
+    col: torch.Tensor  # (Nq*T,) A's columns: the item's rows, once per query
+    crow_t: torch.Tensor  # (T + 1,) At's row starts: Nq entries per row
+    col_t: torch.Tensor  # (T*Nq,) At's columns: i*B + seg[j]
+
+    @staticmethod
+    def build(cu_seqlens: torch.Tensor, n_q: int) -> Pattern:
+        cu = cu_seqlens.long()
+        n_items, total = cu.numel() - 1, int(cu[-1])
+        lens = cu[1:] - cu[:-1]  # (B,)
+        seg = torch.repeat_interleave(torch.arange(n_items, device=cu.device), lens)  # (T,)
+        q_idx = torch.arange(n_q, device=cu.device)  # (Nq,)
+        crow = torch.cat(
+            [(cu[:-1][None, :] + (q_idx * total)[:, None]).reshape(-1), cu.new_tensor([n_q * total])]
+        )
+        col = torch.arange(total, device=cu.device).repeat(n_q)  # (Nq*T,)
+        crow_t = torch.arange(total + 1, device=cu.device) * n_q  # (T+1,)
+        col_t = (seg[:, None] + (q_idx * n_items)[None, :]).reshape(-1)  # (T*Nq,)
+        return Pattern(n_items, n_q, total, lens, seg, crow, col, crow_t, col_t)
+
+    def a(self, values: torch.Tensor) -> torch.Tensor:
+        """A (Nq*B, T) with values in (Nq, T) order."""
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used here are stable
+            warnings.simplefilter("ignore")
+            return torch.sparse_csr_tensor(
+                self.crow, self.col, values.reshape(-1), size=(self.n_q * self.n_items, self.total)
+            )
+
+    def a_t(self, values: torch.Tensor) -> torch.Tensor:
+        """At (T, Nq*B) with values in (T, Nq) order."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.sparse_csr_tensor(
+                self.crow_t, self.col_t, values.reshape(-1), size=(self.total, self.n_q * self.n_items)
+            )
+
+    def sddmm(self, left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
+        """(left @ right_t.T) at At's pattern, as dense (T, Nq): left (T, D), right_t (Nq*B, D)."""
+        if self.total == 0:
+            return left.new_zeros(0, self.n_q)
+        ones = self.a_t(left.new_zeros(self.total * self.n_q))
+        return torch.sparse.sampled_addmm(ones, left, right_t.T, beta=0.0).values().view(self.total, self.n_q)
+
+
+def _rows_by_query(x: torch.Tensor) -> torch.Tensor:
+    """(B, Nq, D) -> (Nq*B, D), row i*B + b (A's row order)."""
+    return x.transpose(0, 1).reshape(-1, x.shape[-1])
+
+
+def _segment_softmax(s: torch.Tensor, pat: Pattern) -> tuple[torch.Tensor, torch.Tensor]:
+    """s (T, H, Nq) scores -> normalised probabilities (T, H, Nq) and lse (B, H, Nq), both fp32/fp64."""
+    flat = s.reshape(pat.total, s.shape[1] * s.shape[2])  # (T, H*Nq)
+    m = torch.segment_reduce(flat, "max", lengths=pat.lens, unsafe=True)  # (B, H*Nq); -inf for empty items
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # the max only stabilises; 0 is as good
+    p = torch.exp(flat - m[pat.seg])  # (T, H*Nq), every value in (0, 1]
+    den = torch.segment_reduce(p, "sum", lengths=pat.lens, unsafe=True)  # (B, H*Nq); 0 for empty items
+    lse = m + torch.log(den)  # (B, H*Nq): -inf for empty items
+    p = p / den[pat.seg]  # (T, H*Nq); den > 0 on every row that exists
+    return p.view_as(s), lse.view(pat.n_items, *s.shape[1:])
+
+
+class PackedPool(torch.autograd.Function):
+    """Forward and analytic backward on packed rows; q shared (Nq, H, D) or per item (B, Nq, H, D)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, scale):  # noqa: ANN001 - autograd signature
+        acc = accum_dtype(q.dtype)
+        n_q, heads, _ = q.shape[-3:]
+        pat = Pattern.build(cu_seqlens, n_q)
+        qf, kf = q.to(acc), k.to(acc)
+        vt = v.to(acc).transpose(0, 1).contiguous()  # (H, T, Dv): one copy; spmm wants contiguous rows
+        if q.dim() == 3:
+            s = torch.einsum("thd,ihd->thi", kf, qf) * scale  # (T, H, Nq): one GEMM per head, no gather
+        else:
+            s = torch.stack(
+                [pat.sddmm(kf[:, h], _rows_by_query(qf[:, :, h])) for h in range(heads)], dim=1
+            )  # (T, H, Nq): each row against its own item's queries
+            s = s * scale
+        p, lse = _segment_softmax(s, pat)  # (T, H, Nq), (B, H, Nq)
+        out = torch.empty(pat.n_items, n_q, heads, v.shape[-1], dtype=acc, device=k.device)  # (B, Nq, H, Dv)
+        for h in range(heads):
+            num = pat.a(p[:, h].T.contiguous()) @ vt[h]  # (Nq*B, Dv) = P_h @ v_h
+            out[:, :, h] = num.view(n_q, pat.n_items, -1).transpose(0, 1)
+        ctx.save_for_backward(qf, kf, vt, p, out)
+        ctx.pat, ctx.scale, ctx.dtypes = pat, scale, (q.dtype, k.dtype, v.dtype)
+        lse = lse.transpose(1, 2)  # (B, Nq, H)
+        ctx.mark_non_differentiable(lse)
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    def backward(ctx, d_out, _d_lse):  # noqa: ANN001
+        qf, kf, vt, p, out = ctx.saved_tensors
+        pat, scale = ctx.pat, ctx.scale
+        heads = kf.shape[1]
+        d_out = d_out.to(out.dtype)  # (B, Nq, H, Dv)
+        delta = (d_out * out).sum(-1).transpose(1, 2)  # (B, H, Nq): rowsum(dO * O)
+        dv = torch.empty(vt.shape[1], heads, vt.shape[2], dtype=out.dtype, device=out.device)  # (T, H, Dv)
+        dp = torch.empty_like(p)  # (T, H, Nq)
+        for h in range(heads):
+            do_h = _rows_by_query(d_out[:, :, h])  # (Nq*B, Dv)
+            dv[:, h] = pat.a_t(p[:, h].contiguous()) @ do_h  # (T, Dv) = P_h^T dO_h
+            dp[:, h] = pat.sddmm(vt[h], do_h)  # (T, Nq) = (v_h dO_h^T) on the pattern
+        ds = p * (dp - delta[pat.seg]) * scale  # (T, H, Nq)
+        if qf.dim() == 3:
+            dk = torch.einsum("thi,ihd->thd", ds, qf)  # (T, H, D)
+            dq = torch.einsum("thi,thd->ihd", ds, kf)  # (Nq, H, D): summed over every row of every item
+        else:
+            dk = torch.empty_like(kf)
+            dq = torch.empty_like(qf)  # (B, Nq, H, D)
+            for h in range(heads):
+                dk[:, h] = pat.a_t(ds[:, h].contiguous()) @ _rows_by_query(qf[:, :, h])  # (T, D)
+                dq_h = pat.a(ds[:, h].T.contiguous()) @ kf[:, h].contiguous()  # (Nq*B, D)
+                dq[:, :, h] = dq_h.view(pat.n_q, pat.n_items, -1).transpose(0, 1)
+        q_dt, k_dt, v_dt = ctx.dtypes
+        return dq.to(q_dt), dk.to(k_dt), dv.to(v_dt), None, None
+
+
+def _uniform_pool(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_items: int, length: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item has ``length`` keys (multi-layer pooling: one row per layer): packed rows are already a
+    dense (B, L, H, D) batch, so plain batched matmuls run on views with nothing padded; plain autograd."""
+    acc = accum_dtype(q.dtype)
+    heads = k.shape[1]
+    kb = k.to(acc).view(n_items, length, heads, -1)  # (B, L, H, D), a view for fp32 inputs
+    vb = v.to(acc).view(n_items, length, heads, -1)  # (B, L, H, Dv)
+    eq = "ihd,blhd->bhil" if q.dim() == 3 else "bihd,blhd->bhil"
+    s = torch.einsum(eq, q.to(acc), kb) * scale  # (B, H, Nq, L)
+    lse = torch.logsumexp(s.detach(), dim=-1)  # (B, H, Nq)
+    p = torch.softmax(s, dim=-1)  # (B, H, Nq, L); subtracts the max internally
+    out = torch.einsum("bhil,blhd->bihd", p, vb)  # (B, Nq, H, Dv)
+    return out.to(q.dtype), lse.transpose(1, 2)
+
+
+def cross_attention_pool_packed(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed path: out (B, Nq, H, Dv) in q's dtype, lse (B, Nq, H). Inputs validated by the caller."""
+    lens = cu_seqlens[1:] - cu_seqlens[:-1]  # (B,)
+    if lens.numel() and int(lens.min()) > 0 and int(lens.min()) == int(lens.max()):
+        return _uniform_pool(q, k, v, lens.numel(), int(lens[0]), scale)
+    return PackedPool.apply(q, k, v, cu_seqlens.to(k.device), scale)
