@@ -102,19 +102,27 @@ def projection(args, rates: dict) -> dict:
         "docs": d,
         "assumed_gpu_docs_per_s_per_worker": args.gpu_docs_per_s,
         "measured_ingest_docs_per_s": round(rates["ingest"], 1),
+        "measured_cpu_encode_docs_per_s_per_worker": round(rates["encode"], 1),
         "measured_faiss_add_docs_per_s_per_task": round(rates["faiss_add"], 1),
         "faiss_add_tasks": args.add_tasks,
         "rows": [],
     }
     ingest_h = d / rates["ingest"] / 3600
     add_h = d / (rates["faiss_add"] * args.add_tasks) / 3600
+    for kind, rate in (("gpu (assumed rate)", args.gpu_docs_per_s), ("cpu (measured rate)", rates["encode"])):
+        out["rows"] += _rows(kind, rate, d, ingest_h, add_h)
+    return out
+
+
+def _rows(kind: str, rate: float, d: int, ingest_h: float, add_h: float) -> list[dict]:
+    rows = []
     for n in (1, 4, 8, 16, 32, 64):
-        encode_h = d / (n * args.gpu_docs_per_s) / 3600
+        encode_h = d / (n * rate) / 3600
         # Encode and ingest overlap (the driver ingests shards while actors encode): the slower wins.
         total_h = max(encode_h, ingest_h) + add_h
-        out["rows"].append(
+        rows.append(
             {
-                "gpu_workers": n,
+                "workers": f"{n} {kind}",
                 "encode_h": round(encode_h, 2),
                 "ingest_h": round(ingest_h, 2),
                 "faiss_add_h": round(add_h, 2),
@@ -122,7 +130,7 @@ def projection(args, rates: dict) -> dict:
                 "bound": "encode" if encode_h >= ingest_h else "driver ingest (one SQLite writer)",
             }
         )
-    return out
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         "faiss_train_s_40k": round(train_s, 1),
         "faiss_add_docs_per_s_one_thread": round(add, 1),
     }
-    out["projection"] = projection(args, {"ingest": ingest, "faiss_add": add})
+    enc_rate = out["throughput"]["encode_only_docs_per_s"]
+    out["projection"] = projection(args, {"ingest": ingest, "faiss_add": add, "encode": enc_rate})
     print(json.dumps({k: out[k] for k in ("stages", "projection")}, indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
