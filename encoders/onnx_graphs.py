@@ -153,6 +153,7 @@ def _build_bi(source: ModelSource) -> GraphSpec:
     heads, hidden = _heads(hf.config) if hf is not None else (0, 0)
     return GraphSpec(
         kind="bi",
+        input_axes=getattr(body, "onnx_input_axes", None),
         module=BiGraph().eval(),
         input_names=names,
         output_names=("sentence_embedding", "last_hidden_state"),
@@ -223,6 +224,8 @@ def detect_kind(source: ModelSource) -> str:
 
     if source.path is None or is_bi_encoder_dir(source):
         return "bi"
+    if (source.path / "uni_encoder.json").is_file():  # a Uni-Encoder (encoders/uni_encoder.py)
+        return "uni"
     cfg = read_json(source.path / "config.json") if (source.path / "config.json").exists() else {}
     archs = cfg.get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in archs):

@@ -32,6 +32,8 @@ _FINGERPRINT_FILES = (
     "vocab.txt",
     "model.safetensors",
     "pytorch_model.bin",
+    "uni_encoder.json",  # Uni-Encoder: packing config
+    "uni_head.safetensors",  # Uni-Encoder: score head
 )
 
 

@@ -14,6 +14,9 @@ dv_h = P_h^T dO_h (spmm), dP = dO_h v_h^T sampled at the pattern (SDDMM), dS = P
 dk = scale * dS q, dq = scale * dS^T k: for shared queries one dense GEMM over all rows, so the query
 gradient is reduced across items without per-item copies of q. Per-item queries (B, Nq, H, D) use the
 pattern for the scores (SDDMM) and dq (spmm) too. Everything is fp32 (fp64 for fp64 inputs).
+
+When every item has the same length (multi-layer pooling), the packed rows already form a dense batch:
+dense batched matmuls on views, no sparse patterns (``_uniform_pool``).
 """
 
 from __future__ import annotations
@@ -152,8 +155,28 @@ class PackedPool(torch.autograd.Function):
         return dq.to(q_dt), dk.to(k_dt), dv.to(v_dt), None, None
 
 
+def _uniform_pool(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_items: int, length: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item has ``length`` keys (multi-layer pooling: one row per layer): packed rows are already a
+    dense (B, L, H, D) batch, so plain batched matmuls run on views with nothing padded; plain autograd."""
+    acc = accum_dtype(q.dtype)
+    heads = k.shape[1]
+    kb = k.to(acc).view(n_items, length, heads, -1)  # (B, L, H, D), a view for fp32 inputs
+    vb = v.to(acc).view(n_items, length, heads, -1)  # (B, L, H, Dv)
+    eq = "ihd,blhd->bhil" if q.dim() == 3 else "bihd,blhd->bhil"
+    s = torch.einsum(eq, q.to(acc), kb) * scale  # (B, H, Nq, L)
+    lse = torch.logsumexp(s.detach(), dim=-1)  # (B, H, Nq)
+    p = torch.softmax(s, dim=-1)  # (B, H, Nq, L); subtracts the max internally
+    out = torch.einsum("bhil,blhd->bihd", p, vb)  # (B, Nq, H, Dv)
+    return out.to(q.dtype), lse.transpose(1, 2)
+
+
 def cross_attention_pool_packed(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed path: out (B, Nq, H, Dv) in q's dtype, lse (B, Nq, H). Inputs validated by the caller."""
+    lens = cu_seqlens[1:] - cu_seqlens[:-1]  # (B,)
+    if lens.numel() and int(lens.min()) > 0 and int(lens.min()) == int(lens.max()):
+        return _uniform_pool(q, k, v, lens.numel(), int(lens[0]), scale)
     return PackedPool.apply(q, k, v, cu_seqlens.to(k.device), scale)

@@ -38,13 +38,16 @@ WARMUP_TEXTS = ("pairsmith warm-up", "a slightly longer sentence to warm up the 
 class Models:
     bi: object  # BiEncoder
     cross: object | None = None  # CrossEncoder
-    uni_requested: str | None = None  # --uni-encoder value (not servable yet)
+    uni_requested: str | None = None  # --uni-encoder value
+    uni: object | None = None  # UniEncoder (Rerank UNI_ENCODER)
 
     @property
     def methods(self) -> list[int]:
         out = [pb.SCORE_METHOD_BI_ENCODER]
         if self.cross is not None:
             out.append(pb.SCORE_METHOD_CROSS_ENCODER)
+        if self.uni is not None:
+            out.append(pb.SCORE_METHOD_UNI_ENCODER)
         return out
 
 
@@ -73,18 +76,17 @@ class Runtime:
 
 def load_models(config: ServeConfig) -> Models:
     """Blocking: load the encoders named in ``config``."""
-    from pairsmith.encoders import BiEncoder, CrossEncoder
+    from pairsmith.encoders import BiEncoder, CrossEncoder, UniEncoder
 
     common = dict(device=config.device, backend=config.backend, auto_export=config.auto_export)
     bi = BiEncoder.load(config.model, **common)
     cross = None
     if config.cross_encoder:
         cross = CrossEncoder.load(config.cross_encoder, **common)
+    uni = None
     if config.uni_encoder:
-        log.warning(
-            "--uni-encoder %s: the Uni-Encoder is not available in this build yet", config.uni_encoder
-        )
-    return Models(bi=bi, cross=cross, uni_requested=config.uni_encoder)
+        uni = UniEncoder.load(config.uni_encoder, **common)
+    return Models(bi=bi, cross=cross, uni_requested=config.uni_encoder, uni=uni)
 
 
 def open_store(config: ServeConfig):

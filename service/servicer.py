@@ -146,16 +146,28 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             raise FailedPrecondition(
                 f"{field}: CROSS_ENCODER needs a cross-encoder; start the server with --cross-encoder MODEL"
             )
-        if method == pb.SCORE_METHOD_UNI_ENCODER:
-            if m.uni_requested is None:
-                raise FailedPrecondition(
-                    f"{field}: UNI_ENCODER needs a Uni-Encoder; start the server with --uni-encoder MODEL"
-                )
+        if method == pb.SCORE_METHOD_UNI_ENCODER and m.uni is None:
             raise FailedPrecondition(
-                f"{field}: UNI_ENCODER is not available in this build yet (--uni-encoder "
-                f"{m.uni_requested} was accepted but cannot be served); use CROSS_ENCODER or BI_ENCODER"
+                f"{field}: UNI_ENCODER needs a Uni-Encoder; start the server with --uni-encoder MODEL"
             )
         return method
+
+    async def _uni_rank(self, query: str, texts: list[str], raw: bool, truncate: bool, timer) -> np.ndarray:
+        """Uni-Encoder: all candidates of one query in one pass (chunked), on the model thread.
+
+        Scores: raw logits, or (default) their softmax over this request's candidates.
+        """
+        uni = self.rt.models.uni
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        logits = await loop.run_in_executor(
+            self.rt.model_executor, lambda: uni.rank(query, texts, truncate=truncate)
+        )
+        timer.inference_ms += (time.perf_counter() - t0) * 1000.0
+        if raw:
+            return logits.astype(np.float32)
+        e = np.exp(logits - logits.max())
+        return (e / e.sum()).astype(np.float32)
 
     async def _embed(self, texts, timer: CallTimer, context, *, truncate=True, field="texts"):
         res = await self.rt.bi_batcher.submit_texts(
@@ -168,6 +180,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
 
     async def _score(self, pairs, method: int, raw: bool, truncate: bool, timer, context, field="pairs"):
         """(scores, truncated) for (a, b) pairs by ``method`` (already resolved)."""
+        if method == pb.SCORE_METHOD_UNI_ENCODER:
+            raise InvalidInput(f"{field}: UNI_ENCODER ranks candidates for one query; use Rerank")
         if method == pb.SCORE_METHOD_CROSS_ENCODER:
             res = await self.rt.cross_batcher.submit_pairs(
                 pairs, truncate=truncate, deadline=_deadline(context), field=field
@@ -209,8 +223,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         )
         if m.cross is not None:
             resp.cross_encoder_id = m.cross.model_id
-        if m.uni_requested is not None:
-            resp.uni_encoder_id = m.uni_requested
+        if m.uni is not None:
+            resp.uni_encoder_id = m.uni.model_id
         resp.timing.CopyFrom(timer.message(pb))
         return resp
 
@@ -313,10 +327,16 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         if not 1 <= top_n <= self.cfg.max_top_k:
             raise InvalidInput(f"top_n: must be in 1..{self.cfg.max_top_k}, got {top_n}")
         method = self._method(request.method, "method")
-        pairs = [(request.query, t) for t in request.texts]
-        scores, _ = await self._score(
-            pairs, method, request.raw_scores, _opt(request, "truncate", True), timer, context, field="texts"
-        )
+        truncate = _opt(request, "truncate", True)
+        if method == pb.SCORE_METHOD_UNI_ENCODER:
+            scores = await self._uni_rank(
+                request.query, list(request.texts), request.raw_scores, truncate, timer
+            )
+        else:
+            pairs = [(request.query, t) for t in request.texts]
+            scores, _ = await self._score(
+                pairs, method, request.raw_scores, truncate, timer, context, field="texts"
+            )
         order = np.argsort(-scores, kind="stable")[:top_n]
         results = []
         for i in order:
@@ -374,8 +394,11 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                         "store_text=true or set rerank.text_field"
                     )
                 texts.append(text)
-            pairs = [(request.text, t) for t in texts]
-            scores, _ = await self._score(pairs, method, False, True, timer, context, field="rerank")
+            if method == pb.SCORE_METHOD_UNI_ENCODER:
+                scores = await self._uni_rank(request.text, texts, False, True, timer)
+            else:
+                pairs = [(request.text, t) for t in texts]
+                scores, _ = await self._score(pairs, method, False, True, timer, context, field="rerank")
             order = np.argsort(-scores, kind="stable")[:top_k]
             hits = [
                 type(hits[i])(id=hits[i].id, score=float(scores[i]), payload=hits[i].payload) for i in order

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
         p.add_argument("--batch-size", type=int, default=64)
         p.add_argument("--device", default="auto")
-        p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+        p.add_argument("--backend", default="torch", choices=["torch", "onnx", "openvino", "auto"])
         p.add_argument("--pooling", default=None, help="override pooling: mean, cls, max, last-token")
 
     sts = tasks.add_parser("sts", help="Spearman x100 on STS sets (or any STS-format file)")
@@ -58,8 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reranker", default=None, help="score with this cross-encoder instead of the bi-encoder"
     )
     rs.add_argument(
-        "--dataset", default="dailydialog-dev", help="dailydialog-dev | PATH (DailyDialog++ JSON lines)"
+        "--dataset",
+        default="dailydialog-dev",
+        help="dailydialog-dev | PATH (DailyDialog++ JSON lines); with --uni-encoder also mutual-heldout",
     )
+    from pairsmith.service.cli.uni import add_eval_flags
+
+    add_eval_flags(rs)
     rs.set_defaults(func=_run_response)
 
 
@@ -129,6 +134,14 @@ def _run_response(args: argparse.Namespace) -> int:
 
     _check_common(args)
     t0 = time.perf_counter()
+    if args.uni_encoder:
+        from pairsmith.distill.dialogue import load_dialogue
+        from pairsmith.service.cli.uni import uni_response
+
+        ds = load_dialogue(args.dataset, args.data)
+        row, kind = uni_response(args, ds)
+        _emit(args, f"response:{ds.name}", kind, row, "x100", time.perf_counter() - t0)
+        return 0
     ds = load_dialogue_set(args.dataset, args.data)
     if args.reranker:
         ce = CrossEncoder.load(args.reranker, device=args.device, backend=args.backend)

@@ -52,7 +52,9 @@ def register(subparsers) -> None:
     b.add_argument(
         "--model", default="default", help="bi-encoder: 'default', a model directory or a hub name"
     )
-    b.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="encoder runtime")
+    b.add_argument(
+        "--backend", default="torch", choices=["torch", "onnx", "openvino", "auto"], help="encoder runtime"
+    )
     b.add_argument(
         "--batch-tokens", type=int, default=16_384, help="padded tokens per encoder batch (default 16384)"
     )

@@ -306,7 +306,8 @@ class IndexStore:
                 h.check_open()
                 return self._info(h.path, h.db, count=h.state.count if h.state else None, trained=h.trained())
             except (OSError, sqlite3.Error):
-                if h.closed or h.dropped:
+                # A drop renames the folder first and marks the handle just after: either sign will do.
+                if h.closed or h.dropped or not (h.path / "store.sqlite").exists():
                     raise NotFound(f"index {name!r} not found (dropped)") from None
                 raise
             finally:

@@ -1,0 +1,117 @@
+"""Time to rank 1 context + N candidates: Uni-Encoder (arrow, context-blind) vs cross-encoder.
+
+Same backbone (the default model, all-MiniLM-L6-v2, fresh heads: speed does not depend on the
+trained weights), same process, same thread count, interleaved per context so background load
+hits all three alike. Contexts and candidates come from DailyDialog++ dev (its 15 responses per
+context; N > 15 borrows responses of the next contexts). The cross-encoder runs through
+pairsmith's pipeline (``CrossEncoder.score``, batch 32); the Uni-Encoder through ``rank``.
+
+    flock /tmp/pairsmith-cpu.lock .venv/bin/python bench/uni_bench.py --json runs/uni/bench.json
+
+Prints a table of median milliseconds per context and the cross / uni ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="5,10,20,50")
+    ap.add_argument("--contexts", type=int, default=8, help="DailyDialog++ dev contexts timed per size")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per context (after one warm-up)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-context-tokens", type=int, default=128)
+    ap.add_argument("--max-candidate-tokens", type=int, default=48)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from pairsmith.distill.dialogue import load_dialogue
+    from pairsmith.encoders import Activation, CrossEncoder, UniConfig, UniEncoder
+
+    ds = load_dialogue("dailydialog-dev")
+    cfg = UniConfig(
+        max_context_tokens=args.max_context_tokens, max_candidate_tokens=args.max_candidate_tokens
+    )
+    uni = UniEncoder.from_backbone("default", config=cfg, device="cpu", seed=0)
+    ce = CrossEncoder.from_backbone(
+        "default", device="cpu", max_length=args.max_context_tokens + args.max_candidate_tokens, seed=0
+    )
+    pool = [r for i in range(len(ds.contexts)) for r in (*ds.positives[i], *ds.negatives[i])]
+
+    def case(i: int, n: int) -> tuple[str, list[str]]:
+        return " ".join(ds.contexts[i]), pool[i * 15 : i * 15 + n]
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1000.0
+
+    runners = {
+        "uni-arrow": lambda c, k: uni.rank(c, k, mask="arrow"),
+        "uni-context-blind": lambda c, k: uni.rank(c, k, mask="context-blind"),
+        "cross": lambda c, k: ce.score([(c, x) for x in k], activation=Activation.RAW, batch_size=32),
+    }
+    rows = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        for i in range(args.contexts):
+            c, k = case(i, n)
+            for fn in runners.values():
+                fn(c, k)  # warm-up (allocator, first-call paths)
+            for _ in range(args.reps):
+                for name, fn in runners.items():
+                    times[name].append(timed(lambda fn=fn, c=c, k=k: fn(c, k)))
+        med = {name: statistics.median(v) for name, v in times.items()}
+        row = {
+            "N": n,
+            **{f"{name}_ms": round(v, 1) for name, v in med.items()},
+            "speedup_arrow": round(med["cross"] / med["uni-arrow"], 2),
+            "speedup_context_blind": round(med["cross"] / med["uni-context-blind"], 2),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    out = {
+        "bench": "uni_bench",
+        "rows": rows,
+        "threads": args.threads,
+        "contexts": args.contexts,
+        "reps": args.reps,
+        "limits": {"context": args.max_context_tokens, "candidate": args.max_candidate_tokens},
+        "machine": platform.platform(),
+        "cpu": _cpu(),
+        "torch": torch.__version__,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,392 @@
+"""``pairsmith train uni-encoder``: listwise training of a Uni-Encoder and its two baselines.
+
+One loss for all three kinds, so the comparison is about the architecture: for each context,
+softmax cross-entropy over its candidates' scores (gold = the positive response).
+
+- ``uni``: one row per context (context + all its candidates, shared positions, the chosen mask),
+  scores = span mean -> linear (``encoders/uni_encoder.py``).
+- ``cross``: one ``[CLS] context [SEP] candidate [SEP]`` row per candidate, scores = the
+  cross-encoder's logit (sentence-transformers CrossEncoder, fresh one-logit head).
+- ``bi``: context and candidates embedded separately, scores = cosine x ``bi_scale``.
+
+All three see the same token ids: the context keeps its newest turns within
+``max_context_tokens`` and every candidate its last ``max_candidate_tokens - 2`` tokens (the
+Uni-Encoder tokenizer's rules). Negatives: ``dataset`` (the set's own), ``in-batch`` (the
+other contexts' positives), or ``both``. Candidate order is shuffled per example (all three
+models are order-equivariant, so this only guards against bugs). AdamW, linear warm-up and
+decay, grad-norm clip 1.0. Checkpoints every ``checkpoint_steps`` (model + optimiser +
+scheduler + step, atomically); ``--resume`` continues from the last one on the same batch order.
+
+Output::
+
+    out/model/         the trained model (UniEncoder / CrossEncoder / BiEncoder directory)
+    out/config.json    this run's UniTrainConfig
+    out/report.json    steps, mean loss per 10 %, evaluation (R@1/2/5, MRR x 100), wall time
+    out/checkpoint.pt  the last checkpoint (removed once the model is saved)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pairsmith.atomic import atomic_write_bytes
+from pairsmith.distill import metrics
+from pairsmith.distill.data import DialogueSet
+from pairsmith.distill.dialogue import load_dialogue
+from pairsmith.distill.runstate import RunState, save_dir_atomic, write_json_atomic
+from pairsmith.encoders import BiEncoder, CrossEncoder, UniConfig, UniEncoder, UniMask
+from pairsmith.encoders.runtime import resolve_device
+from pairsmith.encoders.tokenize import pad_rows
+from pairsmith.encoders.uni_tokenize import UniTokenizer
+from pairsmith.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+MODEL_SUBDIR = "model"
+CHECKPOINT = "checkpoint.pt"
+
+
+class ModelKind(enum.Enum):
+    UNI = "uni"
+    CROSS = "cross"
+    BI = "bi"
+
+
+class Negatives(enum.Enum):
+    DATASET = "dataset"
+    IN_BATCH = "in-batch"
+    BOTH = "both"
+
+
+@dataclass(frozen=True)
+class UniTrainConfig:
+    data: str = "mutual"
+    model: str = "default"  # starting transformer (a bi-encoder directory works)
+    kind: str = "uni"  # uni | cross | bi (the baselines, same data and loss)
+    mask: str = "arrow"  # uni: attention pattern while training
+    negatives: str = "dataset"
+    max_contexts: int | None = None  # subsample the training contexts (CPU budgets)
+    epochs: int = 1
+    batch_size: int = 8  # contexts per step
+    lr: float = 5e-5
+    warmup: float = 0.1
+    max_context_tokens: int = 192
+    max_candidate_tokens: int = 64
+    bi_scale: float = 20.0
+    checkpoint_steps: int = 50
+    eval_sets: tuple[str, ...] = ("mutual-heldout", "dailydialog-dev")
+    eval_limit: int | None = None  # evaluate on the first N contexts of each set (CPU budgets)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        ModelKind(self.kind)
+        Negatives(self.negatives)
+        UniMask.parse(self.mask)
+        for name in ("epochs", "batch_size", "checkpoint_steps"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise InvalidInput(f"lr: must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- shared token packing ------------------------------------------------------------------------
+
+
+def _uni_config(cfg: UniTrainConfig, groups: int) -> UniConfig:
+    return UniConfig(
+        max_context_tokens=cfg.max_context_tokens,
+        max_candidate_tokens=cfg.max_candidate_tokens,
+        max_row_tokens=cfg.max_context_tokens + cfg.max_candidate_tokens * max(groups, 16),
+        max_groups=max(groups, 16),
+        mask=cfg.mask,
+    )
+
+
+def cross_batch(tok: UniTokenizer, items: Sequence[tuple[Sequence[str], Sequence[str]]]):
+    """[CLS] context [SEP] candidate [SEP] rows (the Uni-Encoder's truncation), one per candidate."""
+    ids, types = [], []
+    for ctx, cands in items:
+        c, _ = tok.context_ids(ctx)
+        for cand in tok.candidate_ids(cands)[0]:
+            ids.append(c + cand[1:])
+            types.append([0] * len(c) + [1] * (len(cand) - 1))
+    return pad_rows(ids, types, tok.pad_id, tok.config.uses_type_ids)
+
+
+def bi_batches(tok: UniTokenizer, items: Sequence[tuple[Sequence[str], Sequence[str]]]):
+    """(contexts batch, candidates batch), each text a plain [CLS] ... [SEP] row."""
+    ctx = [tok.context_ids(c)[0] for c, _ in items]
+    cands = [x for _, cs in items for x in tok.candidate_ids(cs)[0]]
+    return pad_rows(ctx, [[0] * len(x) for x in ctx], tok.pad_id, False), pad_rows(
+        cands, [[0] * len(x) for x in cands], tok.pad_id, False
+    )
+
+
+class Trainable:
+    """One of the three models behind ``scores(items) -> list of (n_i,) tensors`` and ``save``."""
+
+    def __init__(self, kind: ModelKind, cfg: UniTrainConfig, device: str, groups: int) -> None:
+        self.kind, self.cfg, self.device = kind, cfg, device
+        ucfg = _uni_config(cfg, groups)
+        if kind is ModelKind.UNI:
+            self.uni = UniEncoder.from_backbone(cfg.model, config=ucfg, device=device, seed=cfg.seed)
+            self.module = self.uni.model
+            self.tok = self.uni.tokenizer.with_mask(cfg.mask)
+        elif kind is ModelKind.CROSS:
+            self.ce = CrossEncoder.from_backbone(cfg.model, device=device, seed=cfg.seed)
+            self.module = self.ce.st_model
+            self.tok = UniTokenizer.from_dir(self.ce.source.path, ucfg)  # type: ignore[arg-type]
+        else:
+            self.bi = BiEncoder.load(cfg.model, device=device)
+            self.module = self.bi.st_model
+            self.tok = UniTokenizer.from_dir(self.bi.source.path, ucfg)  # type: ignore[arg-type]
+
+    def _feats(self, batch) -> dict:
+        from pairsmith.encoders.runtime import to_features
+
+        return to_features(batch, self.device)
+
+    def scores(self, items: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list:
+        sizes = [len(c) for _, c in items]
+        if self.kind is ModelKind.UNI:
+            enc, chunks, _ = self.tok.encode_groups(items, max_row_tokens=10**9)
+            out = self.module(self._feats(self.tok.pad(enc.ids)))["scores"]  # (B, G)
+            return [out[i, :n] for i, n in enumerate(sizes)]
+        if self.kind is ModelKind.CROSS:
+            flat = self.module(self._feats(cross_batch(self.tok, items)))["scores"].reshape(-1)  # (sum n,)
+        else:
+            import torch
+
+            ctx_b, cand_b = bi_batches(self.tok, items)
+            u = torch.nn.functional.normalize(self.module(self._feats(ctx_b))["sentence_embedding"], dim=-1)
+            v = torch.nn.functional.normalize(self.module(self._feats(cand_b))["sentence_embedding"], dim=-1)
+            owner = torch.repeat_interleave(
+                torch.arange(len(items), device=u.device), torch.tensor(sizes, device=u.device)
+            )
+            flat = (u[owner] * v).sum(-1) * self.cfg.bi_scale  # (sum n,)
+        return list(flat.split(sizes))
+
+    def save(self, path: Path) -> None:
+        if self.kind is ModelKind.UNI:
+            self.uni.save(path)
+        elif self.kind is ModelKind.CROSS:
+            self.ce.save(path)
+        else:
+            self.bi.save(path)
+
+
+# -- ranking with a trained model (evaluation, benchmark) -----------------------------------------
+
+
+def ranker(
+    kind: ModelKind, path: str, device: str = "cpu", mask: str = "arrow", cfg: UniTrainConfig | None = None
+):
+    """``rank(items) -> list of (n_i,) float arrays`` for a trained model of ``kind`` at ``path``."""
+    import torch
+
+    cfg = cfg or UniTrainConfig()
+    if kind is ModelKind.UNI:
+        uni = UniEncoder.load(path, device=device)
+        return lambda items: uni.rank_many(items, mask=mask, batch_size=16)
+    t = object.__new__(Trainable)
+    t.kind, t.cfg, t.device = kind, cfg, device
+    if kind is ModelKind.CROSS:
+        t.ce = CrossEncoder.load(path, device=device)
+        t.module, src = t.ce.st_model, t.ce.source
+    else:
+        t.bi = BiEncoder.load(path, device=device)
+        t.module, src = t.bi.st_model, t.bi.source
+    t.tok = UniTokenizer.from_dir(src.path, _uni_config(cfg, 16))  # type: ignore[arg-type]
+    t.module.eval()
+
+    def rank(items):
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(items), 8):
+                out.extend(s.float().cpu().numpy() for s in t.scores(items[i : i + 8]))
+        return out
+
+    return rank
+
+
+def eval_ranking(ds: DialogueSet, rank: Callable, *, progress: bool = False, dedupe: bool = True) -> dict:
+    """Each positive vs its context's negatives: R@1/2/5 and MRR x 100.
+
+    ``dedupe``: score each context's candidates (all positives + negatives) once; exact for
+    models whose scores do not depend on the other candidates (cross, bi, context-blind).
+    """
+    ranks: list[int] = []
+    step = 64
+    for s in tqdm(
+        range(0, len(ds.contexts), step), desc=f"eval {ds.name}", unit="chunk", disable=not progress
+    ):
+        rows = list(
+            zip(
+                ds.contexts[s : s + step], ds.positives[s : s + step], ds.negatives[s : s + step], strict=True
+            )
+        )
+        if dedupe:
+            scored = rank([(c, [*p, *n]) for c, p, n in rows])
+            for (_, p, _), sc in zip(rows, scored, strict=True):
+                neg = sc[len(p) :]
+                ranks.extend(metrics.rank_of_first(np.concatenate([[sc[i]], neg])) for i in range(len(p)))
+        else:
+            ranks.extend(
+                metrics.rank_of_first(sc) for sc in rank([(c, [q, *n]) for c, p, n in rows for q in p])
+            )
+    r = np.array(ranks)
+    return {
+        "R@1": round(float((r <= 1).mean()) * 100, 2),
+        "R@2": round(float((r <= 2).mean()) * 100, 2),
+        "R@5": round(float((r <= 5).mean()) * 100, 2),
+        "MRR": round(float((1.0 / r).mean()) * 100, 2),
+        "cases": len(r),
+    }
+
+
+def limit_set(ds: DialogueSet, n: int | None) -> DialogueSet:
+    """The first ``n`` contexts (a fixed, reported subset), or the whole set."""
+    if n is None or n >= len(ds.contexts):
+        return ds
+    return DialogueSet(f"{ds.name}[:{n}]", ds.contexts[:n], ds.positives[:n], ds.negatives[:n])
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+
+def _examples(ds: DialogueSet, cfg: UniTrainConfig) -> list[tuple[list[str], str, list[str]]]:
+    ex = [(c, p, n) for c, ps, n in zip(ds.contexts, ds.positives, ds.negatives, strict=True) for p in ps]
+    if cfg.max_contexts is not None and cfg.max_contexts < len(ex):
+        keep = np.random.default_rng(cfg.seed).permutation(len(ex))[: cfg.max_contexts]
+        ex = [ex[i] for i in sorted(keep)]
+    return ex
+
+
+def _step_items(batch, neg: Negatives, rng: np.random.Generator):
+    items, golds = [], []
+    for j, (ctx, pos, negs) in enumerate(batch):
+        cands = [pos]
+        if neg in (Negatives.DATASET, Negatives.BOTH):
+            cands += list(negs)
+        if neg in (Negatives.IN_BATCH, Negatives.BOTH):
+            cands += [b[1] for k, b in enumerate(batch) if k != j]
+        order = rng.permutation(len(cands))
+        items.append((ctx, [cands[i] for i in order]))
+        golds.append(int(np.argmin(order)))  # where candidate 0 (the positive) went
+    return items, golds
+
+
+def train_uni(
+    cfg: UniTrainConfig, out: str | Path, *, resume: bool = False, device: str = "cpu", progress: bool = True
+) -> dict:
+    import torch
+
+    out = Path(out)
+    kind, neg = ModelKind(cfg.kind), Negatives(cfg.negatives)
+    dev = resolve_device(device)
+    train = load_dialogue(cfg.data)
+    evals = [limit_set(load_dialogue(n), cfg.eval_limit) for n in cfg.eval_sets]
+    ex = _examples(train, cfg)
+    if not ex:
+        raise InvalidInput(f"data: {cfg.data} has no training examples")
+    state = RunState(out, cfg.to_dict(), resume=resume, kind="train-uni-encoder")
+    write_json_atomic(out / "config.json", {"kind": "train-uni-encoder", **cfg.to_dict()})
+    groups = 1 + (max(len(e[2]) for e in ex) if neg is not Negatives.IN_BATCH else 0)
+    groups += cfg.batch_size - 1 if neg is not Negatives.DATASET else 0
+    torch.manual_seed(cfg.seed)
+    model = Trainable(kind, cfg, dev, groups)
+    per_epoch = (len(ex) + cfg.batch_size - 1) // cfg.batch_size
+    total = per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(model.module.parameters(), lr=cfg.lr, weight_decay=0.01)
+    warm = max(1, int(cfg.warmup * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+    )
+    start, losses = 0, []
+    ck = out / CHECKPOINT
+    model_dir = out / MODEL_SUBDIR
+    if not state.is_done("fit") and resume and ck.exists():
+        blob = torch.load(ck, map_location=dev, weights_only=False)
+        model.module.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["opt"])
+        sched.load_state_dict(blob["sched"])
+        start, losses = int(blob["step"]), list(blob["losses"])
+        log.info("resuming at step %d of %d", start, total)
+    if not state.is_done("fit"):
+        orders = [np.random.default_rng(cfg.seed + e).permutation(len(ex)) for e in range(cfg.epochs)]
+        model.module.train()
+        bar = tqdm(total=total, initial=start, desc=f"train {kind.value}", unit="step", disable=not progress)
+        for step in range(start, total):
+            e, b = divmod(step, per_epoch)
+            idx = orders[e][b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            items, golds = _step_items(
+                [ex[i] for i in idx], neg, np.random.default_rng(cfg.seed * 100003 + step)
+            )
+            scores = model.scores(items)
+            loss = torch.stack(
+                [
+                    torch.nn.functional.cross_entropy(s[None], torch.tensor([g], device=s.device))
+                    for s, g in zip(scores, golds, strict=True)
+                ]
+            ).mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.module.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if (step + 1) % cfg.checkpoint_steps == 0 and step + 1 < total:
+                buf = io.BytesIO()
+                torch.save(
+                    {
+                        "model": model.module.state_dict(),
+                        "opt": opt.state_dict(),
+                        "sched": sched.state_dict(),
+                        "step": step + 1,
+                        "losses": losses,
+                    },
+                    buf,
+                )
+                atomic_write_bytes(ck, buf.getvalue())
+        bar.close()
+        model.module.eval()
+        save_dir_atomic(model_dir, model.save)
+        tenth = max(1, len(losses) // 10)
+        state.mark(
+            "fit",
+            steps=total,
+            loss_curve=[
+                round(float(np.mean(losses[i : i + tenth])), 4) for i in range(0, len(losses), tenth)
+            ],
+        )
+        ck.unlink(missing_ok=True)
+    report = {
+        "kind": "train-uni-encoder",
+        "config": cfg.to_dict(),
+        "train_contexts": len(ex),
+        "candidates_per_context": groups,
+        "device": dev,
+        "fit": state.info("fit"),
+        "eval": {},
+    }
+    rank = ranker(kind, str(model_dir), dev, cfg.mask, cfg)
+    for ds in evals:
+        dedupe = kind is not ModelKind.UNI or UniMask.parse(cfg.mask) is UniMask.CONTEXT_BLIND
+        report["eval"][ds.name] = eval_ranking(ds, rank, progress=progress, dedupe=dedupe)
+    report["wall_s"] = round(state.elapsed(), 1)
+    write_json_atomic(out / "report.json", report)
+    return report

@@ -1,0 +1,353 @@
+"""Uni-Encoder (Song et al., Findings of ACL 2023): rank N candidates for one context in one pass.
+
+The context and a chunk of candidates are packed into one row (``uni_tokenize.py``: shared
+candidate positions, ``arrow``/``context-blind`` masks as a 4-D additive bias); the backbone
+runs once; each candidate's score is the mean of the last layer over its span -> linear -> a
+logit. Scores are raw logits (softmax over a context's candidates gives probabilities).
+
+Many candidates are split into rows under ``max_row_tokens`` / ``max_groups``. With ``arrow``
+the context attends to the candidates of its row, so scores then depend on how the set was
+chunked (and on which other candidates are in it); ``context-blind`` scores do not, which makes
+it the recommended mode for large sets (and the default).
+
+A saved Uni-Encoder directory holds the backbone (``config.json``, ``model.safetensors``,
+tokenizer files), ``uni_head.safetensors`` (the score head) and ``uni_encoder.json``
+(:class:`UniConfig` + format). ONNX: ``register_exporter("uni")`` exports backbone + head with
+the custom inputs (position ids, additive mask, spans); ``backend="onnx"`` runs it without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pairsmith.encoders.onnx_graphs import GraphSpec, register_exporter
+from pairsmith.encoders.pipeline import Pipeline
+from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
+from pairsmith.encoders.source import ModelSource, fingerprint, read_json, resolve_model
+from pairsmith.encoders.types import OutputKind
+from pairsmith.encoders.uni_tokenize import UniConfig, UniMask, UniTokenizer
+from pairsmith.errors import FailedPrecondition, InvalidInput
+
+log = logging.getLogger(__name__)
+
+UNI_FILE = "uni_encoder.json"
+HEAD_FILE = "uni_head.safetensors"
+FORMAT = 1
+_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "mpnet"}  # positions start at pad_id + 1
+
+
+def is_uni_dir(path: Path | None) -> bool:
+    return path is not None and (path / UNI_FILE).is_file()
+
+
+def _config_for(hf_config, base: UniConfig | None) -> UniConfig:
+    """Fill the backbone-dependent fields (positions, token types) from its config."""
+    d = (base or UniConfig()).to_dict()
+    model_type = str(getattr(hf_config, "model_type", ""))
+    d["position_offset"] = (int(hf_config.pad_token_id) + 1) if model_type in _OFFSET_MODELS else 0
+    d["max_positions"] = int(getattr(hf_config, "max_position_embeddings", 512))
+    d["uses_type_ids"] = int(getattr(hf_config, "type_vocab_size", 0) or 0) >= 2
+    return UniConfig.from_dict(d)
+
+
+def _scorer_class():
+    import torch
+
+    class UniScorer(torch.nn.Module):
+        """Backbone + span-mean + linear head; ``forward(features) -> {"scores": (B, max_groups)}``.
+
+        Columns past a row's last candidate hold the head's bias (no tokens); the backend keeps
+        only as many columns as the row has groups.
+        """
+
+        def __init__(self, backbone, max_groups: int) -> None:
+            super().__init__()
+            self.backbone = backbone
+            self.head = torch.nn.Linear(int(backbone.config.hidden_size), 1)
+            self.max_groups = int(max_groups)
+
+        def forward(self, features: dict) -> dict:
+            ids = features["input_ids"]  # (B, T)
+            bias = features.get("attention_bias")  # (B, 1, T, T) additive, or None (padding only)
+            mask = bias.to(self.head.weight.dtype) if bias is not None else features["attention_mask"]
+            kwargs = {"input_ids": ids, "attention_mask": mask}
+            for name in ("token_type_ids", "position_ids"):
+                if features.get(name) is not None:
+                    kwargs[name] = features[name]
+            h = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
+            groups = torch.arange(self.max_groups, device=ids.device)  # (G,)
+            onehot = (features["spans"][..., None] == groups).to(h.dtype)  # (B, T, G)
+            sums = torch.einsum("btg,bth->bgh", onehot, h)  # (B, G, H)
+            means = sums / onehot.sum(1)[..., None].clamp(min=1.0)  # (B, G, H)
+            return {"scores": self.head(means)[..., 0]}  # (B, G)
+
+    return UniScorer
+
+
+def build_scorer(backbone, max_groups: int):
+    return _scorer_class()(backbone, max_groups)
+
+
+def _load_backbone(path: str, device: str):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+    return model.to(device).eval()
+
+
+class UniEncoder:
+    """One context + N candidates -> N scores, one forward pass per chunk of candidates."""
+
+    def __init__(
+        self,
+        tokenizer: UniTokenizer,
+        backend,
+        *,
+        source: ModelSource,
+        model=None,
+        device: str = "cpu",
+        backend_kind: Backend = Backend.TORCH,
+        keepalive: object | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.model = model  # the torch UniScorer (None with backend=onnx)
+        self.source = source
+        self.device = device
+        self.backend_kind = backend_kind
+        self._keepalive = keepalive
+        self._pipes = {m: Pipeline(tokenizer.with_mask(m), backend) for m in UniMask}
+
+    @property
+    def config(self) -> UniConfig:
+        return self.tokenizer.config
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_backbone(
+        cls,
+        model: str,
+        *,
+        config: UniConfig | None = None,
+        device: str | None = "auto",
+        seed: int | None = None,
+    ) -> UniEncoder:
+        """A new Uni-Encoder (fresh score head) on ``model``'s transformer (a bi-encoder dir works)."""
+        import torch
+
+        from pairsmith.encoders.cross_encoder import backbone_view
+
+        source = resolve_model(model)
+        if source.path is None:
+            raise InvalidInput(f"uni-encoder: {source.ref} is not a local directory; download it first")
+        view = backbone_view(source)
+        arg = view.name if view is not None else str(source.path)
+        dev = resolve_device(device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        backbone = _load_backbone(arg, dev)
+        cfg = _config_for(backbone.config, config)
+        scorer = build_scorer(backbone, cfg.max_groups).to(dev)
+        log.info("uni-encoder on %s: score head is newly initialised", source.ref)
+        tok = UniTokenizer.from_dir(source.path, cfg)
+        be = TorchBackend(scorer, dev, "scores", OutputKind.GROUPED_SCORES)
+        return cls(tok, be, source=source, model=scorer, device=dev, keepalive=view)
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str],
+        *,
+        device: str | None = "auto",
+        backend: Backend | str = Backend.TORCH,
+        onnx_variant: str | None = None,
+        auto_export: bool = True,
+    ) -> UniEncoder:
+        """A saved Uni-Encoder directory (``pairsmith train uni-encoder --out DIR``: DIR or DIR/model)."""
+        path = Path(model)
+        if (path / "model" / UNI_FILE).is_file():
+            path = path / "model"
+        source = resolve_model(str(path))
+        if not is_uni_dir(source.path):
+            raise InvalidInput(
+                f"uni-encoder: {source.ref} has no {UNI_FILE}; not a Uni-Encoder "
+                "(train one: pairsmith train uni-encoder, or use UniEncoder.from_backbone)"
+            )
+        meta = read_json(source.path / UNI_FILE)  # type: ignore[operator]
+        if meta.get("format") != FORMAT:
+            raise FailedPrecondition(f"uni-encoder: {source.ref}: unknown format {meta.get('format')!r}")
+        cfg = UniConfig.from_dict(meta["config"])
+        tok = UniTokenizer.from_dir(source.path, cfg)  # type: ignore[arg-type]
+        dev = resolve_device(device)
+        be_kind = Backend.parse(backend)
+        if be_kind is Backend.ONNX:
+            from pairsmith.encoders.onnx_runtime import load_onnx_backend
+
+            onnx = load_onnx_backend(
+                source, "uni", onnx_variant, dev, auto_export=auto_export, output=OutputKind.GROUPED_SCORES
+            )
+            return cls(tok, onnx.backend, source=source, device=dev, backend_kind=be_kind)
+        from safetensors.torch import load_file
+
+        scorer = build_scorer(_load_backbone(str(source.path), dev), cfg.max_groups)
+        state = load_file(str(source.path / HEAD_FILE))  # type: ignore[operator]
+        scorer.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
+        scorer = scorer.to(dev).eval()
+        be = TorchBackend(scorer, dev, "scores", OutputKind.GROUPED_SCORES)
+        return cls(tok, be, source=source, model=scorer, device=dev)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Backbone, tokenizer, head and config into ``path`` (written to a temp dir, then renamed)."""
+        if self.model is None:
+            raise FailedPrecondition("save: this Uni-Encoder runs an ONNX export; save the source directory")
+        from safetensors.torch import save_file
+
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            self.model.backbone.save_pretrained(str(tmp))
+            for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+                src = self.source.path / name  # type: ignore[operator]
+                if src.is_file():
+                    shutil.copy(src, tmp / name)
+            head = {
+                f"head.{k}": v.detach().cpu().contiguous() for k, v in self.model.head.state_dict().items()
+            }
+            save_file(head, str(tmp / HEAD_FILE))
+            meta = {"format": FORMAT, "kind": "uni-encoder", "config": self.config.to_dict()}
+            (tmp / UNI_FILE).write_text(json.dumps(meta, indent=2))
+            for p in tmp.iterdir():
+                with open(p, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # -- scoring ---------------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.source.display_id
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.source.path) if self.source.path is not None else f"hub:{self.source.hub_id}"
+
+    def rank(
+        self,
+        context: str | Sequence[str],
+        candidates: Sequence[str],
+        *,
+        mask: str | UniMask | None = None,
+        max_row_tokens: int | None = None,
+        truncate: bool | None = None,
+    ) -> np.ndarray:
+        """One logit per candidate, in input order. ``context``: a string or a list of turns.
+
+        ``truncate=False``: a context or candidate over its token limit raises InvalidInput.
+        """
+        return self.rank_many(
+            [(context, candidates)], mask=mask, max_row_tokens=max_row_tokens, truncate=truncate
+        )[0]
+
+    def rank_many(
+        self,
+        items: Sequence[tuple[str | Sequence[str], Sequence[str]]],
+        *,
+        mask: str | UniMask | None = None,
+        batch_size: int = 8,
+        max_row_tokens: int | None = None,
+        max_batch_tokens: int | None = 8192,
+        show_progress: bool = False,
+        truncate: bool | None = None,
+    ) -> list[np.ndarray]:
+        """Several (context, candidates) items; rows of different items are batched together."""
+        if batch_size < 1:
+            raise InvalidInput(f"batch_size: must be >= 1, got {batch_size}")
+        if max_row_tokens is not None and max_row_tokens < 3:
+            raise InvalidInput(f"max_row_tokens: must be >= 3, got {max_row_tokens}")
+        m = UniMask.parse(mask if mask is not None else self.config.mask)
+        enc, chunks, _ = self.tokenizer.encode_groups(
+            list(items), max_row_tokens=max_row_tokens, truncate=truncate
+        )
+        pipe = self._pipes[m]
+        # (B, T, T) masks grow with the square of the row length: cap a batch's padded tokens too.
+        with tqdm(total=len(enc), desc="rank", unit="row", disable=not show_progress) as bar:
+            out = pipe.forward(enc, max_rows=batch_size, max_tokens=max_batch_tokens, progress=bar.update)
+        sizes = [len(c) for _, c in items]
+        result = [np.empty(n, dtype=np.float32) for n in sizes]
+        for ch, g in zip(chunks, out.groups(), strict=True):
+            result[ch.item][ch.start : ch.stop] = g
+        return result
+
+
+# -- ONNX ----------------------------------------------------------------------------------------
+
+
+@register_exporter("uni")
+def _build_uni(source: ModelSource) -> GraphSpec:
+    import torch
+
+    from pairsmith.encoders.onnx_graphs import _eager, _heads
+
+    uni = UniEncoder.load(str(source.path), device="cpu")
+    scorer = uni.model
+    _eager(scorer.backbone)
+    cfg = uni.config
+    names = ["input_ids", "attention_mask"]
+    if cfg.uses_type_ids:
+        names.append("token_type_ids")
+    names += ["position_ids", "attention_bias", "spans"]
+
+    class UniGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = scorer
+
+        def forward(self, *inputs):
+            return (self.m(dict(zip(names, inputs, strict=True)))["scores"],)  # (B, G)
+
+    tok = uni.tokenizer.with_mask(UniMask.ARROW)
+
+    def feeds() -> dict[str, np.ndarray]:
+        items = [
+            (
+                ["Hello, how are you?", "Fine, thanks. And you?"],
+                ["Great!", "I am a teapot.", "Not bad at all."],
+            ),
+            ("Any plans for the weekend?", ["Hiking.", "No"]),
+        ]
+        enc, _, _ = tok.encode_groups(items)
+        return {n: v for n, v in tok.pad(enc.ids).feeds().items() if n in names}
+
+    heads, hidden = _heads(scorer.backbone.config)
+    return GraphSpec(
+        kind="uni",
+        module=UniGraph().eval(),
+        input_names=tuple(names),
+        output_names=("scores",),
+        output_axes={"scores": {0: "batch"}},
+        primary_output="scores",
+        model_type="custom",  # the additive-mask input does not match the BERT fusion patterns
+        num_heads=heads,
+        hidden_size=hidden,
+        max_length=cfg.max_row_tokens,
+        tokenizer=tok,
+        details={"max_groups": cfg.max_groups, "uni": cfg.to_dict()},
+        example_feeds=feeds,
+        input_axes={"attention_bias": {0: "batch", 2: "sequence", 3: "sequence"}},
+    )

@@ -1,0 +1,115 @@
+"""CLI: ``pairsmith train uni-encoder`` (and its same-budget baselines) and the Uni-Encoder scorer
+for ``pairsmith eval response --uni-encoder``.
+
+``train uni-encoder`` is registered under ``train`` by ``service/cli/distill.py`` (one line);
+the training library is imported lazily inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register_train(tsub) -> None:
+    from pairsmith.distill.fit_config import DEFAULT_SEED
+
+    p = tsub.add_parser(
+        "uni-encoder",
+        help="Uni-Encoder response selection (listwise softmax CE); --kind cross|bi trains the baselines",
+    )
+    p.add_argument(
+        "--data", default="mutual", help="mutual | dailydialog (train split) | FILE (default mutual)"
+    )
+    p.add_argument("--model", default="default", help="starting transformer or bi-encoder directory")
+    p.add_argument(
+        "--kind",
+        default="uni",
+        choices=["uni", "cross", "bi"],
+        help="uni (default), or a baseline: cross | bi",
+    )
+    p.add_argument(
+        "--mask", default="arrow", choices=["arrow", "context-blind"], help="uni: attention while training"
+    )
+    p.add_argument("--negatives", default="dataset", choices=["dataset", "in-batch", "both"])
+    p.add_argument("--max-contexts", type=int, default=None, help="subsample training contexts (CPU budgets)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8, help="contexts per step (default 8)")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--warmup", type=float, default=0.1)
+    p.add_argument("--max-context-tokens", type=int, default=192)
+    p.add_argument("--max-candidate-tokens", type=int, default=64)
+    p.add_argument("--checkpoint-steps", type=int, default=50)
+    p.add_argument(
+        "--eval",
+        default="mutual-heldout,dailydialog-dev",
+        help="comma list of evaluation sets after training ('none': skip)",
+    )
+    p.add_argument(
+        "--eval-limit", type=int, default=None, help="evaluate on the first N contexts of each set"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pairsmith.distill.uni_train import UniTrainConfig, train_uni
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+    cfg = UniTrainConfig(
+        data=args.data,
+        model=args.model,
+        kind=args.kind,
+        mask=args.mask,
+        negatives=args.negatives,
+        max_contexts=args.max_contexts,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        max_context_tokens=args.max_context_tokens,
+        max_candidate_tokens=args.max_candidate_tokens,
+        checkpoint_steps=args.checkpoint_steps,
+        eval_sets=tuple(s for s in args.eval.split(",") if s and s != "none"),
+        eval_limit=args.eval_limit,
+        seed=args.seed,
+    )
+    report = train_uni(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    print(
+        json.dumps({k: report[k] for k in ("train_contexts", "fit", "eval", "wall_s")}, indent=2, default=str)
+    )
+    return 0
+
+
+def add_eval_flags(rs: argparse.ArgumentParser) -> None:
+    rs.add_argument(
+        "--uni-encoder",
+        action="store_true",
+        help="--model is a Uni-Encoder: rank each context's candidates in one pass",
+    )
+    rs.add_argument(
+        "--mask", default=None, choices=["arrow", "context-blind"], help="Uni-Encoder mask (default: its own)"
+    )
+
+
+def uni_response(args: argparse.Namespace, ds) -> tuple[dict, str]:
+    """R@1/2/5 and MRR for a Uni-Encoder (``--uni-encoder``)."""
+    from pairsmith.distill.uni_train import eval_ranking
+    from pairsmith.encoders import UniEncoder, UniMask
+
+    uni = UniEncoder.load(args.model, device=args.device, backend=args.backend)
+    mask = UniMask.parse(args.mask or uni.config.mask)
+
+    def rank(items):
+        return uni.rank_many(items, mask=mask, batch_size=min(args.batch_size, 16))
+
+    res = eval_ranking(ds, rank, progress=True, dedupe=mask is UniMask.CONTEXT_BLIND)
+    return res, f"uni-encoder ({mask.value})"

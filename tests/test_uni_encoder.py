@@ -1,0 +1,339 @@
+"""Uni-Encoder: packing, masks vs a naive reference, invariances, the real backbone honouring
+the 4-D mask, errors, save/load, ONNX parity, MuTual reader, training + resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pairsmith.encoders import UniConfig, UniEncoder, UniMask
+from pairsmith.encoders.uni_tokenize import NEG, attention_bias, pack_rows, position_ids
+from pairsmith.errors import DataFormatError, InvalidInput
+from tests.tiny import make_tiny_backbone
+
+SMALL = UniConfig(max_context_tokens=48, max_candidate_tokens=16, max_row_tokens=256, max_groups=16)
+CTX = ["Hi there, how are you doing today?", "Fine thanks. Busy week at work."]
+CANDS = [
+    "Sounds tiring!",
+    "The moon is made of cheese.",
+    "Same here, lots to do.",
+    "ok",
+    "Want to grab lunch?",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_uni(tmp_path_factory) -> UniEncoder:
+    d = make_tiny_backbone(tmp_path_factory.mktemp("uni") / "backbone", seed=3)
+    return UniEncoder.from_backbone(str(d), config=SMALL, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def default_uni() -> UniEncoder:
+    return UniEncoder.from_backbone("default", device="cpu", seed=0)
+
+
+# -- masks and positions -------------------------------------------------------------------------
+
+
+def _naive_allowed(spans_row: list[int], length: int, width: int, mask: UniMask) -> np.ndarray:
+    """Per (query, key) pair, straight from the rules in the issue."""
+    out = np.zeros((width, width), dtype=bool)
+    for q in range(width):
+        for k in range(width):
+            if q >= length:
+                out[q, k] = q == k  # a padding query sees itself only
+                continue
+            if k >= length:
+                continue
+            sq, sk = spans_row[q], spans_row[k]
+            if sq == -1:  # context query
+                out[q, k] = sk == -1 or mask is UniMask.ARROW
+            else:  # candidate query: the context and its own span
+                out[q, k] = sk == -1 or sk == sq
+    return out
+
+
+@pytest.mark.parametrize("mask", list(UniMask))
+def test_mask_equals_naive_per_pair_reference(mask):
+    rows = [
+        np.array([[1, -1], [2, -1], [3, -1], [4, 0], [5, 0], [6, 1], [7, 1], [8, 1], [9, 2]]),
+        np.array([[1, -1], [2, -1], [3, 0], [4, 0]]),
+        np.array([[1, -1], [3, 0], [4, 1], [5, 2], [6, 3], [7, 3]]),
+    ]
+    ids, spans, valid = pack_rows(rows, pad_id=0)
+    bias = attention_bias(spans, valid, mask)  # (B, 1, T, T)
+    assert bias.shape == (3, 1, 9, 9) and bias.dtype == np.float32
+    for b, r in enumerate(rows):
+        want = _naive_allowed(list(r[:, 1]), len(r), 9, mask)
+        np.testing.assert_array_equal(bias[b, 0] == 0, want)
+        assert set(np.unique(bias[b, 0])) <= {0.0, np.float32(NEG)}
+
+
+def test_positions_restart_at_context_length_for_every_candidate():
+    rows = [
+        np.array([[1, -1], [2, -1], [3, -1], [4, 0], [5, 0], [6, 1], [7, 1], [8, 1]]),
+        np.array([[1, -1], [2, 0]]),
+    ]
+    _, spans, valid = pack_rows(rows, pad_id=0)
+    assert position_ids(spans, valid).tolist() == [[0, 1, 2, 3, 4, 3, 4, 5], [0, 1, 0, 0, 0, 0, 0, 0]]
+    assert position_ids(spans, valid, offset=2)[0].tolist() == [2, 3, 4, 5, 6, 5, 6, 7]
+
+
+def test_row_layout_types_and_truncation(tiny_uni):
+    tok = tiny_uni.tokenizer
+    enc, chunks, ctrunc = tok.encode_groups([(CTX, ["a b", "word " * 40])])
+    row = enc.ids[0]
+    batch = tok.pad(enc.ids)
+    cls, sep = tok.cls_id, tok.sep_id
+    spans = row[:, 1]
+    h = int((spans == -1).sum())
+    assert row[0, 0] == cls and row[h - 1, 0] == sep and row[h, 0] == cls and row[-1, 0] == sep
+    assert batch.token_type_ids[0].tolist() == [0] * h + [1] * (len(row) - h)
+    assert ctrunc[0].tolist() == [False, True] and int((spans == 1).sum()) == SMALL.max_candidate_tokens
+    # the context drops its oldest turn first
+    long_ctx = ["oldest " * 60, "newest turn here"]
+    ids, trunc = tok.context_ids(long_ctx)
+    assert trunc and tok._ids(["newest turn here"])[0] == ids[1:-1]
+
+
+# -- the model: invariances ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask", list(UniMask))
+def test_permuting_candidates_permutes_scores(tiny_uni, mask):
+    s = tiny_uni.rank(CTX, CANDS, mask=mask)
+    perm = [3, 0, 4, 1, 2]
+    sp = tiny_uni.rank(CTX, [CANDS[i] for i in perm], mask=mask)
+    # 1e-6: the same sums in another key order (float32 reassociation), nothing else differs.
+    np.testing.assert_allclose(sp, s[perm], atol=1e-6)
+    assert np.ptp(s) > 1e-3  # not a constant model (the test could not fail otherwise)
+
+
+def _honours_mask(uni: UniEncoder) -> None:
+    changed = list(CANDS)
+    changed[1] = "Completely different words about trains and weather and music."
+    blind_a = uni.rank(CTX, CANDS, mask="context-blind")
+    blind_b = uni.rank(CTX, changed, mask="context-blind")
+    keep = [0, 2, 3, 4]
+    # 1e-5: the two rows differ in length, so padding changes BLAS blocking (observed ~3e-8).
+    np.testing.assert_allclose(blind_b[keep], blind_a[keep], atol=1e-5)
+    assert abs(blind_b[1] - blind_a[1]) > 1e-3
+    arrow_a = uni.rank(CTX, CANDS, mask="arrow")
+    arrow_b = uni.rank(CTX, changed, mask="arrow")
+    assert np.abs(arrow_b[keep] - arrow_a[keep]).max() > 1e-4  # the context saw the changed candidate
+
+
+def test_default_backbone_honours_the_4d_mask(default_uni):
+    """transformers' BertModel (sdpa and eager attention): a token a candidate must not see
+    leaves its score unchanged; with arrow it does not (the context sees every candidate)."""
+    _honours_mask(default_uni)
+    # arrow scores depend on the chunking (the context sees only its row's candidates): documented
+    a1 = default_uni.rank(CTX, CANDS, mask="arrow")
+    assert np.abs(default_uni.rank(CTX, CANDS, mask="arrow", max_row_tokens=40) - a1).max() > 1e-4
+    bb = default_uni.model.backbone
+    old = bb.config._attn_implementation
+    try:
+        bb.set_attn_implementation("eager")
+        _honours_mask(default_uni)
+    finally:
+        bb.set_attn_implementation(old)
+
+
+def test_padding_batch_and_chunk_invariance(tiny_uni):
+    items = [(CTX, CANDS), ("short", ["x", "yy"]), (["a", "b", "c " * 20], CANDS[:3])]
+    for mask in UniMask:
+        alone = [tiny_uni.rank(c, k, mask=mask) for c, k in items]
+        for bs in (1, 3):
+            got = tiny_uni.rank_many(items, mask=mask, batch_size=bs)
+            for g, a in zip(got, alone, strict=True):
+                np.testing.assert_allclose(g, a, atol=1e-5)  # padding to another width only
+    # chunking: context-blind scores do not depend on it; arrow scores do (documented)
+    one = tiny_uni.rank(CTX, CANDS, mask="context-blind")
+    enc, chunks, _ = tiny_uni.tokenizer.encode_groups([(CTX, CANDS)], max_row_tokens=40)
+    assert len(chunks) > 1
+    np.testing.assert_allclose(
+        tiny_uni.rank(CTX, CANDS, mask="context-blind", max_row_tokens=40), one, atol=1e-5
+    )
+
+
+def test_clear_errors(tiny_uni, tmp_path):
+    with pytest.raises(InvalidInput, match="candidates: empty list"):
+        tiny_uni.rank(CTX, [])
+    with pytest.raises(InvalidInput, match="one string"):
+        tiny_uni.rank(CTX, "not a list")
+    with pytest.raises(InvalidInput, match=r"candidates\[1\]: expected a string"):
+        tiny_uni.rank(CTX, ["ok", 3])
+    strict = tiny_uni.tokenizer.with_mask("arrow")
+    strict.config = UniConfig(**{**SMALL.to_dict(), "truncate_context": False})
+    with pytest.raises(InvalidInput, match=r"context: \d+ tokens, over the limit of 48"):
+        strict.encode_groups([("word " * 100, ["a"])])
+    with pytest.raises(InvalidInput, match="position embeddings"):
+        UniConfig(max_context_tokens=500, max_candidate_tokens=64)
+    with pytest.raises(InvalidInput, match="mask"):
+        tiny_uni.rank(CTX, CANDS, mask="square")
+
+
+# -- persistence and ONNX ---------------------------------------------------------------------------
+
+
+def test_save_load_and_onnx_parity(tiny_uni, tmp_path):
+    from pairsmith.encoders.onnx_export import export_onnx
+    from pairsmith.encoders.source import fingerprint
+
+    d = tmp_path / "uni"
+    tiny_uni.save(d)
+    loaded = UniEncoder.load(str(d), device="cpu")
+    items = [(CTX, CANDS), ("short", ["x", "yy", "a longer candidate here"])]
+    for mask in UniMask:
+        want = tiny_uni.rank_many(items, mask=mask)
+        for g, w in zip(loaded.rank_many(items, mask=mask), want, strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-6)
+    fp = fingerprint(d)
+    res = export_onnx(str(d))  # kind detected from uni_encoder.json
+    assert res.kind == "uni" and res.manifest["variants"]["fp32"]["max_abs_diff_vs_torch"] < 1e-4
+    onnx = UniEncoder.load(str(d), device="cpu", backend="onnx", auto_export=False)
+    for mask in UniMask:
+        for g, w in zip(onnx.rank_many(items, mask=mask), loaded.rank_many(items, mask=mask), strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-4)  # fp32 graph vs torch: kernel order differs
+    # the head is part of the fingerprint: a changed head invalidates the export
+    from safetensors.torch import load_file, save_file
+
+    head = load_file(str(d / "uni_head.safetensors"))
+    head["head.bias"] = head["head.bias"] + 1.0
+    save_file(head, str(d / "uni_head.safetensors"))
+    assert fingerprint(d) != fp
+
+
+# -- data and training ---------------------------------------------------------------------------------
+
+
+def _tar(path: Path, members: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_mutual_reader_and_errors(tmp_path):
+    from pairsmith.distill.dialogue import read_mutual
+
+    good = {
+        "answers": "C",
+        "options": ["m : a", "m : b", "m : c", "m : d"],
+        "article": "m : hi . f : hello .",
+        "id": "t1",
+    }
+    ds = read_mutual(_tar(tmp_path / "ok.tar.gz", {"x/t1.txt": json.dumps(good)}))
+    assert ds.contexts == [["m : hi .", "f : hello ."]] and ds.positives == [["m : c"]]
+    assert ds.negatives == [["m : a", "m : b", "m : d"]]
+    bad = _tar(
+        tmp_path / "bad.tar.gz",
+        {"x/t1.txt": json.dumps(good), "x/t2.txt": json.dumps({**good, "answers": "E"})},
+    )
+    with pytest.raises(DataFormatError, match=r"bad\.tar\.gz:x/t2\.txt:1: field 'answers'"):
+        read_mutual(bad)
+    broken = _tar(tmp_path / "broken.tar.gz", {"x/t3.txt": "{not json"})
+    with pytest.raises(DataFormatError, match=r"x/t3\.txt:1: invalid JSON"):
+        read_mutual(broken)
+
+
+def test_dailydialog_train_is_refused_when_only_dev_exists(tmp_path):
+    from pairsmith.distill.dialogue import load_dialogue
+    from pairsmith.errors import NotFound
+
+    (tmp_path / "dialogue/dailydialog-plusplus").mkdir(parents=True)
+    with pytest.raises(NotFound, match="never trained on"):
+        load_dialogue("dailydialog", tmp_path)
+
+
+def _dd_file(path: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    words = "apple bus cat dog egg fish goat hat ice jam kite lamp".split()
+    lines = []
+    for i in range(n):
+        topic = words[i % len(words)]
+        lines.append(
+            json.dumps(
+                {
+                    "context": [f"let us talk about the {topic}", f"yes the {topic} is nice"],
+                    "positive_responses": [f"i like the {topic} too"],
+                    "random_negative_responses": [f"i like the {w} too" for w in rng.choice(words, 2)],
+                    "adversarial_negative_responses": ["no idea"],
+                }
+            )
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["uni", "cross", "bi"])
+def test_training_runs_saves_and_resumes(tmp_path, kind, tiny_bi_dir):
+    from pairsmith.distill.uni_train import UniTrainConfig, train_uni
+    from pairsmith.errors import FailedPrecondition
+
+    data = _dd_file(tmp_path / "dd.jsonl", 12)
+    model = str(tiny_bi_dir)
+    cfg = UniTrainConfig(
+        data=str(data),
+        model=model,
+        kind=kind,
+        max_context_tokens=32,
+        max_candidate_tokens=16,
+        batch_size=4,
+        checkpoint_steps=1,
+        eval_sets=(str(data),),
+        seed=1,
+    )
+    rep = train_uni(cfg, tmp_path / "out", device="cpu", progress=False)
+    assert rep["fit"]["steps"] == 3 and not (tmp_path / "out" / "checkpoint.pt").exists()
+    assert set(rep["eval"][data.stem]) == {"R@1", "R@2", "R@5", "MRR", "cases"}
+    with pytest.raises(FailedPrecondition, match="--resume"):
+        train_uni(cfg, tmp_path / "out", device="cpu", progress=False)
+    again = train_uni(cfg, tmp_path / "out", resume=True, device="cpu", progress=False)
+    assert again["eval"] == rep["eval"]  # fit not redone: the same saved model is evaluated
+
+
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_bi_dir, monkeypatch):
+    """Kill the run after step 2 of 3 (checkpoint at 2), resume: the model equals a straight run."""
+    import pairsmith.distill.uni_train as ut
+
+    data = _dd_file(tmp_path / "dd.jsonl", 12)
+    cfg = ut.UniTrainConfig(
+        data=str(data),
+        model=str(tiny_bi_dir),
+        kind="uni",
+        max_context_tokens=32,
+        max_candidate_tokens=16,
+        batch_size=4,
+        checkpoint_steps=2,
+        eval_sets=(),
+        seed=1,
+    )
+    ut.train_uni(cfg, tmp_path / "straight", device="cpu", progress=False)
+    real = ut.Trainable.scores
+    calls = {"n": 0}
+
+    def dying(self, items):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, items)
+
+    monkeypatch.setattr(ut.Trainable, "scores", dying)
+    with pytest.raises(KeyboardInterrupt):
+        ut.train_uni(cfg, tmp_path / "resumed", device="cpu", progress=False)
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
+    monkeypatch.setattr(ut.Trainable, "scores", real)
+    ut.train_uni(cfg, tmp_path / "resumed", resume=True, device="cpu", progress=False)
+    a = UniEncoder.load(str(tmp_path / "straight"), device="cpu").rank(CTX, CANDS)
+    b = UniEncoder.load(str(tmp_path / "resumed"), device="cpu").rank(CTX, CANDS)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # same batches, same optimiser state
