@@ -323,6 +323,7 @@ def train_uni(
         opt.load_state_dict(blob["opt"])
         sched.load_state_dict(blob["sched"])
         start, losses = int(blob["step"]), list(blob["losses"])
+        torch.set_rng_state(blob["rng"])  # dropout masks continue as in an uninterrupted run
         log.info("resuming at step %d of %d", start, total)
     if not state.is_done("fit"):
         orders = [np.random.default_rng(cfg.seed + e).permutation(len(ex)) for e in range(cfg.epochs)]
@@ -358,6 +359,7 @@ def train_uni(
                         "sched": sched.state_dict(),
                         "step": step + 1,
                         "losses": losses,
+                        "rng": torch.get_rng_state(),
                     },
                     buf,
                 )
