@@ -86,9 +86,25 @@ def invariance(encode, texts: list[str]) -> float:
 def export_both(model: str) -> None:
     """fp32 + static int8 + dynamic int8 of ``model`` (the second export keeps the first's files)."""
     from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
+    from pairsmith.encoders.onnx_runtime import open_export
+    from pairsmith.encoders.source import resolve_model
+    from pairsmith.errors import PairsmithError
 
+    try:  # an up-to-date export (fingerprint-checked) with both schemes: reuse it
+        have = {v.get("scheme") for v in open_export(resolve_model(model), detect(model)).variants.values()}
+        if {"static", "dynamic"} <= have:
+            return
+    except PairsmithError:
+        pass
     export_onnx(model, ExportConfig(quantize="int8-dynamic"))
     export_onnx(model, ExportConfig(quantize="int8-static"))
+
+
+def detect(model: str) -> str:
+    from pairsmith.encoders.onnx_graphs import detect_kind
+    from pairsmith.encoders.source import resolve_model
+
+    return detect_kind(resolve_model(model))
 
 
 def bench_bi(args, gold, a, b) -> dict:

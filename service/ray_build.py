@@ -73,7 +73,7 @@ from pairsmith.service.store.index_store import IndexStore, UpsertItem
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT = 1
+SHARD_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -246,8 +246,8 @@ def _shard_file(work: Path, s: Shard) -> Path:
 
 
 def _write_shard(path: Path, data: dict, digest: str) -> None:
-    ids = "\n".join(str(x) for x in data["id"]).encode()  # ids hold no newline (JSON/TSV/Parquet ids)
-    pays = [str(x).encode() for x in data["payload"]]
+    ids, id_offs = _pack([str(x) for x in data["id"]])
+    pays, pay_offs = _pack([str(x) for x in data["payload"]])
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -255,11 +255,25 @@ def _write_shard(path: Path, data: dict, digest: str) -> None:
         rows=data["row"].astype(np.int64),
         vectors=np.ascontiguousarray(data["vector"], dtype=np.float32),
         truncated=data["truncated"].astype(bool),
-        ids=np.frombuffer(ids, dtype=np.uint8),
-        payload_bytes=np.frombuffer(b"".join(pays), dtype=np.uint8),
-        payload_offsets=np.cumsum([0] + [len(p) for p in pays]).astype(np.int64),
+        id_bytes=ids,
+        id_offsets=id_offs,
+        payload_bytes=pays,
+        payload_offsets=pay_offs,
     )
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 strings as one byte array + offsets (no pickles, any characters)."""
+    parts = [x.encode() for x in strings]
+    return np.frombuffer(b"".join(parts), dtype=np.uint8), np.cumsum([0] + [len(p) for p in parts]).astype(
+        np.int64
+    )
+
+
+def _unpack(blob: np.ndarray, offs: np.ndarray) -> list[str]:
+    raw = blob.tobytes()
+    return [raw[offs[i] : offs[i + 1]].decode() for i in range(len(offs) - 1)]
 
 
 def _read_shard(path: Path, digest: str, s: Shard) -> dict | None:
@@ -270,13 +284,12 @@ def _read_shard(path: Path, digest: str, s: Shard) -> dict | None:
         with np.load(path, allow_pickle=False) as z:
             if str(z["digest"]) != digest or len(z["rows"]) != s.n:
                 return None
-            blob, offs = z["payload_bytes"].tobytes(), z["payload_offsets"]
             return {
                 "row": z["rows"],
                 "vector": z["vectors"],
                 "truncated": z["truncated"],
-                "id": z["ids"].tobytes().decode().split("\n"),
-                "payload": [blob[offs[i] : offs[i + 1]].decode() for i in range(len(offs) - 1)],
+                "id": _unpack(z["id_bytes"], z["id_offsets"]),
+                "payload": _unpack(z["payload_bytes"], z["payload_offsets"]),
             }
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         log.warning("shard file %s unusable (%s); encoding it again", path, exc)
