@@ -364,9 +364,11 @@ def build_index_ray(
                     on_shard(s.stop)
             if next(stream, None) is not None:  # also runs the stream's final completeness check
                 raise FailedPrecondition("ray: the encode stage returned more shards than planned")
-        finally:
+        except BaseException:
             if hasattr(stream, "close"):
                 stream.close()  # an interrupted run releases its actors now, not at garbage collection
+                _wait_released(ray)
+            raise
         encode_s = time.perf_counter() - t_enc
         bar.close()
         t_faiss = time.perf_counter()
@@ -389,6 +391,18 @@ def build_index_ray(
     return BuildReport(
         cfg.name, total, encoded, resumed, truncated, encode_s, time.perf_counter() - t_start, info
     )
+
+
+def _wait_released(ray, timeout_s: float = 60.0) -> None:
+    """Wait (bounded) until the closed dataset's actors gave their CPUs back to the cluster.
+
+    Ray Data stops an abandoned pipeline's actors asynchronously; a resume in the same Ray
+    session would otherwise queue its new actor pool behind them.
+    """
+    want = float(ray.cluster_resources().get("CPU", 0.0)) - 0.01
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and float(ray.available_resources().get("CPU", 0.0)) < want:
+        time.sleep(0.2)
 
 
 def _ingest(store: IndexStore, cfg: BuildConfig, state: dict, s: Shard, data: dict, resumed: int) -> None:

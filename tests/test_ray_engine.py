@@ -25,7 +25,7 @@ from pairsmith.service.store.index_store import IndexStore
 
 REPO = Path(__file__).resolve().parent.parent
 # A stalled Ray job (e.g. actors holding every CPU so read tasks never run) must fail, not hang.
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)
 WORDS = "river engine bread planet violin glacier tax owl lamp cedar harbor copper".split()
 
 
