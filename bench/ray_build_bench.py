@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode_bench import machine  # noqa: E402
+from bench_common import machine_facts  # noqa: E402
 
 from pairsmith.distill.data import load_retrieval_set  # noqa: E402
 from pairsmith.encoders import BiEncoder  # noqa: E402
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = [ds.docs[i] for i in ids]
     enc = BiEncoder.load("default", device="cpu")
     enc.encode(texts[:32])  # warm-up
-    out: dict = {"machine": machine(), "model": enc.model_id, "docs": len(ids), "files": args.files}
+    out: dict = {"machine": machine_facts(), "model": enc.model_id, "docs": len(ids), "files": args.files}
 
     ray = require_ray(local=True)
     t0 = time.perf_counter()
