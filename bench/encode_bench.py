@@ -1,11 +1,18 @@
-"""Encode throughput: sentence-transformers vs pairsmith torch vs pairsmith ONNX (fp32, int8).
+"""Encode throughput on CPU: sentence-transformers vs pairsmith torch vs every pairsmith engine.
 
 Sentences/s on the STS-B dev sentences (both sides, 3,000 texts, tokenisation
 included), all variants in one process, interleaved per repetition, median of
 ``--reps``; ratios against sentence-transformers' default ``encode``; STS-B dev
-Spearman (cosine, x100) of each variant from the same embeddings. Then
-cross-encoder pairs/s on the STS-B dev pairs (a fresh head on the default
-model: speed and parity only, its scores mean nothing).
+Spearman (cosine, x100) of each variant from the same embeddings; batch
+invariance (max |a text alone - the same text in one batch|). Engines:
+onnxruntime fp32 / static int8 / dynamic int8 and, when installed, OpenVINO on
+the fp32 file (its own precision choice: bf16 on AMX) and on the static int8
+file. Then the same for cross-encoder pairs/s on the STS-B dev pairs (a fresh
+head on the default model: speed and agreement with torch only).
+
+Every line names the CPU feature set (avx2 / avx512 / avx512_vnni / amx).
+``--write-table`` stores this CPU's fastest batch-invariant engine (within 0.5
+Spearman of fp32) in ``encoders/engine_table.json``, which ``backend='auto'`` reads.
 
 Run it alone on the machine (the CPU is shared)::
 
@@ -17,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +34,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import machine_facts, machine_line  # noqa: E402
 
 
 def load_stsb_dev(data: Path) -> tuple[np.ndarray, list[str], list[str]]:
@@ -44,35 +53,6 @@ def spearman(vecs: np.ndarray, n: int, gold: np.ndarray) -> float:
     return float(100 * spearmanr((v[:n] * v[n:]).sum(1), gold).statistic)
 
 
-def machine() -> dict:
-    model = platform.processor()
-    flags: set[str] = set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    import onnxruntime
-    import torch
-
-    from pairsmith.encoders.onnx_runtime import physical_cores
-
-    return {
-        "cpu": model,
-        "isa": isa,
-        "cpus": os.cpu_count(),
-        "physical_cores": physical_cores(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-
-
 def timed(fn, reps_out: list[float], n: int):
     t = time.perf_counter()
     res = fn()
@@ -80,69 +60,75 @@ def timed(fn, reps_out: list[float], n: int):
     return res
 
 
-ONNX_VARIANTS = (("pairsmith onnx fp32", "fp32"), ("pairsmith onnx int8", "int8"))
+# (label, backend, onnx_variant): every CPU path pairsmith offers; openvino rows only when installed.
+ENGINE_VARIANTS = (
+    ("pairsmith onnx fp32", "onnx", "fp32"),
+    ("pairsmith onnx int8 static", "onnx", "int8-static"),
+    ("pairsmith onnx int8 dynamic", "onnx", "int8-dynamic"),
+    ("pairsmith openvino fp32-file (auto precision)", "openvino", "fp32"),
+    ("pairsmith openvino int8 static", "openvino", "int8-static"),
+)
 
 
-def openvino_encoder(model: str):
-    """Exploratory: the exported fp32 graph on OpenVINO (not a pairsmith dependency), if importable."""
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
-    from pairsmith.encoders import BiEncoder
-    from pairsmith.encoders.onnx_export import find_export
+def engine_variants() -> list[tuple[str, str, str]]:
+    from pairsmith.encoders.openvino_runtime import available
 
-    enc = BiEncoder.load(model, device="cpu")
-    compiled = ov.Core().compile_model(
-        str(find_export(enc.source) / "model.onnx"), "CPU", {"PERFORMANCE_HINT": "LATENCY"}
-    )
-    out = compiled.output("sentence_embedding")
+    return [v for v in ENGINE_VARIANTS if v[1] != "openvino" or available()]
 
-    class OVRunner:
-        precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).split("'")[1]
 
-        def __init__(self) -> None:
-            self.req = compiled.create_infer_request()
+def invariance(encode, texts: list[str]) -> float:
+    """Max |a text alone - the same text in a batch| over ``texts`` (raw outputs)."""
+    alone = np.stack([np.asarray(encode([t], 1), dtype=np.float64)[0] for t in texts])
+    together = np.asarray(encode(texts, len(texts)), dtype=np.float64)
+    return float(np.abs(alone - together).max())
 
-        def run(self, batch):
-            feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            if batch.token_type_ids is not None:
-                feeds["token_type_ids"] = batch.token_type_ids
-            return self.req.infer(feeds)[out]
 
-    from pairsmith.encoders.runtime import RunnerBackend
+def export_both(model: str) -> None:
+    """fp32 + static int8 + dynamic int8 of ``model`` (the second export keeps the first's files)."""
+    from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
+    from pairsmith.encoders.onnx_runtime import open_export
+    from pairsmith.encoders.source import resolve_model
+    from pairsmith.errors import PairsmithError
 
-    old = enc.pipeline.backend
-    enc.pipeline.backend = RunnerBackend(OVRunner(), old.kind, normalizes=old.normalizes)
-    return enc
+    try:  # an up-to-date export (fingerprint-checked) with both schemes: reuse it
+        have = {v.get("scheme") for v in open_export(resolve_model(model), detect(model)).variants.values()}
+        if {"static", "dynamic"} <= have:
+            return
+    except PairsmithError:
+        pass
+    export_onnx(model, ExportConfig(quantize="int8-dynamic"))
+    export_onnx(model, ExportConfig(quantize="int8-static"))
+
+
+def detect(model: str) -> str:
+    from pairsmith.encoders.onnx_graphs import detect_kind
+    from pairsmith.encoders.source import resolve_model
+
+    return detect_kind(resolve_model(model))
 
 
 def bench_bi(args, gold, a, b) -> dict:
     from pairsmith.encoders import BiEncoder
-    from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
 
     texts = a + b
     n = len(texts)
-    export_onnx(args.model, ExportConfig(quantize="int8"))
+    export_both(args.model)
     st_enc = BiEncoder.load(args.model, device="cpu")
     st = st_enc.st_model  # sentence-transformers' own SentenceTransformer: the baseline
+    bs = args.batch_size
     variants = {
         "sentence-transformers encode (baseline)": lambda: st.encode(texts, show_progress_bar=False),
-        "pairsmith torch": lambda: st_enc.encode(texts, batch_size=args.batch_size).vectors,
+        "pairsmith torch": lambda: st_enc.encode(texts, batch_size=bs).vectors,
     }
-    for name, v in ONNX_VARIANTS:
-        enc = BiEncoder.load(args.model, device="cpu", backend="onnx", onnx_variant=v)
+    raw = {"pairsmith torch": lambda xs, k: st_enc.encode(xs, batch_size=k, normalize=False).vectors}
+    for name, backend, v in engine_variants():
+        enc = BiEncoder.load(args.model, device="cpu", backend=backend, onnx_variant=v)
         enc.encode(texts[:64])  # warm-up: first-call allocations
-        variants[name] = lambda enc=enc: enc.encode(texts, batch_size=args.batch_size).vectors
+        variants[name] = lambda enc=enc: enc.encode(texts, batch_size=bs).vectors
+        raw[name] = lambda xs, k, enc=enc: enc.encode(xs, batch_size=k, normalize=False).vectors
     warm = texts[:64]
     st.encode(warm, show_progress_bar=False)
     st_enc.encode(warm)
-    ov = openvino_encoder(args.model)
-    if ov is not None:
-        ov.encode(texts[:64])
-        variants[f"openvino {ov.pipeline.backend.runner.precision} on model.onnx (exploratory)"] = lambda: (
-            ov.encode(texts, batch_size=args.batch_size).vectors
-        )
     speed: dict[str, list[float]] = {k: [] for k in variants}
     quality: dict[str, float] = {}
     for rep in range(args.reps):
@@ -153,26 +139,30 @@ def bench_bi(args, gold, a, b) -> dict:
             f"  rep {rep + 1}: " + ", ".join(f"{k.split(' (')[0]} {v[-1]:.0f}" for k, v in speed.items()),
             flush=True,
         )
-    return {"n": n, "speed": speed, "spearman": quality}
+    probe = texts[: args.invariance_texts]
+    inv = {k: invariance(fn, probe) for k, fn in raw.items()}
+    inv["sentence-transformers encode (baseline)"] = invariance(
+        lambda xs, k: st.encode(xs, batch_size=k, show_progress_bar=False), probe
+    )
+    return {"n": n, "speed": speed, "spearman": quality, "invariance": inv}
 
 
 def bench_cross(args, a, b) -> dict:
+    from scipy.stats import spearmanr
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
     from pairsmith.encoders import Activation, CrossEncoder
-    from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
 
-    pairs = list(zip(a, b, strict=True))
+    pairs = list(zip(a, b, strict=True))[: args.cross_limit]
     n = len(pairs)
     with tempfile.TemporaryDirectory(prefix="pairsmith-bench-ce-") as tmp:
         CrossEncoder.from_backbone(args.model, device="cpu", seed=0).save(tmp)
-        export_onnx(tmp, ExportConfig(quantize="int8"))
+        export_both(tmp)
         st = STCrossEncoder(tmp, device="cpu", local_files_only=True)
         torch_ce = CrossEncoder.load(tmp, device="cpu")
-        onnx = {
-            name: CrossEncoder.load(tmp, device="cpu", backend="onnx", onnx_variant=v)
-            for name, v in ONNX_VARIANTS
-        }
+        engines = {}
+        for name, backend, v in engine_variants():
+            engines[name] = CrossEncoder.load(tmp, device="cpu", backend=backend, onnx_variant=v)
         raw = Activation.RAW
         bs = args.batch_size
         variants = {
@@ -182,12 +172,12 @@ def bench_cross(args, a, b) -> dict:
             ),
             "pairsmith torch": lambda: torch_ce.score(pairs, activation=raw, batch_size=bs).values,
         }
-        for name, ce in onnx.items():
+        for name, ce in engines.items():
             variants[name] = lambda ce=ce: ce.score(pairs, activation=raw, batch_size=bs).values
         # warm-up
         st.predict(pairs[:32], show_progress_bar=False)
         torch_ce.score(pairs[:32])
-        for ce in onnx.values():
+        for ce in engines.values():
             ce.score(pairs[:32])
         speed: dict[str, list[float]] = {k: [] for k in variants}
         logits: dict[str, np.ndarray] = {}
@@ -198,9 +188,18 @@ def bench_cross(args, a, b) -> dict:
                 f"  rep {rep + 1}: " + ", ".join(f"{k.split(' (')[0]} {v[-1]:.0f}" for k, v in speed.items()),
                 flush=True,
             )
+        probe = pairs[: args.invariance_texts]
+        inv = {
+            k: invariance(
+                lambda xs, m, ce=ce: ce.score(xs, activation=raw, batch_size=m).values[:, None], probe
+            )
+            for k, ce in {"pairsmith torch": torch_ce, **engines}.items()
+        }
     ref = logits["pairsmith torch"]
     diff = {k: float(np.abs(v - ref).max()) for k, v in logits.items()}
-    return {"n": n, "speed": speed, "max_abs_logit_diff_vs_torch": diff}
+    # The head is fresh (random): the logits mean nothing, so quality = rank agreement with torch's logits.
+    rank = {k: float(100 * spearmanr(v, ref).statistic) for k, v in logits.items()}
+    return {"n": n, "speed": speed, "max_abs_logit_diff_vs_torch": diff, "spearman": rank, "invariance": inv}
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -208,19 +207,63 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def report(title: str, res: dict, unit: str, extra_key: str, extra_fmt: str) -> list[str]:
+def report(title: str, res: dict, unit: str, quality: str, isa: str) -> list[str]:
     speed = res["speed"]
     base_name = next(iter(speed))
     base = statistics.median(speed[base_name])
-    lines = [f"{title} ({res['n']} items, median of {len(speed[base_name])} reps)", ""]
-    lines.append(f"| variant | {unit} (median) | runs | x baseline | {extra_key} |")
-    lines.append("|---|---|---|---|---|")
+    lines = [f"{title} ({res['n']} items, median of {len(speed[base_name])} reps; ISA {isa})", ""]
+    lines.append(
+        f"| variant | ISA | {unit} (median) | runs | x baseline | {quality} | max |alone - in batch| |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
     for name, runs in speed.items():
         med = statistics.median(runs)
-        extra = res.get("spearman", res.get("max_abs_logit_diff_vs_torch"))[name]
         runs_s = ", ".join(f"{r:.0f}" for r in runs)
-        lines.append(f"| {name} | {med:.0f} | {runs_s} | {med / base:.2f}x | {extra:{extra_fmt}} |")
+        inv = res["invariance"].get(name)
+        inv_s = f"{inv:.1e}" if inv is not None else "-"
+        lines.append(
+            f"| {name} | {isa} | {med:.0f} | {runs_s} | {med / base:.2f}x | {res['spearman'][name]:.2f} | {inv_s} |"
+        )
     return lines
+
+
+def pick_engine(res: dict, max_loss: float = 0.5, max_drift: float = 1e-5) -> tuple[str, str] | None:
+    """The fastest onnx/openvino variant that is batch-invariant and within ``max_loss`` Spearman of fp32."""
+    ref = res["spearman"].get("pairsmith onnx fp32")
+    best = None
+    for name, backend, variant in ENGINE_VARIANTS:
+        if name not in res["speed"] or ref is None:
+            continue
+        if res["invariance"][name] > max_drift or ref - res["spearman"][name] > max_loss:
+            continue
+        med = statistics.median(res["speed"][name])
+        if best is None or med > best[0]:
+            best = (med, backend, variant, name)
+    return None if best is None else (best[1], best[2])
+
+
+def write_table_row(res: dict, facts: dict, path: Path) -> dict | None:
+    """Record this CPU's measured fastest engine in the engine table (atomic write)."""
+    from pairsmith.atomic import atomic_write_text
+    from pairsmith.encoders.onnx_quant import read_engine_table
+
+    pick = pick_engine(res)
+    if pick is None:
+        return None
+    speed = res["speed"]
+    base = statistics.median(next(iter(speed.values())))
+    ratios = {k: round(statistics.median(v) / base, 2) for k, v in speed.items()}
+    row = {
+        "backend": pick[0],
+        "variant": pick[1],
+        "precision": "auto",
+        "measured": f"{facts['date']}, {facts['cpu']} ({','.join(facts['flags'])}), bench/encode_bench.py",
+        "ratios_vs_sentence_transformers": ratios,
+    }
+    table = read_engine_table(path)
+    table.setdefault("rows", {})[facts["feature_set"]] = row
+    atomic_write_text(path, json.dumps(table, indent=2, sort_keys=True) + "\n")
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,6 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--limit", type=int, default=None, help="first N pairs only (smoke runs)")
     p.add_argument("--skip-cross", action="store_true")
+    p.add_argument(
+        "--cross-limit", type=int, default=None, help="first N dev pairs for the cross-encoder part"
+    )
+    p.add_argument("--invariance-texts", type=int, default=48, help="texts checked alone vs in one batch")
+    p.add_argument(
+        "--write-table",
+        action="store_true",
+        help="record this CPU's fastest batch-invariant engine in encoders/engine_table.json (backend='auto')",
+    )
     p.add_argument("--json", default=None, help="write raw figures here")
     args = p.parse_args(argv)
     if args.reps < 3:
@@ -245,18 +297,34 @@ def main(argv: list[str] | None = None) -> int:
     gold, a, b = load_stsb_dev(Path(args.data))
     if args.limit:
         gold, a, b = gold[: args.limit], a[: args.limit], b[: args.limit]
-    info = machine()
-    print(f"machine: {info}", flush=True)
-    out = {"machine": info, "args": vars(args)}
+    facts = machine_facts()
+    line = machine_line(facts)
+    isa = facts["feature_set"]
+    print(f"machine: {line}", flush=True)
+    out = {"machine": facts, "args": vars(args)}
     print("bi-encoder:", flush=True)
     out["bi"] = bench_bi(args, gold, a, b)
-    lines = report("Bi-encoder sentences/s, STS-B dev", out["bi"], "sentences/s", "STS-B dev Spearman", ".2f")
+    lines = [f"machine: {line}", ""]
+    lines += report("Bi-encoder sentences/s, STS-B dev", out["bi"], "sentences/s", "STS-B dev Spearman", isa)
     if not args.skip_cross:
         print("cross-encoder:", flush=True)
         out["cross"] = bench_cross(args, a, b)
         lines += [""] + report(
-            "Cross-encoder pairs/s, STS-B dev pairs", out["cross"], "pairs/s", "max |logit - torch|", ".1e"
+            "Cross-encoder pairs/s, STS-B dev pairs (fresh head)",
+            out["cross"],
+            "pairs/s",
+            "rank agreement with torch logits",
+            isa,
         )
+    out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    lines.append(
+        f"\nload average (1 min) at start {facts['load_avg_1m']}, at end {out['load_avg_1m_end']} (2 CPUs)"
+    )
+    if args.write_table:
+        from pairsmith.encoders.onnx_quant import ENGINE_TABLE
+
+        row = write_table_row(out["bi"], facts, ENGINE_TABLE)
+        lines.append(f"engine table row {isa}: {row}")
     print("\n".join(lines))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ BENCHES = {
     "encode": [sys.executable, str(HERE / "encode_bench.py")],
     "serve": [sys.executable, str(HERE / "serve_bench.py")],
     "search": [sys.executable, str(HERE / "search_bench.py")],
+    "ray": [sys.executable, str(HERE / "ray_build_bench.py")],
 }
 
 

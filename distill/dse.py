@@ -237,7 +237,13 @@ def _rows_eval(
 
 
 def run_dse(
-    cfg: DSEConfig, out: str | Path, *, resume: bool = False, device: str | None = "auto", progress=True
+    cfg: DSEConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str | None = "auto",
+    progress=True,
+    pair_scorer=None,  # fn(model_dir, pairs, kind=, activation=, symmetric=) -> scores; e.g. Ray (--engine ray)
 ) -> dict:
     from pairsmith.encoders.runtime import resolve_device
 
@@ -298,6 +304,9 @@ def run_dse(
         ce = teacher()
         cache = TeacherCache(out / "teacher_cache.npz", meta)
         fn = lambda ps: teacher_logits(ce, ps, cfg.teacher_symmetric, progress)  # noqa: E731
+        if pair_scorer is not None:  # the same logits, scored elsewhere (e.g. Ray actors)
+            kw = {"kind": "cross", "activation": "raw", "symmetric": cfg.teacher_symmetric}
+            fn = lambda ps: pair_scorer(str(teacher_dir), ps, **kw)  # noqa: E731
         t0 = time.time()
         t_fit, n_new = cache.lookup(fit_pairs, fn) if cfg.alpha > 0 else (None, 0)
         sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731

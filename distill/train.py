@@ -96,8 +96,14 @@ def run_fit(
     lengths: np.ndarray | None = None,
     desc: str = "fit",
     progress: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """The shared loop: ``batch_loss(indices)`` returns the loss of one batch of example indices."""
+    """The shared loop: ``batch_loss(indices)`` returns the loss of one batch of example indices.
+
+    ``optimizer`` replaces the default AdamW groups (e.g. a higher rate for a new head);
+    ``on_step(step)`` runs after each optimiser step (e.g. checkpoints).
+    """
     if n == 0:
         raise InvalidInput(f"{desc}: no training examples")
     torch.manual_seed(cfg.seed)
@@ -111,7 +117,7 @@ def run_fit(
             return float(step) / float(max(1, warm))
         return max(0.0, float(total - step) / float(max(1, total - warm)))
 
-    opt = _optimizer(model, cfg)
+    opt = optimizer if optimizer is not None else _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     res = FitResult()
     best_state: dict[str, torch.Tensor] | None = None
@@ -145,6 +151,8 @@ def run_fit(
             ema = val if ema is None else 0.98 * ema + 0.02 * val
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.4f}")
+            if on_step is not None:
+                on_step(step)
             if evaluator is not None and cfg.eval_steps and step % cfg.eval_steps == 0 and step % per_epoch:
                 evaluate(epoch)
         if evaluator is not None:

@@ -124,6 +124,7 @@ class _Ctx:
     progress: bool
     parallel: bool = False  # fits of different models run at once (one device each)
     tags: list[str] = field(default_factory=list)
+    pair_scorer: Callable | None = None  # pseudo-labels scored elsewhere (Ray); None: in this process
     selection_key: str | None = None  # the dev set's name among the eval sets' scores
 
     def heldout(self, scores: dict[str, float]) -> dict[str, float]:
@@ -173,6 +174,7 @@ def run_trans_encoder(
     device: str | None = "auto",
     progress=True,
     parallel: bool | None = None,
+    pair_scorer=None,  # fn(model_dir, pairs, kind=, symmetric=, pooling=) -> scores; e.g. Ray (--engine ray)
 ) -> dict:
     """Run (or resume) a Trans-Encoder job; returns the report (also written to ``out/report.json``).
 
@@ -192,7 +194,7 @@ def run_trans_encoder(
     devices = _devices(device, n)
     if parallel is None:
         parallel = n > 1 and len(set(devices)) == n and all(d.startswith("cuda") for d in devices)
-    ctx = _Ctx(cfg, out, state, pool, dev, devices, progress, parallel=parallel)
+    ctx = _Ctx(cfg, out, state, pool, dev, devices, progress, parallel=parallel, pair_scorer=pair_scorer)
     ctx.tags = [f"m{i}" for i in range(n)]
     if cfg.dev:
         ctx.selection_key = load_sts_set(cfg.dev).name  # how eval_sts names it among the eval sets
@@ -267,8 +269,12 @@ def _cycle(ctx: _Ctx, c: int) -> None:
     if not st.is_done(f"c{c}/labels-bi"):
         raw = []
         for i in range(len(cfg.models)):
-            enc = _bi_at(ctx, c - 1, i)
-            s = bi_scores(enc.st_model, enc.source, pool.s1, pool.s2)
+            if ctx.pair_scorer is not None:  # same cosines; the start model keeps its pooling override
+                ref = cfg.models[i] if c == 1 else str(_cdir(ctx, c - 1) / f"bi-{ctx.tags[i]}")
+                s = ctx.pair_scorer(ref, pool.pairs, kind="bi", pooling=cfg.pooling if c == 1 else None)
+            else:
+                enc = _bi_at(ctx, c - 1, i)
+                s = bi_scores(enc.st_model, enc.source, pool.s1, pool.s2)
             save_npy_atomic(cdir / f"scores-bi-{ctx.tags[i]}.npy", s)
             raw.append(s)
         merged = combine(raw, parse_enum(Combine, cfg.combine, "combine"))
@@ -291,8 +297,12 @@ def _cycle(ctx: _Ctx, c: int) -> None:
     if not st.is_done(f"c{c}/labels-cross"):
         raw = []
         for i in range(len(cfg.models)):
-            ce = _load_cross(ctx, c, i)
-            s = cross_scores(ce.st_model, ce.source, pool.s1, pool.s2, symmetric=cfg.symmetric_labels)
+            if ctx.pair_scorer is not None:
+                ref = str(_cdir(ctx, c) / f"cross-{ctx.tags[i]}")
+                s = ctx.pair_scorer(ref, pool.pairs, kind="cross", symmetric=cfg.symmetric_labels)
+            else:
+                ce = _load_cross(ctx, c, i)
+                s = cross_scores(ce.st_model, ce.source, pool.s1, pool.s2, symmetric=cfg.symmetric_labels)
             save_npy_atomic(cdir / f"scores-cross-{ctx.tags[i]}.npy", s)
             raw.append(s)
         y = combine(raw, parse_enum(Combine, cfg.combine, "combine"))

@@ -318,7 +318,7 @@ def train_uni(
     ck = out / CHECKPOINT
     model_dir = out / MODEL_SUBDIR
     if not state.is_done("fit") and resume and ck.exists():
-        blob = torch.load(ck, map_location=dev, weights_only=False)
+        blob = torch.load(ck, map_location=dev, weights_only=True)
         model.module.load_state_dict(blob["model"])
         opt.load_state_dict(blob["opt"])
         sched.load_state_dict(blob["sched"])

@@ -165,15 +165,21 @@ class BiEncoder:
         if max_length is not None and max_length < 2:
             raise InvalidInput(f"max_length: must be >= 2, got {max_length}")
         be = Backend.parse(backend)
-        if be is Backend.ONNX:
+        if be is Backend.AUTO:
+            from pairsmith.encoders.engines import resolve_auto
+
+            be, onnx_variant = (
+                resolve_auto(dev, onnx_variant) if pool is None else (Backend.TORCH, onnx_variant)
+            )
+        if be in (Backend.ONNX, Backend.OPENVINO):
             if pool is not None:
                 raise InvalidInput(
-                    "pooling: cannot override pooling with backend=onnx; export the model with it"
+                    f"pooling: cannot override pooling with backend={be.value}; export the model with it"
                 )
-            from pairsmith.encoders.onnx_runtime import load_onnx_backend
+            from pairsmith.encoders.engines import load_export_backend
 
-            onnx = load_onnx_backend(
-                source, kind="bi", variant=onnx_variant, device=dev, auto_export=auto_export
+            onnx = load_export_backend(
+                be, source, kind="bi", variant=onnx_variant, device=dev, auto_export=auto_export
             )
             tok = onnx.tokenizer(max_length)
             return cls(Pipeline(tok, onnx.backend), source=source, dim=onnx.dim, device=dev, backend=be)

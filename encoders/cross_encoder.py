@@ -139,11 +139,15 @@ class CrossEncoder:
             )
         dev = resolve_device(device)
         be = Backend.parse(backend)
-        if be is Backend.ONNX:
-            from pairsmith.encoders.onnx_runtime import load_onnx_backend
+        if be is Backend.AUTO:
+            from pairsmith.encoders.engines import resolve_auto
 
-            onnx = load_onnx_backend(
-                source, kind="cross", variant=onnx_variant, device=dev, auto_export=auto_export
+            be, onnx_variant = resolve_auto(dev, onnx_variant)
+        if be in (Backend.ONNX, Backend.OPENVINO):
+            from pairsmith.encoders.engines import load_export_backend
+
+            onnx = load_export_backend(
+                be, source, kind="cross", variant=onnx_variant, device=dev, auto_export=auto_export
             )
             return cls(
                 Pipeline(onnx.tokenizer(max_length), onnx.backend), source=source, device=dev, backend=be

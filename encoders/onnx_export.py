@@ -9,7 +9,9 @@ Batch and sequence axes are dynamic.
 Files follow sentence-transformers' layout inside ``<model>/onnx/``::
 
     model.onnx                    fp32, plain export (the parity reference)
+    model_qint8_static_<isa>.onnx static int8 for CPU (activation scales fixed by calibration)
     model_qint8_<isa>.onnx        dynamic int8 for CPU (isa: avx2, avx512, avx512_vnni, arm64)
+    calibration.txt               the calibration texts the static variant was made with
     model_fp16.onnx               fp16 for GPU
     pairsmith_onnx.json           manifest: kind, source fingerprint, variants, export config
 
@@ -49,6 +51,7 @@ from pairsmith.encoders.onnx_graphs import (  # noqa: F401  (re-exported: the ex
 from pairsmith.encoders.onnx_quant import (
     FP16_FILE,
     FP32_FILE,
+    Int8Scheme,
     Isa,
     detect_isa,
     int8_file,
@@ -64,6 +67,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "pairsmith_onnx.json"
 MANIFEST_FORMAT = 1
 DEFAULT_OPSET = 17
+QUANTIZE_CHOICES = ("none", "int8", "int8-static", "int8-dynamic")  # int8 = int8-static
 
 
 # -- configuration and placement -----------------------------------------------------------------
@@ -74,17 +78,20 @@ class ExportConfig:
     """One export run; saved in the manifest."""
 
     kind: str = "auto"  # auto | bi | cross (or another registered kind)
-    quantize: str = "none"  # none | int8
+    quantize: str = "none"  # none | int8 (= int8-static) | int8-static | int8-dynamic
     isa: str = "auto"  # auto | avx2 | avx512 | avx512_vnni | arm64 (int8 only)
     fp16: bool = False
     opset: int = DEFAULT_OPSET
     fuse: str = "auto"  # onnxruntime transformer fusions first: auto (fp16 yes, int8 no) | on | off
     per_channel: bool = True  # int8 weights: one scale per output channel
+    calibration: str | None = None  # static int8: sentences file (one per line); None = built-in set
     check: bool = True  # compare fp32 ONNX with torch after export
 
     def __post_init__(self) -> None:
-        if self.quantize not in ("none", "int8"):
-            raise InvalidInput(f"quantize: must be 'none' or 'int8', got {self.quantize!r}")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise InvalidInput(f"quantize: must be one of {list(QUANTIZE_CHOICES)}, got {self.quantize!r}")
+        if self.calibration is not None and self.int8_scheme is not Int8Scheme.STATIC:
+            raise InvalidInput("calibration: only used with --quantize int8-static (or int8)")
         if self.kind != "auto" and self.kind not in _EXPORTERS:
             raise InvalidInput(f"kind: unknown {self.kind!r}; choose one of {['auto', *_EXPORTERS]}")
         if not 14 <= self.opset <= 21:
@@ -93,6 +100,12 @@ class ExportConfig:
             Isa.parse(self.isa)
         if self.fuse not in ("auto", "on", "off"):
             raise InvalidInput(f"fuse: must be auto, on or off, got {self.fuse!r}")
+
+    @property
+    def int8_scheme(self) -> Int8Scheme | None:
+        if self.quantize == "none":
+            return None
+        return Int8Scheme.DYNAMIC if self.quantize == "int8-dynamic" else Int8Scheme.STATIC
 
 
 @dataclass(frozen=True)
@@ -250,6 +263,11 @@ def export_onnx(
     if old and old.get("source_fingerprint") == fp and old.get("kind") == kind:
         keep = {k: v for k, v in old.get("variants", {}).items() if (onnx_dir / v["file"]).exists()}
 
+    calibration = None
+    if cfg.int8_scheme is Int8Scheme.STATIC:  # read (and reject) the calibration file before writing anything
+        from pairsmith.encoders.onnx_static import load_calibration, make_int8_static
+
+        calibration = load_calibration(cfg.calibration)
     written: list[Path] = []
     t0 = time.perf_counter()
     fp32 = onnx_dir / FP32_FILE
@@ -266,20 +284,32 @@ def export_onnx(
         keep["fp32"] = {"file": FP32_FILE, "dtype": "float32", "max_abs_diff_vs_torch": diff}
         log.info("exported %s in %.1fs (max |onnx - torch| = %s)", fp32, time.perf_counter() - t0, diff)
 
-        if cfg.quantize == "int8":
+        scheme = cfg.int8_scheme
+        if scheme is not None:
             isa = Isa.parse(cfg.isa) if cfg.isa != "auto" else detect_isa()
-            dst = onnx_dir / int8_file(isa)
-            info = make_int8(
-                fp32,
-                dst,
-                spec=spec,
-                isa=isa,
-                fuse=cfg.fuse == "on",
-                per_channel=cfg.per_channel,
-                tmp=Path(tmp),
-            )
+            dst = onnx_dir / int8_file(isa, scheme)
+            if scheme is Int8Scheme.STATIC:
+                info = make_int8_static(
+                    fp32,
+                    dst,
+                    spec=spec,
+                    isa=isa,
+                    per_channel=cfg.per_channel,
+                    calibration=calibration,
+                    tmp=Path(tmp),
+                )
+            else:
+                info = make_int8(
+                    fp32,
+                    dst,
+                    spec=spec,
+                    isa=isa,
+                    fuse=cfg.fuse == "on",
+                    per_channel=cfg.per_channel,
+                    tmp=Path(tmp),
+                )
             written.append(dst)
-            keep[int8_variant(isa)] = {"file": dst.name, "dtype": "int8", **info}
+            keep[int8_variant(isa, scheme)] = {"file": dst.name, "dtype": "int8", **info}
         if cfg.fp16:
             dst = onnx_dir / FP16_FILE
             info = make_fp16(fp32, dst, spec=spec, fuse=cfg.fuse != "off", tmp=Path(tmp))

@@ -153,6 +153,7 @@ def _build_bi(source: ModelSource) -> GraphSpec:
     heads, hidden = _heads(hf.config) if hf is not None else (0, 0)
     return GraphSpec(
         kind="bi",
+        input_axes=getattr(body, "onnx_input_axes", None),
         module=BiGraph().eval(),
         input_names=names,
         output_names=("sentence_embedding", "last_hidden_state"),

@@ -1,4 +1,4 @@
-"""Variants of an exported fp32 graph: dynamic int8 for CPU, fp16 for GPU.
+"""Variants of an exported fp32 graph: int8 for CPU (static: ``onnx_static.py``; dynamic here), fp16 for GPU.
 
 int8 route (measured on the development machine; README section onnx says why):
 the plain exported graph goes straight to ``quantize_dynamic``: the weight
@@ -19,9 +19,12 @@ multiply-add (vpmaddubsw) saturates 16-bit sums, so avx2/avx512 weights use
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
 import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,13 +96,20 @@ def detect_isa(flags: set[str] | None = None, machine: str | None = None) -> Isa
     return Isa.AVX2
 
 
-def int8_variant(isa: Isa) -> str:
-    """Manifest key of an int8 file: ``qint8_<isa>``."""
-    return f"qint8_{isa.value}"
+class Int8Scheme(enum.Enum):
+    """How int8 activations get their scale: fixed from calibration (static) or per batch (dynamic)."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
 
 
-def int8_file(isa: Isa) -> str:
-    return f"model_{int8_variant(isa)}.onnx"
+def int8_variant(isa: Isa, scheme: Int8Scheme = Int8Scheme.DYNAMIC) -> str:
+    """Manifest key of an int8 file: ``qint8_<isa>`` (dynamic) or ``qint8_static_<isa>``."""
+    return f"qint8_{isa.value}" if scheme is Int8Scheme.DYNAMIC else f"qint8_static_{isa.value}"
+
+
+def int8_file(isa: Isa, scheme: Int8Scheme = Int8Scheme.DYNAMIC) -> str:
+    return f"model_{int8_variant(isa, scheme)}.onnx"
 
 
 def _optimizer_type(spec: GraphSpec) -> str | None:
@@ -237,3 +247,119 @@ def _agreement(ref: Path, cand: Path, spec: GraphSpec) -> float:
     num = (a * b).sum(1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return float((num / np.maximum(den, 1e-12)).min())
+
+
+# -- the engine per CPU feature set -----------------------------------------------------------------
+
+ENGINE_TABLE = Path(__file__).resolve().parent / "engine_table.json"
+ENGINE_BACKENDS = ("onnx", "openvino")
+_RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+class FeatureSet(enum.Enum):
+    """The CPU features that decide the fastest CPU path (rows of ``engine_table.json``)."""
+
+    GENERIC = "generic"  # x86 without AVX2
+    AVX2 = "avx2"
+    AVX512 = "avx512"
+    AVX512_VNNI = "avx512_vnni"
+    AMX = "amx"
+    ARM64 = "arm64"
+
+
+def feature_set(flags: set[str] | None = None, machine: str | None = None) -> FeatureSet:
+    machine = (machine or platform.machine()).lower()
+    if machine in ("arm64", "aarch64"):
+        return FeatureSet.ARM64
+    flags = cpu_flags() if flags is None else flags
+    if {"amx_bf16", "amx_int8"} & flags:
+        return FeatureSet.AMX
+    if {"avx512_vnni", "avx_vnni"} & flags:
+        return FeatureSet.AVX512_VNNI
+    if "avx512f" in flags:
+        return FeatureSet.AVX512
+    return FeatureSet.AVX2 if "avx2" in flags else FeatureSet.GENERIC
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """What ``backend='auto'`` runs on this CPU, and why."""
+
+    backend: str  # onnx | openvino
+    variant: str  # an onnx_variant alias: int8-static, fp32, ...
+    precision: str = "auto"  # openvino inference precision
+    why: str = "default: no measured row for this CPU"
+
+
+# No row for a feature set: static int8 on onnxruntime (batch-invariant, ISA-tuned weights).
+_DEFAULT_ENGINE = EngineChoice("onnx", "int8-static")
+
+
+def read_engine_table(path: Path | None = None) -> dict:
+    p = path or ENGINE_TABLE
+    try:
+        table = json.loads(p.read_text())
+    except FileNotFoundError:
+        return {"rows": {}}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FailedPrecondition(
+            f"engine table {p}: unreadable ({exc}); restore it from the package"
+        ) from exc
+    return table
+
+
+def choose_engine(
+    fs: FeatureSet | None = None, *, table: dict | None = None, check_installed: bool = True
+) -> EngineChoice:
+    """The measured fastest batch-invariant path for ``fs`` (this CPU by default)."""
+    fs = fs or feature_set()
+    row = (table if table is not None else read_engine_table()).get("rows", {}).get(fs.value)
+    if not row:
+        return _DEFAULT_ENGINE
+    choice = EngineChoice(
+        backend=row["backend"],
+        variant=row["variant"],
+        precision=row.get("precision", "auto"),
+        why=f"measured: {row.get('measured', '?')}",
+    )
+    if choice.backend not in ENGINE_BACKENDS:
+        raise FailedPrecondition(f"engine table: row {fs.value} names unknown backend {choice.backend!r}")
+    if check_installed and choice.backend == "openvino":
+        from pairsmith.encoders.openvino_runtime import available
+
+        if not available():
+            log.info(
+                "engine table picks openvino for %s, but it is not installed: onnx %s",
+                fs.value,
+                _DEFAULT_ENGINE.variant,
+            )
+            return dataclasses.replace(_DEFAULT_ENGINE, why="openvino measured faster here but not installed")
+    return choice
+
+
+def cpu_features() -> dict:
+    """This CPU's ISA facts and the path ``backend='auto'`` takes on it (for Info and benchmark lines)."""
+    from pairsmith.encoders.onnx_runtime import physical_cores
+
+    flags = cpu_flags()
+    fs = feature_set(flags)
+    choice = choose_engine(fs)
+    return {
+        "cpu": cpu_model(),
+        "feature_set": fs.value,
+        "int8_isa": detect_isa(flags).value,
+        "flags": [f for f in _RELEVANT_FLAGS if f in flags],
+        "physical_cores": physical_cores(),
+        "engine": dataclasses.asdict(choice),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pairsmith.encoders.onnx_export import MANIFEST, find_export
-from pairsmith.encoders.onnx_quant import FP16_FILE, FP32_FILE, detect_isa, int8_variant
+from pairsmith.encoders.onnx_quant import FP16_FILE, FP32_FILE, Int8Scheme, detect_isa, int8_variant
 from pairsmith.encoders.runtime import RunnerBackend
 from pairsmith.encoders.source import ModelSource, fingerprint, read_json
 from pairsmith.encoders.tokenize import TextTokenizer, Tokenizer
@@ -32,7 +32,7 @@ from pairsmith.errors import FailedPrecondition, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
-VARIANT_ALIASES = ("auto", "fp32", "int8", "fp16")
+VARIANT_ALIASES = ("auto", "fp32", "int8", "int8-static", "int8-dynamic", "fp16")
 
 
 def physical_cores() -> int:
@@ -85,26 +85,48 @@ def open_export(source: ModelSource, kind: str) -> OnnxExport:
     return OnnxExport(onnx_dir=onnx_dir, manifest=manifest)
 
 
+def _int8_preference(have: dict, v: str) -> list[str]:
+    """int8 keys in ``have``, best first: this CPU's ISA before others; static before dynamic
+    (``int8``/``int8-static``), or only one scheme (``int8-static`` / ``int8-dynamic``)."""
+    isa = detect_isa()
+    schemes = {
+        "int8": (Int8Scheme.STATIC, Int8Scheme.DYNAMIC),
+        "int8-static": (Int8Scheme.STATIC,),
+        "int8-dynamic": (Int8Scheme.DYNAMIC,),
+    }[v]
+    order = [sc.value for sc in schemes]
+    own = [int8_variant(isa, sc) for sc in schemes]
+    other = sorted(
+        (k for k in have if k.startswith("qint8_") and have[k].get("scheme", "dynamic") in order),
+        key=lambda k: (order.index(have[k].get("scheme", "dynamic")), k),
+    )
+    return [k for k in own if k in have] + [k for k in other if k not in own]
+
+
 def choose_variant(export: OnnxExport, variant: str | None, on_gpu: bool) -> str:
-    """Resolve ``auto``/``int8``/``fp16``/``fp32`` or a manifest key to one manifest key."""
+    """Resolve ``auto``/``int8``/``int8-static``/``int8-dynamic``/``fp16``/``fp32`` or a manifest key."""
     have = export.variants
     v = (variant or "auto").strip().lower()
-    int8 = sorted(k for k in have if k.startswith("qint8_"))
     if v in have:
         chosen = v
-    elif v == "int8":
-        if not int8:
-            raise NotFound(f"onnx: no int8 variant in {export.onnx_dir}; export with --quantize int8")
-        best = int8_variant(detect_isa())
-        chosen = best if best in have else int8[0]
-        if chosen != best:
-            log.warning("onnx: int8 variant %s was made for another CPU than this one (%s)", chosen, best)
+    elif v in ("int8", "int8-static", "int8-dynamic"):
+        pref = _int8_preference(have, v)
+        if not pref:
+            flag = "int8-dynamic" if v == "int8-dynamic" else "int8"
+            raise NotFound(f"onnx: no {v} variant in {export.onnx_dir}; export with --quantize {flag}")
+        chosen = pref[0]
+        if have[chosen].get("isa") != detect_isa().value:
+            log.warning(
+                "onnx: int8 variant %s was made for another CPU than this one (%s)",
+                chosen,
+                detect_isa().value,
+            )
     elif v == "auto":
         if on_gpu:
             chosen = "fp16" if "fp16" in have else "fp32"
         else:
-            best = int8_variant(detect_isa())
-            chosen = best if best in have else "fp32"
+            own = [int8_variant(detect_isa(), sc) for sc in (Int8Scheme.STATIC, Int8Scheme.DYNAMIC)]
+            chosen = next((k for k in own if k in have), "fp32")
     elif v == "fp16":
         raise NotFound(f"onnx: no fp16 variant in {export.onnx_dir}; export with --fp16")
     else:

@@ -142,6 +142,26 @@ class Pipeline:
             vectors = np.zeros((0,) if self.kind is OutputKind.SCORES else (0, 0), dtype=np.float32)
         return ModelOutput(self.kind, vectors)
 
+    def health(self) -> None:
+        """The model answers a real tokenised input with finite numbers (raises otherwise).
+
+        Goes through this pipeline's own tokenizer, so models whose inputs are not plain token
+        ids (packed bytes, spans) are probed with what they really read.
+        """
+        enc = (
+            self.tokenizer.encode(["health check", "ok"])
+            if self.kind is not OutputKind.GROUPED_SCORES
+            else None
+        )
+        if enc is None:
+            self.backend.health()
+            return
+        out = self.forward(enc)
+        if not np.isfinite(out.values).all():
+            from pairsmith.errors import FailedPrecondition
+
+            raise FailedPrecondition("health: the model returned non-finite values")
+
     def calibrate(self, width: int = 16, reps: int = 3) -> float:
         """Measure one forward's fixed cost, in token-equivalents, and use it for planning.
 

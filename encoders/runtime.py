@@ -31,6 +31,8 @@ class Backend(enum.Enum):
 
     TORCH = "torch"
     ONNX = "onnx"
+    OPENVINO = "openvino"  # the ONNX export on OpenVINO's CPU plugin (optional package)
+    AUTO = "auto"  # CPU: the measured fastest engine for this CPU's feature set (engines.py); GPU: torch
 
     @classmethod
     def parse(cls, value: str | Backend) -> Backend:

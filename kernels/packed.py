@@ -14,6 +14,9 @@ dv_h = P_h^T dO_h (spmm), dP = dO_h v_h^T sampled at the pattern (SDDMM), dS = P
 dk = scale * dS q, dq = scale * dS^T k: for shared queries one dense GEMM over all rows, so the query
 gradient is reduced across items without per-item copies of q. Per-item queries (B, Nq, H, D) use the
 pattern for the scores (SDDMM) and dq (spmm) too. Everything is fp32 (fp64 for fp64 inputs).
+
+When every item has the same length (multi-layer pooling), the packed rows already form a dense batch:
+dense batched matmuls on views, no sparse patterns (``_uniform_pool``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,13 @@ class Pattern:
         return torch.sparse.sampled_addmm(ones, left, right_t.T, beta=0.0).values().view(self.total, self.n_q)
 
 
+def _block_diag_queries(q: torch.Tensor) -> torch.Tensor:
+    """(Nq, H, D) -> (H*D, H*Nq) with q_h^T on the diagonal: k.view(T, H*D) @ it gives every head's scores
+    in one contiguous GEMM (H times the multiply-adds of per-head products, which are tiny here, but no
+    strided batched matmul and no copy of k)."""
+    return torch.block_diag(*q.permute(1, 2, 0).unbind(0))  # (H*D, H*Nq)
+
+
 def _rows_by_query(x: torch.Tensor) -> torch.Tensor:
     """(B, Nq, D) -> (Nq*B, D), row i*B + b (A's row order)."""
     return x.transpose(0, 1).reshape(-1, x.shape[-1])
@@ -107,7 +117,8 @@ class PackedPool(torch.autograd.Function):
         qf, kf = q.to(acc), k.to(acc)
         vt = v.to(acc).transpose(0, 1).contiguous()  # (H, T, Dv): one copy; spmm wants contiguous rows
         if q.dim() == 3:
-            s = torch.einsum("thd,ihd->thi", kf, qf) * scale  # (T, H, Nq): one GEMM per head, no gather
+            s = kf.reshape(pat.total, heads * kf.shape[2]) @ _block_diag_queries(qf)  # (T, H*Nq), one GEMM
+            s = s.view(pat.total, heads, n_q) * scale  # (T, H, Nq)
         else:
             s = torch.stack(
                 [pat.sddmm(kf[:, h], _rows_by_query(qf[:, :, h])) for h in range(heads)], dim=1
@@ -139,8 +150,16 @@ class PackedPool(torch.autograd.Function):
             dp[:, h] = pat.sddmm(vt[h], do_h)  # (T, Nq) = (v_h dO_h^T) on the pattern
         ds = p * (dp - delta[pat.seg]) * scale  # (T, H, Nq)
         if qf.dim() == 3:
-            dk = torch.einsum("thi,ihd->thd", ds, qf)  # (T, H, D)
-            dq = torch.einsum("thi,thd->ihd", ds, kf)  # (Nq, H, D): summed over every row of every item
+            n_q, _, dim = qf.shape
+            dk = (ds.reshape(pat.total, heads * n_q) @ _block_diag_queries(qf).T).view(
+                pat.total, heads, dim
+            )  # (T, H, D)
+            # (H*Nq, H*D): every head against every head in one GEMM summed over all rows of all items;
+            # the diagonal blocks are dq_h = dS_h^T k_h
+            full = ds.reshape(pat.total, heads * n_q).T @ kf.reshape(pat.total, heads * dim)
+            dq = torch.stack(
+                [full[h * n_q : (h + 1) * n_q, h * dim : (h + 1) * dim] for h in range(heads)], dim=1
+            )
         else:
             dk = torch.empty_like(kf)
             dq = torch.empty_like(qf)  # (B, Nq, H, D)
@@ -152,8 +171,28 @@ class PackedPool(torch.autograd.Function):
         return dq.to(q_dt), dk.to(k_dt), dv.to(v_dt), None, None
 
 
+def _uniform_pool(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_items: int, length: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item has ``length`` keys (multi-layer pooling: one row per layer): packed rows are already a
+    dense (B, L, H, D) batch, so plain batched matmuls run on views with nothing padded; plain autograd."""
+    acc = accum_dtype(q.dtype)
+    heads = k.shape[1]
+    kb = k.to(acc).view(n_items, length, heads, -1)  # (B, L, H, D), a view for fp32 inputs
+    vb = v.to(acc).view(n_items, length, heads, -1)  # (B, L, H, Dv)
+    eq = "ihd,blhd->bhil" if q.dim() == 3 else "bihd,blhd->bhil"
+    s = torch.einsum(eq, q.to(acc), kb) * scale  # (B, H, Nq, L)
+    lse = torch.logsumexp(s.detach(), dim=-1)  # (B, H, Nq)
+    p = torch.softmax(s, dim=-1)  # (B, H, Nq, L); subtracts the max internally
+    out = torch.einsum("bhil,blhd->bihd", p, vb)  # (B, Nq, H, Dv)
+    return out.to(q.dtype), lse.transpose(1, 2)
+
+
 def cross_attention_pool_packed(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed path: out (B, Nq, H, Dv) in q's dtype, lse (B, Nq, H). Inputs validated by the caller."""
+    lens = cu_seqlens[1:] - cu_seqlens[:-1]  # (B,)
+    if lens.numel() and int(lens.min()) > 0 and int(lens.min()) == int(lens.max()):
+        return _uniform_pool(q, k, v, lens.numel(), int(lens[0]), scale)
     return PackedPool.apply(q, k, v, cu_seqlens.to(k.device), scale)

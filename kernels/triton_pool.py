@@ -199,6 +199,41 @@ def _kernels():
 ITEMS_PER_PROGRAM: int | None = None  # None: chosen from the item count (tests set it to cover both paths)
 
 
+def compile_for_gpu(dtype: str = "bf16", arch: int = 90, per_item_q: bool = False) -> dict[str, int]:
+    """Compile both kernels to a CUDA binary for ``sm_<arch>`` without a GPU; returns shared memory per kernel.
+
+    Catches what the interpreter forgives (types, shapes the real compiler rejects). Needs triton imported
+    with TRITON_INTERPRET unset. dtype: "fp32" | "fp16" | "bf16".
+    """
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fwd, bwd = _jitted(False)
+    meta = {"ITEMS": 8, "BLOCK_Q": 16, "BLOCK_L": 32, "BLOCK_D": 64, "BLOCK_DV": 64, "PER_ITEM_Q": per_item_q}
+    meta["PRECISION"] = "ieee" if dtype == "fp32" else "tf32"
+    shared = {}
+    for kernel in (fwd, bwd):
+        names = list(inspect.signature(kernel.fn).parameters)
+        sig, consts = {}, {}
+        for i, n in enumerate(names):
+            if n in meta:
+                sig[n], consts[(i,)] = "constexpr", meta[n]
+            elif n in ("Q", "K", "V", "OUT", "DO", "DK", "DV"):
+                sig[n] = f"*{dtype}"
+            elif n in ("LSE", "DELTA", "DQ"):
+                sig[n] = "*fp32"
+            else:
+                sig[n] = {"CU": "*i32", "scale": "fp32"}.get(n, "i32")
+        compiled = triton.compile(
+            ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", arch, 32)
+        )
+        assert "cubin" in compiled.asm
+        shared[kernel.fn.__name__] = compiled.metadata.shared
+    return shared
+
+
 def _blocks(n_q: int, dim: int, dim_v: int, n_items: int, dtype: torch.dtype) -> dict:
     def p2(n: int) -> int:
         return max(16, triton.next_power_of_2(n))  # tl.dot needs every side >= 16

@@ -74,8 +74,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not str(self.model).strip():
             raise InvalidInput("model: must not be empty")
-        if self.backend not in ("torch", "onnx"):
-            raise InvalidInput(f"backend: must be 'torch' or 'onnx', got {self.backend!r}")
+        if self.backend not in ("torch", "onnx", "openvino", "auto"):
+            raise InvalidInput(f"backend: must be torch, onnx, openvino or auto, got {self.backend!r}")
         for name in ("port", "metrics_port"):
             v = getattr(self, name)
             if v is not None and not (0 <= int(v) <= 65535):

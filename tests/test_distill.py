@@ -220,6 +220,7 @@ def test_mutual_distillation_cycle(toy, tmp_path):
         for t in ("m0", "m1")
     ]
     expect = 100 * spearmanr((sims[0] + sims[1]) / 2, dev.scores).statistic
+    # the report rounds to 3 decimals; 2e-3 also absorbs float32 vs float64 averaging of the predictions
     assert rep["cycles"][1]["bi"]["ensemble"]["dev"] == pytest.approx(expect, abs=2e-3)
     for name in ("best-bi-m0", "best-bi-m1", "best-cross-m0", "best-cross-m1"):
         assert (out / name / "config.json").exists(), name

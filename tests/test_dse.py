@@ -243,6 +243,7 @@ def test_dse_with_knn_augmentation(toy, tmp_path):
         table = dict(zip(z["keys"].tolist(), z["logits"].tolist(), strict=True))
     silver = [table[pair_key(a, b)] for a, b in zip(saved_pairs["s1"], saved_pairs["s2"], strict=True)]
     expect = float(np.mean(1 / (1 + np.exp(-np.array(silver)))))
+    # the report rounds to 4 decimals
     assert rep["teacher_cache"]["augment_teacher_score"]["mean"] == pytest.approx(expect, abs=1e-4)
     assert rep["fit"]["examples"] == 24 + n_aug
     saved = json.loads((out / "augment_pairs.json").read_text())

@@ -116,6 +116,7 @@ def test_protocols_are_what_the_core_depends_on(default_bi):
     with pytest.raises(Exception, match="predict"):
         default_bi.pipeline.backend.predict(default_bi.tokenizer.pad([[101, 102]], [[0, 0]]))
     default_bi.pipeline.backend.health()
+    default_bi.pipeline.health()
 
 
 def test_tokenizer_from_dir_equals_the_transformers_one(tiny_bi_dir):

@@ -10,6 +10,9 @@ Tolerances (each one stated where it is used):
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -152,6 +155,23 @@ def test_forward_and_gradients_vs_naive_fp64(impl, seed, per_item):
     for g_, w_, name in zip(got[2:], want[2:], "qkv", strict=True):
         # dq sums over every key of every item (~400 terms): a few fp32 ulps per term, relative to the max
         assert_close_scaled(g_, w_, 5e-5, f"{impl} d{name}")
+
+
+@pytest.mark.parametrize("per_item", [False, True])
+def test_packed_uniform_lengths_vs_naive_fp64(per_item):
+    # Every item 13 keys (multi-layer pooling): the packed path takes its dense branch.
+    q, k, v, cu = make_case(
+        [13] * 5, n_q=9, heads=3, dim=16, d_v=8, dtype=torch.float64, per_item=per_item, seed=5
+    )
+    dout = torch.randn(5, 9, 3, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    q_, k_, v_ = (t.clone().requires_grad_() for t in (q, k, v))
+    loop_out, loop_lse = naive_loop(q_, k_, v_, cu, 0.25)
+    (loop_out * dout).sum().backward()
+    got = grads("packed", q.float(), k.float(), v.float(), cu, dout.float())
+    torch.testing.assert_close(got[0].double(), loop_out.detach(), rtol=2e-5, atol=2e-5)  # fp32: see header
+    torch.testing.assert_close(got[1].double(), loop_lse, rtol=2e-5, atol=2e-5)
+    for g_, w_, name in zip(got[2:], (q_.grad, k_.grad, v_.grad), "qkv", strict=True):
+        assert_close_scaled(g_, w_, 5e-5, f"packed uniform d{name}")  # fp32 sums of ~65 terms
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
@@ -365,3 +385,20 @@ def test_triton_projected_mean_and_item_alone(interpret):
     batch, _ = cross_attention_pool_projected(q, x, w_k, w_v, cu, impl="triton")
     torch.testing.assert_close(alone[0], batch[2], rtol=1e-6, atol=1e-6)
     assert len(lens) == batch.shape[0]
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_an_h100_class_gpu():
+    # No GPU here: compile both kernels to sm_90 cubin (the real compiler, stricter than the interpreter)
+    # in a fresh process, since this one imported triton in interpreter mode. ~30 s.
+    pytest.importorskip("triton", reason="triton not installed: pip install 'triton==3.9.0'")
+    code = (
+        "from pairsmith.kernels.triton_pool import compile_for_gpu\n"
+        "for dt in ('fp32', 'bf16'):\n"
+        "    for per_item in (False, True):\n"
+        "        print(dt, per_item, compile_for_gpu(dt, 90, per_item))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("_bwd_kernel") == 4, res.stdout

@@ -59,6 +59,7 @@ def test_cross_bce_mask_and_learning():
     z = torch.zeros(3, requires_grad=True)
     first, last = _descend([z], lambda: loss(z, y))
     assert last < first - 0.01
+    # 200 plain SGD steps get close to, not onto, the optimum sigmoid(z) = y: 0.02 is that residual
     np.testing.assert_allclose(torch.sigmoid(z).detach().numpy(), y.numpy(), atol=0.02)
     with pytest.raises(InvalidInput, match="mask"):
         loss(z, y, torch.tensor([True]))
@@ -96,6 +97,7 @@ def test_cosine_mse_mask_and_learning():
     first, last = _descend([u], lambda: loss(u, v, y), steps=1500, lr=1.0)
     assert last < 1e-3 < first  # the toy fit reaches its targets
     cos = F.cosine_similarity(u, v, dim=-1).detach().numpy()
+    # loss < 1e-3 bounds the mean squared error, so no single cosine can be off by much more than 0.05
     np.testing.assert_allclose(cos, y.numpy(), atol=0.05)
 
 
@@ -155,7 +157,7 @@ def test_dse_loss_mask_learning_and_errors():
     assert last < first / 2
     # the optimum of a gold row is the weighted mean of its two targets
     opt0 = 0.5 * 0.9 + 0.5 * float(torch.sigmoid(t[0]))
-    assert float(s[0]) == pytest.approx(opt0, abs=0.01)
+    assert float(s[0]) == pytest.approx(opt0, abs=0.01)  # SGD residual after 200 steps (measured < 1e-3)
     with pytest.raises(InvalidInput, match="alpha"):
         DSELoss(alpha=1.5)
     with pytest.raises(InvalidInput, match="teacher logits"):
@@ -224,5 +226,5 @@ def test_fit_cross_encoder_moves_scores_towards_targets(tiny_cross_dir):
     before = err()
     cfg = FitConfig(epochs=20, batch_size=8, lr=5e-3, warmup_ratio=0.0, max_length=16)
     fit_cross_encoder(ce.st_model, s1, s2, y, cfg, device="cpu", progress=False)
-    assert err() < before * 0.7
+    assert err() < before * 0.7  # a tiny random model on 4 pairs: a clear drop, not a fit to the targets
     assert math.isfinite(err())

@@ -163,8 +163,12 @@ def test_partial_download_installs_nothing(fake, cache, tmp_path):
     assert _leftovers(cache) == []
 
 
-def test_no_network_to_the_index(fake, cache):
+def test_no_network_to_the_index(fake, cache, monkeypatch):
     spec, _, _ = fake
+    # only the closed index below: no pip.conf / PIP_* extra indexes or find-links of this machine
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"):
+        monkeypatch.delenv(var, raising=False)
     # a closed port on loopback: pip cannot connect (nothing outside 127.0.0.1 is touched)
     args = ["--index-url", "http://127.0.0.1:9/simple", "--retries", "0", "--timeout", "2"]
     with pytest.raises(Unavailable, match="cannot reach the package index"):

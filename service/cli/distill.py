@@ -7,6 +7,7 @@ The distillation library is imported lazily inside each command, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -102,9 +103,15 @@ def _cmd_trans_encoder(args) -> int:
         bi=_fit_from(args, "bi", args.seed),
         seed=args.seed,
     )
-    report = run_trans_encoder(
-        cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress
-    )
+    with _scorer(args) as scorer:  # --engine ray: pseudo-labels scored by Ray actors
+        report = run_trans_encoder(
+            cfg,
+            args.out,
+            resume=args.resume,
+            device=args.device,
+            progress=not args.no_progress,
+            pair_scorer=scorer,
+        )
     summary = {
         "setting": report["evaluation_setting"]["setting"],
         "per_cycle_score": f"eval average without the selection set {report.get('selection_set')} (avg_heldout)",
@@ -169,6 +176,7 @@ def _register_trans_encoder(sub) -> None:
     _fit_args(p, "cross", CROSS_DEFAULT, "cross-encoder")
     _fit_args(p, "bi", BI_DEFAULT, "bi-encoder")
     _common(p)
+    _engine_args(p, "pseudo-labelling")
     p.set_defaults(func=_cmd_trans_encoder)
 
 
@@ -195,7 +203,9 @@ def _cmd_dse(args) -> int:
         augment_k=args.augment_k,
         fit=_fit_from(args, "", args.seed),
     )
-    report = run_dse(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    with _scorer(args) as scorer:  # --engine ray: teacher scores from Ray actors
+        kw = {"resume": args.resume, "device": args.device, "progress": not args.no_progress}
+        report = run_dse(cfg, args.out, pair_scorer=scorer, **kw)
     _print(report, ["rows", "augment", "teacher_cache", "wall_s"])
     return 0
 
@@ -235,7 +245,27 @@ def _register_dse(sub) -> None:
     p.add_argument("--augment-k", type=int, default=1, help="partners per training sentence for --augment")
     _fit_args(p, "", DSE_FIT_DEFAULT, "student")
     _common(p)
+    _engine_args(p, "teacher scoring")
     p.set_defaults(func=_cmd_dse)
+
+
+def _engine_args(p, what: str) -> None:
+    from pairsmith.service.ray_engine import add_engine_args  # flags only; Ray is imported lazily
+
+    add_engine_args(p, what=what)
+
+
+@contextlib.contextmanager
+def _scorer(args):
+    """The ``pair_scorer`` hook for --engine ray (one Ray session for the whole job), else None."""
+    from pairsmith.service.ray_engine import options_from_args, pair_scorer, ray_session
+
+    opts = options_from_args(args, batch_size=64)
+    if opts is None:
+        yield None
+        return
+    with ray_session(opts):
+        yield pair_scorer(opts, progress=not args.no_progress)
 
 
 # --------------------------------------------------------------------------- train cross-encoder

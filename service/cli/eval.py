@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
         p.add_argument("--batch-size", type=int, default=64)
         p.add_argument("--device", default="auto")
-        p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+        p.add_argument("--backend", default="torch", choices=["torch", "onnx", "openvino", "auto"])
         p.add_argument("--pooling", default=None, help="override pooling: mean, cls, max, last-token")
 
     sts = tasks.add_parser("sts", help="Spearman x100 on STS sets (or any STS-format file)")

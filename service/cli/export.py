@@ -14,7 +14,7 @@ def register(subparsers) -> None:
         help="export to ONNX (pooling/normalisation or score head inside the graph)",
         description=(
             "Writes onnx/model.onnx (fp32) into the model directory, plus onnx/model_qint8_<isa>.onnx "
-            "with --quantize int8 (CPU) and onnx/model_fp16.onnx with --fp16 (GPU). The packaged default "
+            "(dynamic) or onnx/model_qint8_static_<isa>.onnx (static, + calibration.txt) with --quantize (CPU) and onnx/model_fp16.onnx with --fp16 (GPU). The packaged default "
             "model and read-only directories export into the pairsmith cache ($PAIRSMITH_CACHE, else "
             "~/.cache/pairsmith), where backend=onnx finds them; --out DIR writes a standalone copy "
             "of the model with its onnx/ folder instead."
@@ -26,7 +26,17 @@ def register(subparsers) -> None:
         "--kind", default="auto", help="encoder kind: auto, bi, cross (or another registered kind)"
     )
     o.add_argument(
-        "--quantize", choices=("none", "int8"), default="none", help="also write a dynamic-int8 CPU variant"
+        "--quantize",
+        choices=("none", "int8", "int8-static", "int8-dynamic"),
+        default="none",
+        help="also write an int8 CPU variant: int8 = int8-static (activation scales fixed by calibration: "
+        "a text's vector ignores its batch mates); int8-dynamic (scales per batch)",
+    )
+    o.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE",
+        help="static int8: calibration sentences, one per line (default: pairsmith's built-in general set)",
     )
     o.add_argument(
         "--isa",
@@ -60,6 +70,7 @@ def _run_onnx(args) -> int:
     cfg = ExportConfig(
         kind=args.kind,
         quantize=args.quantize,
+        calibration=args.calibration,
         isa=args.isa,
         fp16=args.fp16,
         opset=args.opset,

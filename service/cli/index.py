@@ -52,7 +52,9 @@ def register(subparsers) -> None:
     b.add_argument(
         "--model", default="default", help="bi-encoder: 'default', a model directory or a hub name"
     )
-    b.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="encoder runtime")
+    b.add_argument(
+        "--backend", default="torch", choices=["torch", "onnx", "openvino", "auto"], help="encoder runtime"
+    )
     b.add_argument(
         "--batch-tokens", type=int, default=16_384, help="padded tokens per encoder batch (default 16384)"
     )
@@ -65,6 +67,13 @@ def register(subparsers) -> None:
         help="do not keep each doc's text as payload['text'] (Search's rerank stage then needs its own text field)",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from pairsmith.service.ray_engine import add_engine_args  # no Ray import; flags only
+
+    add_engine_args(b, what="encoding and the FAISS build")
+    b.add_argument(
+        "--shard-docs", type=int, default=50_000, help="--engine ray: records per shard (default 50000)"
+    )
+    b.add_argument("--keep-shards", action="store_true", help="--engine ray: keep the shard files after")
     home(b)
     b.set_defaults(func=_build)
 
@@ -124,9 +133,18 @@ def _build(args) -> int:
         build_params={"efConstruction": args.ef_construction} if args.ef_construction else None,
         store_text=not args.no_store_text,
     )
+    from pairsmith.service.ray_engine import options_from_args
+
+    ray_opts = options_from_args(args)  # None: local engine (Ray never imported)
     encoder = BiEncoder.load(args.model, backend=args.backend)
     with _store(args) as store:
-        report = build_index(store, encoder, cfg, progress=not args.no_progress)
+        if ray_opts is None:
+            report = build_index(store, encoder, cfg, progress=not args.no_progress)
+        else:
+            from pairsmith.service.ray_build import RayBuildConfig, build_index_ray
+
+            rcfg = RayBuildConfig(shard_docs=args.shard_docs, keep_shards=args.keep_shards, ray=ray_opts)
+            report = build_index_ray(store, encoder, cfg, rcfg, progress=not args.no_progress)
     r = report
     print(
         f"index {r.name}: {r.info.count} vectors ({r.info.factory}, dim {r.info.dim}, "

@@ -28,6 +28,8 @@ _MODULES = {
     "pairsmith.service.cli.index": ("index",),
     "pairsmith.service.cli.export": ("export",),
     "pairsmith.service.cli.distill": ("distill", "train"),
+    "pairsmith.service.cli.byte2word": ("train",),
+    "pairsmith.service.cli.train_embedding": ("train",),
     "pairsmith.service.cli.models": ("models",),
 }
 

@@ -49,7 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--cross-encoder", help="cross-encoder model (enables CROSS_ENCODER scoring and reranking)"
     )
     p.add_argument("--uni-encoder", help="Uni-Encoder directory (enables Rerank UNI_ENCODER)")
-    p.add_argument("--backend", choices=("torch", "onnx"), help="inference runtime (default torch)")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "openvino", "auto"),
+        help="inference runtime (default torch); auto = the measured fastest engine for this CPU",
+    )
     p.add_argument(
         "--no-auto-export",
         dest="auto_export",

@@ -103,29 +103,7 @@ def build_index(
     total = corpus.count()
     state = _resume_state(store, encoder, cfg, stamp)
     if state is None:
-        factory = cfg.factory or DEFAULT_FACTORY
-        probe = new_index(factory, encoder.dim, cfg.metric, cfg.build_params)  # validates the factory string
-        need = train_requirement(probe)
-        if need and total < need:
-            raise InvalidInput(
-                f"factory: {factory!r} needs at least {need} vectors to train (recommended {39 * need}); "
-                f"the corpus {corpus.path.name} has {total}. Use a smaller nlist / fewer PQ bits, or IDMap2,Flat"
-            )
-        if need and total < 39 * need:
-            log.warning(
-                "%s: %d vectors is below FAISS's recommended %d for training", factory, total, 39 * need
-            )
-        store.create(
-            cfg.name,
-            dim=encoder.dim,
-            factory=factory,
-            metric=cfg.metric,
-            encoder_fingerprint=encoder.fingerprint,
-            encoder_id=encoder.model_id,
-            build_params=cfg.build_params,
-        )
-        state = {"corpus": stamp, "factory": factory, "rows_done": 0, "done": False}
-        store.upsert(cfg.name, [], meta={BUILD_META_KEY: json.dumps(state), MODEL_META_KEY: cfg.model_ref})
+        state = start_build(store, encoder, cfg, stamp, total, corpus.path.name)
     resumed = int(state["rows_done"])
     if state["done"]:
         log.info("index %s: already built from %s; nothing to do", cfg.name, corpus.path)
@@ -182,6 +160,35 @@ def build_index(
     return BuildReport(
         cfg.name, total, encoded, resumed, truncated, encode_s, time.perf_counter() - t_start, info
     )
+
+
+def start_build(store: IndexStore, encoder, cfg: BuildConfig, stamp: dict, total: int, source: str) -> dict:
+    """Create index ``cfg.name`` for a new build of ``total`` records; returns the build's progress state.
+
+    Shared by the local and the Ray engine (same checks, same progress record).
+    """
+    factory = cfg.factory or DEFAULT_FACTORY
+    probe = new_index(factory, encoder.dim, cfg.metric, cfg.build_params)  # validates the factory string
+    need = train_requirement(probe)
+    if need and total < need:
+        raise InvalidInput(
+            f"factory: {factory!r} needs at least {need} vectors to train (recommended {39 * need}); "
+            f"the corpus {source} has {total}. Use a smaller nlist / fewer PQ bits, or IDMap2,Flat"
+        )
+    if need and total < 39 * need:
+        log.warning("%s: %d vectors is below FAISS's recommended %d for training", factory, total, 39 * need)
+    store.create(
+        cfg.name,
+        dim=encoder.dim,
+        factory=factory,
+        metric=cfg.metric,
+        encoder_fingerprint=encoder.fingerprint,
+        encoder_id=encoder.model_id,
+        build_params=cfg.build_params,
+    )
+    state = {"corpus": stamp, "factory": factory, "rows_done": 0, "done": False}
+    store.upsert(cfg.name, [], meta={BUILD_META_KEY: json.dumps(state), MODEL_META_KEY: cfg.model_ref})
+    return state
 
 
 def _resume_state(store: IndexStore, encoder, cfg: BuildConfig, stamp: dict) -> dict | None:

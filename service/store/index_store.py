@@ -306,7 +306,8 @@ class IndexStore:
                 h.check_open()
                 return self._info(h.path, h.db, count=h.state.count if h.state else None, trained=h.trained())
             except (OSError, sqlite3.Error):
-                if h.closed or h.dropped:
+                # A drop renames the folder first and marks the handle just after: either sign will do.
+                if h.closed or h.dropped or not (h.path / "store.sqlite").exists():
                     raise NotFound(f"index {name!r} not found (dropped)") from None
                 raise
             finally:
@@ -471,13 +472,28 @@ class IndexStore:
                 h.state = None
                 h.snapshot = None
 
-    def end_bulk(self, name: str) -> IndexInfo:
-        """Build FAISS from every stored vector (training on a sample), snapshot, leave bulk mode."""
+    def end_bulk(self, name: str, *, base=None) -> IndexInfo:
+        """Build FAISS from every stored vector (training on a sample), snapshot, leave bulk mode.
+
+        ``base``: a FAISS index built elsewhere (e.g. in parallel by the Ray engine) from exactly the
+        stored vectors under their iids; it is checked, adopted and snapshotted instead of a rebuild.
+        """
         with self._use(name) as h:
             with h.write_lock:
-                h.deferred = False
-                h.rebuild(force_train=True)
+                if base is None:
+                    h.deferred = False
+                    h.rebuild(force_train=True)
+                else:
+                    h.adopt(base)
+                    h.deferred = False
             return self.get(name)
+
+    def bulk_vectors(self, name: str):
+        """A read-only view of ``name``'s SQLite record (``iter_vectors``, ``sample_vectors``, ``count``).
+
+        For bulk builds that assemble FAISS elsewhere; the caller closes it.
+        """
+        return IndexDb(self._path(name) / "store.sqlite", readonly=True)
 
     def load(self, name: str) -> IndexInfo:
         """Open ``name`` now (lock, FAISS snapshot, replay) instead of on first use: for server start-up."""

@@ -302,6 +302,27 @@ class LiveIndex:
         )
         self.checkpoint()
 
+    def adopt(self, base: faiss.Index) -> None:
+        """Publish and snapshot ``base``, built elsewhere from exactly the vectors in SQLite (ids = iids)."""
+        count, max_iid = self.db.count(), self.db.max_iid()
+        if base.d != self.dim or base.ntotal != count:
+            raise FailedPrecondition(
+                f"index {self.name!r}: a prebuilt FAISS index has {base.ntotal} vectors of dim {base.d}; "
+                f"the store holds {count} of dim {self.dim}"
+            )
+        ivf = ivf_of(base)
+        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        apply_search_params(base, self.params)
+        self.state = _State(count, max_iid, self.state.generation if self.state else 0)
+        self.publish(
+            base=base,
+            dead=np.zeros(0, np.int64),
+            delta_ids=np.zeros(0, np.int64),
+            delta_vecs=np.zeros((0, self.dim), np.float32),
+        )
+        self.checkpoint()
+
     def checkpoint(self) -> None:
         """Snapshot file + manifest (both temp + fsync + rename), then prune ``dead``.
 

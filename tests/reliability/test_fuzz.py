@@ -311,6 +311,12 @@ def test_fuzz_create_get_drop_index(stub, name, factory, metric, timeout):
 
 
 @FUZZ
+@given(name=names.filter(lambda n: n not in ("docs", "graph")), timeout=timeouts)
+def test_fuzz_drop_index(stub, name, timeout):
+    _call("DropIndex", lambda: stub.DropIndex(pb.DropIndexRequest(name=name), timeout=timeout))
+
+
+@FUZZ
 @given(msgs=upsert_streams(), timeout=timeouts)
 def test_fuzz_upsert(stub, msgs, timeout):
     _call("Upsert", lambda: stub.Upsert(iter(msgs), timeout=timeout))
