@@ -41,7 +41,7 @@ format: setup
 bench: setup
 	$(PY) bench/run_all.py
 
-# Reliability and security suite (~15 min on 2 cores): fuzzing (1,000 examples per request
+# Reliability and security suite (15-30 min on 2 cores): fuzzing (1,000 examples per request
 # message), 24 kill -9 rounds, full disk, corrupted files, security, 16/64-client load with RSS.
 # Figures: bench/results/reliability/{summary.md,load.json,faults.json,fuzz.json}.
 # `make test` runs the same tests with small sizes. RELIABILITY_ARGS="--quick" for ~3 minutes.

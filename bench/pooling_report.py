@@ -38,6 +38,35 @@ def load(run: Path) -> dict[str, dict[int, dict]]:
     return out
 
 
+def overlap_report(max_pairs: int, seeds: list[int]) -> dict:
+    """Share of each evaluation set's pairs / sentences found in a seed's training subset (normalised)."""
+    from pairsmith.distill.data import load_retrieval_set, load_sts_set
+    from pairsmith.distill.pairsets import load_pairs, subsample
+    from pairsmith.distill.textnorm import norm_pair_key, normalise_text
+
+    out: dict = {}
+    for seed in seeds:
+        train = subsample(load_pairs("stsb-train", labeled=True), max_pairs, seed)
+        pairs = {norm_pair_key(a, b) for a, b in zip(train.s1, train.s2, strict=True)}
+        sents = {normalise_text(t) for t in train.s1 + train.s2}
+        row = {}
+        for name in ("stsb-dev", "sickr-dev"):
+            ev = load_sts_set(name)
+            row[name] = {
+                "pairs": round(
+                    sum(norm_pair_key(a, b) in pairs for a, b in zip(ev.s1, ev.s2, strict=True)) / len(ev), 4
+                ),
+                "sentences": round(sum(normalise_text(t) in sents for t in ev.s1 + ev.s2) / (2 * len(ev)), 4),
+            }
+        wq = load_retrieval_set("wikiqa-dev")
+        texts = list(wq.queries.values()) + list(wq.docs.values())
+        row["wikiqa-dev"] = {
+            "sentences": round(sum(normalise_text(t) in sents for t in texts) / len(texts), 4)
+        }
+        out[f"seed{seed}"] = row
+    return out
+
+
 def _ms(xs: list[float]) -> str:
     if len(xs) < 2:
         return f"{xs[0]:.2f} (n=1)" if xs else "-"
@@ -48,6 +77,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--overlap", type=int, default=0, help="also: normalised train/eval overlap at this --max-pairs"
+    )
     args = ap.parse_args()
     res = load(args.run)
     lines = [
@@ -99,6 +131,10 @@ def main() -> int:
             f"(mean delta {gain:+.2f} over {len(ml['seeds'])} seeds)"
         )
         summary["goal_reached"] = ok
+    if args.overlap:
+        summary["overlap"] = overlap_report(args.overlap, sorted({s for v in res.values() for s in v}))
+        print("\noverlap (normalised text) of the training subset with each evaluation set:")
+        print(json.dumps(summary["overlap"], indent=2))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

@@ -318,11 +318,12 @@ def train_uni(
     ck = out / CHECKPOINT
     model_dir = out / MODEL_SUBDIR
     if not state.is_done("fit") and resume and ck.exists():
-        blob = torch.load(ck, map_location=dev, weights_only=False)
+        blob = torch.load(ck, map_location=dev, weights_only=True)
         model.module.load_state_dict(blob["model"])
         opt.load_state_dict(blob["opt"])
         sched.load_state_dict(blob["sched"])
         start, losses = int(blob["step"]), list(blob["losses"])
+        torch.set_rng_state(blob["rng"])  # dropout masks continue as in an uninterrupted run
         log.info("resuming at step %d of %d", start, total)
     if not state.is_done("fit"):
         orders = [np.random.default_rng(cfg.seed + e).permutation(len(ex)) for e in range(cfg.epochs)]
@@ -358,6 +359,7 @@ def train_uni(
                         "sched": sched.state_dict(),
                         "step": step + 1,
                         "losses": losses,
+                        "rng": torch.get_rng_state(),
                     },
                     buf,
                 )

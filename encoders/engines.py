@@ -38,7 +38,11 @@ def _export_once(source: ModelSource, kind: str, quantize: str) -> None:
     from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
 
     what = "fp32" if quantize == "none" else quantize
-    print(f"pairsmith: exporting {what} ONNX of {source.ref} once ...", file=sys.stderr, flush=True)
+    print(
+        f"pairsmith: no {what} ONNX export of {source.ref} yet; exporting it once ...",
+        file=sys.stderr,
+        flush=True,
+    )
     t0 = time.perf_counter()
     res = export_onnx(str(source.path), ExportConfig(kind=kind, quantize=quantize))
     print(

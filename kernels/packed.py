@@ -82,6 +82,13 @@ class Pattern:
         return torch.sparse.sampled_addmm(ones, left, right_t.T, beta=0.0).values().view(self.total, self.n_q)
 
 
+def _block_diag_queries(q: torch.Tensor) -> torch.Tensor:
+    """(Nq, H, D) -> (H*D, H*Nq) with q_h^T on the diagonal: k.view(T, H*D) @ it gives every head's scores
+    in one contiguous GEMM (H times the multiply-adds of per-head products, which are tiny here, but no
+    strided batched matmul and no copy of k)."""
+    return torch.block_diag(*q.permute(1, 2, 0).unbind(0))  # (H*D, H*Nq)
+
+
 def _rows_by_query(x: torch.Tensor) -> torch.Tensor:
     """(B, Nq, D) -> (Nq*B, D), row i*B + b (A's row order)."""
     return x.transpose(0, 1).reshape(-1, x.shape[-1])
@@ -110,7 +117,8 @@ class PackedPool(torch.autograd.Function):
         qf, kf = q.to(acc), k.to(acc)
         vt = v.to(acc).transpose(0, 1).contiguous()  # (H, T, Dv): one copy; spmm wants contiguous rows
         if q.dim() == 3:
-            s = torch.einsum("thd,ihd->thi", kf, qf) * scale  # (T, H, Nq): one GEMM per head, no gather
+            s = kf.reshape(pat.total, heads * kf.shape[2]) @ _block_diag_queries(qf)  # (T, H*Nq), one GEMM
+            s = s.view(pat.total, heads, n_q) * scale  # (T, H, Nq)
         else:
             s = torch.stack(
                 [pat.sddmm(kf[:, h], _rows_by_query(qf[:, :, h])) for h in range(heads)], dim=1
@@ -142,8 +150,16 @@ class PackedPool(torch.autograd.Function):
             dp[:, h] = pat.sddmm(vt[h], do_h)  # (T, Nq) = (v_h dO_h^T) on the pattern
         ds = p * (dp - delta[pat.seg]) * scale  # (T, H, Nq)
         if qf.dim() == 3:
-            dk = torch.einsum("thi,ihd->thd", ds, qf)  # (T, H, D)
-            dq = torch.einsum("thi,thd->ihd", ds, kf)  # (Nq, H, D): summed over every row of every item
+            n_q, _, dim = qf.shape
+            dk = (ds.reshape(pat.total, heads * n_q) @ _block_diag_queries(qf).T).view(
+                pat.total, heads, dim
+            )  # (T, H, D)
+            # (H*Nq, H*D): every head against every head in one GEMM summed over all rows of all items;
+            # the diagonal blocks are dq_h = dS_h^T k_h
+            full = ds.reshape(pat.total, heads * n_q).T @ kf.reshape(pat.total, heads * dim)
+            dq = torch.stack(
+                [full[h * n_q : (h + 1) * n_q, h * dim : (h + 1) * dim] for h in range(heads)], dim=1
+            )
         else:
             dk = torch.empty_like(kf)
             dq = torch.empty_like(qf)  # (B, Nq, H, D)

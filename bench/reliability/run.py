@@ -50,6 +50,10 @@ def main() -> int:
         PAIRSMITH_RELIABILITY_OUT=str(args.out),
         HF_HUB_OFFLINE="1",
     )
+    # The commit under test, taken before anything runs (a merge during a long run must not relabel it).
+    args.commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     t0 = time.time()
     junit = args.out / "pytest.xml"
     res = subprocess.run(
@@ -86,15 +90,12 @@ def main() -> int:
 def render(args, tests_rc: int, tests_s: float, junit: Path) -> str:
     import xml.etree.ElementTree as ET
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout
     suite = ET.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite[0]
     lines = [
         f"Command: `make reliability` (`python bench/reliability/run.py --fuzz-examples {args.fuzz_examples} "
         f"--kill-rounds {args.kill_rounds} --clients {args.clients} --seconds {args.seconds}`), "
-        f"{time.strftime('%Y-%m-%d')}, commit {commit.strip()}, {platform.machine()} ({os.cpu_count()} cores, shared).",
+        f"{time.strftime('%Y-%m-%d')}, commit {args.commit}, {platform.machine()} ({os.cpu_count()} cores, shared).",
         "",
         f"- Tests: {suite.get('tests')} run, {suite.get('failures')} failed, {suite.get('errors')} errors, "
         f"{suite.get('skipped')} skipped, {tests_s:.0f} s (exit {tests_rc}).",
