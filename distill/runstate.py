@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pairsmith.atomic import atomic_write_bytes, fsync_dir
+from pairsmith.atomic import atomic_write_bytes, replace_dir
 from pairsmith.distill.provenance import code_version, describe, same_code
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
@@ -33,7 +33,6 @@ STATE_FILE = "state.json"
 
 # Atomic writes: the shared helpers (temp + fsync + rename + fsync of the folder).
 write_bytes_atomic = atomic_write_bytes
-_fsync_dir = fsync_dir
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
@@ -68,18 +67,7 @@ def save_dir_atomic(dest: str | os.PathLike[str], writer: Callable[[Path], None]
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         writer(tmp)
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                with open(p, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{int(time.time() * 1e6)}"
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

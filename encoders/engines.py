@@ -85,12 +85,13 @@ def load_export_backend(
     from pairsmith.encoders.onnx_runtime import _KIND_OUTPUT, OnnxModel, load_onnx_backend
     from pairsmith.encoders.types import OutputKind
 
-    ensure_export(source, kind, variant, auto_export=auto_export)
     if be is Backend.ONNX:
-        return load_onnx_backend(source, kind, variant, device, threads=threads, auto_export=False)
+        return load_onnx_backend(source, kind, variant, device, threads=threads, auto_export=auto_export)
     if be is not Backend.OPENVINO:
         raise ValueError(f"load_export_backend: {be} is not an export engine")
     from pairsmith.encoders.openvino_runtime import load_openvino_runner
+
+    ensure_export(source, kind, variant, auto_export=auto_export)
 
     runner = load_openvino_runner(source, kind, variant, threads=threads)
     normalizes = bool(runner.export.manifest.get("details", {}).get("normalize"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pairsmith.atomic import atomic_write_json, fsync_dir
+from pairsmith.atomic import atomic_write_json, replace_dir
 from pairsmith.encoders.registry import MANIFEST, ModelSpec, model_dir, read_manifest, spec_for
 from pairsmith.errors import AlreadyExists, FailedPrecondition, Unavailable
 
@@ -232,10 +231,6 @@ def install_model(
                 f"{spec.sha256}, got {digest}; the download is corrupt or not the published model, "
                 "nothing was installed"
             )
-        for p in root.rglob("*"):
-            if p.is_file():
-                with open(p, "rb") as fh:
-                    os.fsync(fh.fileno())
         atomic_write_json(
             root / MANIFEST,
             {
@@ -249,14 +244,7 @@ def install_model(
                 "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         )
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{spec.name}.old-{int(time.time() * 1e6)}"
-            os.replace(dest, old)
-        os.replace(root, dest)
-        fsync_dir(dest.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(root, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"installed {spec.name} in {dest} ({time.time() - t0:.0f} s)")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,33 +309,18 @@ def load_onnx_backend(
 ) -> OnnxModel:
     """The backend BiEncoder / CrossEncoder use with ``backend='onnx'``.
 
-    With no export yet and ``auto_export``, the model is exported once (fp32, into the model's
-    ``onnx/`` or the cache for packaged/read-only models), with a progress line on stderr.
+    With no export yet (or no int8 variant when one is asked for) and ``auto_export``, the model
+    is exported once (:func:`pairsmith.encoders.engines.ensure_export`: into the model's ``onnx/``
+    or the cache for packaged/read-only models), with a progress line on stderr.
     """
     if source.path is None:
         raise NotFound(
             f"onnx: {source.ref} is a hub name; export a local copy first: "
             f"pairsmith export onnx --model {source.ref} --out DIR"
         )
-    try:
-        find_export(source)
-    except NotFound:
-        if not auto_export:
-            raise
-        from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
+    from pairsmith.encoders.engines import ensure_export
 
-        print(
-            f"pairsmith: no ONNX export of {source.ref} yet; exporting it once (fp32) ...",
-            file=sys.stderr,
-            flush=True,
-        )
-        t0 = time.perf_counter()
-        res = export_onnx(str(source.path), ExportConfig(kind=kind))
-        print(
-            f"pairsmith: exported to {res.onnx_dir} in {time.perf_counter() - t0:.1f}s",
-            file=sys.stderr,
-            flush=True,
-        )
+    ensure_export(source, kind, variant, auto_export=auto_export)  # the one export-on-first-use step
     runner = load_onnx_runner(source, kind, variant, device, threads=threads)
     out_kind = output or _KIND_OUTPUT.get(kind, OutputKind.EMBEDDINGS)
     normalizes = bool(runner.export.manifest.get("details", {}).get("normalize"))

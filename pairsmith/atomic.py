@@ -34,6 +34,32 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def replace_dir(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Make the finished directory ``src`` (same filesystem) become ``dest``, durably.
+
+    Every file in ``src`` is fsynced, an existing ``dest`` is moved aside first and removed only
+    after the new one is in place, and the parent directory is fsynced: a crash leaves either
+    the old or the new directory at ``dest`` (the old one possibly under a ``.NAME.old-*`` name).
+    """
+    import shutil
+    import time
+    from pathlib import Path
+
+    src, dest = Path(src), Path(dest)
+    for p in src.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{int(time.time() * 1e6)}"
+        os.replace(dest, old)
+    os.replace(src, dest)
+    fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
