@@ -90,6 +90,7 @@ def test_manifest_records_builtin_calibration(default_both):
     assert len(used) == cal["texts"] == len(load_calibration().texts) >= 300
     assert hashlib.sha256("\n".join(used).encode()).hexdigest() == cal["sha256"]
     assert facts["activation_scales"] == 24  # 4 weight-MatMul inputs x 6 layers: every one frozen
+    assert facts["fused_matmuls"] == 36  # q, k, v, out, ffn-in, ffn-out x 6 layers
     assert DYNAMIC in json.loads((d / MANIFEST).read_text())["variants"]  # kept from the first export
 
 
@@ -151,3 +152,54 @@ def test_static_cross_encoder_is_batch_invariant(tiny_cross_dir, tmp_path):
     together = ce.score(pairs, batch_size=len(pairs)).values
     alone = np.array([ce.score([p]).values[0] for p in pairs])
     assert np.abs(alone - together).max() < 1e-6
+
+
+def test_fused_int8_matmuls_equal_the_unfused_chain(tiny_bi_dir, tmp_path):
+    """The export-time fusion (MatMulInteger -> Cast -> Mul -> Add as one MatMulIntegerToFloat)
+    leaves no unfused chain and gives the same numbers as the chain it replaced."""
+    import onnx
+    import onnxruntime as ort
+
+    from pairsmith.encoders.onnx_static import fuse_int8_matmuls
+
+    res = export_onnx(str(tiny_bi_dir), ExportConfig(quantize="int8-static"), out=tmp_path / "m")
+    path = res.onnx_dir / f"model_{STATIC}.onnx"
+    fused = onnx.load(str(path))
+    ops = [n.op_type for n in fused.graph.node]
+    assert "MatMulInteger" not in ops and ops.count("MatMulIntegerToFloat") == res.manifest["variants"][STATIC][
+        "fused_matmuls"] > 0  # fmt: skip
+    # Compare a frozen graph with its fused copy, both run by onnxruntime with its own fusions off.
+    from onnx import numpy_helper
+
+    from pairsmith.encoders.onnx_quant import _quantize_dynamic
+    from pairsmith.encoders.onnx_static import freeze_scales
+
+    # A fresh tiny model's Linear biases are all zero, which would hide a dropped bias: fill them.
+    fp32 = onnx.load(str(res.onnx_dir / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for init in fp32.graph.initializer:
+        if init.name.endswith(".bias"):
+            arr = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(rng.normal(0, 0.5, arr.shape).astype(arr.dtype), init.name))
+    onnx.save(fp32, str(tmp_path / "biased.onnx"))
+    dyn = tmp_path / "dyn.onnx"
+    _quantize_dynamic(tmp_path / "biased.onnx", dyn, isa=detect_isa(), per_channel=True)
+    plain = onnx.load(str(dyn))
+    ranges = {n.input[0]: (-3.0, 4.0) for n in plain.graph.node if n.op_type == "DynamicQuantizeLinear"}
+    freeze_scales(plain, ranges)
+    again = onnx.load(str(dyn))
+    freeze_scales(again, ranges)
+    assert fuse_int8_matmuls(again) == ops.count("MatMulIntegerToFloat")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = [
+        ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        for m in (plain, again)
+    ]
+    ids = rng.integers(5, 90, size=(3, 9))
+    feeds = {i.name: (ids if i.name == "input_ids" else np.ones_like(ids) if "mask" in i.name else np.zeros_like(ids))
+             for i in run[0].get_inputs()}  # fmt: skip
+    a, b = (r.run(None, feeds)[0] for r in run)
+    # Same int8 products and the same fp32 scale/bias arithmetic, in another kernel: fp32 rounding only.
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert np.abs(a).max() > 1e-3  # a real output, not zeros on both sides
