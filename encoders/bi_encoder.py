@@ -153,11 +153,14 @@ class BiEncoder:
         backend: Backend | str = Backend.TORCH,
         onnx_variant: str | None = None,
         auto_export: bool = True,
+        streams: int | None = None,
     ) -> BiEncoder:
         """Load ``default``, a model directory or a hub name.
 
         ``backend="onnx"`` runs the model's ONNX export without building the torch model; a model
         with no export yet is exported on first use into the cache (``auto_export=False`` refuses).
+        ``streams`` (onnx on the CPU): batches run at once on one session, the cores split between
+        them; None = 2 where there are 2+ cores (measured fastest on 2 cores), 1 = one batch at a time.
         """
         source = resolve_model(model)
         dev = resolve_device(device)
@@ -179,7 +182,13 @@ class BiEncoder:
             from pairsmith.encoders.engines import load_export_backend
 
             onnx = load_export_backend(
-                be, source, kind="bi", variant=onnx_variant, device=dev, auto_export=auto_export
+                be,
+                source,
+                kind="bi",
+                variant=onnx_variant,
+                device=dev,
+                auto_export=auto_export,
+                streams=streams,
             )
             tok = onnx.tokenizer(max_length)
             return cls(Pipeline(tok, onnx.backend), source=source, dim=onnx.dim, device=dev, backend=be)
@@ -192,6 +201,12 @@ class BiEncoder:
     @property
     def dim(self) -> int:
         return self._dim
+
+    @property
+    def engine(self) -> str:
+        """What runs the model, in one line (backend, variant, streams x threads)."""
+        fn = getattr(self.pipeline.backend, "describe", None)
+        return fn() if fn is not None else type(self.pipeline.backend).__name__
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -129,8 +129,12 @@ class CrossEncoder:
         backend: Backend | str = Backend.TORCH,
         onnx_variant: str | None = None,
         auto_export: bool = True,
+        streams: int | None = None,
     ) -> CrossEncoder:
-        """Load a trained cross-encoder. A bi-encoder directory is refused: use from_backbone."""
+        """Load a trained cross-encoder. A bi-encoder directory is refused: use from_backbone.
+
+        ``backend``, ``onnx_variant``, ``auto_export`` and ``streams`` as in :meth:`BiEncoder.load`.
+        """
         source = resolve_model(model)
         if is_bi_encoder_dir(source):
             raise InvalidInput(
@@ -147,7 +151,13 @@ class CrossEncoder:
             from pairsmith.encoders.engines import load_export_backend
 
             onnx = load_export_backend(
-                be, source, kind="cross", variant=onnx_variant, device=dev, auto_export=auto_export
+                be,
+                source,
+                kind="cross",
+                variant=onnx_variant,
+                device=dev,
+                auto_export=auto_export,
+                streams=streams,
             )
             return cls(
                 Pipeline(onnx.tokenizer(max_length), onnx.backend), source=source, device=dev, backend=be

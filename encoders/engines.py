@@ -80,13 +80,16 @@ def load_export_backend(
     device: str,
     auto_export: bool = True,
     threads: int | None = None,
+    streams: int | None = None,
 ):
     """An ``OnnxModel`` (backend + tokenizer facts) for ``be`` = ONNX or OPENVINO."""
     from pairsmith.encoders.onnx_runtime import _KIND_OUTPUT, OnnxModel, load_onnx_backend
     from pairsmith.encoders.types import OutputKind
 
     if be is Backend.ONNX:
-        return load_onnx_backend(source, kind, variant, device, threads=threads, auto_export=auto_export)
+        return load_onnx_backend(
+            source, kind, variant, device, threads=threads, streams=streams, auto_export=auto_export
+        )
     if be is not Backend.OPENVINO:
         raise ValueError(f"load_export_backend: {be} is not an export engine")
     from pairsmith.encoders.openvino_runtime import load_openvino_runner

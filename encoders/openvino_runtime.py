@@ -95,7 +95,11 @@ class OpenVinoRunner:
         self.input_names = {i.get_any_name() for i in self.compiled.inputs}
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
+        self.threads = int(threads) if threads else physical_cores()
         log.info("openvino runner: %s (inference precision %s)", path.name, self.precision)
+
+    def describe(self) -> str:
+        return f"openvino {self.variant} ({self.precision}), 1 stream x {self.threads} thread(s)"
 
     def run(self, batch: TokenBatch) -> np.ndarray:
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}

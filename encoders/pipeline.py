@@ -17,6 +17,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -69,6 +70,23 @@ def plan_batches(
     return plan[::-1]
 
 
+def split_plan(plan: list[tuple[int, int]], streams: int) -> list[tuple[int, int]]:
+    """With fewer batches than ``streams``, cut each into near-equal parts so every stream works.
+
+    A lone request of 8 texts becomes two batches of 4 on 2 streams: two single-thread runs of
+    half the rows finish sooner than one run of all rows on one thread.
+    """
+    if len(plan) >= streams:
+        return plan
+    parts = -(-streams // max(1, len(plan)))  # ceil
+    out: list[tuple[int, int]] = []
+    for start, end in plan:
+        k = min(parts, end - start)
+        cuts = [start + round(i * (end - start) / k) for i in range(k + 1)] if k > 0 else [start, end]
+        out.extend((a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a)
+    return out
+
+
 def concat_encoded(parts: Sequence[Encoded]) -> Encoded:
     """Several requests' rows as one :class:`Encoded` (row order kept)."""
     return Encoded(
@@ -96,6 +114,8 @@ class Pipeline:
         self.max_tokens = max_tokens
         self.overhead_tokens = float(overhead_tokens)
         self.calibrated = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
 
     @property
     def kind(self) -> OutputKind:
@@ -119,10 +139,20 @@ class Pipeline:
         vectors: np.ndarray | None = None
         groups: list[np.ndarray | None] = [None] * n
         call = self.backend.embed if self.kind is OutputKind.EMBEDDINGS else self.backend.predict
-        for start, end in plan:
-            idx = order[start:end]
+        streams = int(getattr(self.backend, "streams", 1))
+        if streams > 1:
+            plan = split_plan(plan, streams)
+
+        def run(span: tuple[int, int]):
+            idx = order[span[0] : span[1]]
             batch = self.tokenizer.pad([enc.ids[i] for i in idx], [enc.type_ids[i] for i in idx])
-            out = call(batch)
+            return idx, call(batch)
+
+        # Several streams: batches run concurrently on one thread-safe session (results in plan order).
+        results = (
+            self._stream_pool(streams).map(run, plan) if streams > 1 and len(plan) > 1 else map(run, plan)
+        )
+        for idx, out in results:
             if out.kind is OutputKind.GROUPED_SCORES:
                 for r, g in zip(idx, out.groups(), strict=True):
                     groups[r] = g
@@ -141,6 +171,12 @@ class Pipeline:
         if vectors is None:  # no rows
             vectors = np.zeros((0,) if self.kind is OutputKind.SCORES else (0, 0), dtype=np.float32)
         return ModelOutput(self.kind, vectors)
+
+    def _stream_pool(self, streams: int) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool_size != streams:
+            self._pool = ThreadPoolExecutor(streams, thread_name_prefix="pairsmith-stream")
+            self._pool_size = streams
+        return self._pool
 
     def health(self) -> None:
         """The model answers a real tokenised input with finite numbers (raises otherwise).

@@ -89,6 +89,7 @@ class _BackendBase:
     kind: OutputKind
     normalizes: bool = False
     variant: str = "fp32"
+    streams: int = 1  # batches the pipeline may run at once (thread-safe runners only)
 
     def _raw(self, batch: TokenBatch) -> np.ndarray:
         raise NotImplementedError
@@ -147,6 +148,11 @@ class TorchBackend(_BackendBase):
         self.kind = kind
         self.normalizes = normalizes
 
+    def describe(self) -> str:
+        import torch
+
+        return f"torch {self.device}, {torch.get_num_threads()} thread(s)"
+
     def _raw(self, batch: TokenBatch) -> np.ndarray:
         import torch
 
@@ -164,6 +170,11 @@ class RunnerBackend(_BackendBase):
         self.kind = kind
         self.normalizes = normalizes
         self.variant = str(getattr(runner, "variant", "fp32"))
+        self.streams = int(getattr(runner, "streams", 1))
+
+    def describe(self) -> str:
+        fn = getattr(self.runner, "describe", None)
+        return fn() if fn is not None else f"{type(self.runner).__name__} {self.variant}"
 
     def _raw(self, batch: TokenBatch) -> np.ndarray:
         return np.asarray(self.runner.run(batch), dtype=np.float32)

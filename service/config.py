@@ -62,6 +62,9 @@ class ServeConfig:
     max_top_k: int = 1000
     max_stream_inflight: int = 32  # EmbedStream messages processed ahead of the reply
     tokenizer_threads: int = 2
+    # backend onnx on the CPU: batches run at once on one session, the cores split between them
+    # (0: automatic = 2 on 2+ cores, measured fastest on 2 cores; 1: one batch at a time).
+    streams: int = 0
     # What one CreateIndex factory string may allocate (checked before FAISS builds anything).
     max_factory_nlist: int = 262_144
     max_factory_hnsw_m: int = 256
@@ -104,6 +107,8 @@ class ServeConfig:
             raise InvalidInput(f"max_message_bytes: must be >= 65536, got {self.max_message_bytes}")
         if not 0.0 <= self.batch_hold_fraction <= 1.0:
             raise InvalidInput(f"batch_hold_fraction: must be in 0..1, got {self.batch_hold_fraction}")
+        if self.streams < 0:
+            raise InvalidInput(f"streams: must be >= 0 (0 = automatic), got {self.streams}")
         if self.rate_limit_per_key < 0:
             raise InvalidInput(f"rate_limit_per_key: must be >= 0, got {self.rate_limit_per_key}")
         if self.rate_limit_per_key > 0 and self.api_key_file is None:

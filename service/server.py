@@ -71,6 +71,7 @@ class Runtime:
     shutting_down: bool = False
     inflight: int = 0  # RPCs between the start of their handler and their reply
     runtime_versions: dict[str, str] = field(default_factory=dict)
+    cpu_isa: str = ""  # this CPU's feature set (avx2, avx512, avx512_vnni, amx), for Info
     big_tokenize_executor: ThreadPoolExecutor | None = None  # requests over big_request_chars
 
 
@@ -79,10 +80,11 @@ def load_models(config: ServeConfig) -> Models:
     from pairsmith.encoders import BiEncoder, CrossEncoder, UniEncoder
 
     common = dict(device=config.device, backend=config.backend, auto_export=config.auto_export)
-    bi = BiEncoder.load(config.model, **common)
+    streams = config.streams or None
+    bi = BiEncoder.load(config.model, **common, streams=streams)
     cross = None
     if config.cross_encoder:
-        cross = CrossEncoder.load(config.cross_encoder, **common)
+        cross = CrossEncoder.load(config.cross_encoder, **common, streams=streams)
     uni = None
     if config.uni_encoder:
         uni = UniEncoder.load(config.uni_encoder, **common)
@@ -95,6 +97,12 @@ def open_store(config: ServeConfig):
     root = config.store_root
     root.mkdir(parents=True, exist_ok=True)
     return IndexStore(root, config=config.store_config)
+
+
+def _cpu_isa() -> str:
+    from pairsmith.encoders.onnx_quant import feature_set
+
+    return feature_set().value
 
 
 def runtime_versions() -> dict[str, str]:
@@ -231,6 +239,7 @@ class PairsmithServer:
             store_executor=ThreadPoolExecutor(1, thread_name_prefix="pairsmith-store-w"),
             read_executor=ThreadPoolExecutor(2, thread_name_prefix="pairsmith-store-r"),
             runtime_versions=runtime_versions(),
+            cpu_isa=_cpu_isa(),
             big_tokenize_executor=ThreadPoolExecutor(1, thread_name_prefix="pairsmith-tok-big"),
         )
         self.health = health.aio.HealthServicer()

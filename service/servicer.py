@@ -220,6 +220,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             max_text_chars=self.cfg.max_text_chars,
             version=__version__,
             runtime_versions=versions,
+            engine=m.bi.engine,
+            cpu_isa=self.rt.cpu_isa,
         )
         if m.cross is not None:
             resp.cross_encoder_id = m.cross.model_id

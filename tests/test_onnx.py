@@ -107,6 +107,43 @@ def test_int8_close_to_fp32_and_batch_invariant(default_export):
     assert np.abs(alone - b).max() < 1e-6
 
 
+def test_streams_give_the_same_rows_in_input_order(default_export):
+    """Two concurrent single-thread runs (the CPU default) vs one run at a time: same vectors, same
+    order, for fp32 and static int8 (batch-invariant), and a lone batch is split over both streams."""
+    for variant in ("fp32", "int8-static"):
+        one = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant=variant, streams=1)
+        two = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant=variant, streams=2)
+        assert one.pipeline.backend.streams == 1 and two.pipeline.backend.streams == 2
+        assert "2 stream(s)" in two.engine and "1 stream(s)" in one.engine
+        texts = SENTS * 5  # several planned batches of 3 rows, run out of order on two threads
+        a = one.encode(texts, batch_size=3).vectors
+        b = two.encode(texts, batch_size=3).vectors
+        assert np.abs(a - b).max() < 1e-6, variant
+        lone = two.encode(SENTS[:4], batch_size=32).vectors  # one planned batch -> two halves
+        assert np.abs(lone - a[:4]).max() < 1e-6, variant
+
+
+def test_split_plan_and_thread_plan():
+    from pairsmith.encoders.onnx_runtime import thread_plan
+    from pairsmith.encoders.pipeline import split_plan
+    from pairsmith.errors import InvalidInput
+
+    assert split_plan([(0, 8)], 2) == [(0, 4), (4, 8)]
+    assert split_plan([(0, 1)], 2) == [(0, 1)]  # one row cannot be split
+    assert split_plan([(0, 5), (5, 7)], 2) == [(0, 5), (5, 7)]  # enough batches already
+    assert split_plan([(0, 9)], 3) == [(0, 3), (3, 6), (6, 9)]
+    assert split_plan([], 2) == []
+    assert thread_plan(4, None, on_gpu=False) == (2, 2)
+    assert thread_plan(1, None, on_gpu=False) == (1, 1)  # never more streams than threads
+    assert thread_plan(8, 3, on_gpu=False) == (3, 2)
+    assert thread_plan(2, 1, on_gpu=False) == (1, 2)
+    assert thread_plan(16, None, on_gpu=True) == (1, 16)  # one device queue on a GPU
+    with pytest.raises(InvalidInput, match="streams"):
+        thread_plan(2, -1, on_gpu=False)
+    with pytest.raises(InvalidInput, match="threads"):
+        thread_plan(0, None, on_gpu=False)
+
+
 def test_cross_encoder_parity_on_default_backbone(tmp_path):
     ce = CrossEncoder.from_backbone("default", device="cpu", seed=0)
     ce.save(tmp_path / "ce")

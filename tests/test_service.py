@@ -67,6 +67,15 @@ def test_info(stub, bi, tiny_cross_dir):
     assert r.cross_encoder_id == str(tiny_cross_dir) and not r.HasField("uni_encoder_id")
     assert set(r.rerank_methods) == {pb.SCORE_METHOD_BI_ENCODER, pb.SCORE_METHOD_CROSS_ENCODER}
     assert "grpcio" in r.runtime_versions and r.version
+    # The engine as chosen and this CPU's feature set (the test server runs torch on the CPU).
+    assert r.engine.startswith("torch cpu") and r.cpu_isa in (
+        "avx2",
+        "avx512",
+        "avx512_vnni",
+        "amx",
+        "generic",
+        "arm64",
+    )
 
 
 def test_warmup_calibrated_the_batchers(server):

@@ -36,6 +36,7 @@ _FLAG_FIELDS = (
     "max_batch_rows",
     "batch_hold_fraction",
     "max_concurrent_requests",
+    "streams",
 )
 
 
@@ -62,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="backend onnx: refuse a model with no ONNX export instead of exporting it on first use",
     )
     p.add_argument("--device", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument(
+        "--streams",
+        type=int,
+        help="backend onnx on the CPU: batches run at once, cores split between them "
+        "(default 0 = automatic: 2 on 2+ cores; 1 = one batch at a time on all cores)",
+    )
     p.add_argument(
         "--data-dir", type=Path, help="index store root (default $PAIRSMITH_HOME or ~/.local/share/pairsmith)"
     )

@@ -67,7 +67,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_id", "encoder_fingerprint", "dim", "similarity", "backend", "cross_encoder_id", "uni_encoder_id", "rerank_methods", "max_texts_per_request", "max_input_tokens", "max_batch_tokens", "max_message_bytes", "max_top_k", "version", "runtime_versions", "max_text_chars", "timing")
+    __slots__ = ("model_id", "encoder_fingerprint", "dim", "similarity", "backend", "cross_encoder_id", "uni_encoder_id", "rerank_methods", "max_texts_per_request", "max_input_tokens", "max_batch_tokens", "max_message_bytes", "max_top_k", "version", "runtime_versions", "max_text_chars", "timing", "engine", "cpu_isa")
     class RuntimeVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,8 @@ class InfoResponse(_message.Message):
     RUNTIME_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    CPU_ISA_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     encoder_fingerprint: str
     dim: int
@@ -109,7 +111,9 @@ class InfoResponse(_message.Message):
     runtime_versions: _containers.ScalarMap[str, str]
     max_text_chars: int
     timing: Timing
-    def __init__(self, model_id: _Optional[str] = ..., encoder_fingerprint: _Optional[str] = ..., dim: _Optional[int] = ..., similarity: _Optional[str] = ..., backend: _Optional[str] = ..., cross_encoder_id: _Optional[str] = ..., uni_encoder_id: _Optional[str] = ..., rerank_methods: _Optional[_Iterable[_Union[ScoreMethod, str]]] = ..., max_texts_per_request: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_top_k: _Optional[int] = ..., version: _Optional[str] = ..., runtime_versions: _Optional[_Mapping[str, str]] = ..., max_text_chars: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    engine: str
+    cpu_isa: str
+    def __init__(self, model_id: _Optional[str] = ..., encoder_fingerprint: _Optional[str] = ..., dim: _Optional[int] = ..., similarity: _Optional[str] = ..., backend: _Optional[str] = ..., cross_encoder_id: _Optional[str] = ..., uni_encoder_id: _Optional[str] = ..., rerank_methods: _Optional[_Iterable[_Union[ScoreMethod, str]]] = ..., max_texts_per_request: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_top_k: _Optional[int] = ..., version: _Optional[str] = ..., runtime_versions: _Optional[_Mapping[str, str]] = ..., max_text_chars: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., engine: _Optional[str] = ..., cpu_isa: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("texts", "normalize", "truncate", "dimensions", "format")
