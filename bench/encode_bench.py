@@ -60,17 +60,20 @@ def timed(fn, reps_out: list[float], n: int):
     return res
 
 
-# (label, backend, onnx_variant): every CPU path pairsmith offers; openvino rows only when installed.
+# (label, backend, onnx_variant, streams): every CPU path pairsmith offers; openvino rows only when
+# installed. streams None = the library default (2 concurrent single-thread runs on 2+ cores); the
+# "1 stream" row is the same engine running one batch at a time on all cores (the thread sweep).
 ENGINE_VARIANTS = (
-    ("pairsmith onnx fp32", "onnx", "fp32"),
-    ("pairsmith onnx int8 static", "onnx", "int8-static"),
-    ("pairsmith onnx int8 dynamic", "onnx", "int8-dynamic"),
-    ("pairsmith openvino fp32-file (auto precision)", "openvino", "fp32"),
-    ("pairsmith openvino int8 static", "openvino", "int8-static"),
+    ("pairsmith onnx fp32", "onnx", "fp32", None),
+    ("pairsmith onnx int8 static", "onnx", "int8-static", None),
+    ("pairsmith onnx int8 static, 1 stream x all threads", "onnx", "int8-static", 1),
+    ("pairsmith onnx int8 dynamic", "onnx", "int8-dynamic", None),
+    ("pairsmith openvino fp32-file (auto precision)", "openvino", "fp32", None),
+    ("pairsmith openvino int8 static", "openvino", "int8-static", None),
 )
 
 
-def engine_variants() -> list[tuple[str, str, str]]:
+def engine_variants() -> list[tuple[str, str, str, int | None]]:
     from pairsmith.encoders.openvino_runtime import available
 
     return [v for v in ENGINE_VARIANTS if v[1] != "openvino" or available()]
@@ -90,9 +93,11 @@ def export_both(model: str) -> None:
     from pairsmith.encoders.source import resolve_model
     from pairsmith.errors import PairsmithError
 
-    try:  # an up-to-date export (fingerprint-checked) with both schemes: reuse it
-        have = {v.get("scheme") for v in open_export(resolve_model(model), detect(model)).variants.values()}
-        if {"static", "dynamic"} <= have:
+    try:  # an up-to-date export (fingerprint-checked) with both schemes and fused static MatMuls: reuse it
+        facts = open_export(resolve_model(model), detect(model)).variants.values()
+        have = {v.get("scheme") for v in facts}
+        fused = any(v.get("scheme") == "static" and v.get("fused_matmuls") for v in facts)
+        if {"static", "dynamic"} <= have and fused:
             return
     except PairsmithError:
         pass
@@ -121,8 +126,8 @@ def bench_bi(args, gold, a, b) -> dict:
         "pairsmith torch": lambda: st_enc.encode(texts, batch_size=bs).vectors,
     }
     raw = {"pairsmith torch": lambda xs, k: st_enc.encode(xs, batch_size=k, normalize=False).vectors}
-    for name, backend, v in engine_variants():
-        enc = BiEncoder.load(args.model, device="cpu", backend=backend, onnx_variant=v)
+    for name, backend, v, streams in engine_variants():
+        enc = BiEncoder.load(args.model, device="cpu", backend=backend, onnx_variant=v, streams=streams)
         enc.encode(texts[:64])  # warm-up: first-call allocations
         variants[name] = lambda enc=enc: enc.encode(texts, batch_size=bs).vectors
         raw[name] = lambda xs, k, enc=enc: enc.encode(xs, batch_size=k, normalize=False).vectors
@@ -161,8 +166,10 @@ def bench_cross(args, a, b) -> dict:
         st = STCrossEncoder(tmp, device="cpu", local_files_only=True)
         torch_ce = CrossEncoder.load(tmp, device="cpu")
         engines = {}
-        for name, backend, v in engine_variants():
-            engines[name] = CrossEncoder.load(tmp, device="cpu", backend=backend, onnx_variant=v)
+        for name, backend, v, streams in engine_variants():
+            engines[name] = CrossEncoder.load(
+                tmp, device="cpu", backend=backend, onnx_variant=v, streams=streams
+            )
         raw = Activation.RAW
         bs = args.batch_size
         variants = {
@@ -231,8 +238,8 @@ def pick_engine(res: dict, max_loss: float = 0.5, max_drift: float = 1e-5) -> tu
     """The fastest onnx/openvino variant that is batch-invariant and within ``max_loss`` Spearman of fp32."""
     ref = res["spearman"].get("pairsmith onnx fp32")
     best = None
-    for name, backend, variant in ENGINE_VARIANTS:
-        if name not in res["speed"] or ref is None:
+    for name, backend, variant, streams in ENGINE_VARIANTS:
+        if name not in res["speed"] or ref is None or streams is not None:
             continue
         if res["invariance"][name] > max_drift or ref - res["spearman"][name] > max_loss:
             continue
