@@ -97,6 +97,9 @@ class RunState:
         self.config = json.loads(json.dumps(config, default=str))  # tuples -> lists, as on disk
         config = self.config
         existing = self.path.exists()
+        # The code this process runs: taken once, so a commit or checkout in the worktree while the run is
+        # in progress does not change what state.json and the report record.
+        self._code = code_version()
         if existing and not resume:
             raise FailedPrecondition(
                 f"{self.out}: holds an earlier run ({STATE_FILE}); pass --resume to continue it "
@@ -109,7 +112,7 @@ class RunState:
                 raise FailedPrecondition(f"{self.path}: unreadable run state ({exc})") from exc
             if data.get("kind") != kind:
                 raise FailedPrecondition(f"{self.path}: a {data.get('kind')!r} run, not {kind!r}")
-            code = code_version()
+            code = self._code
             if not same_code(data.get("code"), code):
                 raise FailedPrecondition(
                     f"{self.path}: --resume of a run written by {describe(data.get('code'))}, but this is "
@@ -143,8 +146,8 @@ class RunState:
 
     @property
     def code(self) -> dict:
-        """The code version that wrote this run (what every report records)."""
-        return code_version()
+        """The code version that wrote this run (what every report records), as at this invocation's start."""
+        return self._code
 
     def elapsed(self) -> float:
         return self.elapsed_before + (time.time() - self._t0)
@@ -166,7 +169,7 @@ class RunState:
             {
                 "version": 1,
                 "kind": self.kind,
-                "code": code_version(),
+                "code": self._code,
                 "config": self.config,
                 "started": self.started,
                 "elapsed_s": round(self.elapsed(), 3),
