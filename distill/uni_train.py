@@ -46,6 +46,7 @@ from pairsmith.distill.runstate import RunState, save_dir_atomic, write_json_ato
 from pairsmith.encoders import BiEncoder, CrossEncoder, UniConfig, UniEncoder, UniMask
 from pairsmith.encoders.runtime import resolve_device
 from pairsmith.encoders.tokenize import pad_rows
+from pairsmith.encoders.uni_encoder import config_for_backbone
 from pairsmith.encoders.uni_tokenize import UniTokenizer
 from pairsmith.errors import InvalidInput
 
@@ -104,14 +105,17 @@ class UniTrainConfig:
 # -- shared token packing ------------------------------------------------------------------------
 
 
-def _uni_config(cfg: UniTrainConfig, groups: int) -> UniConfig:
-    return UniConfig(
+def _uni_config(cfg: UniTrainConfig, groups: int, hf_config=None) -> UniConfig:
+    """Packing limits for ``cfg``; with ``hf_config`` (a baseline's backbone) its token types and
+    position facts too (the Uni-Encoder fills them itself in ``from_backbone``)."""
+    base = UniConfig(
         max_context_tokens=cfg.max_context_tokens,
         max_candidate_tokens=cfg.max_candidate_tokens,
         max_row_tokens=cfg.max_context_tokens + cfg.max_candidate_tokens * max(groups, 16),
         max_groups=max(groups, 16),
         mask=cfg.mask,
     )
+    return base if hf_config is None else config_for_backbone(hf_config, base)
 
 
 def cross_batch(tok: UniTokenizer, items: Sequence[tuple[Sequence[str], Sequence[str]]]):
@@ -134,6 +138,12 @@ def bi_batches(tok: UniTokenizer, items: Sequence[tuple[Sequence[str], Sequence[
     )
 
 
+def _baseline_tokenizer(enc: CrossEncoder | BiEncoder, cfg: UniTrainConfig, groups: int) -> UniTokenizer:
+    """The Uni-Encoder's truncation rules on a baseline's vocabulary; token types as its backbone has."""
+    hf_config = enc.st_model.transformers_model.config
+    return UniTokenizer.from_dir(enc.source.path, _uni_config(cfg, groups, hf_config))  # type: ignore[arg-type]
+
+
 class Trainable:
     """One of the three models behind ``scores(items) -> list of (n_i,) tensors`` and ``save``."""
 
@@ -147,11 +157,11 @@ class Trainable:
         elif kind is ModelKind.CROSS:
             self.ce = CrossEncoder.from_backbone(cfg.model, device=device, seed=cfg.seed)
             self.module = self.ce.st_model
-            self.tok = UniTokenizer.from_dir(self.ce.source.path, ucfg)  # type: ignore[arg-type]
+            self.tok = _baseline_tokenizer(self.ce, cfg, groups)
         else:
             self.bi = BiEncoder.load(cfg.model, device=device)
             self.module = self.bi.st_model
-            self.tok = UniTokenizer.from_dir(self.bi.source.path, ucfg)  # type: ignore[arg-type]
+            self.tok = _baseline_tokenizer(self.bi, cfg, groups)
 
     def _feats(self, batch) -> dict:
         from pairsmith.encoders.runtime import to_features
@@ -204,11 +214,10 @@ def ranker(
     t.kind, t.cfg, t.device = kind, cfg, device
     if kind is ModelKind.CROSS:
         t.ce = CrossEncoder.load(path, device=device)
-        t.module, src = t.ce.st_model, t.ce.source
+        t.module, t.tok = t.ce.st_model, _baseline_tokenizer(t.ce, cfg, 16)
     else:
         t.bi = BiEncoder.load(path, device=device)
-        t.module, src = t.bi.st_model, t.bi.source
-    t.tok = UniTokenizer.from_dir(src.path, _uni_config(cfg, 16))  # type: ignore[arg-type]
+        t.module, t.tok = t.bi.st_model, _baseline_tokenizer(t.bi, cfg, 16)
     t.module.eval()
 
     def rank(items):

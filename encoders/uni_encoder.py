@@ -49,8 +49,12 @@ def is_uni_dir(path: Path | None) -> bool:
     return path is not None and (path / UNI_FILE).is_file()
 
 
-def _config_for(hf_config, base: UniConfig | None) -> UniConfig:
-    """Fill the backbone-dependent fields (positions, token types) from its config."""
+def config_for_backbone(hf_config, base: UniConfig | None) -> UniConfig:
+    """Fill the backbone-dependent fields (positions, token types) from its Hugging Face config.
+
+    Token types only where the backbone has a type embedding with >= 2 rows (BERT/MiniLM: 2;
+    RoBERTa: 1; MPNet: no ``type_vocab_size`` at all).
+    """
     d = (base or UniConfig()).to_dict()
     model_type = str(getattr(hf_config, "model_type", ""))
     d["position_offset"] = (int(hf_config.pad_token_id) + 1) if model_type in _OFFSET_MODELS else 0
@@ -156,7 +160,7 @@ class UniEncoder:
         if seed is not None:
             torch.manual_seed(seed)
         backbone = _load_backbone(arg, dev)
-        cfg = _config_for(backbone.config, config)
+        cfg = config_for_backbone(backbone.config, config)
         scorer = build_scorer(backbone, cfg.max_groups).to(dev)
         log.info("uni-encoder on %s: score head is newly initialised", source.ref)
         tok = UniTokenizer.from_dir(source.path, cfg)

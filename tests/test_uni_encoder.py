@@ -337,3 +337,50 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_bi
     a = UniEncoder.load(str(tmp_path / "straight"), device="cpu").rank(CTX, CANDS)
     b = UniEncoder.load(str(tmp_path / "resumed"), device="cpu").rank(CTX, CANDS)
     np.testing.assert_allclose(a, b, atol=1e-5)  # same batches, same optimiser state
+
+
+@pytest.fixture(scope="module")
+def tiny_mpnet_dir(tmp_path_factory) -> Path:
+    from tests.tiny import make_tiny_mpnet_bi_encoder
+
+    return make_tiny_mpnet_bi_encoder(tmp_path_factory.mktemp("mpnet") / "model", seed=2)
+
+
+@pytest.mark.parametrize("backbone", ["bert", "mpnet"])
+def test_baselines_take_token_types_from_the_backbone(backbone, tiny_bi_dir, tiny_mpnet_dir):
+    """BERT (type_vocab_size 2): cross rows carry types 0/1; MPNet (no type embeddings): none."""
+    from pairsmith.distill.uni_train import ModelKind, Trainable, UniTrainConfig, cross_batch
+
+    model, has_types = (tiny_bi_dir, True) if backbone == "bert" else (tiny_mpnet_dir, False)
+    cfg = UniTrainConfig(model=str(model), max_context_tokens=32, max_candidate_tokens=16)
+    for kind in (ModelKind.CROSS, ModelKind.BI):
+        t = Trainable(kind, cfg, "cpu", 4)
+        assert t.tok.config.uses_type_ids is has_types, kind
+    batch = cross_batch(t.tok, [(CTX, CANDS[:2])])
+    if has_types:
+        assert batch.token_type_ids is not None and batch.token_type_ids.max() == 1
+    else:
+        assert batch.token_type_ids is None
+    uni = UniEncoder.from_backbone(str(model), config=SMALL, device="cpu", seed=0)
+    assert uni.config.uses_type_ids is has_types
+    assert uni.config.position_offset == (0 if has_types else 1)  # MPNet: pad id 0 + 1
+
+
+def test_cross_baseline_trains_on_a_backbone_with_one_token_type(tmp_path):
+    """type_vocab_size 1 (RoBERTa-like): a type id of 1 would index past the embedding table."""
+    from pairsmith.distill.uni_train import UniTrainConfig, train_uni
+
+    model = make_tiny_backbone(tmp_path / "one-type", seed=4, type_vocab_size=1)
+    data = _dd_file(tmp_path / "dd.jsonl", 8)
+    cfg = UniTrainConfig(
+        data=str(data),
+        model=str(model),
+        kind="cross",
+        max_context_tokens=32,
+        max_candidate_tokens=16,
+        batch_size=4,
+        eval_sets=(str(data),),
+        seed=1,
+    )
+    rep = train_uni(cfg, tmp_path / "out", device="cpu", progress=False)
+    assert rep["fit"]["steps"] == 2 and rep["eval"][data.stem]["cases"] == 8
