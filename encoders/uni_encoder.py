@@ -13,7 +13,8 @@ it the recommended mode for large sets (and the default).
 A saved Uni-Encoder directory holds the backbone (``config.json``, ``model.safetensors``,
 tokenizer files), ``uni_head.safetensors`` (the score head) and ``uni_encoder.json``
 (:class:`UniConfig` + format). ONNX: ``register_exporter("uni")`` exports backbone + head with
-the custom inputs (position ids, additive mask, spans); ``backend="onnx"`` runs it without torch.
+the custom inputs (position ids, additive mask, spans), fp32 only; ``backend="onnx"`` or
+``"openvino"`` runs it without torch, ``"auto"`` follows the engine table where it can.
 """
 
 from __future__ import annotations
@@ -108,6 +109,31 @@ def _load_backbone(path: str, device: str):
     return model.to(device).eval()
 
 
+EXPORT_VARIANTS = ("auto", "fp32")  # what onnx_variant may ask of a Uni-Encoder export
+
+
+def _resolve_auto(device: str, variant: str | None) -> tuple[Backend, str | None]:
+    """``backend='auto'``: the engine table's (backend, variant), or torch where the Uni-Encoder
+    export cannot have that variant (the table's int8 on AVX2/AVX-512 CPUs)."""
+    from pairsmith.encoders.engines import resolve_auto
+
+    be, v = resolve_auto(device, variant)
+    if be is Backend.TORCH or (v or "auto").strip().lower() in EXPORT_VARIANTS:
+        return be, v
+    log.info("backend auto: the engine table picks %s %s; the Uni-Encoder export is fp32 only: torch", be, v)
+    return Backend.TORCH, None
+
+
+def _check_variant(variant: str | None, be: Backend) -> None:
+    if (variant or "auto").strip().lower() not in EXPORT_VARIANTS:
+        from pairsmith.encoders.onnx_export import FP32_ONLY
+
+        raise InvalidInput(
+            f"onnx_variant: {variant!r} with backend {be.value}: {FP32_ONLY['uni']}; "
+            "use fp32 (or auto), or backend torch"
+        )
+
+
 class UniEncoder:
     """One context + N candidates -> N scores, one forward pass per chunk of candidates."""
 
@@ -177,7 +203,13 @@ class UniEncoder:
         onnx_variant: str | None = None,
         auto_export: bool = True,
     ) -> UniEncoder:
-        """A saved Uni-Encoder directory (``pairsmith train uni-encoder --out DIR``: DIR or DIR/model)."""
+        """A saved Uni-Encoder directory (``pairsmith train uni-encoder --out DIR``: DIR or DIR/model).
+
+        ``backend``: ``torch``; ``onnx`` or ``openvino`` (the fp32 ONNX export, made on first use
+        with ``auto_export``; the Uni-Encoder export has no int8/fp16 variants); ``auto`` as for
+        BiEncoder/CrossEncoder (the engine table's choice for this CPU, torch on a GPU), except that
+        a choice of a variant the Uni-Encoder export cannot have (int8 on most CPUs) runs torch.
+        """
         path = Path(model)
         if (path / "model" / UNI_FILE).is_file():
             path = path / "model"
@@ -194,11 +226,14 @@ class UniEncoder:
         tok = UniTokenizer.from_dir(source.path, cfg)  # type: ignore[arg-type]
         dev = resolve_device(device)
         be_kind = Backend.parse(backend)
-        if be_kind is Backend.ONNX:
-            from pairsmith.encoders.onnx_runtime import load_onnx_backend
+        if be_kind is Backend.AUTO:
+            be_kind, onnx_variant = _resolve_auto(dev, onnx_variant)
+        if be_kind in (Backend.ONNX, Backend.OPENVINO):
+            from pairsmith.encoders.engines import load_export_backend
 
-            onnx = load_onnx_backend(
-                source, "uni", onnx_variant, dev, auto_export=auto_export, output=OutputKind.GROUPED_SCORES
+            _check_variant(onnx_variant, be_kind)
+            onnx = load_export_backend(
+                be_kind, source, kind="uni", variant=onnx_variant, device=dev, auto_export=auto_export
             )
             return cls(tok, onnx.backend, source=source, device=dev, backend_kind=be_kind)
         from safetensors.torch import load_file

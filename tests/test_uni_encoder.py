@@ -384,3 +384,62 @@ def test_cross_baseline_trains_on_a_backbone_with_one_token_type(tmp_path):
     )
     rep = train_uni(cfg, tmp_path / "out", device="cpu", progress=False)
     assert rep["fit"]["steps"] == 2 and rep["eval"][data.stem]["cases"] == 8
+
+
+# -- backends: auto (engine table) and OpenVINO ---------------------------------------------------------
+
+
+def _table(tmp_path: Path, backend: str, variant: str) -> Path:
+    from pairsmith.encoders.onnx_quant import feature_set
+
+    t = tmp_path / f"table-{backend}-{variant}.json"
+    row = {"backend": backend, "variant": variant, "measured": "test row"}
+    t.write_text(json.dumps({"rows": {feature_set().value: row}}))
+    return t
+
+
+def test_auto_backend_follows_the_engine_table_or_falls_back_to_torch(tiny_uni, tmp_path, monkeypatch):
+    import pairsmith.encoders.onnx_quant as q
+    from pairsmith.encoders.runtime import Backend
+
+    d = tmp_path / "uni"
+    tiny_uni.save(d)
+    items = [(CTX, CANDS), ("short", ["x", "yy"])]
+    want = tiny_uni.rank_many(items, mask="arrow")
+    # the table's int8 (this CPU's shipped row): the Uni-Encoder export has no int8 -> torch, no export
+    monkeypatch.setattr(q, "ENGINE_TABLE", _table(tmp_path, "onnx", "int8-static"))
+    uni = UniEncoder.load(str(d), device="cpu", backend="auto")
+    assert uni.backend_kind is Backend.TORCH and uni.model is not None and not (d / "onnx").exists()
+    # an fp32 row: onnxruntime on the fp32 export (made on first use)
+    monkeypatch.setattr(q, "ENGINE_TABLE", _table(tmp_path, "onnx", "fp32"))
+    uni = UniEncoder.load(str(d), device="cpu", backend="auto")
+    assert uni.backend_kind is Backend.ONNX and uni.model is None and (d / "onnx").is_dir()
+    for g, w in zip(uni.rank_many(items, mask="arrow"), want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-4)  # fp32 graph vs torch: kernel order differs
+    # an explicit variant is kept: int8 is refused with the reason, not silently replaced
+    with pytest.raises(InvalidInput, match="fp32 only"):
+        UniEncoder.load(str(d), device="cpu", backend="onnx", onnx_variant="int8")
+
+
+def test_openvino_backend_runs_the_uni_export(tiny_uni, tmp_path, monkeypatch):
+    pytest.importorskip("openvino", reason="optional: pip install openvino==2026.4.1")
+    import pairsmith.encoders.onnx_quant as q
+    from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
+    from pairsmith.encoders.runtime import Backend
+
+    d = tmp_path / "uni"
+    tiny_uni.save(d)
+    items = [(CTX, CANDS), ("short", ["x", "yy", "a longer candidate here"])]
+    ov = UniEncoder.load(str(d), device="cpu", backend="openvino")  # the fp32 export made on first use
+    assert ov.backend_kind is Backend.OPENVINO and ov.model is None
+    for mask in UniMask:
+        want = tiny_uni.rank_many(items, mask=mask)
+        for g, w in zip(ov.rank_many(items, mask=mask), want, strict=True):
+            # 1e-4: fp32 graph vs torch (this CPU has no bf16, so OpenVINO infers in f32)
+            np.testing.assert_allclose(g, w, atol=1e-4)
+    monkeypatch.setattr(q, "ENGINE_TABLE", _table(tmp_path, "openvino", "fp32"))  # the AMX row's kind
+    assert UniEncoder.load(str(d), device="cpu", backend="auto").backend_kind is Backend.OPENVINO
+    with pytest.raises(InvalidInput, match="fp32 only"):
+        UniEncoder.load(str(d), device="cpu", backend="openvino", onnx_variant="int8-static")
+    with pytest.raises(InvalidInput, match="fp32 only"):
+        export_onnx(str(d), ExportConfig(quantize="int8"))
