@@ -87,6 +87,9 @@ class UniTrainConfig:
     eval_sets: tuple[str, ...] = ("mutual-heldout", "dailydialog-dev")
     eval_limit: int | None = None  # evaluate on the first N contexts of each set (CPU budgets)
     seed: int = 0
+    mlm_weight: float = (
+        0.0  # uni: + W x MLM loss on a masked copy of each batch (distill/uni_mlm.py); 0 = off
+    )
 
     def __post_init__(self) -> None:
         ModelKind(self.kind)
@@ -97,6 +100,12 @@ class UniTrainConfig:
                 raise InvalidInput(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise InvalidInput(f"lr: must be > 0, got {self.lr}")
+        if not (0.0 <= self.mlm_weight < float("inf")):
+            raise InvalidInput(f"mlm_weight: must be a finite number >= 0, got {self.mlm_weight}")
+        if self.mlm_weight > 0 and self.kind != ModelKind.UNI.value:
+            raise InvalidInput(
+                f"mlm_weight: the MLM auxiliary loss is for kind uni only, got kind {self.kind!r}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -168,11 +177,15 @@ class Trainable:
 
         return to_features(batch, self.device)
 
+    def uni_batch(self, items: Sequence[tuple[Sequence[str], Sequence[str]]]):
+        """Uni: one padded row per context (all its candidates), the training mask."""
+        enc, _, _ = self.tok.encode_groups(items, max_row_tokens=10**9)
+        return self.tok.pad(enc.ids)
+
     def scores(self, items: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list:
         sizes = [len(c) for _, c in items]
         if self.kind is ModelKind.UNI:
-            enc, chunks, _ = self.tok.encode_groups(items, max_row_tokens=10**9)
-            out = self.module(self._feats(self.tok.pad(enc.ids)))["scores"]  # (B, G)
+            out = self.module(self._feats(self.uni_batch(items)))["scores"]  # (B, G)
             return [out[i, :n] for i, n in enumerate(sizes)]
         if self.kind is ModelKind.CROSS:
             flat = self.module(self._feats(cross_batch(self.tok, items)))["scores"].reshape(-1)  # (sum n,)
@@ -316,14 +329,21 @@ def train_uni(
     groups += cfg.batch_size - 1 if neg is not Negatives.DATASET else 0
     torch.manual_seed(cfg.seed)
     model = Trainable(kind, cfg, dev, groups)
+    params = list(model.module.parameters())
+    mlm = None
+    if cfg.mlm_weight > 0:  # W = 0 builds nothing: the plain path, bit for bit
+        from pairsmith.distill.uni_mlm import MlmAux
+
+        mlm = MlmAux(model.module, model.uni.source.path, dev)  # type: ignore[arg-type]
+        params += mlm.parameters()
     per_epoch = (len(ex) + cfg.batch_size - 1) // cfg.batch_size
     total = per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(model.module.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     warm = max(1, int(cfg.warmup * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
     )
-    start, losses = 0, []
+    start, losses, mlm_losses = 0, [], []
     ck = out / CHECKPOINT
     model_dir = out / MODEL_SUBDIR
     if not state.is_done("fit") and resume and ck.exists():
@@ -332,6 +352,9 @@ def train_uni(
         opt.load_state_dict(blob["opt"])
         sched.load_state_dict(blob["sched"])
         start, losses = int(blob["step"]), list(blob["losses"])
+        if mlm is not None:
+            mlm.head.load_state_dict(blob["mlm"])
+            mlm_losses = list(blob["mlm_losses"])
         torch.set_rng_state(blob["rng"])  # dropout masks continue as in an uninterrupted run
         log.info("resuming at step %d of %d", start, total)
     if not state.is_done("fit"):
@@ -351,14 +374,21 @@ def train_uni(
                     for s, g in zip(scores, golds, strict=True)
                 ]
             ).mean()
+            losses.append(float(loss.detach()))  # the ranking loss (comparable across runs and kinds)
+            if mlm is not None:
+                aux = mlm.loss(model.uni_batch(items), np.random.default_rng([cfg.seed, step, 1]))
+                mlm_losses.append(float(aux.detach()))
+                loss = loss + cfg.mlm_weight * aux
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.module.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.set_postfix(
+                loss=f"{np.mean(losses[-20:]):.3f}",
+                **({"mlm": f"{np.mean(mlm_losses[-20:]):.3f}"} if mlm else {}),
+            )
             if (step + 1) % cfg.checkpoint_steps == 0 and step + 1 < total:
                 buf = io.BytesIO()
                 torch.save(
@@ -369,6 +399,7 @@ def train_uni(
                         "step": step + 1,
                         "losses": losses,
                         "rng": torch.get_rng_state(),
+                        **({"mlm": mlm.head.state_dict(), "mlm_losses": mlm_losses} if mlm else {}),
                     },
                     buf,
                 )
@@ -377,12 +408,15 @@ def train_uni(
         model.module.eval()
         save_dir_atomic(model_dir, model.save)
         tenth = max(1, len(losses) // 10)
+
+        def curve(xs: list[float]) -> list[float]:
+            return [round(float(np.mean(xs[i : i + tenth])), 4) for i in range(0, len(xs), tenth)]
+
         state.mark(
             "fit",
             steps=total,
-            loss_curve=[
-                round(float(np.mean(losses[i : i + tenth])), 4) for i in range(0, len(losses), tenth)
-            ],
+            loss_curve=curve(losses),
+            **({"mlm_loss_curve": curve(mlm_losses)} if mlm else {}),
         )
         ck.unlink(missing_ok=True)
     report = {

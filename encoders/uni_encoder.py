@@ -80,7 +80,8 @@ def _scorer_class():
             self.head = torch.nn.Linear(int(backbone.config.hidden_size), 1)
             self.max_groups = int(max_groups)
 
-        def forward(self, features: dict) -> dict:
+        def hidden(self, features: dict):
+            """The backbone's last layer (B, T, H) under the row's positions and 4-D mask."""
             ids = features["input_ids"]  # (B, T)
             bias = features.get("attention_bias")  # (B, 1, T, T) additive, or None (padding only)
             mask = bias.to(self.head.weight.dtype) if bias is not None else features["attention_mask"]
@@ -88,7 +89,11 @@ def _scorer_class():
             for name in ("token_type_ids", "position_ids"):
                 if features.get(name) is not None:
                     kwargs[name] = features[name]
-            h = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
+            return self.backbone(**kwargs).last_hidden_state  # (B, T, H)
+
+        def forward(self, features: dict) -> dict:
+            ids = features["input_ids"]  # (B, T)
+            h = self.hidden(features)  # (B, T, H)
             groups = torch.arange(self.max_groups, device=ids.device)  # (G,)
             onehot = (features["spans"][..., None] == groups).to(h.dtype)  # (B, T, G)
             sums = torch.einsum("btg,bth->bgh", onehot, h)  # (B, G, H)
