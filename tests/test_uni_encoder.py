@@ -578,3 +578,28 @@ def test_mlm_weight_is_validated():
         UniTrainConfig(mlm_weight=-1.0)
     with pytest.raises(InvalidInput, match="kind uni only"):
         UniTrainConfig(kind="cross", mlm_weight=0.5)
+
+
+def test_eval_response_uni_encoder_limit_and_auto_backend(tiny_uni, tmp_path):
+    from pairsmith.service.cli.main import main
+
+    d = tmp_path / "uni"
+    tiny_uni.save(d)
+    data = _dd_file(tmp_path / "dd.jsonl", 5)
+    out = tmp_path / "res.json"
+    args = [
+        "eval",
+        "response",
+        "--model",
+        str(d),
+        "--uni-encoder",
+        "--dataset",
+        str(data),
+        "--json",
+        str(out),
+    ]
+    assert main([*args, "--limit", "2", "--backend", "auto"]) == 0
+    res = json.loads(out.read_text())
+    assert res["results"]["cases"] == 2 and res["subset"] == {"limit": 2, "contexts": 2}
+    assert res["task"] == "response:dd[:2]"
+    assert main([*args, "--limit", "-3"]) == 2
