@@ -16,7 +16,6 @@ one learned mask vector (whole-word masking happens on units, before the encoder
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -33,11 +32,6 @@ from pairsmith.kernels import cross_attention_pool_projected
 
 UNITS = ("bytes", "wordpiece")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-
-
-def kernel_impl() -> str:
-    """``auto`` once the packed CPU path has landed in ``kernels``; the padded reference before."""
-    return "auto" if importlib.util.find_spec("pairsmith.kernels.packed") is not None else "reference"
 
 
 class BytePooler(nn.Module):
@@ -75,7 +69,7 @@ class BytePooler(nn.Module):
                 cu_seqlens,
                 b_k=self.k.bias,
                 b_v=self.v.bias,
-                impl=kernel_impl(),
+                impl="auto",  # packed on the CPU, Triton on CUDA when it imports
             )  # (N, Nq, H, Dh)
         return self.out(pooled.flatten(1))  # (N, d_model)
 
@@ -295,4 +289,4 @@ def _wordpiece_tokenizer(directory: str | None, max_length: int):
     return TextTokenizer.from_dir(directory or _default_dir(), max_length, uses_type_ids=True)
 
 
-__all__ = ["BytePooler", "WordEncoder", "kernel_impl"]
+__all__ = ["BytePooler", "WordEncoder"]
