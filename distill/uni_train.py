@@ -46,6 +46,7 @@ from pairsmith.distill.runstate import RunState, save_dir_atomic, write_json_ato
 from pairsmith.encoders import BiEncoder, CrossEncoder, UniConfig, UniEncoder, UniMask
 from pairsmith.encoders.runtime import resolve_device
 from pairsmith.encoders.tokenize import pad_rows
+from pairsmith.encoders.uni_encoder import config_for_backbone
 from pairsmith.encoders.uni_tokenize import UniTokenizer
 from pairsmith.errors import InvalidInput
 
@@ -86,6 +87,9 @@ class UniTrainConfig:
     eval_sets: tuple[str, ...] = ("mutual-heldout", "dailydialog-dev")
     eval_limit: int | None = None  # evaluate on the first N contexts of each set (CPU budgets)
     seed: int = 0
+    mlm_weight: float = (
+        0.0  # uni: + W x MLM loss on a masked copy of each batch (distill/uni_mlm.py); 0 = off
+    )
 
     def __post_init__(self) -> None:
         ModelKind(self.kind)
@@ -96,6 +100,12 @@ class UniTrainConfig:
                 raise InvalidInput(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise InvalidInput(f"lr: must be > 0, got {self.lr}")
+        if not (0.0 <= self.mlm_weight < float("inf")):
+            raise InvalidInput(f"mlm_weight: must be a finite number >= 0, got {self.mlm_weight}")
+        if self.mlm_weight > 0 and self.kind != ModelKind.UNI.value:
+            raise InvalidInput(
+                f"mlm_weight: the MLM auxiliary loss is for kind uni only, got kind {self.kind!r}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,14 +114,17 @@ class UniTrainConfig:
 # -- shared token packing ------------------------------------------------------------------------
 
 
-def _uni_config(cfg: UniTrainConfig, groups: int) -> UniConfig:
-    return UniConfig(
+def _uni_config(cfg: UniTrainConfig, groups: int, hf_config=None) -> UniConfig:
+    """Packing limits for ``cfg``; with ``hf_config`` (a baseline's backbone) its token types and
+    position facts too (the Uni-Encoder fills them itself in ``from_backbone``)."""
+    base = UniConfig(
         max_context_tokens=cfg.max_context_tokens,
         max_candidate_tokens=cfg.max_candidate_tokens,
         max_row_tokens=cfg.max_context_tokens + cfg.max_candidate_tokens * max(groups, 16),
         max_groups=max(groups, 16),
         mask=cfg.mask,
     )
+    return base if hf_config is None else config_for_backbone(hf_config, base)
 
 
 def cross_batch(tok: UniTokenizer, items: Sequence[tuple[Sequence[str], Sequence[str]]]):
@@ -134,6 +147,12 @@ def bi_batches(tok: UniTokenizer, items: Sequence[tuple[Sequence[str], Sequence[
     )
 
 
+def _baseline_tokenizer(enc: CrossEncoder | BiEncoder, cfg: UniTrainConfig, groups: int) -> UniTokenizer:
+    """The Uni-Encoder's truncation rules on a baseline's vocabulary; token types as its backbone has."""
+    hf_config = enc.st_model.transformers_model.config
+    return UniTokenizer.from_dir(enc.source.path, _uni_config(cfg, groups, hf_config))  # type: ignore[arg-type]
+
+
 class Trainable:
     """One of the three models behind ``scores(items) -> list of (n_i,) tensors`` and ``save``."""
 
@@ -147,22 +166,26 @@ class Trainable:
         elif kind is ModelKind.CROSS:
             self.ce = CrossEncoder.from_backbone(cfg.model, device=device, seed=cfg.seed)
             self.module = self.ce.st_model
-            self.tok = UniTokenizer.from_dir(self.ce.source.path, ucfg)  # type: ignore[arg-type]
+            self.tok = _baseline_tokenizer(self.ce, cfg, groups)
         else:
             self.bi = BiEncoder.load(cfg.model, device=device)
             self.module = self.bi.st_model
-            self.tok = UniTokenizer.from_dir(self.bi.source.path, ucfg)  # type: ignore[arg-type]
+            self.tok = _baseline_tokenizer(self.bi, cfg, groups)
 
     def _feats(self, batch) -> dict:
         from pairsmith.encoders.runtime import to_features
 
         return to_features(batch, self.device)
 
+    def uni_batch(self, items: Sequence[tuple[Sequence[str], Sequence[str]]]):
+        """Uni: one padded row per context (all its candidates), the training mask."""
+        enc, _, _ = self.tok.encode_groups(items, max_row_tokens=10**9)
+        return self.tok.pad(enc.ids)
+
     def scores(self, items: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list:
         sizes = [len(c) for _, c in items]
         if self.kind is ModelKind.UNI:
-            enc, chunks, _ = self.tok.encode_groups(items, max_row_tokens=10**9)
-            out = self.module(self._feats(self.tok.pad(enc.ids)))["scores"]  # (B, G)
+            out = self.module(self._feats(self.uni_batch(items)))["scores"]  # (B, G)
             return [out[i, :n] for i, n in enumerate(sizes)]
         if self.kind is ModelKind.CROSS:
             flat = self.module(self._feats(cross_batch(self.tok, items)))["scores"].reshape(-1)  # (sum n,)
@@ -204,11 +227,10 @@ def ranker(
     t.kind, t.cfg, t.device = kind, cfg, device
     if kind is ModelKind.CROSS:
         t.ce = CrossEncoder.load(path, device=device)
-        t.module, src = t.ce.st_model, t.ce.source
+        t.module, t.tok = t.ce.st_model, _baseline_tokenizer(t.ce, cfg, 16)
     else:
         t.bi = BiEncoder.load(path, device=device)
-        t.module, src = t.bi.st_model, t.bi.source
-    t.tok = UniTokenizer.from_dir(src.path, _uni_config(cfg, 16))  # type: ignore[arg-type]
+        t.module, t.tok = t.bi.st_model, _baseline_tokenizer(t.bi, cfg, 16)
     t.module.eval()
 
     def rank(items):
@@ -307,14 +329,21 @@ def train_uni(
     groups += cfg.batch_size - 1 if neg is not Negatives.DATASET else 0
     torch.manual_seed(cfg.seed)
     model = Trainable(kind, cfg, dev, groups)
+    params = list(model.module.parameters())
+    mlm = None
+    if cfg.mlm_weight > 0:  # W = 0 builds nothing: the plain path, bit for bit
+        from pairsmith.distill.uni_mlm import MlmAux
+
+        mlm = MlmAux(model.module, model.uni.source.path, dev)  # type: ignore[arg-type]
+        params += mlm.parameters()
     per_epoch = (len(ex) + cfg.batch_size - 1) // cfg.batch_size
     total = per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(model.module.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     warm = max(1, int(cfg.warmup * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
     )
-    start, losses = 0, []
+    start, losses, mlm_losses = 0, [], []
     ck = out / CHECKPOINT
     model_dir = out / MODEL_SUBDIR
     if not state.is_done("fit") and resume and ck.exists():
@@ -323,6 +352,9 @@ def train_uni(
         opt.load_state_dict(blob["opt"])
         sched.load_state_dict(blob["sched"])
         start, losses = int(blob["step"]), list(blob["losses"])
+        if mlm is not None:
+            mlm.head.load_state_dict(blob["mlm"])
+            mlm_losses = list(blob["mlm_losses"])
         torch.set_rng_state(blob["rng"])  # dropout masks continue as in an uninterrupted run
         log.info("resuming at step %d of %d", start, total)
     if not state.is_done("fit"):
@@ -342,14 +374,21 @@ def train_uni(
                     for s, g in zip(scores, golds, strict=True)
                 ]
             ).mean()
+            losses.append(float(loss.detach()))  # the ranking loss (comparable across runs and kinds)
+            if mlm is not None:
+                aux = mlm.loss(model.uni_batch(items), np.random.default_rng([cfg.seed, step, 1]))
+                mlm_losses.append(float(aux.detach()))
+                loss = loss + cfg.mlm_weight * aux
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.module.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.set_postfix(
+                loss=f"{np.mean(losses[-20:]):.3f}",
+                **({"mlm": f"{np.mean(mlm_losses[-20:]):.3f}"} if mlm else {}),
+            )
             if (step + 1) % cfg.checkpoint_steps == 0 and step + 1 < total:
                 buf = io.BytesIO()
                 torch.save(
@@ -360,6 +399,7 @@ def train_uni(
                         "step": step + 1,
                         "losses": losses,
                         "rng": torch.get_rng_state(),
+                        **({"mlm": mlm.head.state_dict(), "mlm_losses": mlm_losses} if mlm else {}),
                     },
                     buf,
                 )
@@ -368,12 +408,15 @@ def train_uni(
         model.module.eval()
         save_dir_atomic(model_dir, model.save)
         tenth = max(1, len(losses) // 10)
+
+        def curve(xs: list[float]) -> list[float]:
+            return [round(float(np.mean(xs[i : i + tenth])), 4) for i in range(0, len(xs), tenth)]
+
         state.mark(
             "fit",
             steps=total,
-            loss_curve=[
-                round(float(np.mean(losses[i : i + tenth])), 4) for i in range(0, len(losses), tenth)
-            ],
+            loss_curve=curve(losses),
+            **({"mlm_loss_curve": curve(mlm_losses)} if mlm else {}),
         )
         ck.unlink(missing_ok=True)
     report = {

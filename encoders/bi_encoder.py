@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pairsmith.encoders.pipeline import Pipeline
+from pairsmith.encoders.pipeline import Pipeline, PipelineFacts
 from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine
 from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
 from pairsmith.encoders.source import ModelSource, fingerprint, resolve_model
@@ -101,7 +101,7 @@ def st_normalizes(st_model) -> bool:
     return any(isinstance(m, Normalize) for m in st_model._modules.values())
 
 
-class BiEncoder:
+class BiEncoder(PipelineFacts):
     """Sentence embeddings from a sentence-transformers model (torch) or its ONNX export.
 
     Example::
@@ -201,24 +201,6 @@ class BiEncoder:
     @property
     def dim(self) -> int:
         return self._dim
-
-    @property
-    def engine(self) -> str:
-        """What runs the model, in one line (backend, variant, streams x threads)."""
-        fn = getattr(self.pipeline.backend, "describe", None)
-        return fn() if fn is not None else type(self.pipeline.backend).__name__
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self.pipeline.tokenizer
-
-    @property
-    def max_length(self) -> int:
-        return self.tokenizer.max_length
-
-    @property
-    def model_id(self) -> str:
-        return self.source.display_id
 
     @property
     def fingerprint(self) -> str:

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pairsmith.encoders.pipeline import Pipeline
+from pairsmith.encoders.pipeline import Pipeline, PipelineFacts
 from pairsmith.encoders.postprocess import sigmoid
 from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
 from pairsmith.encoders.source import ModelSource, fingerprint, read_json, resolve_model
-from pairsmith.encoders.tokenize import TextTokenizer, Tokenizer
+from pairsmith.encoders.tokenize import TextTokenizer
 from pairsmith.encoders.types import Activation, OutputKind, Scores
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
@@ -92,7 +92,7 @@ def init_missing_pooler(hf_model, directory: Path | None) -> bool:
     return True
 
 
-class CrossEncoder:
+class CrossEncoder(PipelineFacts):
     """Scores sentence pairs jointly (one forward pass per pair)."""
 
     def __init__(
@@ -193,18 +193,6 @@ class CrossEncoder:
                 source.ref,
             )
         return cls.from_st(st, source=source, device=dev, keepalive=view)
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self.pipeline.tokenizer
-
-    @property
-    def model_id(self) -> str:
-        return self.source.display_id
-
-    @property
-    def max_length(self) -> int:
-        return self.tokenizer.max_length
 
     @property
     def fingerprint(self) -> str:

@@ -68,6 +68,12 @@ MANIFEST = "pairsmith_onnx.json"
 MANIFEST_FORMAT = 1
 DEFAULT_OPSET = 17
 QUANTIZE_CHOICES = ("none", "int8", "int8-static", "int8-dynamic")  # int8 = int8-static
+# Kinds whose export is fp32 only, and why (int8 calibration and the int8/fp16 agreement check
+# feed plain tokenizer rows).
+FP32_ONLY: dict[str, str] = {
+    "uni": "the Uni-Encoder export is fp32 only: int8 calibration and the int8/fp16 agreement check "
+    "feed plain tokenizer rows, not packed context + candidate rows with their 4-D attention mask",
+}
 
 
 # -- configuration and placement -----------------------------------------------------------------
@@ -245,6 +251,8 @@ def export_onnx(
     kind = detect_kind(source) if cfg.kind == "auto" else cfg.kind
     if kind not in _EXPORTERS:
         raise InvalidInput(f"kind: no exporter registered for {kind!r}")
+    if kind in FP32_ONLY and (cfg.quantize != "none" or cfg.fp16):
+        raise InvalidInput(f"quantize/fp16: {FP32_ONLY[kind]}; export without them (fp32)")
     if source.path is None and out is None:
         raise InvalidInput(f"export: {source.ref} is a hub name; give --out DIR for a local copy with onnx/")
     spec = _EXPORTERS[kind](source)

@@ -351,7 +351,7 @@ def _first_module(model_dir: Path):
     return cls, model_dir / str(mods[0].get("path", ""))
 
 
-_KIND_OUTPUT = {"bi": OutputKind.EMBEDDINGS, "cross": OutputKind.SCORES}
+_KIND_OUTPUT = {"bi": OutputKind.EMBEDDINGS, "cross": OutputKind.SCORES, "uni": OutputKind.GROUPED_SCORES}
 
 
 def load_onnx_backend(

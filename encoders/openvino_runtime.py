@@ -92,7 +92,13 @@ class OpenVinoRunner:
         self.variant = variant if self.precision == "f32" else f"{variant}+ov_{self.precision}"
         name = export.manifest.get("primary_output") or self.compiled.outputs[0].get_any_name()
         self.output = self.compiled.output(name)
-        self.input_names = {i.get_any_name() for i in self.compiled.inputs}
+        # (the name the request is fed by, every name of the input, its numpy dtype): OpenVINO may
+        # name an input after the node it feeds (the Uni-Encoder's float attention_bias).
+        self._inputs = [
+            (i.get_any_name(), frozenset(i.get_names()), i.get_element_type().to_dtype())
+            for i in self.compiled.inputs
+        ]
+        self.input_names = {n for _, names, _ in self._inputs for n in names}
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         self.threads = int(threads) if threads else physical_cores()
@@ -102,13 +108,18 @@ class OpenVinoRunner:
         return f"openvino {self.variant} ({self.precision}), 1 stream x {self.threads} thread(s)"
 
     def run(self, batch: TokenBatch) -> np.ndarray:
-        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if "token_type_ids" in self.input_names:
-            tt = batch.token_type_ids
-            feeds["token_type_ids"] = tt if tt is not None else np.zeros_like(batch.input_ids)
-        feeds = {
-            k: np.ascontiguousarray(v, dtype=np.int64) for k, v in feeds.items() if k in self.input_names
-        }
+        have = batch.feeds()  # every array the batch carries (ids, mask, types, positions, bias, spans)
+        if have.get("token_type_ids") is None:
+            have["token_type_ids"] = np.zeros_like(batch.input_ids)
+        feeds = {}
+        for key, names, dtype in self._inputs:
+            name = next((n for n in sorted(names) if n in have), None)
+            if name is None:
+                raise FailedPrecondition(
+                    f"backend openvino: the graph needs input {sorted(names)}, "
+                    "which this token batch does not carry"
+                )
+            feeds[key] = np.ascontiguousarray(have[name], dtype=dtype)
         with self._lock:
             out = self._request.infer(feeds)[self.output]
             return np.array(out, dtype=np.float32, copy=True)  # the request reuses its output buffer
@@ -122,9 +133,9 @@ def load_openvino_runner(
     threads: int | None = None,
     precision: str = "auto",
 ) -> OpenVinoRunner:
-    """The runner BiEncoder / CrossEncoder use with ``backend='openvino'`` (CPU only)."""
-    if kind not in ("bi", "cross"):
-        raise InvalidInput(f"kind: expected 'bi' or 'cross', got {kind!r}")
+    """The runner BiEncoder / CrossEncoder / UniEncoder use with ``backend='openvino'`` (CPU only)."""
+    if kind not in ("bi", "cross", "uni"):
+        raise InvalidInput(f"kind: expected 'bi', 'cross' or 'uni', got {kind!r}")
     _openvino()
     export = open_export(source, kind)
     v = (variant or "auto").strip().lower()

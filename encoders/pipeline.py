@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from pairsmith.encoders.runtime import ModelBackend
+from pairsmith.encoders.source import ModelSource
 from pairsmith.encoders.tokenize import Tokenizer
 from pairsmith.encoders.types import Encoded, ModelOutput, OutputKind
 from pairsmith.errors import InvalidInput
@@ -229,3 +230,28 @@ class Pipeline:
         self.calibrated = True
         log.info("one forward costs about %.0f tokens of work", self.overhead_tokens)
         return self.overhead_tokens
+
+
+class PipelineFacts:
+    """Facts every pipeline-backed encoder answers alike (mixed into BiEncoder and CrossEncoder)."""
+
+    pipeline: Pipeline
+    source: ModelSource
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.pipeline.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.max_length
+
+    @property
+    def model_id(self) -> str:
+        return self.source.display_id
+
+    @property
+    def engine(self) -> str:
+        """What runs the model, in one line (runtime, variant, streams x threads)."""
+        fn = getattr(self.pipeline.backend, "describe", None)
+        return fn() if fn is not None else type(self.pipeline.backend).__name__

@@ -13,7 +13,8 @@ it the recommended mode for large sets (and the default).
 A saved Uni-Encoder directory holds the backbone (``config.json``, ``model.safetensors``,
 tokenizer files), ``uni_head.safetensors`` (the score head) and ``uni_encoder.json``
 (:class:`UniConfig` + format). ONNX: ``register_exporter("uni")`` exports backbone + head with
-the custom inputs (position ids, additive mask, spans); ``backend="onnx"`` runs it without torch.
+the custom inputs (position ids, additive mask, spans), fp32 only; ``backend="onnx"`` or
+``"openvino"`` runs it without torch, ``"auto"`` follows the engine table where it can.
 """
 
 from __future__ import annotations
@@ -49,8 +50,12 @@ def is_uni_dir(path: Path | None) -> bool:
     return path is not None and (path / UNI_FILE).is_file()
 
 
-def _config_for(hf_config, base: UniConfig | None) -> UniConfig:
-    """Fill the backbone-dependent fields (positions, token types) from its config."""
+def config_for_backbone(hf_config, base: UniConfig | None) -> UniConfig:
+    """Fill the backbone-dependent fields (positions, token types) from its Hugging Face config.
+
+    Token types only where the backbone has a type embedding with >= 2 rows (BERT/MiniLM: 2;
+    RoBERTa: 1; MPNet: no ``type_vocab_size`` at all).
+    """
     d = (base or UniConfig()).to_dict()
     model_type = str(getattr(hf_config, "model_type", ""))
     d["position_offset"] = (int(hf_config.pad_token_id) + 1) if model_type in _OFFSET_MODELS else 0
@@ -75,7 +80,8 @@ def _scorer_class():
             self.head = torch.nn.Linear(int(backbone.config.hidden_size), 1)
             self.max_groups = int(max_groups)
 
-        def forward(self, features: dict) -> dict:
+        def hidden(self, features: dict):
+            """The backbone's last layer (B, T, H) under the row's positions and 4-D mask."""
             ids = features["input_ids"]  # (B, T)
             bias = features.get("attention_bias")  # (B, 1, T, T) additive, or None (padding only)
             mask = bias.to(self.head.weight.dtype) if bias is not None else features["attention_mask"]
@@ -83,7 +89,11 @@ def _scorer_class():
             for name in ("token_type_ids", "position_ids"):
                 if features.get(name) is not None:
                     kwargs[name] = features[name]
-            h = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
+            return self.backbone(**kwargs).last_hidden_state  # (B, T, H)
+
+        def forward(self, features: dict) -> dict:
+            ids = features["input_ids"]  # (B, T)
+            h = self.hidden(features)  # (B, T, H)
             groups = torch.arange(self.max_groups, device=ids.device)  # (G,)
             onehot = (features["spans"][..., None] == groups).to(h.dtype)  # (B, T, G)
             sums = torch.einsum("btg,bth->bgh", onehot, h)  # (B, G, H)
@@ -102,6 +112,31 @@ def _load_backbone(path: str, device: str):
 
     model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
     return model.to(device).eval()
+
+
+EXPORT_VARIANTS = ("auto", "fp32")  # what onnx_variant may ask of a Uni-Encoder export
+
+
+def _resolve_auto(device: str, variant: str | None) -> tuple[Backend, str | None]:
+    """``backend='auto'``: the engine table's (backend, variant), or torch where the Uni-Encoder
+    export cannot have that variant (the table's int8 on AVX2/AVX-512 CPUs)."""
+    from pairsmith.encoders.engines import resolve_auto
+
+    be, v = resolve_auto(device, variant)
+    if be is Backend.TORCH or (v or "auto").strip().lower() in EXPORT_VARIANTS:
+        return be, v
+    log.info("backend auto: the engine table picks %s %s; the Uni-Encoder export is fp32 only: torch", be, v)
+    return Backend.TORCH, None
+
+
+def _check_variant(variant: str | None, be: Backend) -> None:
+    if (variant or "auto").strip().lower() not in EXPORT_VARIANTS:
+        from pairsmith.encoders.onnx_export import FP32_ONLY
+
+        raise InvalidInput(
+            f"onnx_variant: {variant!r} with backend {be.value}: {FP32_ONLY['uni']}; "
+            "use fp32 (or auto), or backend torch"
+        )
 
 
 class UniEncoder:
@@ -156,7 +191,7 @@ class UniEncoder:
         if seed is not None:
             torch.manual_seed(seed)
         backbone = _load_backbone(arg, dev)
-        cfg = _config_for(backbone.config, config)
+        cfg = config_for_backbone(backbone.config, config)
         scorer = build_scorer(backbone, cfg.max_groups).to(dev)
         log.info("uni-encoder on %s: score head is newly initialised", source.ref)
         tok = UniTokenizer.from_dir(source.path, cfg)
@@ -173,7 +208,13 @@ class UniEncoder:
         onnx_variant: str | None = None,
         auto_export: bool = True,
     ) -> UniEncoder:
-        """A saved Uni-Encoder directory (``pairsmith train uni-encoder --out DIR``: DIR or DIR/model)."""
+        """A saved Uni-Encoder directory (``pairsmith train uni-encoder --out DIR``: DIR or DIR/model).
+
+        ``backend``: ``torch``; ``onnx`` or ``openvino`` (the fp32 ONNX export, made on first use
+        with ``auto_export``; the Uni-Encoder export has no int8/fp16 variants); ``auto`` as for
+        BiEncoder/CrossEncoder (the engine table's choice for this CPU, torch on a GPU), except that
+        a choice of a variant the Uni-Encoder export cannot have (int8 on most CPUs) runs torch.
+        """
         path = Path(model)
         if (path / "model" / UNI_FILE).is_file():
             path = path / "model"
@@ -190,11 +231,14 @@ class UniEncoder:
         tok = UniTokenizer.from_dir(source.path, cfg)  # type: ignore[arg-type]
         dev = resolve_device(device)
         be_kind = Backend.parse(backend)
-        if be_kind is Backend.ONNX:
-            from pairsmith.encoders.onnx_runtime import load_onnx_backend
+        if be_kind is Backend.AUTO:
+            be_kind, onnx_variant = _resolve_auto(dev, onnx_variant)
+        if be_kind in (Backend.ONNX, Backend.OPENVINO):
+            from pairsmith.encoders.engines import load_export_backend
 
-            onnx = load_onnx_backend(
-                source, "uni", onnx_variant, dev, auto_export=auto_export, output=OutputKind.GROUPED_SCORES
+            _check_variant(onnx_variant, be_kind)
+            onnx = load_export_backend(
+                be_kind, source, kind="uni", variant=onnx_variant, device=dev, auto_export=auto_export
             )
             return cls(tok, onnx.backend, source=source, device=dev, backend_kind=be_kind)
         from safetensors.torch import load_file

@@ -125,7 +125,7 @@ def test_pooler_matches_a_per_word_softmax_loop():
             k = pool.k(x[s:e]).view(e - s, 2, 4)  # (L, H, Dh)
             v = pool.v(x[s:e]).view(e - s, 2, 4)
             att = torch.softmax(torch.einsum("ihd,jhd->ihj", pool.queries, k) / 2.0, -1)  # (Nq, H, L)
-            rows.append(pool.out(torch.einsum("ihj,jhd->ihd", att, v).flatten()))
+            rows.append(pool.out_norm(pool.out(torch.einsum("ihj,jhd->ihd", att, v).flatten())))
     torch.testing.assert_close(got, torch.stack(rows), rtol=0, atol=1e-10)
 
 

@@ -74,3 +74,32 @@ def test_default_model_stsb_dev_integration(default_bi, shared_data):
     res = eval_sts(bi_scorer(default_bi), ["stsb-dev"], shared_data)
     # sentence-transformers gives 86.72 for all-MiniLM-L6-v2 here.
     assert res["stsb-dev"] >= 86.0, res
+
+
+def _dd_lines(path, n: int):
+    rows = [
+        {
+            "context": [f"we talk about topic {i}", f"yes topic {i} is nice"],
+            "positive_responses": [f"i like topic {i} too"],
+            "random_negative_responses": ["the bus is late", "blue"],
+            "adversarial_negative_responses": [f"topic {i} is not a topic"],
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_eval_response_limit_evaluates_the_first_n_and_records_it(tmp_path, tiny_bi_dir, capsys):
+    data = _dd_lines(tmp_path / "dd.jsonl", 5)
+    out = tmp_path / "res.json"
+    args = ["eval", "response", "--model", str(tiny_bi_dir), "--dataset", str(data), "--json", str(out)]
+    assert main([*args, "--limit", "2"]) == 0
+    res = json.loads(out.read_text())
+    assert res["results"]["cases"] == 2  # one positive per context: 2 contexts, not 5
+    assert res["task"] == "response:dd[:2]" and res["subset"] == {"limit": 2, "contexts": 2}
+    assert "first 2 contexts only: --limit 2" in capsys.readouterr().out
+    assert main(args) == 0
+    assert json.loads(out.read_text())["results"]["cases"] == 5
+    assert main([*args, "--limit", "0"]) == 2
+    assert "--limit: must be >= 1, got 0" in capsys.readouterr().err

@@ -156,6 +156,15 @@ def test_cross_encoder_parity_on_default_backbone(tmp_path):
     alone = np.array([onnx_ce.score([p], activation=Activation.RAW).values[0] for p in PAIRS])
     assert np.abs(alone - got).max() < 1e-5
     np.testing.assert_allclose(onnx_ce.score(PAIRS).values, 1 / (1 + np.exp(-got)), atol=1e-6)
+    # The cross-encoder runs on streams too (default 2 on 2+ cores) and says so; one stream, same logits.
+    one = CrossEncoder.load(
+        str(tmp_path / "ce"), device="cpu", backend="onnx", onnx_variant="fp32", streams=1
+    )
+    assert "1 stream(s)" in one.engine and torch_ce.engine.startswith("torch cpu")
+    assert (
+        np.abs(one.score(PAIRS * 3, activation=Activation.RAW, batch_size=2).values - np.tile(got, 3)).max()
+        < 1e-5
+    )
 
 
 def test_tiny_cross_graph_outputs_logit_and_sigmoid(tiny_cross_export, tiny_cross_dir):

@@ -78,6 +78,22 @@ def test_info(stub, bi, tiny_cross_dir):
     )
 
 
+def test_cli_client_info_and_embed(server, bi, capsys):
+    """`pairsmith client info` prints Info as JSON (engine, CPU feature set); `client embed` the vectors."""
+    import json
+
+    from pairsmith.service.cli.main import main
+
+    assert main(["client", "--target", server.target, "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["dim"] == bi.dim and info["engine"].startswith("torch cpu") and info["cpuIsa"]
+    assert main(["client", "--target", server.target, "embed", "a short text", "another"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = bi.encode(["a short text", "another"]).vectors
+    assert [r["index"] for r in rows] == [0, 1]
+    np.testing.assert_allclose(np.array([r["vector"] for r in rows]), want, atol=1e-5)
+
+
 def test_warmup_calibrated_the_batchers(server):
     """Fails when warm-up skips the planner's calibration (the overhead would stay the default)."""
     for b in (server.server.rt.bi_batcher, server.server.rt.cross_batcher):

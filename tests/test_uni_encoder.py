@@ -302,8 +302,12 @@ def test_training_runs_saves_and_resumes(tmp_path, kind, tiny_bi_dir):
     assert again["eval"] == rep["eval"]  # fit not redone: the same saved model is evaluated
 
 
-def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_bi_dir, monkeypatch):
-    """Kill the run after step 2 of 3 (checkpoint at 2), resume: the model equals a straight run."""
+@pytest.mark.parametrize("mlm_weight", [0.0, 0.5])
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(
+    tmp_path, tiny_bi_dir, monkeypatch, mlm_weight
+):
+    """Kill the run after step 2 of 3 (checkpoint at 2), resume: the model equals a straight run
+    (with the MLM loss too: its head and losses are in the checkpoint, its masks seeded per step)."""
     import pairsmith.distill.uni_train as ut
 
     data = _dd_file(tmp_path / "dd.jsonl", 12)
@@ -317,8 +321,9 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_bi
         checkpoint_steps=2,
         eval_sets=(),
         seed=1,
+        mlm_weight=mlm_weight,
     )
-    ut.train_uni(cfg, tmp_path / "straight", device="cpu", progress=False)
+    straight = ut.train_uni(cfg, tmp_path / "straight", device="cpu", progress=False)
     real = ut.Trainable.scores
     calls = {"n": 0}
 
@@ -333,7 +338,268 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_bi
         ut.train_uni(cfg, tmp_path / "resumed", device="cpu", progress=False)
     assert (tmp_path / "resumed" / "checkpoint.pt").exists()
     monkeypatch.setattr(ut.Trainable, "scores", real)
-    ut.train_uni(cfg, tmp_path / "resumed", resume=True, device="cpu", progress=False)
+    resumed = ut.train_uni(cfg, tmp_path / "resumed", resume=True, device="cpu", progress=False)
+    assert resumed["fit"].get("mlm_loss_curve") == straight["fit"].get("mlm_loss_curve")
     a = UniEncoder.load(str(tmp_path / "straight"), device="cpu").rank(CTX, CANDS)
     b = UniEncoder.load(str(tmp_path / "resumed"), device="cpu").rank(CTX, CANDS)
     np.testing.assert_allclose(a, b, atol=1e-5)  # same batches, same optimiser state
+
+
+@pytest.fixture(scope="module")
+def tiny_mpnet_dir(tmp_path_factory) -> Path:
+    from tests.tiny import make_tiny_mpnet_bi_encoder
+
+    return make_tiny_mpnet_bi_encoder(tmp_path_factory.mktemp("mpnet") / "model", seed=2)
+
+
+@pytest.mark.parametrize("backbone", ["bert", "mpnet"])
+def test_baselines_take_token_types_from_the_backbone(backbone, tiny_bi_dir, tiny_mpnet_dir):
+    """BERT (type_vocab_size 2): cross rows carry types 0/1; MPNet (no type embeddings): none."""
+    from pairsmith.distill.uni_train import ModelKind, Trainable, UniTrainConfig, cross_batch
+
+    model, has_types = (tiny_bi_dir, True) if backbone == "bert" else (tiny_mpnet_dir, False)
+    cfg = UniTrainConfig(model=str(model), max_context_tokens=32, max_candidate_tokens=16)
+    for kind in (ModelKind.CROSS, ModelKind.BI):
+        t = Trainable(kind, cfg, "cpu", 4)
+        assert t.tok.config.uses_type_ids is has_types, kind
+    batch = cross_batch(t.tok, [(CTX, CANDS[:2])])
+    if has_types:
+        assert batch.token_type_ids is not None and batch.token_type_ids.max() == 1
+    else:
+        assert batch.token_type_ids is None
+    uni = UniEncoder.from_backbone(str(model), config=SMALL, device="cpu", seed=0)
+    assert uni.config.uses_type_ids is has_types
+    assert uni.config.position_offset == (0 if has_types else 1)  # MPNet: pad id 0 + 1
+
+
+def test_cross_baseline_trains_on_a_backbone_with_one_token_type(tmp_path):
+    """type_vocab_size 1 (RoBERTa-like): a type id of 1 would index past the embedding table."""
+    from pairsmith.distill.uni_train import UniTrainConfig, train_uni
+
+    model = make_tiny_backbone(tmp_path / "one-type", seed=4, type_vocab_size=1)
+    data = _dd_file(tmp_path / "dd.jsonl", 8)
+    cfg = UniTrainConfig(
+        data=str(data),
+        model=str(model),
+        kind="cross",
+        max_context_tokens=32,
+        max_candidate_tokens=16,
+        batch_size=4,
+        eval_sets=(str(data),),
+        seed=1,
+    )
+    rep = train_uni(cfg, tmp_path / "out", device="cpu", progress=False)
+    assert rep["fit"]["steps"] == 2 and rep["eval"][data.stem]["cases"] == 8
+
+
+# -- backends: auto (engine table) and OpenVINO ---------------------------------------------------------
+
+
+def _table(tmp_path: Path, backend: str, variant: str) -> Path:
+    from pairsmith.encoders.onnx_quant import feature_set
+
+    t = tmp_path / f"table-{backend}-{variant}.json"
+    row = {"backend": backend, "variant": variant, "measured": "test row"}
+    t.write_text(json.dumps({"rows": {feature_set().value: row}}))
+    return t
+
+
+def test_auto_backend_follows_the_engine_table_or_falls_back_to_torch(tiny_uni, tmp_path, monkeypatch):
+    import pairsmith.encoders.onnx_quant as q
+    from pairsmith.encoders.runtime import Backend
+
+    d = tmp_path / "uni"
+    tiny_uni.save(d)
+    items = [(CTX, CANDS), ("short", ["x", "yy"])]
+    want = tiny_uni.rank_many(items, mask="arrow")
+    # the table's int8 (this CPU's shipped row): the Uni-Encoder export has no int8 -> torch, no export
+    monkeypatch.setattr(q, "ENGINE_TABLE", _table(tmp_path, "onnx", "int8-static"))
+    uni = UniEncoder.load(str(d), device="cpu", backend="auto")
+    assert uni.backend_kind is Backend.TORCH and uni.model is not None and not (d / "onnx").exists()
+    # an fp32 row: onnxruntime on the fp32 export (made on first use)
+    monkeypatch.setattr(q, "ENGINE_TABLE", _table(tmp_path, "onnx", "fp32"))
+    uni = UniEncoder.load(str(d), device="cpu", backend="auto")
+    assert uni.backend_kind is Backend.ONNX and uni.model is None and (d / "onnx").is_dir()
+    for g, w in zip(uni.rank_many(items, mask="arrow"), want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-4)  # fp32 graph vs torch: kernel order differs
+    # an explicit variant is kept: int8 is refused with the reason, not silently replaced
+    with pytest.raises(InvalidInput, match="fp32 only"):
+        UniEncoder.load(str(d), device="cpu", backend="onnx", onnx_variant="int8")
+
+
+def test_openvino_backend_runs_the_uni_export(tiny_uni, tmp_path, monkeypatch):
+    pytest.importorskip("openvino", reason="optional: pip install openvino==2026.4.1")
+    import pairsmith.encoders.onnx_quant as q
+    from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
+    from pairsmith.encoders.runtime import Backend
+
+    d = tmp_path / "uni"
+    tiny_uni.save(d)
+    items = [(CTX, CANDS), ("short", ["x", "yy", "a longer candidate here"])]
+    ov = UniEncoder.load(str(d), device="cpu", backend="openvino")  # the fp32 export made on first use
+    assert ov.backend_kind is Backend.OPENVINO and ov.model is None
+    for mask in UniMask:
+        want = tiny_uni.rank_many(items, mask=mask)
+        for g, w in zip(ov.rank_many(items, mask=mask), want, strict=True):
+            # 1e-4: fp32 graph vs torch (this CPU has no bf16, so OpenVINO infers in f32)
+            np.testing.assert_allclose(g, w, atol=1e-4)
+    monkeypatch.setattr(q, "ENGINE_TABLE", _table(tmp_path, "openvino", "fp32"))  # the AMX row's kind
+    assert UniEncoder.load(str(d), device="cpu", backend="auto").backend_kind is Backend.OPENVINO
+    with pytest.raises(InvalidInput, match="fp32 only"):
+        UniEncoder.load(str(d), device="cpu", backend="openvino", onnx_variant="int8-static")
+    with pytest.raises(InvalidInput, match="fp32 only"):
+        export_onnx(str(d), ExportConfig(quantize="int8"))
+
+
+# -- MLM auxiliary loss ------------------------------------------------------------------------------
+
+ONE_STEP_GOLDEN = Path(__file__).parent / "golden" / "uni_train_one_step.json"
+
+
+def _one_step_run(tmp_path: Path, model: Path, **extra) -> dict:
+    """One training step (4 contexts, seed 1, no eval): the loss curve and a hash of every weight."""
+    import hashlib
+
+    import torch
+
+    from pairsmith.distill.uni_train import UniTrainConfig, train_uni
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = _dd_file(tmp_path / "dd.jsonl", 12)
+    cfg = UniTrainConfig(
+        data=str(data),
+        model=str(model),
+        kind="uni",
+        max_contexts=4,
+        max_context_tokens=32,
+        max_candidate_tokens=16,
+        batch_size=4,
+        eval_sets=(),
+        seed=1,
+        **extra,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the bits depend on how a reduction is split over threads
+    try:
+        rep = train_uni(cfg, tmp_path / "out", device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    state = UniEncoder.load(str(tmp_path / "out"), device="cpu").model.state_dict()
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return {
+        "steps": rep["fit"]["steps"],
+        "loss_curve": rep["fit"]["loss_curve"],
+        "mlm_loss_curve": rep["fit"].get("mlm_loss_curve"),
+        "weights_sha256": h.hexdigest(),
+    }
+
+
+def test_mlm_weight_zero_is_the_plain_path_bit_for_bit(tmp_path, tiny_bi_dir, monkeypatch):
+    """W = 0: one step gives the very weights the code gave before --mlm-weight existed (golden
+    made at that commit, 1 torch thread); the MLM part is never built."""
+    import torch
+
+    import pairsmith.distill.uni_mlm as um
+    from pairsmith.encoders.onnx_quant import feature_set
+
+    golden = json.loads(ONE_STEP_GOLDEN.read_text())
+    if (feature_set().value, torch.__version__) != (golden["feature_set"], golden["torch"]):
+        pytest.skip(f"golden bits are from {golden['feature_set']} / torch {golden['torch']}")
+
+    def never(*a, **k):
+        raise AssertionError("the MLM head was built with mlm_weight=0")
+
+    monkeypatch.setattr(um, "MlmAux", never)
+    got = _one_step_run(tmp_path, tiny_bi_dir, mlm_weight=0.0)
+    assert {k: got[k] for k in ("steps", "loss_curve", "weights_sha256")} == {
+        k: golden[k] for k in ("steps", "loss_curve", "weights_sha256")
+    }
+    monkeypatch.undo()
+    w1 = _one_step_run(tmp_path / "w1", tiny_bi_dir, mlm_weight=1.0)
+    w2 = _one_step_run(tmp_path / "w2", tiny_bi_dir, mlm_weight=2.0)
+    assert w1["weights_sha256"] != w2["weights_sha256"]  # W does reach the weights (same RNG, same masks)
+    assert w1["mlm_loss_curve"] == w2["mlm_loss_curve"]  # ... and step 1's MLM loss is the same
+    assert got["mlm_loss_curve"] is None and np.isfinite(w1["mlm_loss_curve"]).all()
+
+
+def test_mlm_mask_picks_15_percent_of_real_tokens_only(tiny_uni):
+    from pairsmith.distill.uni_mlm import MLM_PROB, MlmAux, mlm_mask
+
+    tok = tiny_uni.tokenizer
+    enc, _, _ = tok.encode_groups([(CTX, CANDS), ("short", ["x", "yy"]), (CTX[:1], CANDS[::-1])] * 2)
+    batch = tok.pad(enc.ids)
+    ids = batch.input_ids
+    mlm = MlmAux(tiny_uni.model, tiny_uni.source.path, "cpu")
+    assert mlm.mask_id == 103  # [MASK] in the default model's WordPiece vocabulary
+    eligible = mlm.eligible(batch)
+    real = (batch.attention_mask > 0) & ~np.isin(ids, [tok.cls_id, tok.sep_id, tok.pad_id])
+    np.testing.assert_array_equal(eligible, real)  # context + candidate words: no [CLS]/[SEP]/padding
+    assert (batch.attention_mask == 0).any() and real.sum() > 100  # there is padding to leave out
+    out, picked = mlm_mask(ids, eligible, mlm.mask_id, mlm.vocab, rng=np.random.default_rng(0))
+    assert picked.sum() == round(MLM_PROB * eligible.sum()) and not (picked & ~eligible).any()
+    np.testing.assert_array_equal(out[~picked], ids[~picked])  # only picked tokens change
+    # 80 % of the 23 picks become [MASK]: P(half or fewer) = 6e-4 (binomial); the seed is fixed anyway
+    assert (out[picked] == 103).mean() > 0.5
+
+
+def test_mlm_loss_is_finite_and_falls_on_a_tiny_model(tiny_bi_dir):
+    import torch
+
+    from pairsmith.distill.uni_mlm import MlmAux
+    from pairsmith.distill.uni_train import ModelKind, Trainable, UniTrainConfig
+
+    cfg = UniTrainConfig(
+        model=str(tiny_bi_dir), max_context_tokens=32, max_candidate_tokens=16, mlm_weight=1.0
+    )
+    torch.manual_seed(0)
+    t = Trainable(ModelKind.UNI, cfg, "cpu", 4)
+    mlm = MlmAux(t.module, t.uni.source.path, "cpu")
+    batch = t.uni_batch([(CTX, CANDS[:4]), (["Any plans?"], ["Hiking.", "No", "Sleep.", "Work."])])
+    t.module.eval()  # no dropout: the same masked copy every step, so the loss must fall
+    opt = torch.optim.Adam([*t.module.parameters(), *mlm.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(6):
+        loss = mlm.loss(batch, np.random.default_rng(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(np.isfinite(losses)) and losses[0] > np.log(30522) - 1.0  # about uniform at the start
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_mlm_weight_is_validated():
+    from pairsmith.distill.uni_train import UniTrainConfig
+
+    with pytest.raises(InvalidInput, match="mlm_weight: must be a finite number >= 0"):
+        UniTrainConfig(mlm_weight=-1.0)
+    with pytest.raises(InvalidInput, match="kind uni only"):
+        UniTrainConfig(kind="cross", mlm_weight=0.5)
+
+
+def test_eval_response_uni_encoder_limit_and_auto_backend(tiny_uni, tmp_path):
+    from pairsmith.service.cli.main import main
+
+    d = tmp_path / "uni"
+    tiny_uni.save(d)
+    data = _dd_file(tmp_path / "dd.jsonl", 5)
+    out = tmp_path / "res.json"
+    args = [
+        "eval",
+        "response",
+        "--model",
+        str(d),
+        "--uni-encoder",
+        "--dataset",
+        str(data),
+        "--json",
+        str(out),
+    ]
+    assert main([*args, "--limit", "2", "--backend", "auto"]) == 0
+    res = json.loads(out.read_text())
+    assert res["results"]["cases"] == 2 and res["subset"] == {"limit": 2, "contexts": 2}
+    assert res["task"] == "response:dd[:2]"
+    assert main([*args, "--limit", "-3"]) == 2

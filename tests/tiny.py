@@ -36,17 +36,18 @@ def _copy_tokenizer(out: Path) -> None:
             shutil.copy(src / name, out / name)
 
 
-def make_tiny_backbone(out: Path, seed: int = 0, pooler: bool = True) -> Path:
+def make_tiny_backbone(out: Path, seed: int = 0, pooler: bool = True, type_vocab_size: int = 2) -> Path:
     """A plain Hugging Face BERT directory (no sentence-transformers files).
 
-    ``pooler=False`` saves no pooler weights, like many sentence-transformers checkpoints.
+    ``pooler=False`` saves no pooler weights, like many sentence-transformers checkpoints;
+    ``type_vocab_size=1``: one token type only (like RoBERTa), so type id 1 is out of range.
     """
     import torch
     from transformers import BertModel
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    BertModel(_tiny_config(), add_pooling_layer=pooler).save_pretrained(out)
+    BertModel(_tiny_config(type_vocab_size=type_vocab_size), add_pooling_layer=pooler).save_pretrained(out)
     _copy_tokenizer(out)
     return out
 
@@ -70,4 +71,32 @@ def make_tiny_cross_encoder(out: Path, seed: int = 0) -> Path:
     backbone = make_tiny_backbone(out.parent / (out.name + "-backbone"), seed=seed)
     ce = CrossEncoder(str(backbone), num_labels=1, max_length=64, device="cpu")
     ce.save(str(out))
+    return out
+
+
+def make_tiny_mpnet_bi_encoder(out: Path, seed: int = 0) -> Path:
+    """A sentence-transformers directory on a tiny MPNet (no token type embeddings at all, positions
+    offset by pad + 1, like all-mpnet-base-v2), with the default model's WordPiece vocabulary."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import MPNetConfig, MPNetModel
+
+    backbone = out.parent / (out.name + "-backbone")
+    backbone.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    cfg = MPNetConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        pad_token_id=0,  # the WordPiece vocabulary's [PAD]
+    )
+    MPNetModel(cfg, add_pooling_layer=False).save_pretrained(backbone)
+    _copy_tokenizer(backbone)
+    body = Transformer(str(backbone), max_seq_length=64)
+    model = SentenceTransformer(modules=[body, Pooling(body.get_embedding_dimension(), "mean")], device="cpu")
+    model.save(str(out))
     return out

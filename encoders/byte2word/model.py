@@ -16,7 +16,6 @@ one learned mask vector (whole-word masking happens on units, before the encoder
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -35,18 +34,21 @@ UNITS = ("bytes", "wordpiece")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
-def kernel_impl() -> str:
-    """``auto`` once the packed CPU path has landed in ``kernels``; the padded reference before."""
-    return "auto" if importlib.util.find_spec("pairsmith.kernels.packed") is not None else "reference"
-
-
 class BytePooler(nn.Module):
     """Packed bytes of N units -> N word vectors (N, d_model), one per unit, through the kernel.
 
     A unit's vector depends on its own bytes only (the pooling never looks past ``cu_seqlens``).
     """
 
-    def __init__(self, d_byte: int, d_model: int, n_queries: int, heads: int, max_word_bytes: int) -> None:
+    def __init__(
+        self,
+        d_byte: int,
+        d_model: int,
+        n_queries: int,
+        heads: int,
+        max_word_bytes: int,
+        norm_out: bool = True,
+    ) -> None:
         super().__init__()
         if d_byte % heads:
             raise InvalidInput(f"d_byte: {d_byte} is not divisible by pool heads {heads}")
@@ -59,6 +61,9 @@ class BytePooler(nn.Module):
         self.k = nn.Linear(d_byte, d_byte)
         self.v = nn.Linear(d_byte, d_byte)
         self.out = nn.Linear(n_queries * d_byte, d_model)
+        # Word vectors at unit scale, like an embedding row: without it they enter the encoder ~7x
+        # smaller than the position signal and nearly alike (docs/results.md, Byte2Word session 4).
+        self.out_norm: nn.Module = nn.LayerNorm(d_model) if norm_out else nn.Identity()
 
     def forward(
         self, byte_ids: torch.Tensor, byte_pos: torch.Tensor, cu_seqlens: torch.Tensor
@@ -75,9 +80,9 @@ class BytePooler(nn.Module):
                 cu_seqlens,
                 b_k=self.k.bias,
                 b_v=self.v.bias,
-                impl=kernel_impl(),
+                impl="auto",  # packed on the CPU, Triton on CUDA when it imports
             )  # (N, Nq, H, Dh)
-        return self.out(pooled.flatten(1))  # (N, d_model)
+        return self.out_norm(self.out(pooled.flatten(1)))  # (N, d_model)
 
     def _pool_padded(self, x: torch.Tensor, byte_pos: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """The same attention on units padded to the fixed cap (exportable: no data-dependent shapes).
@@ -129,7 +134,7 @@ class WordEncoder(PairsmithModule):
 
     config_keys = [
         "unit", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_length", "max_word_bytes",
-        "d_byte", "n_queries", "pool_heads", "vocab_size", "dropout",
+        "d_byte", "n_queries", "pool_heads", "vocab_size", "dropout", "pool_norm",
     ]  # fmt: skip
 
     def __init__(
@@ -146,6 +151,7 @@ class WordEncoder(PairsmithModule):
         pool_heads: int = 4,
         vocab_size: int = 30522,
         dropout: float = 0.1,
+        pool_norm: bool = True,
         tokenizer_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -158,11 +164,16 @@ class WordEncoder(PairsmithModule):
             int(max_word_bytes),
         )
         self.d_byte, self.n_queries, self.pool_heads = int(d_byte), int(n_queries), int(pool_heads)
-        self.vocab_size, self.dropout = int(vocab_size), float(dropout)
+        self.vocab_size, self.dropout, self.pool_norm = int(vocab_size), float(dropout), bool(pool_norm)
         self.tokenizer_dir = tokenizer_dir  # wordpiece only: where tokenizer.json lives (not a config key)
         if unit == "bytes":
             self.pooler = BytePooler(
-                self.d_byte, self.d_model, self.n_queries, self.pool_heads, self.max_word_bytes
+                self.d_byte,
+                self.d_model,
+                self.n_queries,
+                self.pool_heads,
+                self.max_word_bytes,
+                self.pool_norm,
             )
         else:
             self.tok_emb = nn.Embedding(self.vocab_size, self.d_model)
@@ -175,6 +186,18 @@ class WordEncoder(PairsmithModule):
             Block(self.d_model, self.n_heads, self.d_ff, self.dropout) for _ in range(self.n_layers)
         )
         self.final_norm = nn.LayerNorm(self.d_model)
+        self._init_embeddings()
+
+    def _init_embeddings(self) -> None:
+        """Every embedding table ~ N(0, 0.02) (BERT's initializer range), not torch's N(0, 1).
+
+        Adam moves a weight by about lr per step whatever its scale, and each table is followed by
+        a LayerNorm: rows of scale 1 barely change relative to themselves in a few hundred steps at
+        lr 5e-4, so a from-scratch model stayed near chance on SST-2 (docs/results.md, session 4).
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
 
     # -- tokenizer contract ------------------------------------------------------------------
     @property
@@ -275,6 +298,12 @@ class WordEncoder(PairsmithModule):
                     shutil.copyfile(src / name, Path(output_path) / name)
 
     @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> dict:
+        config = super().load_config(*args, **kwargs)
+        config.setdefault("pool_norm", False)  # saved before the pooler had its LayerNorm
+        return config
+
+    @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs: Any):
         model = super().load(model_name_or_path, subfolder=subfolder, **kwargs)
         folder = Path(model_name_or_path) / subfolder
@@ -295,4 +324,4 @@ def _wordpiece_tokenizer(directory: str | None, max_length: int):
     return TextTokenizer.from_dir(directory or _default_dir(), max_length, uses_type_ids=True)
 
 
-__all__ = ["BytePooler", "WordEncoder", "kernel_impl"]
+__all__ = ["BytePooler", "WordEncoder"]

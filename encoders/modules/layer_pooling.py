@@ -32,8 +32,6 @@ results for longer inputs in the exported graph.
 from __future__ import annotations
 
 import enum
-import functools
-import importlib.util
 import math
 from typing import Any
 
@@ -68,19 +66,6 @@ def last_token(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     pos = torch.arange(h.shape[1], device=h.device)  # (T,)
     idx = (mask.to(torch.long) * (pos + 1)).argmax(1)  # (B,) highest masked position
     return h[torch.arange(h.shape[0], device=h.device), idx]  # (B, H)
-
-
-@functools.cache
-def _auto_ready(device_type: str) -> bool:
-    """Whether ``impl='auto'`` has its fast path installed (the packed CPU path / Triton kernel).
-
-    Until those land in ``pairsmith.kernels`` the module falls back to the reference path.
-    """
-    name = "pairsmith.kernels.triton_pool" if device_type == "cuda" else "pairsmith.kernels.packed"
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def tracing() -> bool:
@@ -168,11 +153,9 @@ class LayerPooling(PairsmithModule):
         return masked_mean(h, mask) if self.reduce is TokenReduce.MEAN else last_token(h, mask)
 
     def _kernel_impl(self, device: torch.device) -> str:
-        if tracing():
-            return "reference"
-        if self.impl == "auto" and not _auto_ready(device.type):
-            return "reference"
-        return self.impl
+        # ONNX export traces the padded reference (no data-dependent shapes); otherwise the kernel's
+        # own dispatch ("auto": packed on the CPU, Triton on CUDA).
+        return "reference" if tracing() else self.impl
 
     def queries(self) -> torch.Tensor:
         """The latents' queries (Nq, heads, head_dim): input-independent, computed once per batch."""

@@ -25,6 +25,8 @@ def _cmd_train(args) -> int:
         max_steps=args.max_steps,
         ft_steps=args.ft_steps if args.ft_steps is not None else args.max_steps,
         batch_size=args.batch_size,
+        lr=args.lr,
+        ft_lr=args.ft_lr,
         seed=args.seed,
         threads=args.threads,
         eval_noise=not args.no_noise_eval,
@@ -77,6 +79,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps", type=int, default=200, help="MLM pre-training steps")
     p.add_argument("--ft-steps", type=int, default=None, help="fine-tuning steps (default: --max-steps)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="MLM pre-training learning rate (AdamW)")
+    p.add_argument("--ft-lr", type=float, default=5e-4, help="fine-tuning learning rate (AdamW)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--no-noise-eval", action="store_true", help="skip the noise / AdvGLUE evaluation")

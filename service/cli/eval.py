@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="dailydialog-dev",
         help="dailydialog-dev | PATH (DailyDialog++ JSON lines); with --uni-encoder also mutual-heldout",
     )
+    rs.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="evaluate only the first N contexts (a fixed, reported subset; default: all)",
+    )
     from pairsmith.service.cli.uni import add_eval_flags
 
     add_eval_flags(rs)
@@ -130,19 +136,23 @@ def _run_rerank(args: argparse.Namespace) -> int:
 def _run_response(args: argparse.Namespace) -> int:
     from pairsmith.distill.data import load_dialogue_set
     from pairsmith.distill.evaluation import bi_scorer, cross_scorer, eval_response
+    from pairsmith.distill.uni_train import limit_set
     from pairsmith.encoders import CrossEncoder
+    from pairsmith.errors import InvalidInput
 
     _check_common(args)
+    if args.limit is not None and args.limit < 1:
+        raise InvalidInput(f"--limit: must be >= 1, got {args.limit}")
     t0 = time.perf_counter()
     if args.uni_encoder:
         from pairsmith.distill.dialogue import load_dialogue
         from pairsmith.service.cli.uni import uni_response
 
-        ds = load_dialogue(args.dataset, args.data)
+        ds = limit_set(load_dialogue(args.dataset, args.data), args.limit)
         row, kind = uni_response(args, ds)
-        _emit(args, f"response:{ds.name}", kind, row, "x100", time.perf_counter() - t0)
+        _emit(args, f"response:{ds.name}", kind, row, "x100", time.perf_counter() - t0, _subset(ds, args))
         return 0
-    ds = load_dialogue_set(args.dataset, args.data)
+    ds = limit_set(load_dialogue_set(args.dataset, args.data), args.limit)
     if args.reranker:
         ce = CrossEncoder.load(args.reranker, device=args.device, backend=args.backend)
         scorer, kind = cross_scorer(ce, batch_size=args.batch_size), f"cross-encoder {args.reranker}"
@@ -150,8 +160,13 @@ def _run_response(args: argparse.Namespace) -> int:
         scorer, kind = bi_scorer(_load_bi(args), batch_size=args.batch_size), "bi-encoder (cosine)"
     res = eval_response(ds, scorer)
     row = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.as_dict().items()}
-    _emit(args, f"response:{ds.name}", kind, row, "x100", time.perf_counter() - t0)
+    _emit(args, f"response:{ds.name}", kind, row, "x100", time.perf_counter() - t0, _subset(ds, args))
     return 0
+
+
+def _subset(ds, args: argparse.Namespace) -> dict[str, Any]:
+    """What part of the set was evaluated (the report names a --limit subset explicitly)."""
+    return {"limit": args.limit, "contexts": len(ds.contexts)}
 
 
 def format_table(title: str, row: dict[str, Any]) -> str:
@@ -165,9 +180,17 @@ def format_table(title: str, row: dict[str, Any]) -> str:
 
 
 def _emit(
-    args: argparse.Namespace, task: str, kind: str, row: dict[str, Any], unit: str, secs: float
+    args: argparse.Namespace,
+    task: str,
+    kind: str,
+    row: dict[str, Any],
+    unit: str,
+    secs: float,
+    subset: dict[str, Any] | None = None,
 ) -> None:
     print(format_table(f"{task} — {args.model} — {kind} — {unit}", row))
+    if subset and subset.get("limit") is not None:
+        print(f"(first {subset['contexts']} contexts only: --limit {subset['limit']})")
     print(f"({secs:.1f} s)")
     if args.json_out:
         from pairsmith.atomic import atomic_write_json
@@ -179,6 +202,7 @@ def _emit(
                 "model": args.model,
                 "scorer": kind,
                 "results": row,
+                **({"subset": subset} if subset else {}),
                 "seconds": round(secs, 2),
                 "pairsmith": __version__,
                 "machine": platform.platform(),

@@ -119,6 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     cs = c.add_subparsers(dest="client_command", metavar="CALL", required=True)
 
+    i = cs.add_parser("info", help="the server's model, engine, CPU feature set and limits (JSON)")
+    i.set_defaults(func=_client_info)
+
     e = cs.add_parser("embed", help="embed texts; prints JSON lines {index, token_count, vector}")
     e.add_argument("texts", nargs="+")
     e.add_argument("--dimensions", type=int)
@@ -241,6 +244,15 @@ def _run_client(args, fn) -> int:
 
 def _print(obj) -> None:
     print(json.dumps(obj, ensure_ascii=False))
+
+
+def _client_info(args) -> int:
+    def go(c):
+        info = c.info()
+        info.pop("timing", None)
+        _print(info)
+
+    return _run_client(args, go)
 
 
 def _client_embed(args) -> int:

@@ -41,6 +41,13 @@ def register_train(tsub) -> None:
     p.add_argument("--max-candidate-tokens", type=int, default=64)
     p.add_argument("--checkpoint-steps", type=int, default=50)
     p.add_argument(
+        "--mlm-weight",
+        type=float,
+        default=0.0,
+        help="uni: add W x MLM loss (15%% of context + candidate tokens masked in a copy of each batch); "
+        "default 0 = off",
+    )
+    p.add_argument(
         "--eval",
         default="mutual-heldout,dailydialog-dev",
         help="comma list of evaluation sets after training ('none': skip)",
@@ -81,6 +88,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         eval_sets=tuple(s for s in args.eval.split(",") if s and s != "none"),
         eval_limit=args.eval_limit,
         seed=args.seed,
+        mlm_weight=args.mlm_weight,
     )
     report = train_uni(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
     print(

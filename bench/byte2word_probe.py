@@ -1,0 +1,146 @@
+"""Byte2Word diagnosis probes on a held-out split of SST-2 *train* (never SST-2 dev).
+
+    bench/byte2word_probe.py split OUTDIR          # OUTDIR/fit.tsv + OUTDIR/select.tsv
+    bench/byte2word_probe.py run OUTDIR --unit bytes --mlm-steps 0 --ft-steps 300 [--old-init]
+        [--no-pool-norm] [--ft-lr 2e-3] [--query-std 1.0] [--zero-pool-bias] [--seed 0]
+
+``split``: 2,000 rows of SST-2 train with >= 10 words (seed 0) are the selection set (closer to
+dev's full sentences than the short phrases); every other train row that is a phrase (>= 2 words)
+of a selection row, or equal to one, is dropped from the fit set (the SST-2 train phrases are
+nested). Note: the MLM corpus holds SST-2 train sentences unlabelled, selection rows included.
+
+``run``: one MLM + fine-tuning run of ``distill.byte2word.Trainer`` (``small`` by default) on
+fit.tsv, accuracy on select.tsv; appends a JSON line to OUTDIR/probes.jsonl. ``--old-init``
+and ``--no-pool-norm`` restore the pre-session-4 behaviour (N(0, 1) embedding tables, no
+LayerNorm after the byte pooler) on the current code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+SST2_TRAIN = "classification/sst2/sentiment-train"
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.lower().split())
+
+
+def split(out: Path, data: str | None) -> None:
+    from pairsmith.distill.byte2word_data import read_labelled
+    from pairsmith.distill.data import data_root
+
+    rows = read_labelled(data_root(data) / SST2_TRAIN)
+    rng = random.Random(0)
+    long_rows = [i for i, (t, _) in enumerate(rows) if len(t.split()) >= 10]
+    held = set(rng.sample(long_rows, 2000))
+    held_norm = [_norm(rows[i][0]) for i in sorted(held)]
+    blob, exact = "\n".join(held_norm), set(held_norm)
+    fit, dropped = [], 0
+    for i, (t, y) in enumerate(rows):
+        n = _norm(t)
+        if i in held:
+            continue
+        if n in exact or (len(n.split()) >= 2 and n in blob):
+            dropped += 1
+            continue
+        fit.append((t, y))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fit.tsv").write_text("".join(f"{t}\t{y}\n" for t, y in fit))
+    (out / "select.tsv").write_text("".join(f"{rows[i][0]}\t{rows[i][1]}\n" for i in sorted(held)))
+    pos = sum(rows[i][1] for i in held) / len(held)
+    print(
+        json.dumps(
+            {"train": len(rows), "select": len(held), "fit": len(fit), "dropped": dropped, "select_pos": pos}
+        )
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+    from torch import nn
+
+    from pairsmith.distill.byte2word import Byte2WordTrainConfig, Trainer
+    from pairsmith.distill.byte2word_data import read_corpus, read_labelled
+
+    torch.set_num_threads(1)
+    out = Path(args.outdir)
+    fit, sel = read_labelled(out / "fit.tsv"), read_labelled(out / "select.tsv")
+    cfg = Byte2WordTrainConfig(
+        out=str(out / "tmp"),
+        mlm_corpus=args.mlm_corpus,
+        unit=args.unit,
+        size=args.config,
+        max_steps=args.mlm_steps,
+        ft_steps=args.ft_steps,
+        seed=args.seed,
+        ft_lr=args.ft_lr,
+    )
+    tr = Trainer(cfg)
+    enc = tr.encoder
+    if args.old_init:
+        for m in enc.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=1.0)  # torch's default
+    if args.unit == "bytes":
+        if args.no_pool_norm:
+            enc.pooler.out_norm = nn.Identity()
+        if args.query_std is not None:
+            nn.init.normal_(enc.pooler.queries, std=args.query_std)
+        if args.zero_pool_bias:
+            for lin in (enc.pooler.k, enc.pooler.v, enc.pooler.out):
+                nn.init.zeros_(lin.bias)
+    t0 = time.time()
+    corpus = read_corpus(args.mlm_corpus) if args.mlm_steps else []
+    mlm = tr.pretrain(corpus, args.mlm_steps)
+    ft = tr.finetune(fit, args.ft_steps)
+    rep = {
+        "unit": args.unit,
+        "variant": {
+            k: getattr(args, k) for k in ("old_init", "no_pool_norm", "ft_lr", "query_std", "zero_pool_bias")
+        },
+        "mlm_steps": args.mlm_steps,
+        "ft_steps": args.ft_steps,
+        "seed": args.seed,
+        "select_acc": tr.accuracy(sel),
+        "mlm_loss_last50": sum(mlm[-50:]) / len(mlm[-50:]) if mlm else None,
+        "ft_loss_last50": sum(ft[-50:]) / len(ft[-50:]) if ft else None,
+        "wall_s": round(time.time() - t0, 1),
+    }
+    print(json.dumps(rep))
+    with open(out / "probes.jsonl", "a") as fh:
+        fh.write(json.dumps(rep) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("split")
+    s.add_argument("outdir")
+    s.add_argument("--data", default=None)
+    r = sub.add_parser("run")
+    r.add_argument("outdir")
+    r.add_argument("--mlm-corpus", default="")
+    r.add_argument("--unit", choices=["bytes", "wordpiece"], default="bytes")
+    r.add_argument("--config", choices=["tiny", "small"], default="small")
+    r.add_argument("--mlm-steps", type=int, default=0)
+    r.add_argument("--ft-steps", type=int, default=300)
+    r.add_argument("--ft-lr", type=float, default=5e-4)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--old-init", action="store_true")
+    r.add_argument("--no-pool-norm", action="store_true")
+    r.add_argument("--query-std", type=float, default=None)
+    r.add_argument("--zero-pool-bias", action="store_true")
+    args = ap.parse_args()
+    if args.cmd == "split":
+        split(Path(args.outdir), args.data)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
