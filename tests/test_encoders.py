@@ -147,3 +147,20 @@ def test_from_backbone_identity_pooler_only_when_checkpoint_lacks_it(tmp_path, s
     else:
         torch.testing.assert_close(dense.weight.detach(), eye)
         assert float(dense.bias.detach().abs().max()) == 0.0
+
+
+def test_from_backbone_says_whether_the_head_is_new_or_loaded(tiny_bi_dir, tmp_path, caplog):
+    """A bi-encoder backbone gets a new head; a trained cross-encoder as --init keeps its own (and says so)."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="pairsmith.encoders.cross_encoder"):
+        ce = CrossEncoder.from_backbone(str(tiny_bi_dir), device="cpu", seed=0)
+    assert "newly initialised" in caplog.text and "starts from" not in caplog.text
+    ce.save(tmp_path / "ce")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pairsmith.encoders.cross_encoder"):
+        again = CrossEncoder.from_backbone(str(tmp_path / "ce"), device="cpu", seed=1)
+    assert "starts from the checkpoint's classification head" in caplog.text
+    assert "newly initialised" not in caplog.text
+    pairs = [("a cat", "a dog"), ("one", "two three")]
+    np.testing.assert_allclose(again.score(pairs).values, ce.score(pairs).values, atol=1e-6)  # head kept
