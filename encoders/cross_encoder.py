@@ -185,7 +185,8 @@ class CrossEncoder(PipelineFacts):
         dev = resolve_device(device)
         local = {"local_files_only": True} if source.is_local else {}
         st = STCrossEncoder(arg, num_labels=1, device=dev, max_length=max_length, **local)
-        if view is None and _has_classifier(Path(arg)):  # a trained cross-encoder as the start
+        keys = checkpoint_keys(Path(arg)) if view is None and Path(arg).is_dir() else None
+        if keys is not None and any(k.startswith("classifier.") for k in keys):  # a trained cross-encoder
             log.info("cross-encoder on %s: starts from the checkpoint's classification head", source.ref)
         else:
             log.info("cross-encoder on %s: classification head is newly initialised", source.ref)
@@ -241,14 +242,3 @@ class CrossEncoder(PipelineFacts):
                 "save: this cross-encoder runs an ONNX export; save the source directory"
             )
         self.st_model.save(str(path))
-
-
-def _has_classifier(model_dir: Path) -> bool:
-    """Whether a local checkpoint holds a sequence-classification head (``classifier.*`` weights)."""
-    f = model_dir / "model.safetensors"
-    if not f.is_file():
-        return False
-    from safetensors import safe_open
-
-    with safe_open(str(f), framework="pt") as fh:
-        return any(k.startswith("classifier.") for k in fh.keys())  # noqa: SIM118 (safe_open has no __iter__)

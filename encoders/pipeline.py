@@ -77,13 +77,13 @@ def split_plan(plan: list[tuple[int, int]], streams: int) -> list[tuple[int, int
     A lone request of 8 texts becomes two batches of 4 on 2 streams: two single-thread runs of
     half the rows finish sooner than one run of all rows on one thread.
     """
-    if len(plan) >= streams:
+    if not plan or len(plan) >= streams:
         return plan
-    parts = -(-streams // max(1, len(plan)))  # ceil
+    parts = -(-streams // len(plan))  # ceil
     out: list[tuple[int, int]] = []
-    for start, end in plan:
+    for start, end in plan:  # every planned batch has at least one row
         k = min(parts, end - start)
-        cuts = [start + round(i * (end - start) / k) for i in range(k + 1)] if k > 0 else [start, end]
+        cuts = [start + round(i * (end - start) / k) for i in range(k + 1)]
         out.extend((a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a)
     return out
 
