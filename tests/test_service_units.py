@@ -289,3 +289,15 @@ def test_plan_batches_groups_equal_lengths():
     # Very different lengths split when the padding saved exceeds one forward's overhead.
     assert plan_batches(np.array([40, 40, 10, 10, 10, 10]), 32, 8192, 20.0) == [(0, 2), (2, 6)]
     assert plan_batches(np.array([40, 40, 10, 10, 10, 10]), 32, 8192, 200.0) == [(0, 6)]
+
+
+def test_serve_config_streams_validated_and_cli_says_so(capsys):
+    """`--streams` below 0 is refused with the field named (0 = automatic, 1 = one batch at a time)."""
+    from pairsmith.service.cli.main import main
+    from pairsmith.service.config import ServeConfig
+
+    assert ServeConfig(streams=0).streams == 0 and ServeConfig(streams=3).streams == 3
+    with pytest.raises(InvalidInput, match=r"streams: must be >= 0"):
+        ServeConfig(streams=-1)
+    assert main(["serve", "--streams", "-1", "--port", "0"]) != 0
+    assert "streams: must be >= 0" in capsys.readouterr().err
