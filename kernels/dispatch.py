@@ -25,7 +25,7 @@ class Impl(enum.Enum):
 
     AUTO = "auto"
     REFERENCE = "reference"  # padded PyTorch, the specification (reference.py)
-    PACKED = "packed"  # no padding, grouped by item length (packed.py); the CPU default
+    PACKED = "packed"  # no padding: segment softmax + sparse products (packed.py); the CPU default
     TRITON = "triton"  # fused forward/backward kernels (triton_pool.py); CPU only under TRITON_INTERPRET=1
 
 
