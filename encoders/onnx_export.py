@@ -106,6 +106,12 @@ class ExportConfig:
             Isa.parse(self.isa)
         if self.fuse not in ("auto", "on", "off"):
             raise InvalidInput(f"fuse: must be auto, on or off, got {self.fuse!r}")
+        if self.fuse == "on" and self.int8_scheme is Int8Scheme.STATIC and not self.fp16:
+            raise InvalidInput(
+                "fuse: 'on' applies to --quantize int8-dynamic and --fp16; static int8 (int8, int8-static) "
+                "quantises the plain graph (its frozen scales sit on the unfused MatMuls), so nothing would "
+                "be fused: drop --fuse or use --quantize int8-dynamic"
+            )
 
     @property
     def int8_scheme(self) -> Int8Scheme | None:

@@ -327,6 +327,12 @@ def test_export_config_validation(tmp_path):
         ExportConfig(kind="tri")
     with pytest.raises(InvalidInput, match="fuse"):
         ExportConfig(fuse="maybe")
+    # static int8 quantises the plain graph: a requested fusion would be silently dropped, so it is refused
+    for q in ("int8", "int8-static"):
+        with pytest.raises(InvalidInput, match="fuse: 'on' applies to --quantize int8-dynamic"):
+            ExportConfig(quantize=q, fuse="on")
+    assert ExportConfig(quantize="int8-dynamic", fuse="on").fuse == "on"
+    assert ExportConfig(quantize="int8-static", fuse="on", fp16=True).fp16  # the fp16 file takes the fusions
     with pytest.raises(NotFound):
         export_onnx(str(tmp_path / "missing"))
 

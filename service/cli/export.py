@@ -51,7 +51,8 @@ def register(subparsers) -> None:
         choices=("auto", "on", "off"),
         default="auto",
         help="onnxruntime transformer fusions before quantising: auto = for fp16 only "
-        "(measured slower for int8 on CPU)",
+        "(measured slower for int8 on CPU); on = also for --quantize int8-dynamic (static int8 "
+        "refuses it: its scales are frozen on the plain graph)",
     )
     o.add_argument(
         "--per-tensor",
