@@ -2,7 +2,7 @@
 
     bench/byte2word_probe.py split OUTDIR          # OUTDIR/fit.tsv + OUTDIR/select.tsv
     bench/byte2word_probe.py run OUTDIR --unit bytes --mlm-steps 0 --ft-steps 300 [--old-init]
-        [--no-pool-norm] [--ft-lr 2e-3] [--query-std 1.0] [--zero-pool-bias] [--seed 0]
+        [--no-pool-norm] [--ft-lr 2e-3] [--query-std 1.0] [--zero-pool-bias] [--byte-layers 1] [--seed 0]
 
 ``split``: 2,000 rows of SST-2 train with >= 10 words (seed 0) are the selection set (closer to
 dev's full sentences than the short phrases); every other train row that is a phrase (>= 2 words)
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> None:
         ft_steps=args.ft_steps,
         seed=args.seed,
         ft_lr=args.ft_lr,
+        byte_layers=args.byte_layers,
     )
     tr = Trainer(cfg)
     enc = tr.encoder
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> None:
     rep = {
         "unit": args.unit,
         "variant": {
-            k: getattr(args, k) for k in ("old_init", "no_pool_norm", "ft_lr", "query_std", "zero_pool_bias")
+            k: getattr(args, k)
+            for k in ("old_init", "no_pool_norm", "ft_lr", "query_std", "zero_pool_bias", "byte_layers")
         },
         "mlm_steps": args.mlm_steps,
         "ft_steps": args.ft_steps,
@@ -135,6 +137,7 @@ def main() -> None:
     r.add_argument("--no-pool-norm", action="store_true")
     r.add_argument("--query-std", type=float, default=None)
     r.add_argument("--zero-pool-bias", action="store_true")
+    r.add_argument("--byte-layers", type=int, default=0)
     args = ap.parse_args()
     if args.cmd == "split":
         split(Path(args.outdir), args.data)

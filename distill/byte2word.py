@@ -57,6 +57,7 @@ class Byte2WordTrainConfig:
     mask_rate: float = 0.15
     slots: int = 4  # WordPiece ids predicted per masked word (bytes unit)
     max_word_bytes: int = 20
+    byte_layers: int = 0  # transformer layers over each word's bytes before pooling (bytes unit only)
     seed: int = 0
     threads: int = 1
     eval_noise: bool = True
@@ -66,6 +67,8 @@ class Byte2WordTrainConfig:
             raise InvalidInput(f"--tokenizer: expected bytes or wordpiece, got {self.unit!r}")
         if self.size not in SIZES:
             raise InvalidInput(f"--config: expected one of {sorted(SIZES)}, got {self.size!r}")
+        if self.byte_layers < 0:
+            raise InvalidInput(f"--byte-layers: must be >= 0, got {self.byte_layers}")
         if self.max_steps < 0 or self.ft_steps < 0 or self.batch_size < 1:
             raise InvalidInput("--max-steps/--ft-steps must be >= 0 and --batch-size >= 1")
 
@@ -95,6 +98,7 @@ class Trainer:
             unit=cfg.unit,
             vocab_size=vocab,
             max_word_bytes=cfg.max_word_bytes,
+            byte_layers=cfg.byte_layers if cfg.unit == "bytes" else 0,
             tokenizer_dir=str(wp_dir),
             **size,
         )

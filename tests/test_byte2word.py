@@ -22,7 +22,7 @@ from pairsmith.encoders.byte2word.tokenizer import (
     segment,
     split_words,
 )
-from pairsmith.errors import FailedPrecondition
+from pairsmith.errors import FailedPrecondition, InvalidInput
 
 TEXTS = ["a good movie , really .", "héllo wörld", "東京タワーは高いです", "", "it's   fine!!"]
 
@@ -97,9 +97,12 @@ def _features(tok: ByteWordTokenizer, texts: list[str]) -> dict:
     return {k: torch.from_numpy(v) for k, v in tok.pad(enc.ids, enc.type_ids).feeds().items()}
 
 
-def test_word_vector_is_independent_of_neighbour_lengths():
+@pytest.mark.parametrize("byte_layers", [0, 1])
+def test_word_vector_is_independent_of_neighbour_lengths(byte_layers):
     torch.manual_seed(0)
-    model = WordEncoder(d_model=16, n_layers=1, n_heads=2, d_ff=32, d_byte=16, pool_heads=2).eval()
+    model = WordEncoder(
+        d_model=16, n_layers=1, n_heads=2, d_ff=32, d_byte=16, pool_heads=2, byte_layers=byte_layers
+    ).eval()
     tok = model.tokenizer
     short = _features(tok, ["a cat", "b"])
     long = _features(tok, ["extraordinarily cat", "x" * 19 + " yz"])
@@ -127,6 +130,71 @@ def test_pooler_matches_a_per_word_softmax_loop():
             att = torch.softmax(torch.einsum("ihd,jhd->ihj", pool.queries, k) / 2.0, -1)  # (Nq, H, L)
             rows.append(pool.out_norm(pool.out(torch.einsum("ihj,jhd->ihd", att, v).flatten())))
     torch.testing.assert_close(got, torch.stack(rows), rtol=0, atol=1e-10)
+
+
+def test_byte_layers_attend_within_each_word_only():
+    # Self-attention over the bytes of one word at a time, no padding, against the packed batch: a
+    # mask that let bytes see a neighbour word or the pad slots would change every word's vector.
+    torch.manual_seed(2)
+    pool = (
+        BytePooler(d_byte=8, d_model=8, n_queries=2, heads=2, max_word_bytes=6, byte_layers=2).double().eval()
+    )
+    feats = _features(ByteWordTokenizer(16, 6), ["ab cdefghij k", "xyz"])
+    ids, pos, cu = feats["byte_ids"], feats["byte_pos"], feats["cu_seqlens"]
+    with torch.no_grad():
+        got = pool(ids, pos, cu)  # (N, d_model)
+        x = pool.norm(pool.byte_emb(ids) + pool.pos_emb(pos))  # (T, C)
+        rows = []
+        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+            h = x[s:e][None]  # (1, L, C): this word alone
+            for blk in pool.byte_blocks:
+                h = blk(h, torch.ones(1, e - s, dtype=torch.bool))
+            k = pool.k(h[0]).view(e - s, 2, 4)  # (L, H, Dh)
+            v = pool.v(h[0]).view(e - s, 2, 4)
+            att = torch.softmax(torch.einsum("ihd,jhd->ihj", pool.queries, k) / 2.0, -1)  # (Nq, H, L)
+            rows.append(pool.out_norm(pool.out(torch.einsum("ihj,jhd->ihd", att, v).flatten())))
+        without = BytePooler(d_byte=8, d_model=8, n_queries=2, heads=2, max_word_bytes=6).double().eval()
+        without.load_state_dict(pool.state_dict(), strict=False)  # same weights, no byte layers
+        plain = without(ids, pos, cu)
+    torch.testing.assert_close(got, torch.stack(rows), rtol=0, atol=1e-10)
+    assert (got - plain).abs().max() > 1e-3  # the layers are used, not skipped
+    with pytest.raises(InvalidInput, match="byte_layers"):
+        BytePooler(d_byte=8, d_model=8, n_queries=2, heads=2, max_word_bytes=6, byte_layers=-1)
+
+
+def test_byte_layers_save_load_and_onnx_parity(tmp_path):
+    from pairsmith.distill.byte2word import Byte2WordTrainConfig, Trainer
+    from pairsmith.encoders import BiEncoder
+    from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
+
+    cfg = Byte2WordTrainConfig(
+        out=str(tmp_path / "m"), mlm_corpus="", size="tiny", batch_size=6, byte_layers=1
+    )
+    tr = Trainer(cfg)
+    tr.pretrain(CORPUS, 3)
+    tr.save(tmp_path / "m")
+    from sentence_transformers import SentenceTransformer
+
+    enc = BiEncoder.load(str(tmp_path / "m"), device="cpu")
+    st_model = SentenceTransformer(
+        str(tmp_path / "m"), device="cpu", local_files_only=True, trust_remote_code=True
+    )
+    first = st_model[0]
+    assert first.byte_layers == 1 and len(first.pooler.byte_blocks) == 1
+    feats = _features(tr.tok, TEXTS)
+    with torch.no_grad():  # the saved byte layer is the trained one
+        torch.testing.assert_close(
+            first.eval()(dict(feats))["token_embeddings"],
+            tr.encoder.eval()(dict(feats))["token_embeddings"],
+            rtol=0,
+            atol=0,
+        )
+    want = enc.encode(TEXTS).vectors
+    export_onnx(str(tmp_path / "m"), ExportConfig())
+    onnx = BiEncoder.load(str(tmp_path / "m"), device="cpu", backend="onnx", auto_export=False)
+    np.testing.assert_allclose(onnx.encode(TEXTS).vectors, want, atol=1e-5)
+    with pytest.raises(InvalidInput, match="--byte-layers"):
+        Byte2WordTrainConfig(out="", mlm_corpus="", byte_layers=-1)
 
 
 def test_missing_extras_is_a_clear_error():

@@ -4,7 +4,9 @@
 input units, so the sub-word baseline shares every layer above the input:
 
 - ``unit="bytes"`` (Byte2Word): :class:`BytePooler` embeds each byte (260 ids) plus its position
-  inside the word, and ``n_queries`` learned queries per head pool each word's bytes through
+  inside the word, optionally runs ``byte_layers`` small transformer layers over the bytes of each
+  word (self-attention never crosses a word boundary), and ``n_queries`` learned queries per head
+  pool each word's bytes through
   :func:`pairsmith.kernels.cross_attention_pool_projected` (packed, ``cu_seqlens``, no padding
   to the longest word); the pooled queries are concatenated and projected to ``d_model``.
 - ``unit="wordpiece"`` (the baseline): an ``nn.Embedding`` over the WordPiece vocabulary.
@@ -48,8 +50,12 @@ class BytePooler(nn.Module):
         heads: int,
         max_word_bytes: int,
         norm_out: bool = True,
+        byte_layers: int = 0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if byte_layers < 0:
+            raise InvalidInput(f"byte_layers: must be >= 0, got {byte_layers}")
         if d_byte % heads:
             raise InvalidInput(f"d_byte: {d_byte} is not divisible by pool heads {heads}")
         self.heads, self.head_dim, self.n_queries = heads, d_byte // heads, n_queries
@@ -64,11 +70,19 @@ class BytePooler(nn.Module):
         # Word vectors at unit scale, like an embedding row: without it they enter the encoder ~7x
         # smaller than the position signal and nearly alike (docs/results.md, Byte2Word session 4).
         self.out_norm: nn.Module = nn.LayerNorm(d_model) if norm_out else nn.Identity()
+        # Byte self-attention inside each word: without it a word vector is a pooled sum of
+        # (byte, position) features; with it, bytes see each other first (conjunctions such as
+        # "o before d"), which a linear map of a sum cannot express.
+        self.byte_blocks = nn.ModuleList(
+            Block(d_byte, heads, 4 * d_byte, dropout) for _ in range(byte_layers)
+        )
 
     def forward(
         self, byte_ids: torch.Tensor, byte_pos: torch.Tensor, cu_seqlens: torch.Tensor
     ) -> torch.Tensor:
         x = self.norm(self.byte_emb(byte_ids) + self.pos_emb(byte_pos.clamp(max=self.max_pos - 1)))  # (T, C)
+        if len(self.byte_blocks):
+            x = self._contextualise(x, byte_pos, cu_seqlens)  # (T, C)
         if torch.onnx.is_in_onnx_export():
             pooled = self._pool_padded(x, byte_pos, cu_seqlens)  # (N, Nq, H, Dh)
         else:
@@ -84,14 +98,32 @@ class BytePooler(nn.Module):
             )  # (N, Nq, H, Dh)
         return self.out_norm(self.out(pooled.flatten(1)))  # (N, d_model)
 
+    @staticmethod
+    def _slots(byte_pos: torch.Tensor, cu_seqlens: torch.Tensor, max_pos: int):
+        """(unit of each byte (T,), its clamped position (T,), unit count): every unit starts at 0."""
+        widx = torch.cumsum((byte_pos == 0).to(torch.int64), 0) - 1  # (T,)
+        return widx, byte_pos.clamp(max=max_pos - 1), cu_seqlens.shape[0] - 1
+
+    def _contextualise(
+        self, x: torch.Tensor, byte_pos: torch.Tensor, cu_seqlens: torch.Tensor
+    ) -> torch.Tensor:
+        """Self-attention over the bytes of each word: pad units to the fixed cap (max_pos, at most 22
+        bytes, so the waste is bounded and the shapes export), run the blocks, return the packed rows."""
+        widx, pos, n_units = self._slots(byte_pos, cu_seqlens, self.max_pos)
+        xp = x.new_zeros((n_units, self.max_pos, x.shape[-1])).index_put((widx, pos), x)  # (N, L, C)
+        keep = torch.zeros((n_units, self.max_pos), dtype=torch.bool, device=x.device).index_put(
+            (widx, pos), torch.ones_like(pos, dtype=torch.bool)
+        )  # (N, L)
+        for blk in self.byte_blocks:
+            xp = blk(xp, keep)
+        return xp[widx, pos]  # (T, C)
+
     def _pool_padded(self, x: torch.Tensor, byte_pos: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """The same attention on units padded to the fixed cap (exportable: no data-dependent shapes).
 
         The unit of byte t is (number of unit starts up to t) - 1: every unit starts at position 0.
         """
-        n_units = cu_seqlens.shape[0] - 1
-        widx = torch.cumsum((byte_pos == 0).to(torch.int64), 0) - 1  # (T,)
-        pos = byte_pos.clamp(max=self.max_pos - 1)  # (T,)
+        widx, pos, n_units = self._slots(byte_pos, cu_seqlens, self.max_pos)
         h, dh = self.heads, self.head_dim
         k = self.k(x).view(-1, h, dh)  # (T, H, Dh)
         v = self.v(x).view(-1, h, dh)  # (T, H, Dh)
@@ -134,7 +166,7 @@ class WordEncoder(PairsmithModule):
 
     config_keys = [
         "unit", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_length", "max_word_bytes",
-        "d_byte", "n_queries", "pool_heads", "vocab_size", "dropout", "pool_norm",
+        "d_byte", "n_queries", "pool_heads", "vocab_size", "dropout", "pool_norm", "byte_layers",
     ]  # fmt: skip
 
     def __init__(
@@ -152,6 +184,7 @@ class WordEncoder(PairsmithModule):
         vocab_size: int = 30522,
         dropout: float = 0.1,
         pool_norm: bool = True,
+        byte_layers: int = 0,
         tokenizer_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -165,6 +198,7 @@ class WordEncoder(PairsmithModule):
         )
         self.d_byte, self.n_queries, self.pool_heads = int(d_byte), int(n_queries), int(pool_heads)
         self.vocab_size, self.dropout, self.pool_norm = int(vocab_size), float(dropout), bool(pool_norm)
+        self.byte_layers = int(byte_layers)
         self.tokenizer_dir = tokenizer_dir  # wordpiece only: where tokenizer.json lives (not a config key)
         if unit == "bytes":
             self.pooler = BytePooler(
@@ -174,6 +208,8 @@ class WordEncoder(PairsmithModule):
                 self.pool_heads,
                 self.max_word_bytes,
                 self.pool_norm,
+                self.byte_layers,
+                self.dropout,
             )
         else:
             self.tok_emb = nn.Embedding(self.vocab_size, self.d_model)

@@ -27,6 +27,7 @@ def _cmd_train(args) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         ft_lr=args.ft_lr,
+        byte_layers=args.byte_layers,
         seed=args.seed,
         threads=args.threads,
         eval_noise=not args.no_noise_eval,
@@ -81,6 +82,12 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="MLM pre-training learning rate (AdamW)")
     p.add_argument("--ft-lr", type=float, default=5e-4, help="fine-tuning learning rate (AdamW)")
+    p.add_argument(
+        "--byte-layers",
+        type=int,
+        default=0,
+        help="transformer layers over each word's bytes before the query pooling (bytes only; default 0)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--no-noise-eval", action="store_true", help="skip the noise / AdvGLUE evaluation")
