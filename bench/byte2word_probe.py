@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed,
         ft_lr=args.ft_lr,
         byte_layers=args.byte_layers,
+        query_std=args.query_std if args.query_std is not None else 0.02,  # the session-4 probes' init
     )
     tr = Trainer(cfg)
     enc = tr.encoder
@@ -90,8 +91,6 @@ def run(args: argparse.Namespace) -> None:
     if args.unit == "bytes":
         if args.no_pool_norm:
             enc.pooler.out_norm = nn.Identity()
-        if args.query_std is not None:
-            nn.init.normal_(enc.pooler.queries, std=args.query_std)
         if args.zero_pool_bias:
             for lin in (enc.pooler.k, enc.pooler.v, enc.pooler.out):
                 nn.init.zeros_(lin.bias)

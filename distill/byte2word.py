@@ -57,7 +57,8 @@ class Byte2WordTrainConfig:
     mask_rate: float = 0.15
     slots: int = 4  # WordPiece ids predicted per masked word (bytes unit)
     max_word_bytes: int = 20
-    byte_layers: int = 0  # transformer layers over each word's bytes before pooling (bytes unit only)
+    byte_layers: int = 1  # transformer layers over each word's bytes before pooling (bytes unit only)
+    query_std: float = 1.0  # initial spread of the byte pooler's learned queries (bytes unit only)
     seed: int = 0
     threads: int = 1
     eval_noise: bool = True
@@ -69,6 +70,8 @@ class Byte2WordTrainConfig:
             raise InvalidInput(f"--config: expected one of {sorted(SIZES)}, got {self.size!r}")
         if self.byte_layers < 0:
             raise InvalidInput(f"--byte-layers: must be >= 0, got {self.byte_layers}")
+        if not self.query_std > 0:
+            raise InvalidInput(f"--query-std: must be > 0, got {self.query_std}")
         if self.max_steps < 0 or self.ft_steps < 0 or self.batch_size < 1:
             raise InvalidInput("--max-steps/--ft-steps must be >= 0 and --batch-size >= 1")
 
@@ -99,6 +102,7 @@ class Trainer:
             vocab_size=vocab,
             max_word_bytes=cfg.max_word_bytes,
             byte_layers=cfg.byte_layers if cfg.unit == "bytes" else 0,
+            query_std=cfg.query_std,
             tokenizer_dir=str(wp_dir),
             **size,
         )

@@ -46,6 +46,23 @@ def test_embedding_tables_start_at_bert_scale(unit):
         assert 0.014 < std < 0.026, (m, std)
 
 
+def test_query_init_spread_reaches_the_pooler_and_is_validated():
+    from pairsmith.distill.byte2word import Byte2WordTrainConfig, Trainer
+    from pairsmith.errors import InvalidInput
+
+    torch.manual_seed(0)
+    # 2 queries x 2 heads x 16 dims = 64 draws: the sample std is within ~20% of the true one
+    assert 0.8 < float(WordEncoder(unit="bytes", query_std=1.0, **TINY).pooler.queries.std()) < 1.2
+    assert 0.016 < float(WordEncoder(unit="bytes", **TINY).pooler.queries.std()) < 0.024  # module default
+    # the training defaults (selected on the SST-2 train split, docs/results.md): selective queries, 1 byte layer
+    tr = Trainer(Byte2WordTrainConfig(out="", mlm_corpus="", size="tiny"))
+    assert 0.8 < float(tr.encoder.pooler.queries.std()) < 1.2 and len(tr.encoder.pooler.byte_blocks) == 1
+    with pytest.raises(InvalidInput, match="query_std"):
+        WordEncoder(unit="bytes", query_std=0.0, **TINY)
+    with pytest.raises(InvalidInput, match="--query-std"):
+        Byte2WordTrainConfig(out="", mlm_corpus="", query_std=-1.0)
+
+
 def test_byte_word_vectors_enter_at_the_scale_of_an_embedding_row():
     torch.manual_seed(0)
     model = WordEncoder(unit="bytes", **TINY).eval()

@@ -52,10 +52,13 @@ class BytePooler(nn.Module):
         norm_out: bool = True,
         byte_layers: int = 0,
         dropout: float = 0.0,
+        query_std: float = 0.02,
     ) -> None:
         super().__init__()
         if byte_layers < 0:
             raise InvalidInput(f"byte_layers: must be >= 0, got {byte_layers}")
+        if not query_std > 0:
+            raise InvalidInput(f"query_std: must be > 0, got {query_std}")
         if d_byte % heads:
             raise InvalidInput(f"d_byte: {d_byte} is not divisible by pool heads {heads}")
         self.heads, self.head_dim, self.n_queries = heads, d_byte // heads, n_queries
@@ -63,7 +66,9 @@ class BytePooler(nn.Module):
         self.byte_emb = nn.Embedding(BYTE_VOCAB, d_byte)
         self.pos_emb = nn.Embedding(self.max_pos, d_byte)
         self.norm = nn.LayerNorm(d_byte)
-        self.queries = nn.Parameter(torch.randn(n_queries, heads, self.head_dim) * 0.02)
+        # Initial spread of the learned queries: at 0.02 a query attends almost uniformly over a
+        # word's bytes for hundreds of steps; 1.0 starts it selective (docs/results.md, Byte2Word).
+        self.queries = nn.Parameter(torch.randn(n_queries, heads, self.head_dim) * query_std)
         self.k = nn.Linear(d_byte, d_byte)
         self.v = nn.Linear(d_byte, d_byte)
         self.out = nn.Linear(n_queries * d_byte, d_model)
@@ -185,6 +190,7 @@ class WordEncoder(PairsmithModule):
         dropout: float = 0.1,
         pool_norm: bool = True,
         byte_layers: int = 0,
+        query_std: float = 0.02,  # initialisation only (not saved: the trained queries are)
         tokenizer_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -210,6 +216,7 @@ class WordEncoder(PairsmithModule):
                 self.pool_norm,
                 self.byte_layers,
                 self.dropout,
+                float(query_std),
             )
         else:
             self.tok_emb = nn.Embedding(self.vocab_size, self.d_model)

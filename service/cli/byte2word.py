@@ -28,6 +28,7 @@ def _cmd_train(args) -> int:
         lr=args.lr,
         ft_lr=args.ft_lr,
         byte_layers=args.byte_layers,
+        query_std=args.query_std,
         seed=args.seed,
         threads=args.threads,
         eval_noise=not args.no_noise_eval,
@@ -85,8 +86,15 @@ def register(subparsers) -> None:
     p.add_argument(
         "--byte-layers",
         type=int,
-        default=0,
-        help="transformer layers over each word's bytes before the query pooling (bytes only; default 0)",
+        default=1,
+        help="transformer layers over each word's bytes before the query pooling (bytes only; default 1)",
+    )
+    p.add_argument(
+        "--query-std",
+        type=float,
+        default=1.0,
+        help="initial std of the byte pooler's learned queries (bytes only; default 1.0, selective from "
+        "the first step; 0.02 = the BERT-style init, near-uniform attention)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
