@@ -2,7 +2,7 @@
 
     bench/byte2word_probe.py split OUTDIR          # OUTDIR/fit.tsv + OUTDIR/select.tsv
     bench/byte2word_probe.py run OUTDIR --unit bytes --mlm-steps 0 --ft-steps 300 [--old-init]
-        [--no-pool-norm] [--ft-lr 2e-3] [--query-std 1.0] [--zero-pool-bias] [--byte-layers 1] [--seed 0]
+        [--no-pool-norm] [--ft-lr 2e-3] [--query-std 1.0] [--zero-pool-bias] [--byte-layers 1] [--d-byte 128] [--seed 0]
 
 ``split``: 2,000 rows of SST-2 train with >= 10 words (seed 0) are the selection set (closer to
 dev's full sentences than the short phrases); every other train row that is a phrase (>= 2 words)
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed,
         ft_lr=args.ft_lr,
         byte_layers=args.byte_layers,
+        d_byte=args.d_byte,
         query_std=args.query_std if args.query_std is not None else 0.02,  # the session-4 probes' init
     )
     tr = Trainer(cfg)
@@ -102,7 +103,15 @@ def run(args: argparse.Namespace) -> None:
         "unit": args.unit,
         "variant": {
             k: getattr(args, k)
-            for k in ("old_init", "no_pool_norm", "ft_lr", "query_std", "zero_pool_bias", "byte_layers")
+            for k in (
+                "old_init",
+                "no_pool_norm",
+                "ft_lr",
+                "query_std",
+                "zero_pool_bias",
+                "byte_layers",
+                "d_byte",
+            )
         },
         "mlm_steps": args.mlm_steps,
         "ft_steps": args.ft_steps,
@@ -137,6 +146,7 @@ def main() -> None:
     r.add_argument("--query-std", type=float, default=None)
     r.add_argument("--zero-pool-bias", action="store_true")
     r.add_argument("--byte-layers", type=int, default=0)
+    r.add_argument("--d-byte", type=int, default=None, help="byte vector width (default: the size's)")
     args = ap.parse_args()
     if args.cmd == "split":
         split(Path(args.outdir), args.data)

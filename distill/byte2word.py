@@ -59,6 +59,7 @@ class Byte2WordTrainConfig:
     max_word_bytes: int = 20
     byte_layers: int = 1  # transformer layers over each word's bytes before pooling (bytes unit only)
     query_std: float = 1.0  # initial spread of the byte pooler's learned queries (bytes unit only)
+    d_byte: int | None = None  # byte vector width (None: the size's; bytes unit only)
     seed: int = 0
     threads: int = 1
     eval_noise: bool = True
@@ -70,6 +71,8 @@ class Byte2WordTrainConfig:
             raise InvalidInput(f"--config: expected one of {sorted(SIZES)}, got {self.size!r}")
         if self.byte_layers < 0:
             raise InvalidInput(f"--byte-layers: must be >= 0, got {self.byte_layers}")
+        if self.d_byte is not None and self.d_byte < 1:
+            raise InvalidInput(f"--d-byte: must be >= 1, got {self.d_byte}")
         if not self.query_std > 0:
             raise InvalidInput(f"--query-std: must be > 0, got {self.query_std}")
         if self.max_steps < 0 or self.ft_steps < 0 or self.batch_size < 1:
@@ -90,7 +93,9 @@ class Trainer:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
-        size = SIZES[cfg.size]
+        size = dict(SIZES[cfg.size])
+        if cfg.d_byte is not None and cfg.unit == "bytes":
+            size["d_byte"] = cfg.d_byte
         wp_dir = default_model_dir()
         self.wp = RustTokenizer.from_file(str(wp_dir / "tokenizer.json"))
         self.wp.no_padding()
