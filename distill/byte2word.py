@@ -28,6 +28,7 @@ import numpy as np
 from pairsmith.atomic import atomic_write_json
 from pairsmith.distill.byte2word_data import read_advglue_sst2, read_corpus, task_sets
 from pairsmith.distill.data import data_root
+from pairsmith.distill.provenance import code_version
 from pairsmith.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,7 @@ def train_byte2word(cfg: Byte2WordTrainConfig) -> dict:
 
     torch.set_num_threads(max(1, cfg.threads))
     t0 = time.time()
+    code = code_version()  # at the start: a commit made while the run trains must not relabel it
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "train_config.json", asdict(cfg))
@@ -349,7 +351,8 @@ def train_byte2word(cfg: Byte2WordTrainConfig) -> dict:
         root = data_root(cfg.data) if task_name == "sst2" else None
         report["noise"] = robustness(tr, dev_rows, root)
     report["wall_s"] = round(time.time() - t0, 1)
-    report["commit"] = _commit()
+    report["code"] = code
+    report["commit"] = (code.get("commit") or "unknown")[:7] + ("+dirty" if code.get("dirty") else "")
     tr.save(out)
     atomic_write_json(out / "report.json", report)
     return report
@@ -357,21 +360,6 @@ def train_byte2word(cfg: Byte2WordTrainConfig) -> dict:
 
 def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
-
-
-def _commit() -> str:
-    import subprocess
-
-    try:
-        here = Path(__file__).resolve().parent
-        return subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 __all__ = ["SIZES", "Byte2WordTrainConfig", "Trainer", "robustness", "train_byte2word"]

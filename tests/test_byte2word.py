@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -330,8 +331,22 @@ def test_embed_and_search_on_a_real_server(tiny_run, tmp_path):
         srv.stop()
 
 
-def test_cli_trains_on_a_task_file(tmp_path):
+def test_cli_trains_on_a_task_file(tmp_path, monkeypatch):
+    from pairsmith.distill import byte2word as b2w
     from pairsmith.service.cli.main import main
+
+    # The report names the code the run started with: a commit made while it trains must not relabel it
+    phase = {"trained": False}
+    real_pretrain = b2w.Trainer.pretrain
+
+    def pretrain(self, *a, **kw):
+        phase["trained"] = True
+        return real_pretrain(self, *a, **kw)
+
+    monkeypatch.setattr(b2w.Trainer, "pretrain", pretrain)
+    monkeypatch.setattr(
+        b2w, "code_version", lambda: {"commit": "after00" if phase["trained"] else "before0", "dirty": False}
+    )
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(CORPUS) + "\n")
@@ -341,6 +356,8 @@ def test_cli_trains_on_a_task_file(tmp_path):
     rc = main(["train", "byte2word", "--mlm-corpus", str(corpus), "--task", str(task), "--task-dev", str(task),
                "--config", "tiny", "--max-steps", "3", "--ft-steps", "2", "--batch-size", "4", "--out", str(out)])  # fmt: skip
     assert rc == 0 and (out / "report.json").is_file() and (out / "modules.json").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["commit"] == "before0" and report["code"]["commit"] == "before0"
     bad = tmp_path / "bad.tsv"
     bad.write_text("no label here\n")
     rc = main(["train", "byte2word", "--mlm-corpus", str(corpus), "--task", str(bad), "--task-dev", str(task),
