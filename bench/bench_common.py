@@ -20,7 +20,10 @@ def machine_facts() -> dict:
         ov = openvino.__version__.split("-")[0]
     except ImportError:
         ov = None
+    from pairsmith.distill.provenance import code_version
+
     facts.update(
+        code=code_version(),  # commit, dirty flag and diff hash of the code that ran
         cpus=os.cpu_count(),
         torch=torch.__version__,
         onnxruntime=onnxruntime.__version__,

@@ -157,7 +157,13 @@ def main() -> None:
                 flush=True,
             )
     if args.json:
-        args.json.write_text(json.dumps({"cpu": isa_line(), "repeats": args.repeats, "rows": rows}, indent=1))
+        from pairsmith.distill.provenance import code_version
+
+        args.json.write_text(
+            json.dumps(
+                {"cpu": isa_line(), "code": code_version(), "repeats": args.repeats, "rows": rows}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":
