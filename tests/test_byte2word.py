@@ -116,6 +116,22 @@ def test_word_vector_is_independent_of_neighbour_lengths(byte_layers):
     assert not torch.allclose(alone, model.unit_vectors(_features(tok, ["cut"]))[0, 0])
 
 
+def _per_word_loop(pool: BytePooler, ids, pos, cu) -> torch.Tensor:
+    """Oracle: one word at a time, unpadded: its bytes through the byte layers (if any), then a plain
+    softmax of the queries over them. Sized for the (d_byte 8, 2 heads of 4) poolers below."""
+    x = pool.norm(pool.byte_emb(ids) + pool.pos_emb(pos))  # (T, C)
+    rows = []
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        h = x[s:e][None]  # (1, L, C): this word alone
+        for blk in pool.byte_blocks:
+            h = blk(h, torch.ones(1, e - s, dtype=torch.bool))
+        k = pool.k(h[0]).view(e - s, 2, 4)  # (L, H, Dh)
+        v = pool.v(h[0]).view(e - s, 2, 4)
+        att = torch.softmax(torch.einsum("ihd,jhd->ihj", pool.queries, k) / 2.0, -1)  # (Nq, H, L)
+        rows.append(pool.out_norm(pool.out(torch.einsum("ihj,jhd->ihd", att, v).flatten())))
+    return torch.stack(rows)
+
+
 def test_pooler_matches_a_per_word_softmax_loop():
     torch.manual_seed(1)
     pool = BytePooler(d_byte=8, d_model=8, n_queries=2, heads=2, max_word_bytes=6).double().eval()
@@ -123,14 +139,8 @@ def test_pooler_matches_a_per_word_softmax_loop():
     ids, pos, cu = feats["byte_ids"], feats["byte_pos"], feats["cu_seqlens"]
     with torch.no_grad():
         got = pool(ids, pos, cu)  # (N, d_model)
-        x = pool.norm(pool.byte_emb(ids) + pool.pos_emb(pos))  # (T, C)
-        rows = []
-        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
-            k = pool.k(x[s:e]).view(e - s, 2, 4)  # (L, H, Dh)
-            v = pool.v(x[s:e]).view(e - s, 2, 4)
-            att = torch.softmax(torch.einsum("ihd,jhd->ihj", pool.queries, k) / 2.0, -1)  # (Nq, H, L)
-            rows.append(pool.out_norm(pool.out(torch.einsum("ihj,jhd->ihd", att, v).flatten())))
-    torch.testing.assert_close(got, torch.stack(rows), rtol=0, atol=1e-10)
+        want = _per_word_loop(pool, ids, pos, cu)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
 def test_byte_layers_attend_within_each_word_only():
@@ -144,20 +154,11 @@ def test_byte_layers_attend_within_each_word_only():
     ids, pos, cu = feats["byte_ids"], feats["byte_pos"], feats["cu_seqlens"]
     with torch.no_grad():
         got = pool(ids, pos, cu)  # (N, d_model)
-        x = pool.norm(pool.byte_emb(ids) + pool.pos_emb(pos))  # (T, C)
-        rows = []
-        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
-            h = x[s:e][None]  # (1, L, C): this word alone
-            for blk in pool.byte_blocks:
-                h = blk(h, torch.ones(1, e - s, dtype=torch.bool))
-            k = pool.k(h[0]).view(e - s, 2, 4)  # (L, H, Dh)
-            v = pool.v(h[0]).view(e - s, 2, 4)
-            att = torch.softmax(torch.einsum("ihd,jhd->ihj", pool.queries, k) / 2.0, -1)  # (Nq, H, L)
-            rows.append(pool.out_norm(pool.out(torch.einsum("ihj,jhd->ihd", att, v).flatten())))
+        want = _per_word_loop(pool, ids, pos, cu)
         without = BytePooler(d_byte=8, d_model=8, n_queries=2, heads=2, max_word_bytes=6).double().eval()
         without.load_state_dict(pool.state_dict(), strict=False)  # same weights, no byte layers
         plain = without(ids, pos, cu)
-    torch.testing.assert_close(got, torch.stack(rows), rtol=0, atol=1e-10)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
     assert (got - plain).abs().max() > 1e-3  # the layers are used, not skipped
     with pytest.raises(InvalidInput, match="byte_layers"):
         BytePooler(d_byte=8, d_model=8, n_queries=2, heads=2, max_word_bytes=6, byte_layers=-1)

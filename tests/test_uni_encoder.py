@@ -275,24 +275,25 @@ def _dd_file(path: Path, n: int) -> Path:
     return path
 
 
+def _tiny_train_cfg(data: Path, model, **overrides):
+    """The small training run the tests share (short token limits, batches of 4, seed 1, no eval)."""
+    from pairsmith.distill.uni_train import UniTrainConfig
+
+    base = dict(
+        data=str(data), model=str(model), kind="uni", max_context_tokens=32, max_candidate_tokens=16,
+        batch_size=4, eval_sets=(), seed=1,
+    )  # fmt: skip
+    return UniTrainConfig(**{**base, **overrides})
+
+
 @pytest.mark.parametrize("kind", ["uni", "cross", "bi"])
 def test_training_runs_saves_and_resumes(tmp_path, kind, tiny_bi_dir):
-    from pairsmith.distill.uni_train import UniTrainConfig, train_uni
+    from pairsmith.distill.uni_train import train_uni
     from pairsmith.errors import FailedPrecondition
 
     data = _dd_file(tmp_path / "dd.jsonl", 12)
     model = str(tiny_bi_dir)
-    cfg = UniTrainConfig(
-        data=str(data),
-        model=model,
-        kind=kind,
-        max_context_tokens=32,
-        max_candidate_tokens=16,
-        batch_size=4,
-        checkpoint_steps=1,
-        eval_sets=(str(data),),
-        seed=1,
-    )
+    cfg = _tiny_train_cfg(data, model, kind=kind, checkpoint_steps=1, eval_sets=(str(data),))
     rep = train_uni(cfg, tmp_path / "out", device="cpu", progress=False)
     assert rep["fit"]["steps"] == 3 and not (tmp_path / "out" / "checkpoint.pt").exists()
     assert set(rep["eval"][data.stem]) == {"R@1", "R@2", "R@5", "MRR", "cases"}
@@ -311,18 +312,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(
     import pairsmith.distill.uni_train as ut
 
     data = _dd_file(tmp_path / "dd.jsonl", 12)
-    cfg = ut.UniTrainConfig(
-        data=str(data),
-        model=str(tiny_bi_dir),
-        kind="uni",
-        max_context_tokens=32,
-        max_candidate_tokens=16,
-        batch_size=4,
-        checkpoint_steps=2,
-        eval_sets=(),
-        seed=1,
-        mlm_weight=mlm_weight,
-    )
+    cfg = _tiny_train_cfg(data, tiny_bi_dir, checkpoint_steps=2, mlm_weight=mlm_weight)
     straight = ut.train_uni(cfg, tmp_path / "straight", device="cpu", progress=False)
     real = ut.Trainable.scores
     calls = {"n": 0}
@@ -374,20 +364,11 @@ def test_baselines_take_token_types_from_the_backbone(backbone, tiny_bi_dir, tin
 
 def test_cross_baseline_trains_on_a_backbone_with_one_token_type(tmp_path):
     """type_vocab_size 1 (RoBERTa-like): a type id of 1 would index past the embedding table."""
-    from pairsmith.distill.uni_train import UniTrainConfig, train_uni
+    from pairsmith.distill.uni_train import train_uni
 
     model = make_tiny_backbone(tmp_path / "one-type", seed=4, type_vocab_size=1)
     data = _dd_file(tmp_path / "dd.jsonl", 8)
-    cfg = UniTrainConfig(
-        data=str(data),
-        model=str(model),
-        kind="cross",
-        max_context_tokens=32,
-        max_candidate_tokens=16,
-        batch_size=4,
-        eval_sets=(str(data),),
-        seed=1,
-    )
+    cfg = _tiny_train_cfg(data, model, kind="cross", eval_sets=(str(data),))
     rep = train_uni(cfg, tmp_path / "out", device="cpu", progress=False)
     assert rep["fit"]["steps"] == 2 and rep["eval"][data.stem]["cases"] == 8
 
@@ -462,22 +443,11 @@ def _one_step_run(tmp_path: Path, model: Path, **extra) -> dict:
 
     import torch
 
-    from pairsmith.distill.uni_train import UniTrainConfig, train_uni
+    from pairsmith.distill.uni_train import train_uni
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     data = _dd_file(tmp_path / "dd.jsonl", 12)
-    cfg = UniTrainConfig(
-        data=str(data),
-        model=str(model),
-        kind="uni",
-        max_contexts=4,
-        max_context_tokens=32,
-        max_candidate_tokens=16,
-        batch_size=4,
-        eval_sets=(),
-        seed=1,
-        **extra,
-    )
+    cfg = _tiny_train_cfg(data, model, max_contexts=4, **extra)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the bits depend on how a reduction is split over threads
     try:

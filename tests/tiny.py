@@ -13,18 +13,16 @@ from pathlib import Path
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
+# One tiny transformer shape for every test backbone (BERT and MPNet), on the WordPiece vocabulary.
+_TINY_SHAPE = dict(
+    vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+)
+
+
 def _tiny_config(**extra):
     from transformers import BertConfig
 
-    return BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        **extra,
-    )
+    return BertConfig(**_TINY_SHAPE, max_position_embeddings=128, **extra)
 
 
 def _copy_tokenizer(out: Path) -> None:
@@ -86,12 +84,8 @@ def make_tiny_mpnet_bi_encoder(out: Path, seed: int = 0) -> Path:
     backbone.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     cfg = MPNetConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=130,
+        **_TINY_SHAPE,
+        max_position_embeddings=130,  # MPNet's positions start after the pad id
         pad_token_id=0,  # the WordPiece vocabulary's [PAD]
     )
     MPNetModel(cfg, add_pooling_layer=False).save_pretrained(backbone)
