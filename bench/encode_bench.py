@@ -160,7 +160,10 @@ def bench_cross(args, a, b) -> dict:
 
     pairs = list(zip(a, b, strict=True))[: args.cross_limit]
     n = len(pairs)
-    with tempfile.TemporaryDirectory(prefix="pairsmith-bench-ce-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="pairsmith-bench-ce-") as tmp,
+        tempfile.TemporaryDirectory(prefix="pairsmith-bench-ce-full-") as tmp_full,
+    ):
         CrossEncoder.from_backbone(args.model, device="cpu", seed=0).save(tmp)
         export_both(tmp)
         st = STCrossEncoder(tmp, device="cpu", local_files_only=True)
@@ -181,6 +184,10 @@ def bench_cross(args, a, b) -> dict:
         }
         for name, ce in engines.items():
             variants[name] = lambda ce=ce: ce.score(pairs, activation=raw, batch_size=bs).values
+        if args.cross_ab:  # the same model with the last layer computed for every token (the old graph)
+            for name, ce in full_last_layer(tmp, tmp_full).items():
+                engines[name] = ce
+                variants[name] = lambda ce=ce: ce.score(pairs, activation=raw, batch_size=bs).values
         # warm-up
         st.predict(pairs[:32], show_progress_bar=False)
         torch_ce.score(pairs[:32])
@@ -207,6 +214,29 @@ def bench_cross(args, a, b) -> dict:
     # The head is fresh (random): the logits mean nothing, so quality = rank agreement with torch's logits.
     rank = {k: float(100 * spearmanr(v, ref).statistic) for k, v in logits.items()}
     return {"n": n, "speed": speed, "max_abs_logit_diff_vs_torch": diff, "spearman": rank, "invariance": inv}
+
+
+def full_last_layer(model_dir: str, copy: str) -> dict:
+    """torch and static int8 cross-encoders of ``model_dir`` with the full last layer (A/B rows)."""
+    from pairsmith.encoders import CrossEncoder
+    from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
+
+    old = os.environ.get("PAIRSMITH_CROSS_LAST_LAYER")
+    os.environ["PAIRSMITH_CROSS_LAST_LAYER"] = "full"
+    try:
+        CrossEncoder.load(model_dir, device="cpu").save(copy)
+        export_onnx(copy, ExportConfig(quantize="int8-static"))
+        return {
+            "pairsmith torch, full last layer (A/B)": CrossEncoder.load(copy, device="cpu"),
+            "pairsmith onnx int8 static, full last layer (A/B)": CrossEncoder.load(
+                copy, device="cpu", backend="onnx", onnx_variant="int8-static"
+            ),
+        }
+    finally:
+        if old is None:
+            os.environ.pop("PAIRSMITH_CROSS_LAST_LAYER")
+        else:
+            os.environ["PAIRSMITH_CROSS_LAST_LAYER"] = old
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -288,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--limit", type=int, default=None, help="first N pairs only (smoke runs)")
     p.add_argument("--skip-cross", action="store_true")
+    p.add_argument("--skip-bi", action="store_true", help="the cross-encoder part only")
+    p.add_argument(
+        "--cross-ab",
+        action="store_true",
+        help="add A/B rows: torch and int8 static with the full last layer (PAIRSMITH_CROSS_LAST_LAYER=full)",
+    )
     p.add_argument(
         "--cross-limit", type=int, default=None, help="first N dev pairs for the cross-encoder part"
     )
@@ -309,10 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     isa = facts["feature_set"]
     print(f"machine: {line}", flush=True)
     out = {"machine": facts, "args": vars(args)}
-    print("bi-encoder:", flush=True)
-    out["bi"] = bench_bi(args, gold, a, b)
+    if args.skip_bi and (args.skip_cross or args.write_table):
+        p.error("--skip-bi: nothing to run with --skip-cross, and --write-table needs the bi-encoder part")
     lines = [f"machine: {line}", ""]
-    lines += report("Bi-encoder sentences/s, STS-B dev", out["bi"], "sentences/s", "STS-B dev Spearman", isa)
+    if not args.skip_bi:
+        print("bi-encoder:", flush=True)
+        out["bi"] = bench_bi(args, gold, a, b)
+        lines += report(
+            "Bi-encoder sentences/s, STS-B dev", out["bi"], "sentences/s", "STS-B dev Spearman", isa
+        )
     if not args.skip_cross:
         print("cross-encoder:", flush=True)
         out["cross"] = bench_cross(args, a, b)

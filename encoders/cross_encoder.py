@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from pairsmith.encoders.cls_scorer import scores_module
 from pairsmith.encoders.pipeline import Pipeline, PipelineFacts
 from pairsmith.encoders.postprocess import sigmoid
 from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
@@ -116,7 +117,7 @@ class CrossEncoder(PipelineFacts):
     def from_st(cls, st_model, *, source: ModelSource, device: str = "cpu", keepalive=None) -> CrossEncoder:
         max_len = int(getattr(st_model, "max_length", None) or 512)
         tok = TextTokenizer(st_model.tokenizer, max_len)
-        be = TorchBackend(st_model, device, "scores", OutputKind.SCORES)
+        be = TorchBackend(scores_module(st_model), device, "scores", OutputKind.SCORES)
         return cls(Pipeline(tok, be), source=source, st_model=st_model, device=device, keepalive=keepalive)
 
     @classmethod

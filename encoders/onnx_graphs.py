@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pairsmith.encoders.cls_scorer import cls_scorer_or_none
 from pairsmith.encoders.source import ModelSource, read_json
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
@@ -186,17 +187,23 @@ def _build_cross(source: ModelSource) -> GraphSpec:
     _eager(hf)
     names = _input_names(ce.tokenizer)
     n_labels = int(getattr(hf.config, "num_labels", 1))
+    # The last layer for [CLS] only where the model allows it (exact; encoders/cls_scorer.py).
+    cls_only = cls_scorer_or_none(hf, ce.tokenizer)
 
     class CrossGraph(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.ce = ce
+            self.cls_only = cls_only
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
-            feats = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                feats["token_type_ids"] = token_type_ids
-            logits = self.ce(feats)["scores"]  # (B, L)
+            if self.cls_only is not None:
+                logits = self.cls_only(input_ids, attention_mask, token_type_ids)
+            else:
+                feats = {"input_ids": input_ids, "attention_mask": attention_mask}
+                if token_type_ids is not None:
+                    feats["token_type_ids"] = token_type_ids
+                logits = self.ce(feats)["scores"]  # (B, L)
             scores = torch.sigmoid(logits) if n_labels == 1 else torch.softmax(logits, dim=-1)
             return logits, scores
 
@@ -213,7 +220,11 @@ def _build_cross(source: ModelSource) -> GraphSpec:
         hidden_size=hidden,
         max_length=int(getattr(ce, "max_length", None) or 512),
         tokenizer=ce.tokenizer,
-        details={"num_labels": n_labels, "activation": "sigmoid" if n_labels == 1 else "softmax"},
+        details={
+            "num_labels": n_labels,
+            "activation": "sigmoid" if n_labels == 1 else "softmax",
+            "last_layer": "cls-only" if cls_only is not None else "full",
+        },
         save=ce.save,
     )
 

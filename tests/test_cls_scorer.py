@@ -1,0 +1,133 @@
+"""The cross-encoder's CLS-only last layer (encoders/cls_scorer.py): exact, used, guarded.
+
+The fast path must give the full model's logits on padded, ragged batches (real
+model and tiny random ones), be what the torch backend and the ONNX export run,
+fall back for models it does not cover, and refuse itself when it disagrees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pairsmith.encoders import Activation, CrossEncoder, cls_scorer
+from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
+from pairsmith.errors import InvalidInput
+
+PAIRS = [
+    ("A man is playing a guitar.", "A man plays an acoustic guitar on a small stage in front of a crowd."),
+    ("Hi", "Stocks rallied for three months in anticipation of a rebound in the second half of the year."),
+    ("Ünïcödé tëxt wörks töö — 東京", "two words"),
+    ("", "An empty first sentence still gives [CLS] [SEP] and a second segment."),
+    ("The quick brown fox jumps over the lazy dog near the quiet river bank at dawn.", "a"),
+]
+
+
+def _full_logits(ce: CrossEncoder, pairs) -> np.ndarray:
+    """Logits of the unmodified sentence-transformers forward (the specification)."""
+    import torch
+
+    st = ce.st_model
+    enc = st.tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        st.eval()
+        return st(dict(enc))["scores"].float().numpy()[:, 0]
+
+
+def _spread(ce: CrossEncoder, seed: int) -> None:
+    """Re-draw the tiny model's weights wide (std 0.2): at the init std 0.02 every pair gets ~the same
+    logit, and equality would prove little."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in ce.st_model.model.named_parameters():
+            if "LayerNorm" not in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def _is_fast(ce: CrossEncoder) -> bool:
+    return type(ce.pipeline.backend.module).__name__ == "FastScores"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tiny_cls_only_equals_the_full_forward(tiny_cross_dir, seed):
+    ce = CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=seed)
+    _spread(ce, seed)
+    assert _is_fast(ce)
+    want = _full_logits(ce, PAIRS)
+    # Batch of 5 padded to the longest pair, and batches of 2: padding differs, logits must not.
+    got5 = ce.score(PAIRS, activation=Activation.RAW, batch_size=5).values
+    got2 = ce.score(PAIRS, activation=Activation.RAW, batch_size=2).values
+    np.testing.assert_allclose(got5, want, atol=1e-5)
+    np.testing.assert_allclose(got2, want, atol=1e-5)
+    assert np.ptp(want) > 0.1  # the pairs really score differently: equality is not trivial
+
+
+def test_default_model_cls_only_equals_the_full_forward():
+    ce = CrossEncoder.from_backbone("default", device="cpu", seed=0)
+    assert _is_fast(ce)
+    want = _full_logits(ce, PAIRS)
+    got = ce.score(PAIRS, activation=Activation.RAW, batch_size=5).values
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_env_switch_and_bad_value(tiny_cross_dir, monkeypatch):
+    monkeypatch.setenv("PAIRSMITH_CROSS_LAST_LAYER", "full")
+    ce = CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0)
+    assert not _is_fast(ce)
+    monkeypatch.setenv("PAIRSMITH_CROSS_LAST_LAYER", "cls")
+    with pytest.raises(InvalidInput, match="PAIRSMITH_CROSS_LAST_LAYER"):
+        CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0)
+
+
+def test_guard_refuses_a_scorer_that_disagrees(tiny_cross_dir, monkeypatch):
+    """The build-time check is live: a scorer that skips the padding mask is not used."""
+    real = cls_scorer.build_cls_scorer
+
+    def no_mask(hf):
+        fast = real(hf)
+        inner = fast.forward
+
+        def forward(input_ids, attention_mask, token_type_ids=None):
+            import torch
+
+            return inner(input_ids, torch.ones_like(attention_mask), token_type_ids)
+
+        fast.forward = forward
+        return fast
+
+    ce = CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0)
+    _spread(ce, 0)
+    hf, tok = ce.st_model.model, ce.st_model.tokenizer
+    assert cls_scorer.cls_scorer_or_none(hf, tok) is not None
+    monkeypatch.setattr(cls_scorer, "build_cls_scorer", no_mask)
+    assert cls_scorer.cls_scorer_or_none(hf, tok) is None
+    assert type(cls_scorer.scores_module(ce.st_model)).__name__ != "FastScores"
+
+
+def test_unsupported_model_keeps_the_full_forward(tiny_cross_dir):
+    ce = CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0)
+    hf = ce.st_model.model
+    hf.config.model_type = "roberta"  # anything but plain BERT is left alone
+    try:
+        assert cls_scorer.cls_scorer_or_none(hf, ce.st_model.tokenizer) is None
+        with pytest.raises(ValueError, match="model_type"):
+            cls_scorer.build_cls_scorer(hf)
+    finally:
+        hf.config.model_type = "bert"
+
+
+def test_onnx_cross_export_runs_the_cls_only_graph(tiny_cross_dir, tmp_path, monkeypatch):
+    fast = export_onnx(str(tiny_cross_dir), ExportConfig(), out=tmp_path / "fast")
+    monkeypatch.setenv("PAIRSMITH_CROSS_LAST_LAYER", "full")
+    full = export_onnx(str(tiny_cross_dir), ExportConfig(), out=tmp_path / "full")
+    monkeypatch.delenv("PAIRSMITH_CROSS_LAST_LAYER")
+    assert fast.manifest["details"]["last_layer"] == "cls-only"
+    assert full.manifest["details"]["last_layer"] == "full"
+
+    ref = _full_logits(CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0), PAIRS)
+    for res in (fast, full):
+        onnx_ce = CrossEncoder.load(str(res.model_dir), device="cpu", backend="onnx", onnx_variant="fp32")
+        got = onnx_ce.score(PAIRS, activation=Activation.RAW, batch_size=5).values
+        np.testing.assert_allclose(got, ref, atol=1e-5)
