@@ -148,7 +148,12 @@ def scores_module(st_cross_encoder):
 
     hf = getattr(st_cross_encoder, "model", None)
     tok = getattr(st_cross_encoder, "tokenizer", None)
-    if hf is None or tok is None or not hasattr(hf, "config") or len(getattr(st_cross_encoder, "_modules", {})) != 1:
+    if (
+        hf is None
+        or tok is None
+        or not hasattr(hf, "config")
+        or len(getattr(st_cross_encoder, "_modules", {})) != 1
+    ):
         return st_cross_encoder  # unknown layout, or modules after the transformer: keep the full forward
     fast = cls_scorer_or_none(hf, tok)
     if fast is None:
@@ -160,7 +165,9 @@ def scores_module(st_cross_encoder):
             self.fast = fast
 
         def forward(self, features: dict) -> dict:
-            logits = self.fast(features["input_ids"], features["attention_mask"], features.get("token_type_ids"))
+            logits = self.fast(
+                features["input_ids"], features["attention_mask"], features.get("token_type_ids")
+            )
             return {"scores": logits}
 
     return FastScores()
