@@ -13,9 +13,10 @@ check fails). Only plain BERT encoders qualify (``model_type`` ``bert``,
 absolute positions, a pooler and a linear classifier); anything else returns
 ``None`` and the caller keeps the full forward.
 
-The layers are computed from their own submodules (``query``/``key``/``value``
-Linears, ``attention.output``, ``intermediate``, ``output``), not through
-``BertLayer.forward``, whose signature changes between transformers releases.
+The first L-1 layers run through Hugging Face's own code (a shallow copy of the
+BertModel without its last layer and pooler); the last layer is computed from its
+submodules (``query``/``key``/``value`` Linears, ``attention.output``,
+``intermediate``, ``output``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ def _eligible(hf) -> str | None:
     return None
 
 
+def _shallow(module, **replace):
+    """A copy of ``module`` that shares its parameters and submodules, with ``replace`` swapped in."""
+    import copy
+
+    c = copy.copy(module)
+    c._modules = {**module._modules, **replace}
+    return c
+
+
 def build_cls_scorer(hf):
     """A torch module ``(input_ids, attention_mask, token_type_ids=None) -> logits (B, L)``.
 
@@ -73,33 +83,39 @@ def build_cls_scorer(hf):
     class ClsScorer(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.embeddings = hf.bert.embeddings
-            self.layers = hf.bert.encoder.layer
+            # The first L-1 layers run through Hugging Face's own BertModel code (a shallow copy that
+            # shares every parameter, with the last layer and the pooler left out), so the exported
+            # graph keeps the pattern onnxruntime's transformer optimizer fuses (Attention,
+            # EmbedLayerNormalization) and torch keeps its SDPA attention.
+            self.trunk = _shallow(
+                hf.bert, encoder=_shallow(hf.bert.encoder, layer=hf.bert.encoder.layer[:-1])
+            )
+            self.trunk._modules["pooler"] = None
+            self.last = hf.bert.encoder.layer[-1]
             self.pooler = hf.bert.pooler
             self.classifier = hf.classifier
             self.heads = int(hf.config.num_attention_heads)
 
-        def _layer(self, layer, h, bias, cls_only: bool):
-            att = layer.attention.self
+        def _cls_layer(self, h, attention_mask):
+            """The last layer: keys/values of every token, everything else for the [CLS] row only."""
+            att = self.last.attention.self
             b, t, d = h.shape
             dh = d // self.heads
-            q_in = h[:, :1] if cls_only else h
-            q = att.query(q_in).view(b, q_in.shape[1], self.heads, dh).transpose(1, 2)
-            k = att.key(h).view(b, t, self.heads, dh).transpose(1, 2)
+            cls = h[:, :1]  # (B, 1, d)
+            q = att.query(cls).view(b, 1, self.heads, dh).transpose(1, 2)  # (B, H, 1, dh)
+            k = att.key(h).view(b, t, self.heads, dh).transpose(1, 2)  # (B, H, T, dh)
             v = att.value(h).view(b, t, self.heads, dh).transpose(1, 2)
-            w = torch.matmul(q, k.transpose(2, 3)) * (dh**-0.5) + bias
-            ctx = torch.matmul(torch.softmax(w, dim=-1), v).transpose(1, 2).reshape(b, q_in.shape[1], d)
-            a = layer.attention.output(ctx, q_in)  # dense + residual + LayerNorm
-            return layer.output(layer.intermediate(a), a)
+            keep = attention_mask[:, None, None, :].to(h.dtype)  # (B, 1, 1, T)
+            w = torch.matmul(q, k.transpose(2, 3)) * (dh**-0.5) + (1.0 - keep) * torch.finfo(h.dtype).min
+            ctx = torch.matmul(torch.softmax(w, dim=-1), v).transpose(1, 2).reshape(b, 1, d)
+            a = self.last.attention.output(ctx, cls)  # dense + residual + LayerNorm
+            return self.last.output(self.last.intermediate(a), a)  # (B, 1, d)
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
-            h = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-            keep = attention_mask[:, None, None, :].to(h.dtype)
-            bias = (1.0 - keep) * torch.finfo(h.dtype).min
-            last = len(self.layers) - 1
-            for i, layer in enumerate(self.layers):
-                h = self._layer(layer, h, bias, cls_only=i == last)
-            return self.classifier(self.pooler(h))  # pooler reads row 0: the [CLS] row
+            h = self.trunk(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state  # (B, T, d) after L-1 layers
+            return self.classifier(self.pooler(self._cls_layer(h, attention_mask)))  # pooler reads row 0
 
     return ClsScorer().eval()
 
