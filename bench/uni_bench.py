@@ -17,7 +17,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -37,6 +36,9 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from pairsmith.distill.dialogue import load_dialogue
+    from pairsmith.distill.provenance import code_version
+
+    code = code_version()  # taken at the start: a commit during the run must not relabel it
     from pairsmith.encoders import Activation, CrossEncoder, UniConfig, UniEncoder
 
     ds = load_dialogue("dailydialog-dev")
@@ -81,9 +83,6 @@ def main() -> int:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     out = {
         "bench": "uni_bench",
         "rows": rows,
@@ -94,7 +93,8 @@ def main() -> int:
         "machine": platform.platform(),
         "cpu": _cpu(),
         "torch": torch.__version__,
-        "commit": commit,
+        "commit": (code.get("commit") or "")[:7],
+        "code": code,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if args.json:
