@@ -123,8 +123,8 @@ def build_cls_scorer(hf):
 def cls_scorer_or_none(hf, tokenizer, *, probe: list[tuple[str, str]] | None = None):
     """The CLS-only scorer for ``hf`` when it qualifies and matches the full model, else None.
 
-    The check runs both on a few probe pairs of different lengths (so padding
-    is exercised) and logs why the fast path was not taken.
+    Both forwards run on a few probe pairs of different lengths (so padding is
+    exercised), on the model's device; a reason is logged when the fast path is not taken.
     """
     import torch
 
@@ -139,13 +139,16 @@ def cls_scorer_or_none(hf, tokenizer, *, probe: list[tuple[str, str]] | None = N
         ("The cat sat on the mat", "no"),
     ]
     enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")
-    feats = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    device = next(hf.parameters()).device  # the probe runs where the model lives (a GPU too)
+    feats = {
+        k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
     was_training = hf.training
     hf.eval()
     try:
         with torch.inference_mode():
-            want = hf(**feats).logits.float().numpy()
-            got = fast(**feats).float().numpy()
+            want = hf(**feats).logits.float().cpu().numpy()
+            got = fast(**feats).float().cpu().numpy()
     finally:
         hf.train(was_training)
     err = float(np.max(np.abs(want - got)))
