@@ -8,7 +8,6 @@ Here every tensor is exactly T = sum(L_b) rows long:
 - softmax  segment max / segment sum over each item's rows (``scatter_reduce`` / ``index_add_``)
 - output   per head, a sparse (Nq*B, T) matrix of probabilities times v_h (T, Dv): CSR spmm.
            Row i*B + b holds item b's probabilities for query i, so nothing of size T*Nq*Dv is made.
-           With many heads x queries and little work, one block-diagonal product for all heads instead.
 
 Backward is analytic (FlashAttention's equations), with the same sparse patterns:
 dv_h = P_h^T dO_h (spmm), dP = dO_h v_h^T sampled at the pattern (SDDMM), dS = P * (dP - rowsum(dO*O)),
@@ -67,24 +66,6 @@ class Pattern:
                 self.crow, self.col, values.reshape(-1), size=(self.n_q * self.n_items, self.total)
             )
 
-    def a_heads(self, values: torch.Tensor, heads: int) -> torch.Tensor:
-        """A for every head at once, block-diagonal: (H*Nq*B, H*T), row (h*Nq + i)*B + b, column h*T + t;
-        ``values`` in (H, Nq, T) order."""
-        nnz = self.n_q * self.total  # per head
-        shift = torch.arange(heads, device=self.crow.device)
-        crow = torch.cat(
-            [
-                (self.crow[:-1][None, :] + (shift * nnz)[:, None]).reshape(-1),
-                self.crow.new_tensor([heads * nnz]),
-            ]
-        )
-        col = (self.col[None, :] + (shift * self.total)[:, None]).reshape(-1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.sparse_csr_tensor(
-                crow, col, values.reshape(-1), size=(heads * self.n_q * self.n_items, heads * self.total)
-            )
-
     def a_t(self, values: torch.Tensor) -> torch.Tensor:
         """At (T, Nq*B) with values in (T, Nq) order."""
         with warnings.catch_warnings():
@@ -113,19 +94,6 @@ def _block_diag_pays(heads: int, n_q: int) -> bool:
     cheaper while H*Nq is small (Byte2Word: 4 heads, 1-4 queries); per-head GEMMs win beyond (measured on
     the AVX2 EPYC, 5,177 keys, 12 heads x 16 queries: 5.3 ms block-diagonal vs 0.8 ms per head)."""
     return heads * n_q <= 32
-
-
-# Above this many multiply-adds (H*Nq*T*Dv) the per-head products win again (see _merged_output_pays).
-MERGED_OUTPUT_MAX_WORK = 1 << 26
-
-
-def _merged_output_pays(heads: int, n_q: int, total: int, d_v: int) -> bool:
-    """One sparse product for all heads (one copy of p and v, one call) instead of a loop of H: pays when
-    there are many heads x queries and little work per call, where the loop's per-call costs dominate.
-    Measured on the AVX2 EPYC (2 threads, forward): ragged 7-13 keys, 12 heads, Nq 4 / 8 / 16: 1.21x /
-    1.13x / 1.13-1.2x faster; 32 items: 1.9x; but 12 x 64 queries with Dv 64 (1.3e8 multiply-adds): 0.63x,
-    and Byte2Word shapes (4 heads, 250k keys): 0.5x."""
-    return heads * n_q > 32 and heads * n_q * total * d_v <= MERGED_OUTPUT_MAX_WORK
 
 
 def _rows_by_query(x: torch.Tensor) -> torch.Tensor:
@@ -169,17 +137,11 @@ class PackedPool(torch.autograd.Function):
                 [pat.sddmm(kf[:, h], _rows_by_query(qf[:, :, h])) for h in range(heads)], dim=1
             )  # (T, H, Nq): each row against its own item's queries
         p, lse = _segment_softmax(s, pat)  # (T, H, Nq), (B, H, Nq)
-        d_v = v.shape[-1]
-        if _merged_output_pays(heads, n_q, pat.total, d_v):
-            a_all = pat.a_heads(p.permute(1, 2, 0), heads)  # (H*Nq*B, H*T)
-            num = a_all @ vf.transpose(0, 1).reshape(heads * pat.total, d_v)  # (H*Nq*B, Dv)
-            out = num.view(heads, n_q, pat.n_items, d_v).permute(2, 1, 0, 3).contiguous()  # (B, Nq, H, Dv)
-        else:
-            out = torch.empty(pat.n_items, n_q, heads, d_v, dtype=acc, device=k.device)  # (B, Nq, H, Dv)
-            for h in range(heads):
-                num = pat.a(p[:, h].T.contiguous()) @ vf[:, h].contiguous()  # (Nq*B, Dv) = P_h @ v_h; a
-                # per-head copy plus a contiguous product beats a strided one and one transposed copy of v
-                out[:, :, h] = num.view(n_q, pat.n_items, -1).transpose(0, 1)
+        out = torch.empty(pat.n_items, n_q, heads, v.shape[-1], dtype=acc, device=k.device)  # (B, Nq, H, Dv)
+        for h in range(heads):
+            num = pat.a(p[:, h].T.contiguous()) @ vf[:, h].contiguous()  # (Nq*B, Dv) = P_h @ v_h; a
+            # per-head copy plus a contiguous product beats a strided one and one transposed copy of v
+            out[:, :, h] = num.view(n_q, pat.n_items, -1).transpose(0, 1)
         ctx.save_for_backward(qf, kf, vf, p, out)
         ctx.pat, ctx.scale, ctx.dtypes = pat, scale, (q.dtype, k.dtype, v.dtype)
         lse = lse.transpose(1, 2)  # (B, Nq, H)

@@ -158,24 +158,6 @@ def test_forward_and_gradients_vs_naive_fp64(impl, seed, per_item):
 
 
 @pytest.mark.parametrize("per_item", [False, True])
-def test_packed_output_product_branches_agree(per_item, monkeypatch):
-    """The all-heads block-diagonal product and the per-head loop give the same outputs and gradients
-    (12 heads x 4 queries: the merged branch by default, the loop when its work limit is 0)."""
-    from pairsmith.kernels import packed
-
-    lens = [7, 13, 0, 9, 1, 11, 8]
-    q, k, v, cu = make_case(lens, n_q=4, heads=12, dim=8, d_v=6, per_item=per_item, seed=21)
-    dout = torch.randn(len(lens), 4, 12, 6, generator=torch.Generator().manual_seed(22))
-    assert packed._merged_output_pays(12, 4, sum(lens), 6)
-    merged = grads("packed", q, k, v, cu, dout)
-    monkeypatch.setattr(packed, "MERGED_OUTPUT_MAX_WORK", 0)
-    assert not packed._merged_output_pays(12, 4, sum(lens), 6)
-    loop = grads("packed", q, k, v, cu, dout)
-    for a, b in zip(merged, loop, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("per_item", [False, True])
 def test_packed_uniform_lengths_vs_naive_fp64(per_item):
     # Every item 13 keys (multi-layer pooling): the packed path takes its dense branch.
     q, k, v, cu = make_case(
