@@ -140,3 +140,24 @@ def test_fused_export_keeps_the_trunks_attention_fusions(tiny_cross_dir, tmp_pat
     fused = res.manifest["variants"]["qint8_avx2"]["fused"]
     assert fused.get("Attention") == 1  # the tiny model has 2 layers
     assert fused.get("EmbedLayerNormalization") == 1
+
+
+def test_one_token_type_backbone_takes_the_fast_path(tmp_path):
+    """type_vocab_size 1 (RoBERTa-like): the load-time probe zeroes the second segment's type ids
+    instead of indexing past the table (the probe crashed loading such models: a uni-encoder
+    baseline test caught it)."""
+    import torch
+
+    from tests.tiny import make_tiny_backbone
+
+    model = make_tiny_backbone(tmp_path / "one-type", seed=4, type_vocab_size=1)
+    ce = CrossEncoder.from_backbone(str(model), device="cpu", seed=0)
+    assert _is_fast(ce)
+    _spread(ce, 4)
+    st = ce.st_model
+    enc = st.tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True, return_tensors="pt")
+    enc["token_type_ids"] = torch.zeros_like(enc["token_type_ids"])
+    with torch.inference_mode():
+        want = st.model(**enc).logits.float().numpy()[:, 0]
+        got = ce.pipeline.backend.module(dict(enc))["scores"].float().numpy()[:, 0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
