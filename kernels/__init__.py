@@ -34,7 +34,8 @@ Outputs
 Implementations (``Impl``): ``reference`` (padded PyTorch, the spec: reference.py), ``packed``
 (CPU path without padding waste: packed.py), ``triton`` (fused forward and backward kernels, the query
 gradient reduced across items inside the kernel: triton_pool.py; on CPU tensors only under
-TRITON_INTERPRET=1). ``auto``: triton on CUDA tensors when triton imports, else packed.
+TRITON_INTERPRET=1). ``auto``: triton on CUDA tensors when triton imports; on the CPU packed, except
+the reference for small ragged problems (under ``dispatch.AUTO_REFERENCE_MAX_KEYS`` keys, measured).
 Bad inputs raise ``pairsmith.errors.InvalidInput`` naming the argument; an implementation that
 cannot run here raises ``FailedPrecondition`` with the fix.
 """

@@ -21,7 +21,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class Impl(enum.Enum):
-    """Which implementation runs. ``AUTO``: Triton on CUDA tensors when triton imports, else packed."""
+    """Which implementation runs. ``AUTO``: Triton on CUDA tensors when triton imports, else packed
+    (the reference for small ragged CPU problems: ``choose_impl``)."""
 
     AUTO = "auto"
     REFERENCE = "reference"  # padded PyTorch, the specification (reference.py)
@@ -50,6 +51,31 @@ def resolve_impl(impl: str | Impl, device: torch.device) -> Impl:
                     "or use impl='packed' on the CPU"
                 )
     return chosen
+
+
+# Below this many packed keys, ragged items run faster padded (the reference's few dense ops) than through
+# the packed path's chain of small segment ops: measured on the AVX2 EPYC, 2 threads, forward / with
+# backward, reference time / packed time: 4-16 items (37-172 keys) 0.36-0.78; 64 items (647-866 keys)
+# 0.91-1.24; 256+ items 1.2-4.4 (bench/kernel_auto_crossover.py; bench/results/kernels/auto-crossover-s6.txt).
+AUTO_REFERENCE_MAX_KEYS = 512
+
+
+def choose_impl(impl: str | Impl, q: torch.Tensor, cu_seqlens: torch.Tensor) -> Impl:
+    """``resolve_impl`` plus, for ``auto`` on the CPU, the reference for small ragged problems.
+
+    Equal lengths (one item, or multi-layer pooling where every text has L layer vectors) keep the packed
+    path: its dense branch beats the reference there at every size measured (1 item: 1.8x).
+    """
+    chosen = resolve_impl(impl, q.device)
+    if chosen is not Impl.PACKED or parse_enum(Impl, impl, "impl") is not Impl.AUTO:
+        return chosen
+    total = int(cu_seqlens[-1])
+    if total >= AUTO_REFERENCE_MAX_KEYS or cu_seqlens.numel() <= 2:
+        return Impl.PACKED
+    lens = cu_seqlens[1:] - cu_seqlens[:-1]
+    if int(lens.min()) > 0 and int(lens.min()) == int(lens.max()):
+        return Impl.PACKED
+    return Impl.REFERENCE
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -132,7 +158,7 @@ def cross_attention_pool(
     """
     check_inputs(q, k, v, cu_seqlens)
     scale = check_scale(scale, q.shape[-1])
-    chosen = resolve_impl(impl, q.device)
+    chosen = choose_impl(impl, q, cu_seqlens)
     if chosen is Impl.REFERENCE:
         out, lse = cross_attention_pool_reference(q, k, v, cu_seqlens, scale)
     elif chosen is Impl.PACKED:

@@ -249,6 +249,28 @@ def test_auto_picks_packed_on_cpu_and_impl_is_validated():
         cross_attention_pool(q, k, v, cu, impl="fast")
 
 
+def test_auto_on_cpu_pads_small_ragged_problems_only():
+    from pairsmith.kernels.dispatch import AUTO_REFERENCE_MAX_KEYS, choose_impl
+
+    small = make_case([3, 0, 7, 1])  # ragged, 11 keys
+    q, _, _, cu = small
+    assert choose_impl("auto", q, cu) is Impl.REFERENCE
+    assert choose_impl("packed", q, cu) is Impl.PACKED  # an explicit choice is kept
+    _, _, _, cu_eq = make_case([5, 5, 5])  # equal lengths: the packed dense branch
+    assert choose_impl("auto", q, cu_eq) is Impl.PACKED
+    _, _, _, cu_one = make_case([9])
+    assert choose_impl("auto", q, cu_one) is Impl.PACKED
+    lens = [1, 2, 3] * (AUTO_REFERENCE_MAX_KEYS // 6)
+    _, _, _, cu_big = make_case(lens + [AUTO_REFERENCE_MAX_KEYS - sum(lens)])  # ragged, exactly the limit
+    assert int(cu_big[-1]) == AUTO_REFERENCE_MAX_KEYS
+    assert choose_impl("auto", q, cu_big) is Impl.PACKED
+    # Same answer whichever ran: auto (reference here) equals packed.
+    q, k, v, cu = small
+    torch.testing.assert_close(
+        cross_attention_pool(q, k, v, cu)[0], cross_attention_pool(q, k, v, cu, impl="packed")[0]
+    )
+
+
 def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     from pairsmith.kernels.dispatch import triton_available
 
