@@ -66,16 +66,15 @@ def choose_impl(impl: str | Impl, q: torch.Tensor, cu_seqlens: torch.Tensor) -> 
     Equal lengths (one item, or multi-layer pooling where every text has L layer vectors) keep the packed
     path: its dense branch beats the reference there at every size measured (1 item: 1.8x).
     """
-    chosen = resolve_impl(impl, q.device)
-    if chosen is not Impl.PACKED or parse_enum(Impl, impl, "impl") is not Impl.AUTO:
+    from .packed import uniform_length
+
+    requested = parse_enum(Impl, impl, "impl")
+    chosen = resolve_impl(requested, q.device)
+    if chosen is not Impl.PACKED or requested is not Impl.AUTO:
         return chosen
-    total = int(cu_seqlens[-1])
-    if total >= AUTO_REFERENCE_MAX_KEYS or cu_seqlens.numel() <= 2:
+    if int(cu_seqlens[-1]) >= AUTO_REFERENCE_MAX_KEYS or cu_seqlens.numel() <= 2:
         return Impl.PACKED
-    lens = cu_seqlens[1:] - cu_seqlens[:-1]
-    if int(lens.min()) > 0 and int(lens.min()) == int(lens.max()):
-        return Impl.PACKED
-    return Impl.REFERENCE
+    return Impl.PACKED if uniform_length(cu_seqlens) is not None else Impl.REFERENCE
 
 
 def _shape(t: torch.Tensor) -> str:

@@ -208,11 +208,19 @@ def _uniform_pool(
     return out.to(q.dtype), lse.transpose(1, 2)
 
 
+def uniform_length(cu_seqlens: torch.Tensor) -> int | None:
+    """The one key count every item has (>= 1), or None when lengths differ, an item is empty or B = 0."""
+    lens = cu_seqlens[1:] - cu_seqlens[:-1]  # (B,)
+    if lens.numel() and int(lens.min()) > 0 and int(lens.min()) == int(lens.max()):
+        return int(lens[0])
+    return None
+
+
 def cross_attention_pool_packed(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed path: out (B, Nq, H, Dv) in q's dtype, lse (B, Nq, H). Inputs validated by the caller."""
-    lens = cu_seqlens[1:] - cu_seqlens[:-1]  # (B,)
-    if lens.numel() and int(lens.min()) > 0 and int(lens.min()) == int(lens.max()):
-        return _uniform_pool(q, k, v, lens.numel(), int(lens[0]), scale)
+    length = uniform_length(cu_seqlens)
+    if length is not None:
+        return _uniform_pool(q, k, v, cu_seqlens.numel() - 1, length, scale)
     return PackedPool.apply(q, k, v, cu_seqlens.to(k.device), scale)
