@@ -94,6 +94,24 @@ def test_cli_client_info_and_embed(server, bi, capsys):
     np.testing.assert_allclose(np.array([r["vector"] for r in rows]), want, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rerank", "--top-n", "-3", "q", "x"],
+        ["search", "idx", "q", "--top-k", "-1"],
+        ["embed", "--dimensions", "x", "t"],
+    ],
+)
+def test_cli_client_refuses_negative_counts(server, argv, capsys):
+    """Negative counts are usage errors naming the option (they reached protobuf and crashed before)."""
+    from pairsmith.service.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["client", "--target", server.target, *argv])
+    assert exc.value.code == 2
+    assert "expected an integer >= 0" in capsys.readouterr().err
+
+
 def test_warmup_calibrated_the_batchers(server):
     """Fails when warm-up skips the planner's calibration (the overhead would stay the default)."""
     for b in (server.server.rt.bi_batcher, server.server.rt.cross_batcher):

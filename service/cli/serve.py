@@ -124,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = cs.add_parser("embed", help="embed texts; prints JSON lines {index, token_count, vector}")
     e.add_argument("texts", nargs="+")
-    e.add_argument("--dimensions", type=int)
+    e.add_argument("--dimensions", type=_count)
     e.add_argument("--no-normalize", action="store_true")
     e.set_defaults(func=_client_embed)
 
@@ -137,15 +137,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("query")
     r.add_argument("texts", nargs="+")
     r.add_argument("--method", choices=("auto", "bi", "cross", "uni"), default="auto")
-    r.add_argument("--top-n", type=int)
+    r.add_argument("--top-n", type=_count)
     r.set_defaults(func=_client_rerank)
 
     q = cs.add_parser("search", help="search an index with a text query")
     q.add_argument("index")
     q.add_argument("query")
-    q.add_argument("--top-k", type=int, default=10)
+    q.add_argument("--top-k", type=_count, default=10)
     q.add_argument("--rerank", choices=("auto", "bi", "cross", "uni"))
-    q.add_argument("--candidates", type=int)
+    q.add_argument("--candidates", type=_count)
     q.set_defaults(func=_client_search)
 
     u = cs.add_parser("upsert", help="stream a .jsonl file of {id, text | vector, payload} into an index")
@@ -153,6 +153,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("file", type=Path)
     u.add_argument("--create", action="store_true", help="create the index first if it does not exist")
     u.set_defaults(func=_client_upsert)
+
+
+def _count(text: str) -> int:
+    """argparse type for the client's unsigned request fields: an integer >= 0, else a usage error
+    (a negative value used to reach protobuf and end in a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace):
