@@ -154,7 +154,14 @@ def main() -> int:
     rows = []
     for dtype in (torch.bfloat16, torch.float32):
         for shape in SHAPES:
-            r = check_shape(*shape, dtype, args.repeats)
+            try:
+                r = check_shape(*shape, dtype, args.repeats)
+            except Exception as e:  # one shape failing (compiler, memory) must not hide the others
+                print(f"{shape[0]:<28} {str(dtype):<14} FAILED: {type(e).__name__}: {e}", flush=True)
+                rows.append({"shape": shape[0], "dtype": str(dtype).replace("torch.", ""), "ok": False,
+                             "error": f"{type(e).__name__}: {e}"})  # fmt: skip
+                torch.cuda.empty_cache()
+                continue
             rows.append(r)
             print(
                 f"{r['shape']:<28} {r['dtype']:<8} ok={r['ok']} err(out)={r['err']['out']:.1e} "
