@@ -12,9 +12,10 @@
 # run: the machine's packages (its own torch, Triton, onnxruntime, sentence-transformers) plus this
 # checkout on PYTHONPATH; each part has its own time limit and a failed part does not stop the next:
 #   1. facts: lscpu, nvidia-smi, versions                              -> $OUT/facts.txt
-#   2. bench/kernel_gpu_check.py (Triton kernel: parity, GB/s, ratios) -> $OUT/kernel_gpu.json
+#   2. bench/kernel_gpu_check.py (Triton kernel: parity, GB/s, ratios) -> $OUT/kernel_gpu.json (and
+#      kernel_gpu2.json for a second pass with KERNEL_ARGS2)
 #   3. bench/encode_bench.py on that machine's CPU (its ISA, e.g. AVX-512 VNNI / AMX) with
-#      --write-table                                                   -> $OUT/encode.json, engine_table.json
+#      --write-table (ENCODE_EXTRA: more options, e.g. "--streams-sweep 4,8,16")                                                  -> $OUT/encode.json, engine_table.json
 #   4. bench/gpu_check.sh (torch fp32/fp16 encode on the GPU)          -> $OUT/gpu_check.json
 # All output also goes to $OUT/run.log.
 set -uo pipefail
@@ -74,8 +75,13 @@ grep -o 'avx512_vnni\|amx_int8\|avx512f \|avx2' /proc/cpuinfo | sort | uniq -c
 tail -1 "$OUT/facts.txt"
 
 echo "== 2 kernel GPU check $(date -u +%T)"
-timeout "${T_KERNEL:-150}" python3 bench/kernel_gpu_check.py --repeats 20 --json "$OUT/kernel_gpu.json"
+# KERNEL_ARGS / KERNEL_ARGS2: e.g. "--shapes byte2word --dtypes bf16,fp32" (a second, optional pass)
+timeout "${T_KERNEL:-150}" python3 bench/kernel_gpu_check.py --repeats 20 --json "$OUT/kernel_gpu.json" ${KERNEL_ARGS:-}
 echo "rc=$?"
+if [ -n "${KERNEL_ARGS2:-}" ]; then
+  timeout "${T_KERNEL2:-100}" python3 bench/kernel_gpu_check.py --repeats 20 --json "$OUT/kernel_gpu2.json" $KERNEL_ARGS2
+  echo "rc=$?"
+fi
 
 echo "== 3 encode bench on this CPU $(date -u +%T)"
 timeout "${T_ENCODE:-300}" python3 bench/encode_bench.py --reps 3 --cross-limit "${CROSS_LIMIT:-750}" \
@@ -84,5 +90,7 @@ echo "rc=$?"
 cp encoders/engine_table.json "$OUT/engine_table.json"
 
 echo "== 4 torch encode on the GPU $(date -u +%T)"
-OUT=$OUT timeout "${T_GPU:-60}" bash bench/gpu_check.sh python3
+# from /tmp: python puts the working folder first on sys.path, and the repo root's pairsmith/ (the
+# package's top folder only) would shadow the assembled package
+(cd /tmp && OUT=$OUT timeout "${T_GPU:-60}" bash "$ROOT/bench/gpu_check.sh" python3)
 echo "rc=$? done $(date -u +%T)"

@@ -73,10 +73,15 @@ ENGINE_VARIANTS = (
 )
 
 
+STREAMS_SWEEP: list[int] = []  # --streams-sweep: extra int8-static rows with these concurrent runs
+
+
 def engine_variants() -> list[tuple[str, str, str, int | None]]:
     from pairsmith.encoders.openvino_runtime import available
 
-    return [v for v in ENGINE_VARIANTS if v[1] != "openvino" or available()]
+    rows = [v for v in ENGINE_VARIANTS if v[1] != "openvino" or available()]
+    rows += [(f"pairsmith onnx int8 static, {n} streams", "onnx", "int8-static", n) for n in STREAMS_SWEEP]
+    return rows
 
 
 def invariance(encode, texts: list[str]) -> float:
@@ -333,8 +338,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="record this CPU's fastest batch-invariant engine in encoders/engine_table.json (backend='auto')",
     )
+    p.add_argument(
+        "--streams-sweep",
+        default="",
+        help="comma-separated stream counts: extra int8-static rows (threads split evenly among streams)",
+    )
     p.add_argument("--json", default=None, help="write raw figures here")
     args = p.parse_args(argv)
+    try:
+        STREAMS_SWEEP[:] = [int(x) for x in args.streams_sweep.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--streams-sweep: expected comma-separated integers, got {args.streams_sweep!r}")
+    if any(n < 1 for n in STREAMS_SWEEP):
+        p.error("--streams-sweep: stream counts must be >= 1")
     if args.reps < 3:
         print("note: fewer than 3 repetitions; medians are fragile on a shared machine", file=sys.stderr)
     gold, a, b = load_stsb_dev(Path(args.data))
