@@ -61,7 +61,7 @@ def timed(fn, reps_out: list[float], n: int):
 
 
 # (label, backend, onnx_variant, streams): every CPU path pairsmith offers; openvino rows only when
-# installed. streams None = the library default (2 concurrent single-thread runs on 2+ cores); the
+# installed. streams None = the library default (one single-thread run per core); the
 # "1 stream" row is the same engine running one batch at a time on all cores (the thread sweep).
 ENGINE_VARIANTS = (
     ("pairsmith onnx fp32", "onnx", "fp32", None),

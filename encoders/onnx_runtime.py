@@ -5,10 +5,11 @@ refuses one whose source fingerprint no longer matches the model, picks the
 variant (``auto``: int8 on CPU, fp16 on GPU, fp32 when those are absent) and
 the provider (CUDA where onnxruntime-gpu sees a GPU, else CPU), and sets the
 session up for throughput: on the CPU the physical cores available to this
-process are split into ``streams`` concurrent runs of one session (default 2
-where there are at least 2 cores: two single-thread runs of different batches
-beat one run on two threads by ~17% on the 2-core AVX2 EPYC, docs/results.md;
-the pipeline splits a lone batch so both streams work on it), one inter-op
+process are split into ``streams`` concurrent runs of one session (default: one
+single-thread run per core — measured best on the 2-core AVX2 EPYC, 2 x 1 beats
+1 x 2 by ~17%, and on a 16-core Xeon with AMX, 16 x 1 beats 8 x 2 / 4 x 4 / 2 x 8 /
+1 x 16 by 1.6-3x, docs/results.md; the pipeline splits a lone batch so every
+stream works on it), one inter-op
 thread, sequential execution, all graph optimisations. On CUDA the runner uses IO binding (inputs copied once,
 output fetched once); that path cannot be exercised on the CPU-only
 development machine and is kept deliberately small.
@@ -52,14 +53,12 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-DEFAULT_CPU_STREAMS = 2  # measured on 2 cores (AVX2 EPYC): 2 x 1 thread beats 1 x 2 threads
-
-
 def thread_plan(threads: int | None, streams: int | None, on_gpu: bool) -> tuple[int, int]:
     """(concurrent runs, intra-op threads per run) for ``threads`` CPU threads in all.
 
-    ``threads`` None: the physical cores; ``streams`` None or 0: :data:`DEFAULT_CPU_STREAMS` on
-    the CPU (fewer when there are fewer threads), always 1 on a GPU (one device queue).
+    ``threads`` None: the physical cores; ``streams`` None or 0: one single-thread run per thread on
+    the CPU (throughput: measured best on 2 and on 16 cores, docs/results.md), always 1 on a GPU
+    (one device queue).
     """
     if threads is not None and int(threads) < 1:
         raise InvalidInput(f"threads: must be >= 1, got {threads}")
@@ -68,7 +67,7 @@ def thread_plan(threads: int | None, streams: int | None, on_gpu: bool) -> tuple
     total = int(threads) if threads else physical_cores()
     if on_gpu:
         return 1, total
-    n = int(streams) if streams else DEFAULT_CPU_STREAMS
+    n = int(streams) if streams else total
     n = max(1, min(n, total))
     return n, max(1, total // n)
 

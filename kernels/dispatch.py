@@ -60,8 +60,25 @@ def resolve_impl(impl: str | Impl, device: torch.device) -> Impl:
 AUTO_REFERENCE_MAX_KEYS = 512
 
 
+# ``auto`` on CUDA, fp32: the Triton kernel's fp32 (IEEE) dots run on CUDA cores, and a large query x
+# head-dim tile spills: measured on an H200 (bench/kernel_gpu_check.py, docs/results.md, kernels/GPU),
+# Nq 64 x D 128 took 22 ms forward vs 1.9 ms for the eager reference (0.09x), Nq 64 x D 64 was 2.0x
+# faster than eager. Above this tile size auto takes the reference for fp32; bf16/fp16 keep Triton (6x).
+AUTO_TRITON_FP32_MAX_TILE = 64 * 64
+
+
+def triton_fp32_tile_too_large(n_q: int, dim: int, dtype: torch.dtype) -> bool:
+    """Whether ``auto`` should avoid the Triton kernel: fp32 with a (padded) Nq x D tile over the limit."""
+
+    def p2(n: int) -> int:
+        return max(16, 1 << (max(n, 1) - 1).bit_length())
+
+    return dtype == torch.float32 and p2(n_q) * p2(dim) > AUTO_TRITON_FP32_MAX_TILE
+
+
 def choose_impl(impl: str | Impl, q: torch.Tensor, cu_seqlens: torch.Tensor) -> Impl:
-    """``resolve_impl`` plus, for ``auto`` on the CPU, the reference for small ragged problems.
+    """``resolve_impl`` plus, for ``auto``: on the CPU the reference for small ragged problems, on CUDA
+    the reference for fp32 with a large query tile (:data:`AUTO_TRITON_FP32_MAX_TILE`).
 
     Equal lengths (one item, or multi-layer pooling where every text has L layer vectors) keep the packed
     path: its dense branch beats the reference there at every size measured (1 item: 1.8x).
@@ -70,6 +87,9 @@ def choose_impl(impl: str | Impl, q: torch.Tensor, cu_seqlens: torch.Tensor) -> 
 
     requested = parse_enum(Impl, impl, "impl")
     chosen = resolve_impl(requested, q.device)
+    if chosen is Impl.TRITON and requested is Impl.AUTO:
+        n_q, _, dim = q.shape[-3:]
+        return Impl.REFERENCE if triton_fp32_tile_too_large(n_q, dim, q.dtype) else Impl.TRITON
     if chosen is not Impl.PACKED or requested is not Impl.AUTO:
         return chosen
     if int(cu_seqlens[-1]) >= AUTO_REFERENCE_MAX_KEYS or cu_seqlens.numel() <= 2:

@@ -133,7 +133,8 @@ def test_split_plan_and_thread_plan():
     assert split_plan([(0, 5), (5, 7)], 2) == [(0, 5), (5, 7)]  # enough batches already
     assert split_plan([(0, 9)], 3) == [(0, 3), (3, 6), (6, 9)]
     assert split_plan([], 2) == []
-    assert thread_plan(4, None, on_gpu=False) == (2, 2)
+    assert thread_plan(4, None, on_gpu=False) == (4, 1)  # one single-thread run per core
+    assert thread_plan(16, 0, on_gpu=False) == (16, 1)
     assert thread_plan(1, None, on_gpu=False) == (1, 1)  # never more streams than threads
     assert thread_plan(8, 3, on_gpu=False) == (3, 2)
     assert thread_plan(2, 1, on_gpu=False) == (1, 2)

@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--streams",
         type=int,
         help="backend onnx on the CPU: batches run at once, cores split between them "
-        "(default 0 = automatic: 2 on 2+ cores; 1 = one batch at a time on all cores)",
+        "(default 0 = automatic: one single-thread run per core; 1 = one batch at a time on all cores)",
     )
     p.add_argument(
         "--data-dir", type=Path, help="index store root (default $PAIRSMITH_HOME or ~/.local/share/pairsmith)"
