@@ -117,6 +117,11 @@ class CrossEncoder(PipelineFacts):
     def from_st(cls, st_model, *, source: ModelSource, device: str = "cpu", keepalive=None) -> CrossEncoder:
         max_len = int(getattr(st_model, "max_length", None) or 512)
         tok = TextTokenizer(st_model.tokenizer, max_len)
+        hf_config = getattr(getattr(st_model, "model", None), "config", None)
+        if tok.uses_type_ids and int(getattr(hf_config, "type_vocab_size", 2) or 0) < 2:
+            # A one-type backbone (RoBERTa-like) under a tokenizer that emits type ids: the second text's
+            # id 1 would index past the table; without them the model uses its only type, as trained.
+            tok.uses_type_ids = False
         be = TorchBackend(scores_module(st_model), device, "scores", OutputKind.SCORES)
         return cls(Pipeline(tok, be), source=source, st_model=st_model, device=device, keepalive=keepalive)
 

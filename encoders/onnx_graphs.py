@@ -186,6 +186,8 @@ def _build_cross(source: ModelSource) -> GraphSpec:
     hf = ce[0].auto_model if hasattr(ce, "__getitem__") else ce.model
     _eager(hf)
     names = _input_names(ce.tokenizer)
+    if int(getattr(hf.config, "type_vocab_size", 2) or 0) < 2:  # one-type backbone: no type ids input
+        names = tuple(n for n in names if n != "token_type_ids")  # (as CrossEncoder.from_st does)
     n_labels = int(getattr(hf.config, "num_labels", 1))
     # The last layer for [CLS] only where the model allows it (exact; encoders/cls_scorer.py).
     cls_only = cls_scorer_or_none(hf, ce.tokenizer)

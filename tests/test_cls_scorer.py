@@ -161,3 +161,28 @@ def test_one_token_type_backbone_takes_the_fast_path(tmp_path):
         want = st.model(**enc).logits.float().numpy()[:, 0]
         got = ce.pipeline.backend.module(dict(enc))["scores"].float().numpy()[:, 0]
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_one_token_type_backbone_scores_pairs(tmp_path):
+    """CrossEncoder.score on a type_vocab_size 1 backbone whose tokenizer emits type ids: no index error,
+    and the scores equal the model run with every type id 0 (its only type)."""
+    import torch
+
+    from pairsmith.encoders import Activation
+    from tests.tiny import make_tiny_backbone
+
+    model = make_tiny_backbone(tmp_path / "one-type", seed=5, type_vocab_size=1)
+    ce = CrossEncoder.from_backbone(str(model), device="cpu", seed=0)
+    got = ce.score(PAIRS, activation=Activation.RAW).values
+    st = ce.st_model
+    enc = st.tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True, return_tensors="pt")
+    assert int(enc["token_type_ids"].max()) == 1  # the tokenizer does emit type 1
+    enc["token_type_ids"] = torch.zeros_like(enc["token_type_ids"])
+    with torch.inference_mode():
+        want = st.model(**enc).logits.float().numpy()[:, 0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # The ONNX export of such a model takes no type ids (its example pairs would index past the table).
+    ce.save(tmp_path / "ce")
+    onnx_ce = CrossEncoder.load(str(tmp_path / "ce"), device="cpu", backend="onnx", onnx_variant="fp32")
+    assert "token_type_ids" not in onnx_ce.pipeline.backend.runner.input_names
+    np.testing.assert_allclose(onnx_ce.score(PAIRS, activation=Activation.RAW).values, want, atol=1e-4)
