@@ -195,6 +195,35 @@ def test_help_answers_fast_without_torch():
         assert heavy not in imported, f"--help imported {heavy}"
 
 
+def _source_packages() -> dict[str, str]:
+    """Every folder of the source tree with an ``__init__.py`` -> its import name (pyproject's mapping)."""
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    tops = {"pairsmith": "pairsmith", "encoders": "pairsmith.encoders", "distill": "pairsmith.distill",
+            "kernels": "pairsmith.kernels", "service": "pairsmith.service"}  # fmt: skip
+    found = {}
+    for top, name in tops.items():
+        for init in (REPO / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / top).parts
+            found[".".join((name, *rel))] = init.parent.relative_to(REPO).as_posix()
+    assert set(cfg["package-dir"]) == set(cfg["packages"])
+    return found
+
+
+def test_pyproject_lists_every_source_package():
+    """A folder missing from [tool.setuptools] packages is absent from a regular install (an editable one
+    hides it): pairsmith.encoders.byte2word and .modules were, until session 7."""
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = _source_packages()
+    missing = sorted(set(found) - set(cfg["packages"]))
+    assert not missing, f"pyproject.toml [tool.setuptools] packages lacks {missing}"
+    for name, folder in found.items():
+        assert cfg["package-dir"][name] == folder, name
+
+
 @pytest.mark.slow
 def test_wheel_contains_all_subpackages(tmp_path):
     if shutil.which("git") is None:
@@ -218,7 +247,7 @@ def test_wheel_contains_all_subpackages(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     (wheel,) = tmp_path.glob("pairsmith-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for sub in SUBPACKAGES:
-        assert f"{sub.replace('.', '/')}/__init__.py" in names
+    for sub in [*SUBPACKAGES, *_source_packages()]:
+        assert f"{sub.replace('.', '/')}/__init__.py" in names, sub
     assert "pairsmith/service/cli/main.py" in names
     assert "pairsmith/service/store/index_store.py" in names
