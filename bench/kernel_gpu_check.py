@@ -155,19 +155,26 @@ def main() -> int:
         "--shapes", default="", help="only shapes whose name contains one of these (comma-separated)"
     )
     ap.add_argument("--dtypes", default="bf16,fp32", help="bf16 and/or fp32")
+    ap.add_argument("--num-warps", type=int, default=None, help="Triton launch warps (default: Triton's, 4)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print(
             "SKIP: no CUDA device here (torch sees none); run this script on a GPU machine. Nothing was measured."
         )
         return 0
+    if args.num_warps is not None:
+        from pairsmith.kernels import triton_pool
+
+        triton_pool.NUM_WARPS = args.num_warps
     props = torch.cuda.get_device_properties(0)
     peak, copy_gbps = peak_bandwidth()
     peak_s = f"{peak:.0f} GB/s" if peak else "unknown"
     print(
         f"{props.name}, {props.total_memory / 2**30:.0f} GiB; peak DRAM {peak_s}; measured d2d copy {copy_gbps:.0f} GB/s"
     )
-    print(f"torch {torch.__version__}; median of {args.repeats} CUDA-event timings; ms")
+    print(
+        f"torch {torch.__version__}; median of {args.repeats} CUDA-event timings; ms; num_warps {args.num_warps or 'default'}"
+    )
     rows = []
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     pick = [x for x in args.shapes.split(",") if x]

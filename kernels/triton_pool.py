@@ -197,6 +197,10 @@ def _kernels():
 
 
 ITEMS_PER_PROGRAM: int | None = None  # None: chosen from the item count (tests set it to cover both paths)
+# None: Triton's default (4). fp32 tiles of 64 x 64 and up spill 8-40 KB of registers per thread at 4 warps
+# and none at 8 (bench/kernel_spills.py); not yet timed on a GPU, so the default is unchanged and
+# bench/kernel_gpu_check.py --num-warps sets this for an A/B run.
+NUM_WARPS: int | None = None
 
 
 def compile_for_gpu(dtype: str = "bf16", arch: int = 90, per_item_q: bool = False) -> dict[str, int]:
@@ -249,6 +253,10 @@ def _blocks(n_q: int, dim: int, dim_v: int, n_items: int, dtype: torch.dtype) ->
     }
 
 
+def _launch() -> dict:
+    return {} if NUM_WARPS is None else {"num_warps": int(NUM_WARPS)}
+
+
 def _q_strides(q: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(q.stride()) if q.dim() == 4 else (0, *q.stride())  # shared q: item stride 0
 
@@ -266,7 +274,7 @@ def _forward(q, k, v, cu, scale):  # noqa: ANN001
     grid = (triton.cdiv(n_items, meta["ITEMS"]), heads)
     fwd[grid](
         q, k, v, cu, out, lse, scale, n_items, n_q, dim, dim_v,
-        *_q_strides(q), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), **meta,
+        *_q_strides(q), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), **meta, **_launch(),
     )  # fmt: skip
     return out, lse
 
@@ -289,7 +297,7 @@ def _backward(q, k, v, cu, out, lse, d_out, scale):  # noqa: ANN001
         bwd[(n_prog, heads)](
             q, k, v, cu, d_out, lse, delta, dq, dk, dv, scale, n_items, n_q, dim, dim_v,
             *_q_strides(q), *k.stride(), *v.stride(), *d_out.stride(), *lse.stride(), *dq.stride(),
-            PER_ITEM_Q=per_item, **meta,
+            PER_ITEM_Q=per_item, **meta, **_launch(),
         )  # fmt: skip
     dq = dq if per_item else dq.sum(0)  # second pass: (grid rows, Nq, H, D) -> (Nq, H, D)
     return dq.to(q.dtype), dk, dv

@@ -355,11 +355,15 @@ def _triton_vs_reference(q, k, v, cu, *, rtol, grad_rtol, **kw):
         assert_close_scaled(g_, w_, grad_rtol, f"triton d{name}")
 
 
-@pytest.mark.parametrize("items_per_program", [1, 3])
-def test_triton_fp32_forward_and_gradients(interpret, monkeypatch, items_per_program):
+@pytest.mark.parametrize("items_per_program,num_warps", [(1, None), (3, None), (1, 8)])
+def test_triton_fp32_forward_and_gradients(interpret, monkeypatch, items_per_program, num_warps):
     # 40 keys > BLOCK_L = 32: the online softmax crosses a tile; 3 items per program: dq partials summed
-    # inside a program and across programs (the cross-item reduction of the shared-query gradient).
+    # inside a program and across programs (the cross-item reduction of the shared-query gradient);
+    # num_warps 8: the launch option bench/kernel_gpu_check.py --num-warps sets reaches both kernels.
     monkeypatch.setattr(interpret, "ITEMS_PER_PROGRAM", items_per_program)
+    monkeypatch.setattr(interpret, "NUM_WARPS", num_warps)
+    if num_warps is not None:
+        assert interpret._launch() == {"num_warps": num_warps}
     q, k, v, cu = make_case([3, 0, 1, 40, 2, 5, 0], n_q=3, heads=2, dim=16, d_v=8, seed=11)
     # IEEE fp32 dots in different summation orders than torch's einsum: fp32 ulps (see header)
     _triton_vs_reference(q, k, v, cu, rtol=2e-5, grad_rtol=5e-5)
