@@ -73,15 +73,24 @@ ENGINE_VARIANTS = (
 )
 
 
-STREAMS_SWEEP: list[int] = []  # --streams-sweep: extra int8-static rows with these concurrent runs
-
-
-def engine_variants() -> list[tuple[str, str, str, int | None]]:
+def engine_variants(streams_sweep: tuple[int, ...] = ()) -> list[tuple[str, str, str, int | None]]:
+    """ENGINE_VARIANTS that can run here, plus an int8-static row per ``--streams-sweep`` count."""
     from pairsmith.encoders.openvino_runtime import available
 
     rows = [v for v in ENGINE_VARIANTS if v[1] != "openvino" or available()]
-    rows += [(f"pairsmith onnx int8 static, {n} streams", "onnx", "int8-static", n) for n in STREAMS_SWEEP]
+    rows += [(f"pairsmith onnx int8 static, {n} streams", "onnx", "int8-static", n) for n in streams_sweep]
     return rows
+
+
+def _stream_counts(text: str) -> tuple[int, ...]:
+    """argparse type of --streams-sweep: comma-separated integers >= 1."""
+    try:
+        counts = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError(f"stream counts must be >= 1, got {text!r}")
+    return counts
 
 
 def invariance(encode, texts: list[str]) -> float:
@@ -131,7 +140,7 @@ def bench_bi(args, gold, a, b) -> dict:
         "pairsmith torch": lambda: st_enc.encode(texts, batch_size=bs).vectors,
     }
     raw = {"pairsmith torch": lambda xs, k: st_enc.encode(xs, batch_size=k, normalize=False).vectors}
-    for name, backend, v, streams in engine_variants():
+    for name, backend, v, streams in engine_variants(args.streams_sweep):
         enc = BiEncoder.load(args.model, device="cpu", backend=backend, onnx_variant=v, streams=streams)
         enc.encode(texts[:64])  # warm-up: first-call allocations
         variants[name] = lambda enc=enc: enc.encode(texts, batch_size=bs).vectors
@@ -174,7 +183,7 @@ def bench_cross(args, a, b) -> dict:
         st = STCrossEncoder(tmp, device="cpu", local_files_only=True)
         torch_ce = CrossEncoder.load(tmp, device="cpu")
         engines = {}
-        for name, backend, v, streams in engine_variants():
+        for name, backend, v, streams in engine_variants(args.streams_sweep):
             engines[name] = CrossEncoder.load(
                 tmp, device="cpu", backend=backend, onnx_variant=v, streams=streams
             )
@@ -340,17 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--streams-sweep",
-        default="",
+        type=_stream_counts,
+        default=(),
         help="comma-separated stream counts: extra int8-static rows (threads split evenly among streams)",
     )
     p.add_argument("--json", default=None, help="write raw figures here")
     args = p.parse_args(argv)
-    try:
-        STREAMS_SWEEP[:] = [int(x) for x in args.streams_sweep.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--streams-sweep: expected comma-separated integers, got {args.streams_sweep!r}")
-    if any(n < 1 for n in STREAMS_SWEEP):
-        p.error("--streams-sweep: stream counts must be >= 1")
     if args.reps < 3:
         print("note: fewer than 3 repetitions; medians are fragile on a shared machine", file=sys.stderr)
     gold, a, b = load_stsb_dev(Path(args.data))

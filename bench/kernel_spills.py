@@ -1,9 +1,9 @@
 """Register spills of the Triton pooling kernels per tile and warp count, without a GPU.
 
-Compiles both kernels for ``sm_90a`` with Triton's own compiler (as ``kernels.triton_pool.compile_for_gpu``
-does) and runs the bundled ``ptxas -v`` on the PTX: spill bytes and registers per thread. A kernel that
-spills reads and writes local memory in its inner loop; on an H200 the fp32 64 x 128 tile (18.7 KB of
-spill stores forward) ran 11x slower than eager PyTorch (docs/results.md, kernels / GPU). Use it to pick
+Compiles both kernels for ``sm_90a`` with Triton's own compiler (``kernels.triton_pool.compile_kernel``)
+and runs the bundled ``ptxas -v`` on the PTX: spill bytes and registers per thread. A kernel that spills
+reads and writes local memory in its inner loop; on an H200 the fp32 64 x 128 tile (18.7 KB of spill
+stores forward) ran 11x slower than eager PyTorch (docs/results.md, kernels / GPU). Use it to pick
 tile sizes and ``num_warps`` before spending GPU time. Needs triton (not TRITON_INTERPRET).
 
     .venv/bin/python bench/kernel_spills.py [--dtypes bf16,fp32] [--warps 4,8]
@@ -12,7 +12,6 @@ tile sizes and ``num_warps`` before spending GPU time. Needs triton (not TRITON_
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import re
 import subprocess
@@ -20,26 +19,6 @@ import sys
 import tempfile
 
 TILES = [(64, 128), (64, 64), (16, 64), (16, 16)]  # (BLOCK_Q, BLOCK_D = BLOCK_DV)
-
-
-def compile_ptx(kernel, dtype: str, meta: dict, num_warps: int) -> str:  # noqa: ANN001
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    names = list(inspect.signature(kernel.fn).parameters)
-    sig, consts = {}, {}
-    for i, n in enumerate(names):
-        if n in meta:
-            sig[n], consts[(i,)] = "constexpr", meta[n]
-        elif n in ("Q", "K", "V", "OUT", "DO", "DK", "DV"):
-            sig[n] = f"*{dtype}"
-        elif n in ("LSE", "DELTA", "DQ"):
-            sig[n] = "*fp32"
-        else:
-            sig[n] = {"CU": "*i32", "scale": "fp32"}.get(n, "i32")
-    src = ASTSource(fn=kernel, signature=sig, constexprs=consts)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
 
 
 def ptxas_report(ptx: str) -> tuple[int, int, int]:
@@ -88,7 +67,8 @@ def main() -> int:
                     meta["PRECISION"] = "ieee" if dtype == "fp32" else "tf32"
                     if name == "backward":
                         meta["PER_ITEM_Q"] = False
-                    regs, st, ld = ptxas_report(compile_ptx(kernel, dtype, meta, warps))
+                    ptx = triton_pool.compile_kernel(kernel, dtype, meta, 90, warps).asm["ptx"]
+                    regs, st, ld = ptxas_report(ptx)
                     print(f"| {name} | {dtype} | {bq} x {bd} | {warps} | {regs} | {st} / {ld} |", flush=True)
     return 0
 

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from pairsmith.encoders.tokenize import one_token_type
 from pairsmith.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def cls_scorer_or_none(hf, tokenizer, *, probe: list[tuple[str, str]] | None = N
     feats = {
         k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
     }
-    if "token_type_ids" in feats and int(getattr(hf.config, "type_vocab_size", 2) or 0) < 2:
+    if "token_type_ids" in feats and one_token_type(hf.config):
         feats["token_type_ids"] = torch.zeros_like(feats["token_type_ids"])  # one type only (RoBERTa-like)
     was_training = hf.training
     hf.eval()

@@ -22,7 +22,7 @@ from pairsmith.encoders.pipeline import Pipeline, PipelineFacts
 from pairsmith.encoders.postprocess import sigmoid
 from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
 from pairsmith.encoders.source import ModelSource, fingerprint, read_json, resolve_model
-from pairsmith.encoders.tokenize import TextTokenizer
+from pairsmith.encoders.tokenize import TextTokenizer, one_token_type
 from pairsmith.encoders.types import Activation, OutputKind, Scores
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
@@ -117,8 +117,7 @@ class CrossEncoder(PipelineFacts):
     def from_st(cls, st_model, *, source: ModelSource, device: str = "cpu", keepalive=None) -> CrossEncoder:
         max_len = int(getattr(st_model, "max_length", None) or 512)
         tok = TextTokenizer(st_model.tokenizer, max_len)
-        hf_config = getattr(getattr(st_model, "model", None), "config", None)
-        if tok.uses_type_ids and int(getattr(hf_config, "type_vocab_size", 2) or 0) < 2:
+        if tok.uses_type_ids and one_token_type(getattr(getattr(st_model, "model", None), "config", None)):
             # A one-type backbone (RoBERTa-like) under a tokenizer that emits type ids: the second text's
             # id 1 would index past the table; without them the model uses its only type, as trained.
             tok.uses_type_ids = False

@@ -21,6 +21,7 @@ import numpy as np
 
 from pairsmith.encoders.cls_scorer import cls_scorer_or_none
 from pairsmith.encoders.source import ModelSource, read_json
+from pairsmith.encoders.tokenize import one_token_type
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _build_cross(source: ModelSource) -> GraphSpec:
     hf = ce[0].auto_model if hasattr(ce, "__getitem__") else ce.model
     _eager(hf)
     names = _input_names(ce.tokenizer)
-    if int(getattr(hf.config, "type_vocab_size", 2) or 0) < 2:  # one-type backbone: no type ids input
+    if one_token_type(hf.config):  # no type ids input
         names = tuple(n for n in names if n != "token_type_ids")  # (as CrossEncoder.from_st does)
     n_labels = int(getattr(hf.config, "num_labels", 1))
     # The last layer for [CLS] only where the model allows it (exact; encoders/cls_scorer.py).

@@ -109,6 +109,12 @@ class TextTokenizer:
         return pad_rows(ids, type_ids, self.pad_id, self.uses_type_ids)
 
 
+def one_token_type(hf_config) -> bool:  # noqa: ANN001
+    """A backbone with a single token type (``type_vocab_size`` 1, RoBERTa-like): type id 1 would index
+    past its table, so pairs must run without type ids. A config without the field says nothing (False)."""
+    return int(getattr(hf_config, "type_vocab_size", 2) or 0) < 2
+
+
 # BERT-family model types whose tokenizers emit token_type_ids by default.
 _TYPE_ID_MODELS = {"bert", "electra", "albert", "xlnet", "deberta", "deberta-v2", "funnel"}
 

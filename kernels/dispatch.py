@@ -69,11 +69,9 @@ AUTO_TRITON_FP32_MAX_TILE = 64 * 64
 
 def triton_fp32_tile_too_large(n_q: int, dim: int, dtype: torch.dtype) -> bool:
     """Whether ``auto`` should avoid the Triton kernel: fp32 with a (padded) Nq x D tile over the limit."""
+    from .triton_pool import tile_side  # the kernel's own tile rule (imports without triton)
 
-    def p2(n: int) -> int:
-        return max(16, 1 << (max(n, 1) - 1).bit_length())
-
-    return dtype == torch.float32 and p2(n_q) * p2(dim) > AUTO_TRITON_FP32_MAX_TILE
+    return dtype == torch.float32 and tile_side(n_q) * tile_side(dim) > AUTO_TRITON_FP32_MAX_TILE
 
 
 def choose_impl(impl: str | Impl, q: torch.Tensor, cu_seqlens: torch.Tensor) -> Impl:

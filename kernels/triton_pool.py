@@ -203,52 +203,62 @@ ITEMS_PER_PROGRAM: int | None = None  # None: chosen from the item count (tests 
 NUM_WARPS: int | None = None
 
 
-def compile_for_gpu(dtype: str = "bf16", arch: int = 90, per_item_q: bool = False) -> dict[str, int]:
-    """Compile both kernels to a CUDA binary for ``sm_<arch>`` without a GPU; returns shared memory per kernel.
+def compile_kernel(kernel, dtype: str, meta: dict, arch: int = 90, num_warps: int | None = None):  # noqa: ANN001
+    """One jitted kernel compiled for ``sm_<arch>`` by Triton's real compiler, without a GPU.
 
-    Catches what the interpreter forgives (types, shapes the real compiler rejects). Needs triton imported
-    with TRITON_INTERPRET unset. dtype: "fp32" | "fp16" | "bf16".
+    Tensor pointers get ``dtype`` ("fp32" | "fp16" | "bf16"; LSE, DELTA and DQ are always fp32), the
+    kernel's parameters named in ``meta`` become constexprs. Needs triton imported with TRITON_INTERPRET
+    unset. Returns the compiled kernel (``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata``).
     """
     import inspect
 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fwd, bwd = _jitted(False)
+    sig, consts = {}, {}
+    for i, n in enumerate(inspect.signature(kernel.fn).parameters):
+        if n in meta:
+            sig[n], consts[(i,)] = "constexpr", meta[n]
+        elif n in ("Q", "K", "V", "OUT", "DO", "DK", "DV"):
+            sig[n] = f"*{dtype}"
+        elif n in ("LSE", "DELTA", "DQ"):
+            sig[n] = "*fp32"
+        else:
+            sig[n] = {"CU": "*i32", "scale": "fp32"}.get(n, "i32")
+    options = None if num_warps is None else {"num_warps": int(num_warps)}
+    src = ASTSource(fn=kernel, signature=sig, constexprs=consts)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def compile_for_gpu(dtype: str = "bf16", arch: int = 90, per_item_q: bool = False) -> dict[str, int]:
+    """Compile both kernels to a CUDA binary for ``sm_<arch>`` without a GPU; returns shared memory per kernel.
+
+    Catches what the interpreter forgives (types, shapes the real compiler rejects). Needs triton imported
+    with TRITON_INTERPRET unset. dtype: "fp32" | "fp16" | "bf16".
+    """
     meta = {"ITEMS": 8, "BLOCK_Q": 16, "BLOCK_L": 32, "BLOCK_D": 64, "BLOCK_DV": 64, "PER_ITEM_Q": per_item_q}
     meta["PRECISION"] = "ieee" if dtype == "fp32" else "tf32"
     shared = {}
-    for kernel in (fwd, bwd):
-        names = list(inspect.signature(kernel.fn).parameters)
-        sig, consts = {}, {}
-        for i, n in enumerate(names):
-            if n in meta:
-                sig[n], consts[(i,)] = "constexpr", meta[n]
-            elif n in ("Q", "K", "V", "OUT", "DO", "DK", "DV"):
-                sig[n] = f"*{dtype}"
-            elif n in ("LSE", "DELTA", "DQ"):
-                sig[n] = "*fp32"
-            else:
-                sig[n] = {"CU": "*i32", "scale": "fp32"}.get(n, "i32")
-        compiled = triton.compile(
-            ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", arch, 32)
-        )
+    for kernel in _jitted(False):
+        compiled = compile_kernel(kernel, dtype, meta, arch)
         assert "cubin" in compiled.asm
         shared[kernel.fn.__name__] = compiled.metadata.shared
     return shared
 
 
-def _blocks(n_q: int, dim: int, dim_v: int, n_items: int, dtype: torch.dtype) -> dict:
-    def p2(n: int) -> int:
-        return max(16, triton.next_power_of_2(n))  # tl.dot needs every side >= 16
+def tile_side(n: int) -> int:
+    """A tile side for ``n`` rows or columns: the next power of two, at least 16 (``tl.dot`` needs >= 16)."""
+    return max(16, 1 << (max(int(n), 1) - 1).bit_length())
 
+
+def _blocks(n_q: int, dim: int, dim_v: int, n_items: int, dtype: torch.dtype) -> dict:
     items = ITEMS_PER_PROGRAM or (1 if n_items <= 4096 else 8)  # many tiny items: fewer, longer programs
     return {
         "ITEMS": items,
-        "BLOCK_Q": p2(n_q),
+        "BLOCK_Q": tile_side(n_q),
         "BLOCK_L": 32,
-        "BLOCK_D": p2(dim),
-        "BLOCK_DV": p2(dim_v),
+        "BLOCK_D": tile_side(dim),
+        "BLOCK_DV": tile_side(dim_v),
         "PRECISION": "ieee" if dtype == torch.float32 else "tf32",  # tf32 only applies to fp32 inputs
     }
 
