@@ -3,12 +3,19 @@
 Same backbone (the default model, all-MiniLM-L6-v2, fresh heads: speed does not depend on the
 trained weights), same process, same thread count, interleaved per context so background load
 hits all three alike. Contexts and candidates come from DailyDialog++ dev (its 15 responses per
-context; N > 15 borrows responses of the next contexts). The cross-encoder runs through
-pairsmith's pipeline (``CrossEncoder.score``, batch 32); the Uni-Encoder through ``rank``.
+context; N > 15 borrows responses of the next contexts) or, with ``--data mutual-heldout``, from
+MuTual's held-out part (longer contexts, 4 options per context; N > 4 borrows likewise). The
+cross-encoder runs through pairsmith's pipeline (``CrossEncoder.score``, batch 32); the Uni-Encoder
+through ``rank``.
 
     flock /tmp/pairsmith-cpu.lock .venv/bin/python bench/uni_bench.py --json runs/uni/bench.json
 
-Prints a table of median milliseconds per context and the cross / uni ratios.
+Prints per N the median milliseconds per context, the cross / uni ratios, the tokens each side
+encodes (mean per context, counted by each model's own tokenizer) and ``ceiling``: the ratio of the
+two sides' linear-layer work (token-layers), the speed-up exact fp32 compute could reach if time were
+proportional to it. The cross-encoder computes its last layer for [CLS] only (keys and values for
+every token: 2 of the layer's 12 d x d products per token, the other 10 for one row); the
+Uni-Encoder runs all its layers on every token of its row. Attention's T^2 terms are left out.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from pathlib import Path
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="5,10,20,50")
-    ap.add_argument("--contexts", type=int, default=8, help="DailyDialog++ dev contexts timed per size")
+    ap.add_argument("--data", default="dailydialog-dev", choices=["dailydialog-dev", "mutual-heldout"])
+    ap.add_argument("--contexts", type=int, default=8, help="contexts timed per size")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per context (after one warm-up)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-context-tokens", type=int, default=128)
@@ -41,7 +49,7 @@ def main() -> int:
     code = code_version()  # taken at the start: a commit during the run must not relabel it
     from pairsmith.encoders import Activation, CrossEncoder, UniConfig, UniEncoder
 
-    ds = load_dialogue("dailydialog-dev")
+    ds = load_dialogue(args.data)
     cfg = UniConfig(
         max_context_tokens=args.max_context_tokens, max_candidate_tokens=args.max_candidate_tokens
     )
@@ -50,9 +58,26 @@ def main() -> int:
         "default", device="cpu", max_length=args.max_context_tokens + args.max_candidate_tokens, seed=0
     )
     pool = [r for i in range(len(ds.contexts)) for r in (*ds.positives[i], *ds.negatives[i])]
+    starts = [0]
+    for i in range(len(ds.contexts)):
+        starts.append(starts[-1] + len(ds.positives[i]) + len(ds.negatives[i]))
 
     def case(i: int, n: int) -> tuple[str, list[str]]:
-        return " ".join(ds.contexts[i]), pool[i * 15 : i * 15 + n]
+        if starts[i] + n > len(pool):
+            raise SystemExit(f"--data {args.data}: not enough candidates for context {i} at N = {n}")
+        return " ".join(ds.contexts[i]), pool[starts[i] : starts[i] + n]
+
+    layers = int(uni.model.backbone.config.num_hidden_layers)
+
+    def tokens(c: str, k: list[str]) -> tuple[int, int]:
+        """(tokens of the Uni-Encoder's rows, tokens of the N cross-encoder pairs) for one case."""
+        rows = uni.tokenizer.encode_groups([(c, k)])[0]
+        pairs = ce.tokenizer.encode_pairs([(c, x) for x in k])
+        return sum(len(r) for r in rows.ids), sum(len(r) for r in pairs.ids)
+
+    def ceiling(uni_tokens: float, cross_tokens: float, n: int) -> float:
+        cross_work = cross_tokens * (layers - 1 + 2 / 12) + n * 10 / 12  # token-layers, CLS-only last
+        return cross_work / (uni_tokens * layers)
 
     def timed(fn) -> float:
         t0 = time.perf_counter()
@@ -75,11 +100,17 @@ def main() -> int:
                 for name, fn in runners.items():
                     times[name].append(timed(lambda fn=fn, c=c, k=k: fn(c, k)))
         med = {name: statistics.median(v) for name, v in times.items()}
+        counts = [tokens(*case(i, n)) for i in range(args.contexts)]
+        uni_tok = statistics.mean(u for u, _ in counts)
+        cross_tok = statistics.mean(x for _, x in counts)
         row = {
             "N": n,
             **{f"{name}_ms": round(v, 1) for name, v in med.items()},
             "speedup_arrow": round(med["cross"] / med["uni-arrow"], 2),
             "speedup_context_blind": round(med["cross"] / med["uni-context-blind"], 2),
+            "uni_tokens": round(uni_tok, 1),
+            "cross_tokens": round(cross_tok, 1),
+            "ceiling": round(ceiling(uni_tok, cross_tok, n), 2),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -87,7 +118,9 @@ def main() -> int:
         "bench": "uni_bench",
         "rows": rows,
         "threads": args.threads,
+        "data": args.data,
         "contexts": args.contexts,
+        "layers": layers,
         "reps": args.reps,
         "limits": {"context": args.max_context_tokens, "candidate": args.max_candidate_tokens},
         "machine": platform.platform(),
