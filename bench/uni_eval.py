@@ -1,7 +1,8 @@
 """Extra evaluation rows for the Uni-Encoder comparison, on the same subsets as the training runs.
 
 - a trained Uni-Encoder under each mask (``--uni DIR``), whatever mask it was trained with;
-- the untrained default bi-encoder (cosine) as the zero-shot reference (``--zero-shot``);
+- an untrained bi-encoder (cosine; ``--zero-shot-model``, default the default model) as the
+  zero-shot reference (``--zero-shot``);
 - trained cross-encoder / bi-encoder baselines (``--cross DIR``, ``--bi DIR``), scored as in training.
 
 ``--limit 0`` evaluates every context of each set (the training runs report the first 200).
@@ -30,7 +31,10 @@ def main() -> int:
         "--cross", default=None, help="trained cross-encoder baseline (train --kind cross --out DIR)"
     )
     ap.add_argument("--bi", default=None, help="trained bi-encoder baseline (train --kind bi --out DIR)")
-    ap.add_argument("--zero-shot", action="store_true", help="also the untrained default bi-encoder")
+    ap.add_argument("--zero-shot", action="store_true", help="also an untrained bi-encoder (cosine)")
+    ap.add_argument(
+        "--zero-shot-model", default="default", help="the untrained bi-encoder: default, mpnet or a dir"
+    )
     ap.add_argument("--max-context-tokens", type=int, default=128, help="zero-shot row (as in training)")
     ap.add_argument("--max-candidate-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
@@ -42,7 +46,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from pairsmith.distill.dialogue import load_dialogue
     from pairsmith.distill.uni_train import ModelKind, UniTrainConfig, eval_ranking, limit_set, ranker
-    from pairsmith.encoders import UniEncoder, UniMask, default_model_dir
+    from pairsmith.encoders import UniEncoder, UniMask
+    from pairsmith.encoders.source import resolve_model
 
     if args.limit < 0:
         ap.error(f"--limit: must be >= 0, got {args.limit}")
@@ -71,11 +76,14 @@ def main() -> int:
             rows.append({"model": path, "scorer": kind.value, "set": ds.name, **eval_ranking(ds, rank)})
             print(json.dumps(rows[-1]), flush=True)
     if args.zero_shot:
-        rank = ranker(ModelKind.BI, str(default_model_dir()), "cpu", cfg=cfg)
+        zs = resolve_model(args.zero_shot_model)
+        if zs.path is None:
+            ap.error(f"--zero-shot-model {args.zero_shot_model}: not a local model (install it first)")
+        rank = ranker(ModelKind.BI, str(zs.path), "cpu", cfg=cfg)
         for ds in sets:
             rows.append(
                 {
-                    "model": "default (untrained)",
+                    "model": f"{args.zero_shot_model} (untrained)",
                     "scorer": "bi (cosine)",
                     "set": ds.name,
                     **eval_ranking(ds, rank),
