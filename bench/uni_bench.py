@@ -1,7 +1,7 @@
 """Time to rank 1 context + N candidates: Uni-Encoder (arrow, context-blind) vs cross-encoder.
 
-Same backbone (the default model, all-MiniLM-L6-v2, fresh heads: speed does not depend on the
-trained weights), same process, same thread count, interleaved per context so background load
+Same backbone (``--model``, default the default model all-MiniLM-L6-v2; fresh heads: speed does
+not depend on the trained weights), same process, same thread count, interleaved per context so background load
 hits all three alike. Contexts and candidates come from DailyDialog++ dev (its 15 responses per
 context; N > 15 borrows responses of the next contexts) or, with ``--data mutual-heldout``, from
 MuTual's held-out part (longer contexts, 4 options per context; N > 4 borrows likewise). The
@@ -31,6 +31,7 @@ from pathlib import Path
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="5,10,20,50")
+    ap.add_argument("--model", default="default", help="backbone of both sides: default, mpnet or a dir")
     ap.add_argument("--data", default="dailydialog-dev", choices=["dailydialog-dev", "mutual-heldout"])
     ap.add_argument("--contexts", type=int, default=8, help="contexts timed per size")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per context (after one warm-up)")
@@ -53,9 +54,9 @@ def main() -> int:
     cfg = UniConfig(
         max_context_tokens=args.max_context_tokens, max_candidate_tokens=args.max_candidate_tokens
     )
-    uni = UniEncoder.from_backbone("default", config=cfg, device="cpu", seed=0)
+    uni = UniEncoder.from_backbone(args.model, config=cfg, device="cpu", seed=0)
     ce = CrossEncoder.from_backbone(
-        "default", device="cpu", max_length=args.max_context_tokens + args.max_candidate_tokens, seed=0
+        args.model, device="cpu", max_length=args.max_context_tokens + args.max_candidate_tokens, seed=0
     )
     pool = [r for i in range(len(ds.contexts)) for r in (*ds.positives[i], *ds.negatives[i])]
     starts = [0]
@@ -118,6 +119,7 @@ def main() -> int:
         "bench": "uni_bench",
         "rows": rows,
         "threads": args.threads,
+        "model": args.model,
         "data": args.data,
         "contexts": args.contexts,
         "layers": layers,
