@@ -13,8 +13,9 @@ through ``rank``.
 Prints per N the median milliseconds per context, the cross / uni ratios, the tokens each side
 encodes (mean per context, counted by each model's own tokenizer) and ``ceiling``: the ratio of the
 two sides' linear-layer work (token-layers), the speed-up exact fp32 compute could reach if time were
-proportional to it. The cross-encoder computes its last layer for [CLS] only (keys and values for
-every token: 2 of the layer's 12 d x d products per token, the other 10 for one row); the
+proportional to it. The cross-encoder computes its last layer for [CLS] only where pairsmith does
+(plain BERT classifiers; keys and values for every token: 2 of the layer's 12 d x d products per
+token, the other 10 for one row; the JSON's ``cross_last_layer`` says which); the
 Uni-Encoder runs all its layers on every token of its row. Attention's T^2 terms are left out.
 """
 
@@ -76,8 +77,15 @@ def main() -> int:
         pairs = ce.tokenizer.encode_pairs([(c, x) for x in k])
         return sum(len(r) for r in rows.ids), sum(len(r) for r in pairs.ids)
 
+    # pairsmith's cross-encoder computes its last layer for [CLS] only on plain BERT classifiers
+    # (encoders/cls_scorer.py); other backbones (MPNet) run the full forward.
+    cls_only = hasattr(ce.pipeline.backend.module, "fast")
+
     def ceiling(uni_tokens: float, cross_tokens: float, n: int) -> float:
-        cross_work = cross_tokens * (layers - 1 + 2 / 12) + n * 10 / 12  # token-layers, CLS-only last
+        if cls_only:  # token-layers: keys/values (2 of 12 products) for every token, the rest for [CLS]
+            cross_work = cross_tokens * (layers - 1 + 2 / 12) + n * 10 / 12
+        else:
+            cross_work = cross_tokens * layers
         return cross_work / (uni_tokens * layers)
 
     def timed(fn) -> float:
@@ -123,6 +131,7 @@ def main() -> int:
         "data": args.data,
         "contexts": args.contexts,
         "layers": layers,
+        "cross_last_layer": "cls-only" if cls_only else "full",
         "reps": args.reps,
         "limits": {"context": args.max_context_tokens, "candidate": args.max_candidate_tokens},
         "machine": platform.platform(),
