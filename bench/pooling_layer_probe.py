@@ -5,8 +5,8 @@ layers carry something the task wants. This probe encodes a scored pair file (by
 selection split of STS-B train made by ``bench/experiments/stsb_split.py``, never an evaluation set)
 with the backbone untouched, pools every hidden layer (embeddings output included) by its masked
 mean, and reports the cosine-vs-score Spearman (x100) of each layer and of a few fixed mixes (the
-mean of the first transformer layer and the last, of the last two, the last three, all), raw and after normalising
-each layer's vector. No training, no parameters: a ceiling for nothing, a hint for where to look.
+mean of the first transformer layer and the last, of the last two, the last three, all), raw and
+after normalising each layer's vector. No training, no parameters: a ceiling for nothing, a hint for where to look.
 
     flock /tmp/pairsmith-cpu.lock .venv/bin/python bench/pooling_layer_probe.py \
         --pairs runs/stsb-split/select.tsv --json bench/results/pooling/layer-probe.json
