@@ -20,26 +20,6 @@ import time
 from pathlib import Path
 
 
-def read_pairs(path: Path) -> tuple[list[str], list[str], list[float]]:
-    """TSV rows ``text_a<TAB>text_b<TAB>score``; a bad row is an error naming its line."""
-    a, b, y = [], [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if len(cols) != 3:
-            raise SystemExit(f"{path}:{n}: expected 3 tab-separated columns, got {len(cols)}")
-        try:
-            y.append(float(cols[2]))
-        except ValueError:
-            raise SystemExit(f"{path}:{n}: score {cols[2]!r} is not a number") from None
-        a.append(cols[0])
-        b.append(cols[1])
-    if len(y) < 3:
-        raise SystemExit(f"{path}: need at least 3 scored pairs, found {len(y)}")
-    return a, b, y
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=Path, default=Path("runs/stsb-split/select.tsv"))
@@ -59,8 +39,11 @@ def main() -> int:
     from scipy.stats import spearmanr
     from transformers import AutoModel, AutoTokenizer
 
+    from pairsmith.distill.data import load_sts_set
     from pairsmith.distill.provenance import code_version
+    from pairsmith.encoders.modules.layer_pooling import masked_mean
     from pairsmith.encoders.source import resolve_model
+    from pairsmith.errors import PairsmithError
 
     torch.set_num_threads(args.threads)
     code = code_version()
@@ -69,7 +52,13 @@ def main() -> int:
         raise SystemExit(f"--model {args.model}: not a local model directory")
     tok = AutoTokenizer.from_pretrained(str(source.path))
     model = AutoModel.from_pretrained(str(source.path)).eval()
-    a, b, y = read_pairs(args.pairs)
+    try:  # a scored pair file (s1 TAB s2 TAB score, .jsonl, or any STS layout); errors name the line
+        pairs = load_sts_set(str(args.pairs))
+    except PairsmithError as e:
+        raise SystemExit(f"--pairs: {e}") from None
+    if pairs.scores is None or len(pairs) < 3:
+        raise SystemExit(f"--pairs {args.pairs}: need at least 3 scored pairs")
+    a, b, y = pairs.s1, pairs.s2, pairs.scores
 
     def layer_means(texts: list[str]) -> torch.Tensor:
         out = []
@@ -83,13 +72,12 @@ def main() -> int:
             )
             with torch.no_grad():
                 hidden = model(**t, output_hidden_states=True).hidden_states  # L x (B, T, H)
-            m = t["attention_mask"][..., None].float()  # (B, T, 1)
-            out.append(torch.stack([(h * m).sum(1) / m.sum(1) for h in hidden], 1))  # (B, L, H)
+            out.append(torch.stack([masked_mean(h, t["attention_mask"]) for h in hidden], 1))  # (B, L, H)
         return torch.cat(out)  # (N, L, H)
 
     ea, eb = layer_means(a), layer_means(b)
     n_layers = ea.shape[1]
-    gold = np.asarray(y)
+    gold = np.asarray(y, dtype=np.float64)
 
     def spearman(x: torch.Tensor, z: torch.Tensor) -> float:
         cos = torch.nn.functional.cosine_similarity(x, z).numpy()

@@ -50,6 +50,7 @@ def main() -> int:
 
     code = code_version()  # taken at the start: a commit during the run must not relabel it
     from pairsmith.encoders import Activation, CrossEncoder, UniConfig, UniEncoder
+    from pairsmith.encoders.cls_scorer import last_layer
 
     ds = load_dialogue(args.data)
     cfg = UniConfig(
@@ -79,10 +80,12 @@ def main() -> int:
 
     # pairsmith's cross-encoder computes its last layer for [CLS] only on plain BERT classifiers
     # (encoders/cls_scorer.py); other backbones (MPNet) run the full forward.
-    cls_only = hasattr(ce.pipeline.backend.module, "fast")
+    cross_last_layer = last_layer(ce.pipeline.backend.module)
 
     def ceiling(uni_tokens: float, cross_tokens: float, n: int) -> float:
-        if cls_only:  # token-layers: keys/values (2 of 12 products) for every token, the rest for [CLS]
+        if (
+            cross_last_layer == "cls-only"
+        ):  # token-layers: keys/values (2 of 12 products) for every token, the rest for [CLS]
             cross_work = cross_tokens * (layers - 1 + 2 / 12) + n * 10 / 12
         else:
             cross_work = cross_tokens * layers
@@ -131,7 +134,7 @@ def main() -> int:
         "data": args.data,
         "contexts": args.contexts,
         "layers": layers,
-        "cross_last_layer": "cls-only" if cls_only else "full",
+        "cross_last_layer": cross_last_layer,
         "reps": args.reps,
         "limits": {"context": args.max_context_tokens, "candidate": args.max_candidate_tokens},
         "machine": platform.platform(),

@@ -185,6 +185,8 @@ def scores_module(st_cross_encoder):
         return st_cross_encoder
 
     class FastScores(torch.nn.Module):
+        cls_only = True  # read by last_layer()
+
         def __init__(self) -> None:
             super().__init__()
             self.fast = fast
@@ -196,3 +198,9 @@ def scores_module(st_cross_encoder):
             return {"scores": logits}
 
     return FastScores()
+
+
+def last_layer(module) -> str:  # noqa: ANN001
+    """How ``module`` (what :func:`scores_module` returned) computes the last layer: ``"cls-only"`` or
+    ``"full"`` (the ONNX manifest's ``last_layer`` uses the same words)."""
+    return "cls-only" if getattr(module, "cls_only", False) is True else "full"
