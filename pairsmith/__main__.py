@@ -1,3 +1,3 @@
-from pairsmith.service.cli.main import main
+from pairsmith.cli.main import main
 
 raise SystemExit(main())

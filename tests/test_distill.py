@@ -138,7 +138,7 @@ def test_eval_scores_refused_for_training(shared_data):
 
 
 def test_cli_reports_malformed_file(tmp_path, capsys):
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     bad = tmp_path / "bad.tsv"
     bad.write_text("a\tb\tnot-a-number\n")
@@ -296,7 +296,7 @@ def test_config_validation(toy):
 def test_train_cross_encoder_cli_and_resume(toy, tmp_path, capsys):
     from sentence_transformers import CrossEncoder as STCross
 
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     out = tmp_path / "teacher"
     argv = ["train", "cross-encoder", "--data", str(toy / "dev.tsv"), "--score-range", "0,5", "--dev",

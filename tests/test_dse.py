@@ -170,7 +170,7 @@ def test_unlabeled_pairs_teacher_only(toy, tmp_path):
 
 
 def test_cli_dse(toy, tmp_path, capsys):
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     out = tmp_path / "cli"
     argv = ["distill", "dse", "--teacher", str(toy / "teacher"), "--student", str(toy / "student"),

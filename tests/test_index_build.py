@@ -216,7 +216,7 @@ def test_corpus_file_errors(tmp_path):
 
 
 def test_cli_build_stats_search_list_drop(tmp_path, tiny_bi_dir, capsys):
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     corpus = _write_jsonl(tmp_path / "c.jsonl", 80)
     home = str(tmp_path / "home")

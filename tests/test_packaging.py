@@ -16,7 +16,7 @@ SUBPACKAGES = [
     "pairsmith.distill",
     "pairsmith.kernels",
     "pairsmith.service",
-    "pairsmith.service.cli",
+    "pairsmith.cli",
     "pairsmith.service.store",
 ]
 
@@ -45,7 +45,7 @@ LAYERS = {  # layer -> the pairsmith layers it may import (besides itself and th
     "cli": {"kernels", "encoders", "distill", "store", "service"},
 }
 FOLDERS = {"pairsmith": "pairsmith", "kernels": "pairsmith.kernels", "encoders": "pairsmith.encoders",
-           "distill": "pairsmith.distill", "service": "pairsmith.service"}  # fmt: skip
+           "distill": "pairsmith.distill", "service": "pairsmith.service", "cli": "pairsmith.cli"}  # fmt: skip
 ENTRY_POINTS = {"pairsmith.__main__"}  # may import the CLI
 
 
@@ -53,10 +53,10 @@ def _layer(module: str) -> str:
     parts = module.split(".")
     if parts[0] != ROOT:
         raise ValueError(module)
-    if len(parts) == 1 or parts[1] not in ("kernels", "encoders", "distill", "service"):
+    if len(parts) == 1 or parts[1] not in ("kernels", "encoders", "distill", "service", "cli"):
         return "root"  # pairsmith, pairsmith.errors, pairsmith.atomic, pairsmith.__version__...
-    if parts[1] == "service" and len(parts) > 2 and parts[2] in ("cli", "store"):
-        return parts[2]
+    if parts[1] == "service" and len(parts) > 2 and parts[2] == "store":
+        return "store"
     return parts[1]
 
 
@@ -140,7 +140,7 @@ def test_import_layout_holds_for_every_module():
         ("service", "from pairsmith.distill import fit_config\n", "service (not CLI) imports distill"),
         ("service/store", "from pairsmith.service import servicer\n", "the store imports the servicer"),
         ("service/store", "from ..servicer import X\n", "relative import of the servicer"),
-        ("distill", "import importlib\nimportlib.import_module('pairsmith.service.cli.main')\n", "CLI"),
+        ("distill", "import importlib\nimportlib.import_module('pairsmith.cli.main')\n", "CLI"),
         ("pairsmith", "from pairsmith.encoders import BiEncoder\n", "root imports a layer"),
     ],
 )
@@ -159,7 +159,7 @@ def test_cli_parser_imports_no_heavy_module():
     # FAISS or distillation training code may load for that; a client call loads no distill at all.
     code = (
         "import sys\n"
-        "from pairsmith.service.cli.main import build_parser\n"
+        "from pairsmith.cli.main import build_parser\n"
         "build_parser()\n"
         "heavy = [m for m in ('torch', 'transformers', 'faiss', 'sentence_transformers', 'scipy',"
         " 'pairsmith.distill.train', 'pairsmith.encoders.runtime') if m in sys.modules]\n"
@@ -171,7 +171,7 @@ def test_cli_parser_imports_no_heavy_module():
     assert res.stdout.strip() == "[]", res.stdout
     client = (
         "import sys\n"
-        "from pairsmith.service.cli.main import build_parser\n"
+        "from pairsmith.cli.main import build_parser\n"
         "build_parser('client').parse_args(['client', 'embed', 'x'])\n"
         "print(sorted(m for m in sys.modules if m.startswith(('torch', 'pairsmith.distill'))))\n"
     )
@@ -249,5 +249,5 @@ def test_wheel_contains_all_subpackages(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for sub in [*SUBPACKAGES, *_source_packages()]:
         assert f"{sub.replace('.', '/')}/__init__.py" in names, sub
-    assert "pairsmith/service/cli/main.py" in names
+    assert "pairsmith/cli/main.py" in names
     assert "pairsmith/service/store/index_store.py" in names

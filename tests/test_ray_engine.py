@@ -59,7 +59,7 @@ def test_ray_missing_names_the_extra(monkeypatch, tmp_path, tiny_bi_dir):
     monkeypatch.setitem(sys.modules, "ray.data", None)
     with pytest.raises(FailedPrecondition, match=r'pip install "pairsmith\[distributed\]"'):
         require_ray()
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     corpus = _write(tmp_path / "c.jsonl", _docs(5))
     args = ["index", "build", "--corpus", str(corpus), "--name", "x", "--home", str(tmp_path / "h")]
@@ -72,7 +72,7 @@ def test_local_engine_never_imports_ray(tmp_path, tiny_bi_dir):
     corpus = _write(tmp_path / "c.jsonl", _docs(8))
     code = (
         "import sys\n"
-        "from pairsmith.service.cli.main import main\n"
+        "from pairsmith.cli.main import main\n"
         "import pairsmith.service.ray_build, pairsmith.distill.dse, pairsmith.distill.trans_encoder\n"
         f"rc = main(['index', 'build', '--corpus', {str(corpus)!r}, '--name', 'x', '--home', {str(tmp_path)!r},"
         f" '--model', {str(tiny_bi_dir)!r}, '--no-progress'])\n"

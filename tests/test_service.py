@@ -82,7 +82,7 @@ def test_cli_client_info_and_embed(server, bi, capsys):
     """`pairsmith client info` prints Info as JSON (engine, CPU feature set); `client embed` the vectors."""
     import json
 
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     assert main(["client", "--target", server.target, "info"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -104,7 +104,7 @@ def test_cli_client_info_and_embed(server, bi, capsys):
 )
 def test_cli_client_refuses_negative_counts(server, argv, capsys):
     """Negative counts are usage errors naming the option (they reached protobuf and crashed before)."""
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["client", "--target", server.target, *argv])

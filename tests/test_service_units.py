@@ -19,7 +19,7 @@ from pairsmith.encoders.tokenize import TextTokenizer
 from pairsmith.encoders.types import OutputKind
 from pairsmith.errors import ErrorKind, InvalidInput, NotFound, ResourceExhausted
 from pairsmith.service.batcher import TokenBatcher
-from pairsmith.service.cli.serve import config_from_args
+from pairsmith.cli.serve import config_from_args
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.status import STATUS_FOR_KIND, RequestExpired, status_for
 
@@ -163,7 +163,7 @@ def test_config_from_toml_and_flags(tmp_path):
     assert str(cfg.data_dir).endswith("/idx") and "~" not in str(cfg.data_dir)
     import argparse
 
-    from pairsmith.service.cli.serve import _FLAG_FIELDS
+    from pairsmith.cli.serve import _FLAG_FIELDS
 
     ns = argparse.Namespace(config=f, port_file=None, **dict.fromkeys(_FLAG_FIELDS))
     ns.backend = "onnx"
@@ -201,7 +201,7 @@ def test_error_table_covers_every_kind():
 
 
 def test_serve_flags_reach_the_config(tmp_path):
-    from pairsmith.service.cli.main import build_parser
+    from pairsmith.cli.main import build_parser
 
     keys = tmp_path / "keys"
     keys.write_text("k" * 20 + "\n")
@@ -293,7 +293,7 @@ def test_plan_batches_groups_equal_lengths():
 
 def test_serve_config_streams_validated_and_cli_says_so(capsys):
     """`--streams` below 0 is refused with the field named (0 = automatic, 1 = one batch at a time)."""
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
     from pairsmith.service.config import ServeConfig
 
     assert ServeConfig(streams=0).streams == 0 and ServeConfig(streams=3).streams == 3

@@ -62,7 +62,7 @@ def _mse_on(model_dir: str, rows) -> float:
 
 @pytest.fixture(scope="module")
 def trained(tiny_bi_dir, tmp_path_factory) -> Path:
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     root = tmp_path_factory.mktemp("train-emb")
     data = root / "pairs.tsv"

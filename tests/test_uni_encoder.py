@@ -556,7 +556,7 @@ def test_mlm_weight_is_validated():
 
 
 def test_eval_response_uni_encoder_limit_and_auto_backend(tiny_uni, tmp_path):
-    from pairsmith.service.cli.main import main
+    from pairsmith.cli.main import main
 
     d = tmp_path / "uni"
     tiny_uni.save(d)

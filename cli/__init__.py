@@ -1,4 +1,4 @@
-"""The ``pairsmith`` command line (entry point :func:`pairsmith.service.cli.main.main`).
+"""The ``pairsmith`` command line (entry point :func:`pairsmith.cli.main.main`).
 
 The only package allowed to import :mod:`pairsmith.distill`; nothing imports it
 (except ``python -m pairsmith``). Subcommand modules build their parsers

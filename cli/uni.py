@@ -1,7 +1,7 @@
 """CLI: ``pairsmith train uni-encoder`` (and its same-budget baselines) and the Uni-Encoder scorer
 for ``pairsmith eval response --uni-encoder``.
 
-``train uni-encoder`` is registered under ``train`` by ``service/cli/distill.py`` (one line);
+``train uni-encoder`` is registered under ``train`` by ``cli/distill.py`` (one line);
 the training library is imported lazily inside the command.
 """
 

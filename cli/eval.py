@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="evaluate only the first N contexts (a fixed, reported subset; default: all)",
     )
-    from pairsmith.service.cli.uni import add_eval_flags
+    from pairsmith.cli.uni import add_eval_flags
 
     add_eval_flags(rs)
     rs.set_defaults(func=_run_response)
@@ -146,7 +146,7 @@ def _run_response(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.uni_encoder:
         from pairsmith.distill.dialogue import load_dialogue
-        from pairsmith.service.cli.uni import uni_response
+        from pairsmith.cli.uni import uni_response
 
         ds = limit_set(load_dialogue(args.dataset, args.data), args.limit)
         row, kind = uni_response(args, ds)

@@ -23,14 +23,14 @@ from pairsmith.errors import ErrorKind, PairsmithError  # noqa: E402
 
 # Subcommand modules, in --help order, with the top-level commands each registers.
 _MODULES = {
-    "pairsmith.service.cli.eval": ("eval",),
-    "pairsmith.service.cli.serve": ("serve", "client"),
-    "pairsmith.service.cli.index": ("index",),
-    "pairsmith.service.cli.export": ("export",),
-    "pairsmith.service.cli.distill": ("distill", "train"),
-    "pairsmith.service.cli.byte2word": ("train",),
-    "pairsmith.service.cli.train_embedding": ("train",),
-    "pairsmith.service.cli.models": ("models",),
+    "pairsmith.cli.eval": ("eval",),
+    "pairsmith.cli.serve": ("serve", "client"),
+    "pairsmith.cli.index": ("index",),
+    "pairsmith.cli.export": ("export",),
+    "pairsmith.cli.distill": ("distill", "train"),
+    "pairsmith.cli.byte2word": ("train",),
+    "pairsmith.cli.train_embedding": ("train",),
+    "pairsmith.cli.models": ("models",),
 }
 
 EXIT_CODES = {

@@ -324,7 +324,7 @@ def register(subparsers) -> None:
     t = subparsers.add_parser("train", help="supervised training")
     tsub = t.add_subparsers(dest="train_command", metavar="MODEL")
     _register_train(tsub)
-    from pairsmith.service.cli.uni import register_train as _register_uni
+    from pairsmith.cli.uni import register_train as _register_uni
 
     _register_uni(tsub)
     t.set_defaults(func=lambda args: (t.print_help(sys.stderr), 2)[1])
