@@ -145,8 +145,8 @@ def _run_response(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--limit: must be >= 1, got {args.limit}")
     t0 = time.perf_counter()
     if args.uni_encoder:
-        from pairsmith.distill.dialogue import load_dialogue
         from pairsmith.cli.uni import uni_response
+        from pairsmith.distill.dialogue import load_dialogue
 
         ds = limit_set(load_dialogue(args.dataset, args.data), args.limit)
         row, kind = uni_response(args, ds)
