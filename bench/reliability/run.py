@@ -5,7 +5,7 @@
    README error table (``tests/test_service_defects.py``, ``tests/test_service_errors.py``,
    ``tests/test_service_auth.py``);
 2. the load run (``bench/reliability/load.py``: 16 and 64 mixed clients, saturation, recovery);
-3. ``summary.md`` beside the JSON figures (``--out``), ready for docs/results.md.
+3. ``summary.md`` beside the JSON figures (``--out``): the figures in short, readable.
 
     python bench/reliability/run.py [--quick]   # --quick: small sizes, ~2 minutes
 """
