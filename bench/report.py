@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY = "Model quality (any machine)"
+TASKS = {"sst2": "SST-2"}
 SECTION_ORDER = [
     "CPU engines",
     "Serving",
@@ -777,7 +778,7 @@ def byte2word(items: list[tuple[dict, Path]]) -> list[Table]:
         common = dict(
             section="Byte2Word", machine=QUALITY, command=cmd, commit=", ".join(commits), date=dates
         )
-        title = f"{task.upper()} dev accuracy, {size} config, {mlm} MLM + {ft:,} fine-tuning steps"
+        title = f"{TASKS.get(task, task)} dev accuracy, {size} config, {mlm} MLM + {ft:,} fine-tuning steps"
         out.append(
             Table(
                 title=title + ", per run",
