@@ -3,8 +3,8 @@
 Two kinds of input:
 
 - a JSON with a top-level ``report`` object ``{"section", "title", "columns", "rows", "notes"}``
-  beside ``command``, ``code``, ``machine`` and ``date`` (what every bench script writes): its table
-  is rendered as given;
+  (or a list of them) beside ``command``, ``code``, ``machine`` and ``date`` (what every bench script
+  writes): its table is rendered as given, numbers as the JSON writes them;
 - the older result files, each family in its own format (encode, kernel, Uni-Encoder, Byte2Word,
   pooling and reliability runs): an adapter below computes the table from the file's data.
 
@@ -97,9 +97,9 @@ def mean_sd(values: list[float], digits: int = 1) -> str:
 def commit_of(d: dict) -> str:
     """Short commit (``+dirty`` when the tree had changes) from any of the recorded shapes."""
     code = d.get("code")
-    if not isinstance(code, dict):
-        m = d.get("machine")
-        code = m.get("code") if isinstance(m, dict) else None
+    m = d.get("machine")
+    if code is None and isinstance(m, dict):
+        code = m.get("code")
     if isinstance(code, dict) and code.get("commit"):
         return code["commit"][:7] + ("+dirty" if code.get("dirty") else "")
     if isinstance(code, str) and code:
@@ -188,28 +188,37 @@ def reconstructed(script: str, args: dict, skip: tuple[str, ...] = ("json", "dat
 
 
 def from_report(d: dict, path: Path) -> list[Table]:
-    r = d["report"]
-    missing = [k for k in ("section", "title", "columns", "rows") if k not in r]
-    if missing:
-        raise ReportError(f"{path}: report object lacks {', '.join(missing)}")
-    cols = list(r["columns"])
-    for i, row in enumerate(r["rows"]):
-        if len(row) != len(cols):
-            raise ReportError(f"{path}: report.rows[{i}] has {len(row)} cells for {len(cols)} columns")
-    return [
-        Table(
-            section=str(r["section"]),
-            title=str(r["title"]),
-            machine=machine_of(d, path),
-            columns=[cell(c) for c in cols],
-            rows=[[cell(v) for v in row] for row in r["rows"]],
-            notes=str(r.get("notes") or ""),
-            command=str(d.get("command") or "not recorded"),
-            commit=commit_of(d),
-            date=date_of(d),
-            sources=[str(path)],
+    """The table of a ``report`` object (or of each object, when ``report`` is a list of them)."""
+    reports = d["report"] if isinstance(d["report"], list) else [d["report"]]
+    out = []
+    for n, r in enumerate(reports):
+        where = "report" if len(reports) == 1 else f"report[{n}]"
+        if not isinstance(r, dict):
+            raise ReportError(f"{path}: {where} is not an object")
+        missing = [k for k in ("section", "title", "columns", "rows") if k not in r]
+        if missing:
+            raise ReportError(f"{path}: {where} lacks {', '.join(missing)}")
+        cols = list(r["columns"])
+        for i, row in enumerate(r["rows"]):
+            if not isinstance(row, list) or len(row) != len(cols):
+                raise ReportError(
+                    f"{path}: {where}.rows[{i}] is not a list of {len(cols)} cells (one per column)"
+                )
+        out.append(
+            Table(
+                section=str(r["section"]),
+                title=str(r["title"]),
+                machine=machine_of(d, path),
+                columns=[cell(c) for c in cols],
+                rows=[[cell(v) for v in row] for row in r["rows"]],
+                notes=str(r.get("notes") or ""),
+                command=str(d.get("command") or "not recorded"),
+                commit=commit_of(d),
+                date=date_of(d),
+                sources=[str(path)],
+            )
         )
-    ]
+    return out
 
 
 # -- older families, one adapter each -------------------------------------------------------------

@@ -161,7 +161,28 @@ def test_unknown_files_and_bad_reports_are_refused_naming_the_file(results: Path
     odd.write_text(
         json.dumps({"report": {"section": "S", "title": "T", "columns": ["a", "b"], "rows": [[1]]}})
     )
-    with pytest.raises(rep.ReportError, match=r"odd.json: report.rows\[0\] has 1 cells for 2 columns"):
+    with pytest.raises(rep.ReportError, match=r"odd.json: report.rows\[0\] is not a list of 2 cells"):
         rep.generate(results)
     odd.write_text(json.dumps({"report": None, "note": "raw data, no table"}), encoding="utf-8")
     assert "## Files without a table" in rep.generate(results)
+
+
+def test_a_file_may_carry_several_tables(results: Path):
+    table = {"section": "Indexes", "columns": ["index", "recall@10"], "notes": ""}
+    body = {
+        "command": "python bench/search_bench.py --sizes 1000",
+        "code": "abcdef0123456789",
+        "machine": {"cpu": "Test CPU", "feature_set": "avx2"},
+        "date": "2026-12-07",
+        "report": [
+            {**table, "title": "Recall at 1k vectors", "rows": [["HNSW32", 0.987]]},
+            {**table, "title": "Recall at 10k vectors", "rows": [["HNSW32", 0.912]]},
+        ],
+    }
+    (results / "search.json").write_text(json.dumps(body), encoding="utf-8")
+    text = rep.generate(results)
+    assert _cells(_row_of(text, "HNSW32", "Recall at 1k vectors")) == ["HNSW32", "0.987"]
+    assert _cells(_row_of(text, "HNSW32", "Recall at 10k vectors")) == ["HNSW32", "0.912"]
+    assert (
+        text.count("Command: `python bench/search_bench.py --sizes 1000` · commit abcdef0 · 2026-12-07") == 2
+    )
