@@ -80,15 +80,15 @@ class Quotas:
         with self._lock:
             total = len(self._ledger)
             owned = sum(1 for o, _ in self._ledger.values() if key is not None and o == key.id)
-        if self.max_indexes and total >= self.max_indexes:
-            raise ResourceExhausted(
-                f"index quota: the server holds {total} indexes, its limit (max_indexes={self.max_indexes}); "
-                "drop one first"
-            )
         if key is not None and key.max_indexes is not None and owned >= key.max_indexes:
             raise ResourceExhausted(
                 f"index quota: API key {key.id!r} owns {owned} indexes, its limit "
                 f"(max_indexes={key.max_indexes} in the key file); drop one first"
+            )
+        if self.max_indexes and total >= self.max_indexes:
+            raise ResourceExhausted(
+                f"index quota: the server holds {total} indexes, its limit (max_indexes={self.max_indexes}); "
+                "drop one first"
             )
         info = do_create()
         if key is not None:
@@ -101,19 +101,19 @@ class Quotas:
         self._ensure(store, name)
         n = len(items)
         with self._lock:
-            owner = self._ledger[name][0]
+            owner = self._ledger.get(name, (None, 0))[0]
             total = sum(c for _, c in self._ledger.values())
             owned = sum(c for o, c in self._ledger.values() if owner is not None and o == owner)
-        if self.max_vectors and total + n > self.max_vectors:
-            raise ResourceExhausted(
-                f"vector quota: the server holds {total} vectors and this write adds up to {n}; "
-                f"the limit is max_vectors={self.max_vectors}"
-            )
         key = self._key_by_id(owner) if owner is not None else None
         if key is not None and key.max_vectors is not None and owned + n > key.max_vectors:
             raise ResourceExhausted(
                 f"vector quota: indexes owned by API key {key.id!r} hold {owned} vectors and this write "
                 f"adds up to {n}; the limit is max_vectors={key.max_vectors} in the key file"
+            )
+        if self.max_vectors and total + n > self.max_vectors:
+            raise ResourceExhausted(
+                f"vector quota: the server holds {total} vectors and this write adds up to {n}; "
+                f"the limit is max_vectors={self.max_vectors}"
             )
         written = store.upsert(name, items)
         self.set_count(name, int(store.get(name).count))
