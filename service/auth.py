@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import inspect
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -408,7 +409,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             self._log.log(log, logging.WARNING, "auth throttled: peer=%s method=%s (over %d failures/min)",
                           peer, method, self.policy.failures_per_minute)  # fmt: skip
             return self._refuse(method, _retry(ResourceExhausted(
-                f"too many failed authentication attempts from this address; retry in {wait:.0f} s"), wait))  # fmt: skip
+                f"too many failed authentication attempts from this address; retry in {math.ceil(wait)} s"), wait))  # fmt: skip
         key = self._table.match(token) if token else None
         if key is None:
             if failures is not None:

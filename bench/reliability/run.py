@@ -3,7 +3,7 @@
 1. pytest over ``tests/reliability`` (fuzzing: ``--fuzz-examples`` per request message; kill -9:
    ``--kill-rounds``; full disk; corrupted files; security), the defect regressions and the
    README error table (``tests/test_service_defects.py``, ``tests/test_service_errors.py``,
-   ``tests/test_service_auth.py``);
+   ``tests/test_service_auth.py``, ``tests/test_service_security.py``);
 2. fuzzing with scoped API keys (``bench/reliability/scoped_fuzz.py``: ``--scoped-examples`` per RPC and key);
 3. the load run (``bench/reliability/load.py``: 16 and 64 mixed clients, saturation, recovery);
 4. ``summary.md`` beside the JSON figures (``--out``), ready for docs/results.md.
@@ -28,6 +28,7 @@ TESTS = [
     "tests/test_service_defects.py",
     "tests/test_service_errors.py",
     "tests/test_service_auth.py",
+    "tests/test_service_security.py",
 ]
 
 
