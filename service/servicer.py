@@ -176,7 +176,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         return self.rt.fair.slot() if self.rt.fair is not None else contextlib.nullcontext()
 
     async def _embed(self, texts, timer: CallTimer, context, *, truncate=True, field="texts"):
-        with self._fair():
+        async with self._fair():
             res = await self.rt.bi_batcher.submit_texts(
                 texts, truncate=truncate, deadline=_deadline(context), field=field
             )
@@ -190,7 +190,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         if method == pb.SCORE_METHOD_UNI_ENCODER:
             raise InvalidInput(f"{field}: UNI_ENCODER ranks candidates for one query; use Rerank")
         if method == pb.SCORE_METHOD_CROSS_ENCODER:
-            with self._fair():
+            async with self._fair():
                 res = await self.rt.cross_batcher.submit_pairs(
                     pairs, truncate=truncate, deadline=_deadline(context), field=field
                 )

@@ -353,6 +353,22 @@ def test_one_key_flooding_cannot_starve_another(tiny_bi_dir, tmp_path):
     assert max(waits) < 15.0 and sorted(waits)[7] < 5.0, waits
 
 
+def test_a_stream_waits_for_its_share_instead_of_failing(tiny_bi_dir, tmp_path):
+    # 2 keys, max_concurrent_requests=2: a share of 1 model request each. A stream keeps up to
+    # max_stream_inflight messages in work; past its share they wait, the stream is not cut.
+    keys = write_keys(tmp_path / "keys", f"{READER} name=bulk\n{WRITER} name=other\n")
+    st = serve(tiny_bi_dir, tmp_path, keys, max_concurrent_requests=2)
+    try:
+        ch = grpc.insecure_channel(st.target)
+        stub = pb_grpc.PairsmithServiceStub(ch)
+        msgs = [pb.EmbedRequest(texts=[f"message {i} " * 30] * 16) for i in range(40)]
+        replies = list(stub.EmbedStream(iter(msgs), metadata=md(READER), timeout=120))
+        assert [r.sequence for r in replies] == list(range(40))
+        ch.close()
+    finally:
+        st.stop()
+
+
 # -- 6. SIGHUP reload ---------------------------------------------------------------------------------------
 @pytest.mark.slow  # a server subprocess: ~25 s of start-up on 2 shared cores
 def test_sighup_reloads_keys_bad_file_keeps_old(tiny_bi_dir, tmp_path):
