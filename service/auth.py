@@ -18,6 +18,7 @@ the old table or the new one.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import contextvars
@@ -28,7 +29,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,6 +206,7 @@ def peer_address(peer: str | None) -> str:
 class Caller:
     key: ApiKey | None  # None: the server has no key file
     peer: str
+    stream: bool = False  # a client-streaming call (Upsert, EmbedStream)
 
     @property
     def key_id(self) -> str:
@@ -294,35 +296,49 @@ class LogLimiter:
 
 class FairShare:
     """Per-key model requests in flight: each of N keys may hold ``total // N`` (at least 1), so
-    the shares add up to the server's ``max_concurrent_requests`` and no key can use another's."""
+    the shares add up to the server's ``max_concurrent_requests`` and no key can use another's.
+
+    Past its share a unary call is refused (RESOURCE_EXHAUSTED); a message of a client stream
+    waits for the key's next free slot instead (a stream already bounds its own window, and
+    ending a bulk stream because it ran ahead of its share would lose the caller's place).
+    """
 
     def __init__(self, total: int, n_keys: int) -> None:
         self.total = int(total)
         self.n_keys = max(1, int(n_keys))
         self._inflight: collections.Counter[str] = collections.Counter()
+        self._freed: asyncio.Event | None = None  # set (and replaced) whenever a slot is released
 
     @property
     def share(self) -> int:
         return max(1, self.total // self.n_keys)
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
         c = CALLER.get()
         if c is None or c.key is None or self.n_keys < 2:
             yield
             return
-        if self._inflight[c.key.id] >= self.share:
-            raise ResourceExhausted(
-                f"API key {c.key.id!r} has {self.share} model requests in flight, its share of "
-                f"max_concurrent_requests={self.total} across {self.n_keys} keys; retry with backoff"
-            )
-        self._inflight[c.key.id] += 1
+        kid = c.key.id
+        while self._inflight[kid] >= self.share:
+            if not c.stream:
+                raise ResourceExhausted(
+                    f"API key {kid!r} has {self.share} model requests in flight, its share of "
+                    f"max_concurrent_requests={self.total} across {self.n_keys} keys; retry with backoff"
+                )
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            await self._freed.wait()
+        self._inflight[kid] += 1
         try:
             yield
         finally:
-            self._inflight[c.key.id] -= 1
-            if not self._inflight[c.key.id]:
-                del self._inflight[c.key.id]
+            self._inflight[kid] -= 1
+            if not self._inflight[kid]:
+                del self._inflight[kid]
+            freed, self._freed = self._freed, None
+            if freed is not None:
+                freed.set()
 
 
 # -- the interceptor ------------------------------------------------------------------------------------
@@ -396,12 +412,15 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if method in OPEN_METHODS or handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
             return handler
         token = bearer_token(handler_call_details.invocation_metadata)
+        stream = handler.stream_unary is not None or handler.stream_stream is not None
         return _wrap(
-            handler, method, lambda context, cost: self._admit(method, token, context, cost), self._charge
+            handler, lambda context, cost: self._admit(method, token, context, cost, stream), self._pace
         )
 
     # Runs in the call's task, before the handler: peer throttle, key, scope, budgets.
-    def _admit(self, method: str, token: bytes | None, context, cost: int) -> PairsmithError | None:
+    def _admit(
+        self, method: str, token: bytes | None, context, cost: int, stream: bool = False
+    ) -> PairsmithError | None:
         peer = peer_address(context.peer())
         failures = self._failures.get(peer) if self._failures is not None else None
         wait = failures.wait_s(1.0) if failures is not None else 0.0
@@ -431,21 +450,35 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return self._limited(method, _retry(ResourceExhausted(
                 f"rate limit of {self.policy.rate_per_key:g} calls/s for this API key exceeded; "
                 f"retry in {wait:.2f} s with backoff"), wait))  # fmt: skip
-        CALLER.set(Caller(key=key, peer=peer))
+        CALLER.set(Caller(key=key, peer=peer, stream=stream))
         return self._charge(method, cost)
 
     def _charge(self, method: str, cost: int) -> PairsmithError | None:
-        """Request bytes against the caller's byte budget (unary: the request; streams: each message)."""
+        """A unary request's bytes against the caller's byte budget: refused when it is in debt."""
+        b = self._byte_bucket(cost)
+        if b is None or b.take(float(cost), overdraw=True):
+            return None
+        wait = b.wait_s(0.0)
+        kid = CALLER.get().key.id  # type: ignore[union-attr]  # _byte_bucket checked it
+        return self._limited(method, _retry(ResourceExhausted(
+            f"byte budget of {self.policy.bytes_per_key:g} request bytes/s for API key {kid!r} "
+            f"used up; retry in {wait:.2f} s"), wait))  # fmt: skip
+
+    def _pace(self, cost: int) -> float:
+        """A stream message's bytes: taken now (0.0), or the seconds to wait before trying again.
+
+        Streams are paced, not cut: a bulk Upsert over its budget slows to the budget's rate.
+        """
+        b = self._byte_bucket(cost)
+        if b is None or b.take(float(cost), overdraw=True):
+            return 0.0
+        return max(0.001, b.wait_s(1.0))
+
+    def _byte_bucket(self, cost: int) -> TokenBucket | None:
         c = CALLER.get()
         if self._bytes is None or c is None or c.key is None or cost <= 0:
             return None
-        b = self._bytes.get(c.key.id)
-        if b.take(float(cost), overdraw=True):
-            return None
-        wait = b.wait_s(0.0)
-        return self._limited(method, _retry(ResourceExhausted(
-            f"byte budget of {self.policy.bytes_per_key:g} request bytes/s for API key {c.key.id!r} "
-            f"used up; retry in {wait:.2f} s"), wait))  # fmt: skip
+        return self._bytes.get(c.key.id)
 
     def _refuse(self, method: str, err: PairsmithError) -> PairsmithError:
         if self._on_refused is not None:
@@ -480,16 +513,16 @@ async def _abort(context, err: PairsmithError) -> None:
     await context.abort(STATUS_FOR_KIND[err.kind], err.message, trailing_metadata=trailing)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str, admit, charge) -> grpc.RpcMethodHandler:
-    """``handler`` with ``admit(context, cost)`` first and, for request streams, ``charge`` per message."""
+def _wrap(handler: grpc.RpcMethodHandler, admit, pace) -> grpc.RpcMethodHandler:
+    """``handler`` with ``admit(context, cost)`` first; request streams wait ``pace(cost)`` per message."""
     des, ser = handler.request_deserializer, handler.response_serializer
 
     def metered(request_iterator):
         async def gen():
             async for msg in request_iterator:
-                err = charge(method, _cost(msg))
-                if err is not None:
-                    raise err  # the servicer maps it through the error table
+                cost = _cost(msg)
+                while (wait := pace(cost)) > 0:
+                    await asyncio.sleep(wait)
                 yield msg
 
         return gen()
