@@ -315,7 +315,8 @@ class PairsmithServer:
 
     def _auth_interceptors(self) -> list:
         """The API-key interceptor (with a key file), the fair share and the quotas."""
-        from pairsmith.service.auth import ApiKeyInterceptor, AuthPolicy, FairShare, load_key_table
+        from pairsmith.service.auth import ApiKeyInterceptor, AuthPolicy, load_key_table
+        from pairsmith.service.limits import FairShare
         from pairsmith.service.quota import Quotas
 
         cfg = self.config

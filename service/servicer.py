@@ -19,9 +19,9 @@ from pairsmith import __version__
 from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine, sigmoid
 from pairsmith.errors import FailedPrecondition, InvalidInput, Unavailable
 from pairsmith.service import convert
-from pairsmith.service.auth import CALLER, audit
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
+from pairsmith.service.limits import CALLER, audit
 from pairsmith.service.status import CallTimer, rpc
 
 if TYPE_CHECKING:

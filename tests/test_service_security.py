@@ -70,6 +70,14 @@ def test_plaintext_off_loopback_needs_tls_or_insecure(tmp_path):
     with pytest.raises(InvalidInput, match="without a key"):
         ServeConfig(host="10.1.2.3").check_exposure()
     ServeConfig(host="0.0.0.0", api_key_file=keys, insecure=True).check_exposure()
+    from pairsmith.cli.main import build_parser
+    from pairsmith.cli.serve import config_from_args
+
+    args = build_parser("serve").parse_args(["serve", "--host", "0.0.0.0", "--insecure"])
+    config_from_args(args).check_exposure()  # the flag reaches the config
+    toml = tmp_path / "serve.toml"
+    toml.write_text('host = "0.0.0.0"\ninsecure = true\n')
+    ServeConfig.from_toml(toml).check_exposure()
     for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
         ServeConfig(host=host, api_key_file=keys).check_exposure()
     cert = tmp_path / "c.pem"
