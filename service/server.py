@@ -73,7 +73,7 @@ class Runtime:
     runtime_versions: dict[str, str] = field(default_factory=dict)
     cpu_isa: str = ""  # this CPU's feature set (avx2, avx512, avx512_vnni, amx), for Info
     big_tokenize_executor: ThreadPoolExecutor | None = None  # requests over big_request_chars
-    fair: object | None = None  # auth.FairShare: per-key share of max_concurrent_requests
+    fair: object | None = None  # limits.FairShare: per-key share of max_concurrent_requests
     quotas: object | None = None  # quota.Quotas: index and vector limits
 
 
