@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pairsmith.atomic import replace_file
 from pairsmith.errors import FailedPrecondition, parse_enum
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ def make_int8(
         raise FailedPrecondition(
             f"export: int8 graph disagrees with fp32 (min cosine {agreement:.4f} < 0.95); not written"
         )
-    out_tmp.replace(dst)
+    replace_file(out_tmp, dst)
     log.info("int8 (%s) written: %s; min cosine vs fp32 %.5f", isa.value, dst, agreement)
     return {
         "scheme": "dynamic",
@@ -217,7 +218,7 @@ def make_fp16(fp32: Path, dst: Path, *, spec: GraphSpec, fuse: bool, tmp: Path) 
         model.convert_float_to_float16(keep_io_types=True, use_symbolic_shape_infer=False)
     out_tmp = tmp / dst.name
     model.save_model_to_file(str(out_tmp))
-    out_tmp.replace(dst)
+    replace_file(out_tmp, dst)
     return {"fused": fused, "keep_io_types": True}
 
 
