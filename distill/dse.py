@@ -100,7 +100,7 @@ class DSEStudent:
         if (p / "student").is_dir():
             p = p / "student"
         head = MLPHead.load(p / HEAD_DIR) if (p / HEAD_DIR / "config.json").exists() else None
-        return cls(BiEncoder.load(str(p), device=device), head)
+        return cls(BiEncoder.load(str(p), device=device, backend="torch"), head)
 
     def pair_scores_from_vectors(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Scores in [0, 1] for cosine (as cos) and mlp (sigmoid of the logit) heads."""
@@ -275,7 +275,9 @@ def run_dse(
     }
     report["rows"] = {}
 
-    start_encoder = functools.cache(lambda: BiEncoder.load(cfg.student, device=dev_name))  # read-only uses
+    start_encoder = functools.cache(
+        lambda: BiEncoder.load(cfg.student, device=dev_name, backend="torch")
+    )  # read-only uses
 
     # 0. optional silver pairs (teacher-labelled only) built from the training sentences
     aug = _augment_step(cfg, sampling, train, dev, test, state, out, start_encoder)
@@ -286,7 +288,7 @@ def run_dse(
     # 1. teacher scores (cached by pair text) and the teacher's own row. The teacher as it is now
     # identifies the cache: a teacher retrained in place since the run started is refused on --resume.
     need_teacher = cfg.alpha > 0 or dev is not None or test is not None
-    teacher = functools.cache(lambda: CrossEncoder.load(teacher_dir, device=dev_name))
+    teacher = functools.cache(lambda: CrossEncoder.load(teacher_dir, device=dev_name, backend="torch"))
     meta = None
     if need_teacher:
         meta = {
@@ -348,7 +350,7 @@ def run_dse(
                 )
 
             t_logit, _ = cache.lookup(fit_pairs, refuse)
-        enc = BiEncoder.load(cfg.student, device=dev_name)
+        enc = BiEncoder.load(cfg.student, device=dev_name, backend="torch")
         torch.manual_seed(cfg.fit.seed)  # the new head's weights: the same for the same --seed
         head = MLPHead(enc.dim, cfg.mlp_hidden).to(dev_name) if head_kind is DSEHead.MLP else None
         fit_set, fit_y = train, y

@@ -226,7 +226,7 @@ def run_trans_encoder(
 
 
 def _start_bi(ctx: _Ctx, i: int) -> BiEncoder:
-    return BiEncoder.load(ctx.cfg.models[i], pooling=ctx.cfg.pooling, device=ctx.devices[i])
+    return BiEncoder.load(ctx.cfg.models[i], pooling=ctx.cfg.pooling, device=ctx.devices[i], backend="torch")
 
 
 def _cdir(ctx: _Ctx, c: int) -> Path:
@@ -237,13 +237,15 @@ def _bi_at(ctx: _Ctx, c: int, i: int) -> BiEncoder:
     """The bi-encoder after cycle ``c`` (c = 0: the starting model)."""
     if c == 0:
         return _start_bi(ctx, i)
-    return BiEncoder.load(str(_cdir(ctx, c) / f"bi-{ctx.tags[i]}"), device=ctx.devices[i])
+    return BiEncoder.load(str(_cdir(ctx, c) / f"bi-{ctx.tags[i]}"), device=ctx.devices[i], backend="torch")
 
 
 def _new_cross(ctx: _Ctx, c: int, i: int) -> CrossEncoder:
     cfg = ctx.cfg
     if cfg.warm_start and c > 1:
-        ce = CrossEncoder.load(str(_cdir(ctx, c - 1) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i])
+        ce = CrossEncoder.load(
+            str(_cdir(ctx, c - 1) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i], backend="torch"
+        )
         ce.st_model.max_seq_length = cfg.cross.max_length
         return ce
     init = cfg.cross_init[i] if cfg.cross_init else cfg.models[i]
@@ -356,7 +358,9 @@ def _fit(ctx: _Ctx, c: int, i: int, kind: str, targets: np.ndarray) -> None:
 
 
 def _load_cross(ctx: _Ctx, c: int, i: int) -> CrossEncoder:
-    return CrossEncoder.load(str(_cdir(ctx, c) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i])
+    return CrossEncoder.load(
+        str(_cdir(ctx, c) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i], backend="torch"
+    )
 
 
 def _eval_step(ctx: _Ctx, c: int, kind: str, i: int, load) -> None:

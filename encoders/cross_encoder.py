@@ -143,18 +143,19 @@ class CrossEncoder(PipelineFacts):
         onnx_variant: str | None = None,
         auto_export: bool = True,
         streams: int | None = None,
-        last_layer: str = "cls",
+        last_layer: str | None = None,
     ) -> CrossEncoder:
         """Load a trained cross-encoder. A bi-encoder directory is refused: use from_backbone.
 
         ``backend`` (default ``auto``: the measured fastest engine for the machine), ``onnx_variant``
         (``onnx`` alone means fp32), ``auto_export`` and ``streams`` as in :meth:`BiEncoder.load`.
 
-        ``last_layer``: ``"cls"`` (default) computes the last transformer layer for the [CLS] row
-        only where the model qualifies (plain BERT with a pooler; equal to the full forward to float
-        rounding, checked at load, ~14% fewer FLOPs on a 6-layer MiniLM); ``"full"`` runs every
-        position (for A/B comparisons). An ONNX export carries the choice it was made with
-        (``pairsmith export onnx --last-layer``); one made on first use follows ``last_layer``.
+        ``last_layer``: ``"cls"`` computes the last transformer layer for the [CLS] row only where
+        the model qualifies (plain BERT with a pooler; equal to the full forward to float rounding,
+        checked at load, ~14% fewer FLOPs on a 6-layer MiniLM); ``"full"`` runs every position (for
+        A/B comparisons). None (default): ``"cls"`` on torch and for an export made on first use;
+        an existing ONNX export runs as it was made (``pairsmith export onnx --last-layer``), and one
+        made with the other choice than a ``last_layer`` named here is refused.
         """
         source = resolve_model(model)
         if is_bi_encoder_dir(source):
@@ -163,7 +164,7 @@ class CrossEncoder(PipelineFacts):
                 "train a cross-encoder from it first (pairsmith train cross-encoder) or use CrossEncoder.from_backbone"
             )
         dev = resolve_device(device)
-        last_layer = parse_last_layer(last_layer)
+        last_layer = parse_last_layer(last_layer) if last_layer is not None else None
         be = Backend.parse(backend)
         why = ""
         if be is Backend.AUTO:
@@ -192,7 +193,7 @@ class CrossEncoder(PipelineFacts):
 
             local = {"local_files_only": True} if source.is_local else {}
             st = STCrossEncoder(source.load_arg, device=dev, max_length=max_length, **local)
-            enc = cls.from_st(st, source=source, device=dev, last_layer=last_layer)
+            enc = cls.from_st(st, source=source, device=dev, last_layer=last_layer or "cls")
         enc.engine_why = why
         return enc
 

@@ -344,7 +344,7 @@ def _build_uni(source: ModelSource) -> GraphSpec:
 
     from pairsmith.encoders.onnx_graphs import _eager, _heads
 
-    uni = UniEncoder.load(str(source.path), device="cpu")
+    uni = UniEncoder.load(str(source.path), device="cpu", backend="torch")
     scorer = uni.model
     _eager(scorer.backbone)
     cfg = uni.config

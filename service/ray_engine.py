@@ -289,9 +289,9 @@ class PairScorerActor:
         self.symmetric = symmetric
         self.activation = Activation(activation)
         if self.kind is PairModel.CROSS:
-            self.model = CrossEncoder.load(model, device=device)
+            self.model = CrossEncoder.load(model, device=device, backend="torch")
         else:
-            self.model = BiEncoder.load(model, pooling=pooling, device=device)
+            self.model = BiEncoder.load(model, pooling=pooling, device=device, backend="torch")
 
     @carry
     def __call__(self, batch: dict) -> dict:

@@ -44,7 +44,7 @@ def _write_jsonl(path: Path, n: int) -> Path:
 def tiny_bi(tiny_bi_dir):
     from pairsmith.encoders import BiEncoder
 
-    return BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    return BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
 
 
 def test_build_without_text_keeps_payload_as_given(tmp_path, tiny_bi):
@@ -144,7 +144,9 @@ def test_resume_refuses_changed_corpus_and_other_encoder(tmp_path, tiny_bi):
             build_index(store, tiny_bi, BuildConfig(corpus, "docs"), progress=False)
     from pairsmith.encoders import BiEncoder
 
-    other = BiEncoder.load(str(make_tiny_bi_encoder(tmp_path / "other", seed=1)), device="cpu")
+    other = BiEncoder.load(
+        str(make_tiny_bi_encoder(tmp_path / "other", seed=1)), device="cpu", backend="torch"
+    )
     with IndexStore(tmp_path / "home") as store:
         with pytest.raises(FailedPrecondition, match="fingerprint"):
             build_index(store, other, BuildConfig(corpus, "docs"), progress=False)

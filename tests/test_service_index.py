@@ -26,6 +26,7 @@ QUERIES = ["a question about cats in the rain", "music on a sunny day", "how do 
 @pytest.fixture(scope="module")
 def server(tiny_bi_dir, tiny_cross_dir, tmp_path_factory):
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         cross_encoder=str(tiny_cross_dir),
         host="127.0.0.1",
@@ -45,7 +46,7 @@ def stub(server):
 
 @pytest.fixture(scope="module")
 def bi(tiny_bi_dir):
-    return BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    return BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
 
 
 def _payload(**kw) -> struct_pb2.Struct:
@@ -105,7 +106,7 @@ def test_search_flat_equals_brute_force(stub, flat, bi):
 
 
 def test_search_with_rerank_stage(stub, flat, bi, tiny_cross_dir):
-    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu")
+    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu", backend="torch")
     q = QUERIES[0]
     first = stub.Search(pb.SearchRequest(index="flat", text=q, top_k=12))
     r = stub.Search(
