@@ -228,7 +228,7 @@ async def _serve(config, port_file: Path | None) -> int:
 
 # -- client ------------------------------------------------------------------
 def _client(args: argparse.Namespace):
-    from pairsmith.client import PairsmithClient
+    from pairsmith.service.client import PairsmithClient
 
     key = None
     if args.api_key_file is not None:

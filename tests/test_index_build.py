@@ -244,6 +244,11 @@ def test_cli_build_stats_search_list_drop(tmp_path, tiny_bi_dir, capsys):
     assert main(["index", "stats", "cli", *base]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["count"] == 80 and stats["metric"] == "cosine"
+    from pairsmith.encoders.onnx_quant import choose_engine
+
+    if choose_engine().variant.startswith("int8"):  # built with backend auto, the default: int8 vectors
+        assert "+qint8_static_" in stats["encoder_fingerprint"]
+    # search encodes with the engine the index was built with (read from its fingerprint)
     assert main(["index", "search", "cli", _texts(80)[5], "-k", "2", "--json", *base]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert out["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
@@ -254,6 +259,23 @@ def test_cli_build_stats_search_list_drop(tmp_path, tiny_bi_dir, capsys):
     assert main(["index", "build", "--corpus", str(corpus), "--name", "Bad/Name", *base]) == 2
     assert main(["index", "drop", "cli", "--yes", *base]) == 0
     assert main(["index", "stats", "cli", *base]) == 3
+
+
+def test_engine_mismatch_refusal_says_how_to_rebuild(tmp_path):
+    with IndexStore(tmp_path) as store:
+        store.create("int8", dim=4, encoder_fingerprint="abc+qint8_static_avx2", encoder_id="m")
+        store.create("fp32", dim=4, encoder_fingerprint="abc", encoder_id="m")
+        with pytest.raises(FailedPrecondition) as err:
+            store.check_encoder("int8", "abc")  # same model, fp32 engine
+        msg = str(err.value)
+        assert "qint8_static_avx2 vectors of the same model" in msg and "fp32 ones" in msg
+        assert "pairsmith index build --name int8 --corpus FILE --model MODEL --backend torch" in msg
+        assert "serve it with the engine it was built with (--backend auto)" in msg
+        with pytest.raises(FailedPrecondition, match="--backend auto\\) or serve it .*--backend torch"):
+            store.check_encoder("fp32", "abc+qint8_static_avx2")
+        with pytest.raises(FailedPrecondition, match="serve the same model or rebuild"):
+            store.check_encoder("fp32", "other-model")
+        store.check_encoder("fp32", "abc")  # agreeing fingerprints: no error
 
 
 def test_demo_corpus_is_packaged_and_valid():

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pairsmith.service.auth import bearer_token, key_matches, load_api_keys
-from pairsmith.client import PairsmithClient
+from pairsmith.service.client import PairsmithClient
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.server import ServerThread
 from tests.service_util import SERVING, pb
