@@ -40,7 +40,6 @@ from torch import nn
 from pairsmith.distill.augment import Sampling, augment_pairs
 from pairsmith.distill.data import PairSet
 from pairsmith.distill.fit_config import DSE_FIT_DEFAULT, FitConfig
-from pairsmith.distill.labels import parse_enum
 from pairsmith.distill.losses import DSEHead, DSELoss
 from pairsmith.distill.pairsets import load_pairs, pair_key, scale_scores, score_range_for, subsample
 from pairsmith.distill.runstate import RunState, save_dir_atomic, save_npz_atomic, write_json_atomic
@@ -48,7 +47,7 @@ from pairsmith.distill.selection import PairMetric, binary_metrics, pair_metric
 from pairsmith.distill.supervised import resolve_cross_dir
 from pairsmith.distill.train import PairEmbedder, run_fit
 from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
-from pairsmith.errors import FailedPrecondition, InvalidInput
+from pairsmith.errors import FailedPrecondition, InvalidInput, parse_enum
 
 log = logging.getLogger(__name__)
 

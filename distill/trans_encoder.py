@@ -44,7 +44,6 @@ from pairsmith.distill.labels import (
     combine,
     label_stats,
     log_stats,
-    parse_enum,
 )
 from pairsmith.distill.pairsets import drop_pairs_in, load_pairs, overlap, subsample
 from pairsmith.distill.runstate import (
@@ -57,7 +56,7 @@ from pairsmith.distill.runstate import (
 from pairsmith.distill.selection import PairMetric, bi_scores, cross_scores, make_evaluator
 from pairsmith.distill.train import fit_bi_encoder, fit_cross_encoder
 from pairsmith.encoders import BiEncoder, CrossEncoder
-from pairsmith.errors import InvalidInput
+from pairsmith.errors import InvalidInput, parse_enum
 
 log = logging.getLogger(__name__)
 
