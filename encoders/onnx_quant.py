@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pairsmith.atomic import replace_file
+from pairsmith.encoders.postprocess import pair_cosine
 from pairsmith.errors import FailedPrecondition, parse_enum
 
 if TYPE_CHECKING:
@@ -245,9 +246,7 @@ def _agreement(ref: Path, cand: Path, spec: GraphSpec) -> float:
     if spec.kind == "cross":
         # One logit per row: compare the vectors of logits over the rows.
         a, b = a.reshape(1, -1), b.reshape(1, -1)
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float((num / np.maximum(den, 1e-12)).min())
+    return float(pair_cosine(a, b).min())
 
 
 # -- the engine per CPU feature set -----------------------------------------------------------------
