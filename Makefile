@@ -13,15 +13,30 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format bench serve demo-index clean protos models reliability
+.PHONY: setup relink test test-all lint format bench serve demo-index clean protos models reliability
+
+# The editable install is setuptools' strict mode: a link tree under build/__editable__.* that the venv's
+# .pth file names, so editors and static analysers resolve pairsmith.cli, pairsmith.service.store, ...
+# (the default mode's import hook is invisible to them). The tree links each file: `make setup` relinks
+# when source files are added or removed (`make relink` does it by hand).
+EDITABLE := --config-settings editable_mode=strict
+SOURCES_STAMP := $(VENV)/.pairsmith-sources
+SOURCE_LIST = $$(find pairsmith encoders distill kernels service cli -type f \
+  \( -name '*.py' -o -name '*.json' -o -name '*.txt' -o -name '*.jsonl' \) -not -path '*/__pycache__/*' | sort | md5sum)
 
 setup: $(STAMP)
+	@now="$(SOURCE_LIST)"; [ "$$now" = "$$(cat $(SOURCES_STAMP) 2>/dev/null)" ] \
+	  || { $(MAKE) -s relink && echo "$$now" > $(SOURCES_STAMP); }
+
+relink:
+	$(PIP) install -q --no-deps -e . $(EDITABLE)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) $(TORCH)
-	$(PIP) install -q $(FIND_LINKS) -c constraints.txt -e ".[cpu,dev,distributed]"
+	$(PIP) install -q $(FIND_LINKS) -c constraints.txt -e ".[cpu,dev,distributed]" $(EDITABLE)
+	echo "$(SOURCE_LIST)" > $(SOURCES_STAMP)
 	touch $(STAMP)
 
 test: setup
