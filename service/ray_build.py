@@ -201,7 +201,7 @@ def _encoded_stream(
             EncoderActor,
             fn_constructor_kwargs={
                 "model": cfg.model_ref,
-                "backend": getattr(getattr(encoder, "backend", None), "value", "torch"),
+                **actor_engine(encoder),
                 "fingerprint": encoder.fingerprint,
                 "batch_tokens": cfg.batch_tokens,
             },
@@ -239,6 +239,15 @@ def _encoded_stream(
 
 
 # --------------------------------------------------------------------------- shard files
+
+
+def actor_engine(encoder) -> dict:
+    """The driver encoder's engine, for the actors: backend and, for an export engine, its variant
+    (``backend="onnx"`` alone would mean fp32, not the driver's int8)."""
+    backend = getattr(getattr(encoder, "backend", None), "value", "torch")
+    if backend in ("onnx", "openvino"):
+        return {"backend": backend, "onnx_variant": encoder.pipeline.backend.variant}
+    return {"backend": backend}
 
 
 def _shard_file(work: Path, s: Shard) -> Path:

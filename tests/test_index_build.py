@@ -334,3 +334,23 @@ def test_kill_9_during_cli_build_then_rerun_completes(tmp_path, tiny_bi_dir):
         assert json.loads(store.read_meta("k9", "build"))["done"] is True
         hits = store.search("k9", np.ones((1, store.get("k9").dim), np.float32), 5)
         assert len(hits[0]) == 5
+
+
+def test_ray_encoder_actors_run_the_drivers_engine(tiny_bi_dir):
+    """An index built with the default engine (auto: int8 on an x86 CPU) on Ray: the actors load the
+    driver's variant, not fp32 (``backend="onnx"`` alone), so their fingerprint agrees."""
+    from pairsmith.encoders import BiEncoder
+    from pairsmith.service.ray_build import actor_engine
+    from pairsmith.service.ray_engine import EncoderActor
+
+    for backend in ("auto", "torch"):
+        driver = BiEncoder.load(str(tiny_bi_dir), device="cpu", backend=backend)
+        actor = EncoderActor(
+            str(tiny_bi_dir),
+            **actor_engine(driver),
+            fingerprint=driver.fingerprint,
+            batch_tokens=512,
+            device="cpu",
+        )
+        out = actor({"text": np.array(_texts(4)), "id": np.arange(4)})
+        np.testing.assert_allclose(out["vector"], driver.encode(_texts(4)).vectors, atol=1e-5)
