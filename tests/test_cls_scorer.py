@@ -200,3 +200,16 @@ def test_one_token_type_backbone_scores_pairs(tmp_path):
     onnx_ce = CrossEncoder.load(str(tmp_path / "ce"), device="cpu", backend="onnx", onnx_variant="fp32")
     assert "token_type_ids" not in onnx_ce.pipeline.backend.runner.input_names
     np.testing.assert_allclose(onnx_ce.score(PAIRS, activation=Activation.RAW).values, want, atol=1e-4)
+
+
+def test_serve_config_last_layer_reaches_the_cross_encoder(tiny_bi_dir, tiny_cross_dir, tmp_path):
+    from pairsmith.service.config import ServeConfig
+    from pairsmith.service.server import load_models
+
+    ce = CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0)
+    ce.save(tmp_path / "ce")
+    for mode, fast in (("full", False), ("cls", True)):
+        cfg = ServeConfig(
+            model=str(tiny_bi_dir), cross_encoder=str(tmp_path / "ce"), backend="torch", cross_last_layer=mode
+        )
+        assert _is_fast(load_models(cfg).cross) is fast
