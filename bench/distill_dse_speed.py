@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     cands = [sents[i] for i in pick[: args.candidates]]
     queries = [sents[i] for i in pick[args.candidates :]]
 
-    teacher = CrossEncoder.load(resolve_cross_dir(args.teacher), device="cpu")
+    teacher = CrossEncoder.load(resolve_cross_dir(args.teacher), device="cpu", backend="torch")
     student = DSEStudent.load(args.student, device="cpu")
     t0 = time.perf_counter()
     cache = student.encoder.encode(cands, batch_size=args.batch_size, normalize=student.head is None).vectors

@@ -132,7 +132,7 @@ def bench_bi(args, gold, a, b) -> dict:
     texts = a + b
     n = len(texts)
     export_both(args.model)
-    st_enc = BiEncoder.load(args.model, device="cpu")
+    st_enc = BiEncoder.load(args.model, device="cpu", backend="torch")
     st = st_enc.st_model  # sentence-transformers' own SentenceTransformer: the baseline
     bs = args.batch_size
     variants = {
@@ -181,7 +181,7 @@ def bench_cross(args, a, b) -> dict:
         CrossEncoder.from_backbone(args.model, device="cpu", seed=0).save(tmp)
         export_both(tmp)
         st = STCrossEncoder(tmp, device="cpu", local_files_only=True)
-        torch_ce = CrossEncoder.load(tmp, device="cpu")
+        torch_ce = CrossEncoder.load(tmp, device="cpu", backend="torch")
         engines = {}
         for name, backend, v, streams in engine_variants(args.streams_sweep):
             engines[name] = CrossEncoder.load(
@@ -235,22 +235,16 @@ def full_last_layer(model_dir: str, copy: str) -> dict:
     from pairsmith.encoders import CrossEncoder
     from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
 
-    old = os.environ.get("PAIRSMITH_CROSS_LAST_LAYER")
-    os.environ["PAIRSMITH_CROSS_LAST_LAYER"] = "full"
-    try:
-        CrossEncoder.load(model_dir, device="cpu").save(copy)
-        export_onnx(copy, ExportConfig(quantize="int8-static"))
-        return {
-            "pairsmith torch, full last layer (A/B)": CrossEncoder.load(copy, device="cpu"),
-            "pairsmith onnx int8 static, full last layer (A/B)": CrossEncoder.load(
-                copy, device="cpu", backend="onnx", onnx_variant="int8-static"
-            ),
-        }
-    finally:
-        if old is None:
-            os.environ.pop("PAIRSMITH_CROSS_LAST_LAYER")
-        else:
-            os.environ["PAIRSMITH_CROSS_LAST_LAYER"] = old
+    CrossEncoder.load(model_dir, device="cpu", backend="torch", last_layer="full").save(copy)
+    export_onnx(copy, ExportConfig(quantize="int8-static", last_layer="full"))
+    return {
+        "pairsmith torch, full last layer (A/B)": CrossEncoder.load(
+            copy, device="cpu", backend="torch", last_layer="full"
+        ),
+        "pairsmith onnx int8 static, full last layer (A/B)": CrossEncoder.load(
+            copy, device="cpu", backend="onnx", onnx_variant="int8-static", last_layer="full"
+        ),
+    }
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -336,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--cross-ab",
         action="store_true",
-        help="add A/B rows: torch and int8 static with the full last layer (PAIRSMITH_CROSS_LAST_LAYER=full)",
+        help="add A/B rows: torch and int8 static with the full last layer (last_layer='full')",
     )
     p.add_argument(
         "--cross-limit", type=int, default=None, help="first N dev pairs for the cross-encoder part"

@@ -66,7 +66,7 @@ def bench(fn, reps=3):
 variants, ref = {}, None
 for bs in (64, 256):
     if torch.cuda.is_available():
-        enc = BiEncoder.load("default", device="cuda")
+        enc = BiEncoder.load("default", device="cuda", backend="torch")
         med, runs, v32 = bench(lambda x: enc.encode(x, batch_size=bs).vectors)
         variants[f"torch fp32 bs{bs}"] = (med, runs)
         ref = v32 if ref is None else ref

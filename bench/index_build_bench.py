@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_retrieval_set("nfcorpus-dev")
     doc_ids = list(ds.docs)[: args.max_corpus]
     doc_texts = [ds.docs[i] for i in doc_ids]
-    enc = BiEncoder.load("default", device="cpu")
+    enc = BiEncoder.load("default", device="cpu", backend="torch")
     enc.encode(doc_texts[:64], max_tokens=args.batch_tokens)  # warm-up
     out: dict = {"model": enc.model_id, "docs": len(doc_ids), "queries": len(ds.queries)}
 

@@ -45,7 +45,7 @@ def main() -> int:
     models = {}
     for spec in args.models:
         name, path = spec.split("=", 1)
-        models[name] = BiEncoder.load(path, device="cpu")
+        models[name] = BiEncoder.load(path, device="cpu", backend="torch")
         models[name].encode(texts[:64], batch_size=args.batch_size)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(args.reps):

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_retrieval_set("nfcorpus-dev")
     ids = list(ds.docs)[: args.docs]
     texts = [ds.docs[i] for i in ids]
-    enc = BiEncoder.load("default", device="cpu")
+    enc = BiEncoder.load("default", device="cpu", backend="torch")
     enc.encode(texts[:32])  # warm-up
     out: dict = {"machine": machine_facts(), "model": enc.model_id, "docs": len(ids), "files": args.files}
 

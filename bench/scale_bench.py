@@ -85,7 +85,7 @@ def load_encoders(model: str, variants: list[str]) -> dict:
 
     export_onnx(model, ExportConfig(quantize="int8-dynamic"))
     export_onnx(model, ExportConfig(quantize="int8-static"))
-    encs = {"torch": BiEncoder.load(model, device="cpu")}
+    encs = {"torch": BiEncoder.load(model, device="cpu", backend="torch")}
     for v in variants:
         encs[f"onnx {v}"] = BiEncoder.load(model, device="cpu", backend="onnx", onnx_variant=v)
     return encs

@@ -54,7 +54,7 @@ def main() -> int:
     sets = [limit_set(load_dialogue(s), args.limit or None) for s in args.sets.split(",") if s]
     rows = []
     if args.uni:
-        uni = UniEncoder.load(args.uni, device="cpu")
+        uni = UniEncoder.load(args.uni, device="cpu", backend="torch")
         for m in [UniMask.parse(x) for x in args.masks.split(",") if x]:
             for ds in sets:
                 res = eval_ranking(

@@ -59,6 +59,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="int8 weights with one scale per tensor (default: per channel)",
     )
+    o.add_argument(
+        "--last-layer",
+        choices=("cls", "full"),
+        default="cls",
+        help="cross-encoders: cls = the last layer for [CLS] only where the model qualifies (exact, "
+        "checked at export, ~14%% fewer FLOPs on MiniLM); full = every position",
+    )
     o.add_argument("--no-check", action="store_true", help="skip the torch vs ONNX parity check")
     o.add_argument("--json", action="store_true", help="print the manifest as JSON")
     o.set_defaults(func=_run_onnx)
@@ -78,6 +85,7 @@ def _run_onnx(args) -> int:
         fuse=args.fuse,
         per_channel=not args.per_tensor,
         check=not args.no_check,
+        last_layer=args.last_layer,
     )
     res = export_onnx(args.model, cfg, out=args.out)
     if args.json:

@@ -53,7 +53,11 @@ def register(subparsers) -> None:
         "--model", default="default", help="bi-encoder: 'default', a model directory or a hub name"
     )
     b.add_argument(
-        "--backend", default="torch", choices=["torch", "onnx", "openvino", "auto"], help="encoder runtime"
+        "--backend",
+        default="auto",
+        choices=["torch", "onnx", "openvino", "auto"],
+        help="encoder runtime (default auto: the engine `pairsmith serve` runs by default; torch and "
+        "onnx (fp32) make the same vectors, an int8 engine its own)",
     )
     b.add_argument(
         "--batch-tokens", type=int, default=16_384, help="padded tokens per encoder batch (default 16384)"
@@ -189,7 +193,10 @@ def _search(args) -> int:
         model = args.model or store.read_meta(args.name, MODEL_META_KEY)
         if model is None:
             raise InvalidInput(f"model: index {args.name!r} does not record its model; pass --model")
-        encoder = BiEncoder.load(model)
+        from pairsmith.encoders.engines import engine_for_fingerprint
+
+        backend, variant = engine_for_fingerprint(info.encoder_fingerprint)  # the engine it was built with
+        encoder = BiEncoder.load(model, backend=backend, onnx_variant=variant)
         store.check_encoder(args.name, encoder.fingerprint)
         vecs = encoder.encode(args.queries, normalize=True).vectors
         results = store.search(args.name, vecs, args.k)

@@ -42,6 +42,7 @@ _FLAG_FIELDS = (
     "batch_hold_fraction",
     "max_concurrent_requests",
     "streams",
+    "cross_last_layer",
 )
 
 
@@ -58,7 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         choices=("torch", "onnx", "openvino", "auto"),
-        help="inference runtime (default torch); auto = the measured fastest engine for this CPU",
+        help="inference runtime (default auto: the measured fastest batch-invariant engine for the "
+        "machine: torch on a CUDA device, static int8 on onnxruntime on an x86 CPU; Info says which "
+        "and why); torch; onnx = the fp32 ONNX export; openvino",
     )
     p.add_argument(
         "--no-auto-export",
@@ -67,7 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="backend onnx: refuse a model with no ONNX export instead of exporting it on first use",
     )
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: cuda when present)")
+    p.add_argument(
+        "--cross-last-layer",
+        choices=("cls", "full"),
+        help="cross-encoder: cls = the last layer for [CLS] only where the model qualifies (exact; "
+        "default); full = every position",
+    )
     p.add_argument(
         "--streams",
         type=int,
@@ -223,9 +232,9 @@ async def _serve(config, port_file: Path | None) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload_keys)
     if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(str(port))
-        os.replace(tmp, port_file)
+        from pairsmith.atomic import atomic_write_text
+
+        atomic_write_text(port_file, str(port))
     print(
         f"pairsmith: listening on {config.bind_host}:{port}; loading models...", file=sys.stderr, flush=True
     )
@@ -239,6 +248,7 @@ async def _serve(config, port_file: Path | None) -> int:
     if not stop.is_set():
         extra = f", metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""
         print(f"pairsmith: serving on port {port}{extra} (SIGTERM to stop)", file=sys.stderr, flush=True)
+        print(f"pairsmith: engine {server.rt.models.bi.engine}", file=sys.stderr, flush=True)
         await stopping
     ready.cancel()
     print("pairsmith: shutting down (draining in-flight calls)", file=sys.stderr, flush=True)

@@ -127,15 +127,3 @@ def load_dialogue(name_or_path: str, root: str | os.PathLike[str] | None = None)
 
 def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def text_overlap(train: DialogueSet, other: DialogueSet) -> dict[str, float]:
-    """Share of ``other``'s contexts / responses whose normalised text also occurs in ``train``."""
-    tc = {_norm(" ".join(c)) for c in train.contexts}
-    tr = {_norm(r) for rows in (train.positives, train.negatives) for row in rows for r in row}
-    oc = [_norm(" ".join(c)) for c in other.contexts]
-    orr = [_norm(r) for rows in (other.positives, other.negatives) for row in rows for r in row]
-    return {
-        "contexts": sum(c in tc for c in oc) / max(1, len(oc)),
-        "responses": sum(r in tr for r in orr) / max(1, len(orr)),
-    }

@@ -40,7 +40,6 @@ from torch import nn
 from pairsmith.distill.augment import Sampling, augment_pairs
 from pairsmith.distill.data import PairSet
 from pairsmith.distill.fit_config import DSE_FIT_DEFAULT, FitConfig
-from pairsmith.distill.labels import parse_enum
 from pairsmith.distill.losses import DSEHead, DSELoss
 from pairsmith.distill.pairsets import load_pairs, pair_key, scale_scores, score_range_for, subsample
 from pairsmith.distill.runstate import RunState, save_dir_atomic, save_npz_atomic, write_json_atomic
@@ -48,7 +47,7 @@ from pairsmith.distill.selection import PairMetric, binary_metrics, pair_metric
 from pairsmith.distill.supervised import resolve_cross_dir
 from pairsmith.distill.train import PairEmbedder, run_fit
 from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
-from pairsmith.errors import FailedPrecondition, InvalidInput
+from pairsmith.errors import FailedPrecondition, InvalidInput, parse_enum
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ class DSEStudent:
         if (p / "student").is_dir():
             p = p / "student"
         head = MLPHead.load(p / HEAD_DIR) if (p / HEAD_DIR / "config.json").exists() else None
-        return cls(BiEncoder.load(str(p), device=device), head)
+        return cls(BiEncoder.load(str(p), device=device, backend="torch"), head)
 
     def pair_scores_from_vectors(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Scores in [0, 1] for cosine (as cos) and mlp (sigmoid of the logit) heads."""
@@ -275,7 +274,9 @@ def run_dse(
     }
     report["rows"] = {}
 
-    start_encoder = functools.cache(lambda: BiEncoder.load(cfg.student, device=dev_name))  # read-only uses
+    start_encoder = functools.cache(
+        lambda: BiEncoder.load(cfg.student, device=dev_name, backend="torch")
+    )  # read-only uses
 
     # 0. optional silver pairs (teacher-labelled only) built from the training sentences
     aug = _augment_step(cfg, sampling, train, dev, test, state, out, start_encoder)
@@ -286,7 +287,7 @@ def run_dse(
     # 1. teacher scores (cached by pair text) and the teacher's own row. The teacher as it is now
     # identifies the cache: a teacher retrained in place since the run started is refused on --resume.
     need_teacher = cfg.alpha > 0 or dev is not None or test is not None
-    teacher = functools.cache(lambda: CrossEncoder.load(teacher_dir, device=dev_name))
+    teacher = functools.cache(lambda: CrossEncoder.load(teacher_dir, device=dev_name, backend="torch"))
     meta = None
     if need_teacher:
         meta = {
@@ -348,7 +349,7 @@ def run_dse(
                 )
 
             t_logit, _ = cache.lookup(fit_pairs, refuse)
-        enc = BiEncoder.load(cfg.student, device=dev_name)
+        enc = BiEncoder.load(cfg.student, device=dev_name, backend="torch")
         torch.manual_seed(cfg.fit.seed)  # the new head's weights: the same for the same --seed
         head = MLPHead(enc.dim, cfg.mlp_hidden).to(dev_name) if head_kind is DSEHead.MLP else None
         fit_set, fit_y = train, y

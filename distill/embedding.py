@@ -151,8 +151,8 @@ def build_model(cfg: TrainEmbeddingConfig, device: str):
 
     choice = parse_enum(PoolingChoice, cfg.pooling, "pooling")
     if choice is PoolingChoice.MEAN:
-        return BiEncoder.load(cfg.model, device=device, pooling="mean").st_model
-    st = BiEncoder.load(cfg.model, device=device).st_model
+        return BiEncoder.load(cfg.model, device=device, pooling="mean", backend="torch").st_model
+    st = BiEncoder.load(cfg.model, device=device, backend="torch").st_model
     kind = PoolerKind(choice.value)
     modules = list(st._modules.values())
     heads = [i for i, m in enumerate(modules) if isinstance(m, (STPooling, LayerPooling))]

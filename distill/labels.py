@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from pairsmith.errors import InvalidInput
-from pairsmith.errors import parse_enum as _parse_enum
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,6 @@ class Combine(enum.Enum):
     MEAN = "mean"  # plain mean of raw scores (the official mutual-distillation code)
     RANK = "rank"  # mean of per-model ranks, mapped onto the quantiles of the plain mean
     ZSCORE = "zscore"  # mean of per-model z-scores, rescaled to the plain mean's mean and std
-
-
-def parse_enum(cls: type[enum.Enum], value: str | enum.Enum, field: str) -> enum.Enum:
-    """Kept for callers in distill/; the one implementation is :func:`pairsmith.errors.parse_enum`."""
-    return _parse_enum(cls, value, field)
 
 
 def apply_range(y: np.ndarray, mode: LabelRange) -> np.ndarray:

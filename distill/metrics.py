@@ -26,10 +26,6 @@ def spearman(pred: Sequence[float] | np.ndarray, gold: Sequence[float] | np.ndar
     return float(_spearmanr(pred, gold).statistic * 100.0)
 
 
-def pearson(pred: Sequence[float] | np.ndarray, gold: Sequence[float] | np.ndarray) -> float:
-    return float(np.corrcoef(np.asarray(pred, float), np.asarray(gold, float))[0, 1] * 100.0)
-
-
 def ndcg_at_k(ranking: Sequence[str], rels: Mapping[str, int], k: int = 10) -> float:
     gains = np.array([rels.get(d, 0) for d in ranking[:k]], dtype=np.float64)
     disc = 1.0 / np.log2(np.arange(2, len(gains) + 2))

@@ -14,14 +14,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pairsmith.atomic import atomic_write_bytes, replace_dir
+from pairsmith.atomic import atomic_write_bytes, atomic_write_json, write_dir
 from pairsmith.distill.provenance import code_version, describe, same_code
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
@@ -31,12 +29,10 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 
 
-# Atomic writes: the shared helpers (temp + fsync + rename + fsync of the folder).
+# Atomic writes: the shared helpers (temp + fsync + rename + fsync of the folder; folders swapped in).
 write_bytes_atomic = atomic_write_bytes
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+write_json_atomic = atomic_write_json
+save_dir_atomic = write_dir  # writer(tmpdir), then the folder is swapped into dest
 
 
 def save_npy_atomic(path: str | os.PathLike[str], array) -> None:
@@ -58,20 +54,6 @@ def save_npz_atomic(path: str | os.PathLike[str], **arrays) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_bytes_atomic(path, buf.getvalue())
-
-
-def save_dir_atomic(dest: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
-    """Run ``writer(tmpdir)``, fsync every file, then swap ``tmpdir`` into ``dest``."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        writer(tmp)
-        replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
 
 
 def clean_stale_temps(folder: Path) -> None:

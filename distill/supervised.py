@@ -135,7 +135,7 @@ def train_cross_encoder(
         save_dir_atomic(model_dir, lambda d: ce.save(d))
         state.mark("fit", fit=res.as_dict())
     report["fit"] = state.info("fit").get("fit")
-    ce = CrossEncoder.load(str(model_dir), device=dev_name)
+    ce = CrossEncoder.load(str(model_dir), device=dev_name, backend="torch")
     if dev is not None:
         s = cross_scores(ce.st_model, ce.source, dev.s1, dev.s2, symmetric=cfg.symmetric_eval)
         report["dev"] = {"set": cfg.dev, metric.value: pair_metric(s, dev.scores, metric)}

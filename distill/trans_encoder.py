@@ -44,7 +44,6 @@ from pairsmith.distill.labels import (
     combine,
     label_stats,
     log_stats,
-    parse_enum,
 )
 from pairsmith.distill.pairsets import drop_pairs_in, load_pairs, overlap, subsample
 from pairsmith.distill.runstate import (
@@ -57,7 +56,7 @@ from pairsmith.distill.runstate import (
 from pairsmith.distill.selection import PairMetric, bi_scores, cross_scores, make_evaluator
 from pairsmith.distill.train import fit_bi_encoder, fit_cross_encoder
 from pairsmith.encoders import BiEncoder, CrossEncoder
-from pairsmith.errors import InvalidInput
+from pairsmith.errors import InvalidInput, parse_enum
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +225,7 @@ def run_trans_encoder(
 
 
 def _start_bi(ctx: _Ctx, i: int) -> BiEncoder:
-    return BiEncoder.load(ctx.cfg.models[i], pooling=ctx.cfg.pooling, device=ctx.devices[i])
+    return BiEncoder.load(ctx.cfg.models[i], pooling=ctx.cfg.pooling, device=ctx.devices[i], backend="torch")
 
 
 def _cdir(ctx: _Ctx, c: int) -> Path:
@@ -237,13 +236,15 @@ def _bi_at(ctx: _Ctx, c: int, i: int) -> BiEncoder:
     """The bi-encoder after cycle ``c`` (c = 0: the starting model)."""
     if c == 0:
         return _start_bi(ctx, i)
-    return BiEncoder.load(str(_cdir(ctx, c) / f"bi-{ctx.tags[i]}"), device=ctx.devices[i])
+    return BiEncoder.load(str(_cdir(ctx, c) / f"bi-{ctx.tags[i]}"), device=ctx.devices[i], backend="torch")
 
 
 def _new_cross(ctx: _Ctx, c: int, i: int) -> CrossEncoder:
     cfg = ctx.cfg
     if cfg.warm_start and c > 1:
-        ce = CrossEncoder.load(str(_cdir(ctx, c - 1) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i])
+        ce = CrossEncoder.load(
+            str(_cdir(ctx, c - 1) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i], backend="torch"
+        )
         ce.st_model.max_seq_length = cfg.cross.max_length
         return ce
     init = cfg.cross_init[i] if cfg.cross_init else cfg.models[i]
@@ -356,7 +357,9 @@ def _fit(ctx: _Ctx, c: int, i: int, kind: str, targets: np.ndarray) -> None:
 
 
 def _load_cross(ctx: _Ctx, c: int, i: int) -> CrossEncoder:
-    return CrossEncoder.load(str(_cdir(ctx, c) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i])
+    return CrossEncoder.load(
+        str(_cdir(ctx, c) / f"cross-{ctx.tags[i]}"), device=ctx.devices[i], backend="torch"
+    )
 
 
 def _eval_step(ctx: _Ctx, c: int, kind: str, i: int, load) -> None:

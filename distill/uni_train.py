@@ -168,7 +168,7 @@ class Trainable:
             self.module = self.ce.st_model
             self.tok = _baseline_tokenizer(self.ce, cfg, groups)
         else:
-            self.bi = BiEncoder.load(cfg.model, device=device)
+            self.bi = BiEncoder.load(cfg.model, device=device, backend="torch")
             self.module = self.bi.st_model
             self.tok = _baseline_tokenizer(self.bi, cfg, groups)
 
@@ -221,15 +221,15 @@ def ranker(
 
     cfg = cfg or UniTrainConfig()
     if kind is ModelKind.UNI:
-        uni = UniEncoder.load(path, device=device)
+        uni = UniEncoder.load(path, device=device, backend="torch")
         return lambda items: uni.rank_many(items, mask=mask, batch_size=16)
     t = object.__new__(Trainable)
     t.kind, t.cfg, t.device = kind, cfg, device
     if kind is ModelKind.CROSS:
-        t.ce = CrossEncoder.load(path, device=device)
+        t.ce = CrossEncoder.load(path, device=device, backend="torch")
         t.module, t.tok = t.ce.st_model, _baseline_tokenizer(t.ce, cfg, 16)
     else:
-        t.bi = BiEncoder.load(path, device=device)
+        t.bi = BiEncoder.load(path, device=device, backend="torch")
         t.module, t.tok = t.bi.st_model, _baseline_tokenizer(t.bi, cfg, 16)
     t.module.eval()
 

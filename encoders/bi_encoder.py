@@ -150,17 +150,32 @@ class BiEncoder(PipelineFacts):
         pooling: Pooling | str | None = None,
         device: str | None = "auto",
         max_length: int | None = None,
-        backend: Backend | str = Backend.TORCH,
+        backend: Backend | str = Backend.AUTO,
         onnx_variant: str | None = None,
         auto_export: bool = True,
         streams: int | None = None,
     ) -> BiEncoder:
         """Load ``default``, a model directory or a hub name.
 
-        ``backend="onnx"`` runs the model's ONNX export without building the torch model; a model
-        with no export yet is exported on first use into the cache (``auto_export=False`` refuses).
-        ``streams`` (onnx on the CPU): batches run at once on one session, the cores split between
-        them; None = 2 where there are 2+ cores (measured fastest on 2 cores), 1 = one batch at a time.
+        ``backend``:
+
+        - ``"auto"`` (default): the measured fastest batch-invariant engine for the machine: torch
+          on a CUDA device; on a CPU the engine table's row for its feature set (static int8 on
+          onnxruntime on x86). Overriding ``pooling`` runs torch (an export carries its pooling).
+          ``engine`` says what was picked and why.
+        - ``"torch"``: the sentence-transformers model itself.
+        - ``"onnx"``: the model's fp32 ONNX export, unless ``onnx_variant`` names another
+          (``int8``, ``int8-static``, ``int8-dynamic``, ``fp16``, or ``auto``: this CPU's int8
+          when the export has one).
+        - ``"openvino"``: the ONNX export on OpenVINO's CPU plugin (optional package).
+
+        An export the model lacks is made on first use into the model's ``onnx/`` folder or the
+        cache, with a progress line (``auto_export=False`` refuses instead). ``streams`` (onnx on
+        the CPU): batches run at once on one session, the cores split between them; None = 2
+        where there are 2+ cores (measured fastest on 2 cores), 1 = one batch at a time.
+
+        Vectors from torch and fp32 ONNX share a fingerprint (an index built with one is searched
+        with the other); a lossy variant (int8, fp16) has its own.
         """
         source = resolve_model(model)
         dev = resolve_device(device)
@@ -168,12 +183,14 @@ class BiEncoder(PipelineFacts):
         if max_length is not None and max_length < 2:
             raise InvalidInput(f"max_length: must be >= 2, got {max_length}")
         be = Backend.parse(backend)
-        if be is Backend.AUTO:
-            from pairsmith.encoders.engines import resolve_auto
+        why = ""
+        if be is Backend.AUTO and pool is not None:
+            be, why = Backend.TORCH, "auto: torch, because pooling is overridden"
+        elif be is Backend.AUTO:
+            from pairsmith.encoders.engines import choose_auto
 
-            be, onnx_variant = (
-                resolve_auto(dev, onnx_variant) if pool is None else (Backend.TORCH, onnx_variant)
-            )
+            auto = choose_auto(dev, onnx_variant)
+            be, onnx_variant, why = auto.backend, auto.variant, auto.why
         if be in (Backend.ONNX, Backend.OPENVINO):
             if pool is not None:
                 raise InvalidInput(
@@ -191,11 +208,14 @@ class BiEncoder(PipelineFacts):
                 streams=streams,
             )
             tok = onnx.tokenizer(max_length)
-            return cls(Pipeline(tok, onnx.backend), source=source, dim=onnx.dim, device=dev, backend=be)
-        st = load_sentence_transformer(source, pooling=pool, device=dev)
-        if max_length is not None:
-            st.max_seq_length = int(max_length)
-        return cls.from_sentence_transformer(st, source=source, device=dev)
+            enc = cls(Pipeline(tok, onnx.backend), source=source, dim=onnx.dim, device=dev, backend=be)
+        else:
+            st = load_sentence_transformer(source, pooling=pool, device=dev)
+            if max_length is not None:
+                st.max_seq_length = int(max_length)
+            enc = cls.from_sentence_transformer(st, source=source, device=dev)
+        enc.engine_why = why
+        return enc
 
     # -- facts -------------------------------------------------------------
     @property

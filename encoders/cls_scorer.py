@@ -22,7 +22,6 @@ submodules (``query``/``key``/``value`` Linears, ``attention.output``,
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
@@ -35,11 +34,18 @@ log = logging.getLogger(__name__)
 PARITY_ATOL = 1e-4
 
 
-def last_layer_mode() -> str:
-    """``cls-only`` (default) or ``full`` from PAIRSMITH_CROSS_LAST_LAYER (A/B runs, escape hatch)."""
-    v = os.environ.get("PAIRSMITH_CROSS_LAST_LAYER", "cls-only").strip().lower()
-    if v not in ("cls-only", "full"):
-        raise InvalidInput(f"PAIRSMITH_CROSS_LAST_LAYER: expected cls-only or full, got {v!r}")
+LAST_LAYER_CHOICES = ("cls", "full")
+
+
+def parse_last_layer(value: str) -> str:
+    """``"cls"`` (the [CLS]-only last layer where the model qualifies; exact) or ``"full"``.
+
+    ``"cls-only"`` (the ONNX manifest's word) is read as ``"cls"``.
+    """
+    v = str(value).strip().lower()
+    v = "cls" if v == "cls-only" else v
+    if v not in LAST_LAYER_CHOICES:
+        raise InvalidInput(f"last_layer: expected 'cls' or 'full', got {value!r}")
     return v
 
 
@@ -121,15 +127,16 @@ def build_cls_scorer(hf):
     return ClsScorer().eval()
 
 
-def cls_scorer_or_none(hf, tokenizer, *, probe: list[tuple[str, str]] | None = None):
+def cls_scorer_or_none(hf, tokenizer, *, probe: list[tuple[str, str]] | None = None, last_layer: str = "cls"):
     """The CLS-only scorer for ``hf`` when it qualifies and matches the full model, else None.
 
     Both forwards run on a few probe pairs of different lengths (so padding is
     exercised), on the model's device; a reason is logged when the fast path is not taken.
+    ``last_layer="full"`` asks for the full last layer (None at once).
     """
     import torch
 
-    why = "PAIRSMITH_CROSS_LAST_LAYER=full" if last_layer_mode() == "full" else _eligible(hf)
+    why = "last_layer='full' asked for" if parse_last_layer(last_layer) == "full" else _eligible(hf)
     if why is not None:
         log.info("cross-encoder: full last layer (%s)", why)
         return None
@@ -164,10 +171,11 @@ def cls_scorer_or_none(hf, tokenizer, *, probe: list[tuple[str, str]] | None = N
     return fast
 
 
-def scores_module(st_cross_encoder):
+def scores_module(st_cross_encoder, *, last_layer: str = "cls"):
     """What the torch backend calls: ``features -> {"scores": logits}``, CLS-only where possible.
 
-    Falls back to the sentence-transformers CrossEncoder itself (full forward).
+    Falls back to the sentence-transformers CrossEncoder itself (full forward), always with
+    ``last_layer="full"``.
     """
     import torch
 
@@ -180,7 +188,7 @@ def scores_module(st_cross_encoder):
         or len(getattr(st_cross_encoder, "_modules", {})) != 1
     ):
         return st_cross_encoder  # unknown layout, or modules after the transformer: keep the full forward
-    fast = cls_scorer_or_none(hf, tok)
+    fast = cls_scorer_or_none(hf, tok, last_layer=last_layer)
     if fast is None:
         return st_cross_encoder
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pairsmith.encoders.cls_scorer import scores_module
+from pairsmith.encoders.cls_scorer import parse_last_layer, scores_module
 from pairsmith.encoders.pipeline import Pipeline, PipelineFacts
 from pairsmith.encoders.postprocess import sigmoid
 from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
@@ -114,14 +114,22 @@ class CrossEncoder(PipelineFacts):
         self._keepalive = keepalive  # temp backbone view, if any
 
     @classmethod
-    def from_st(cls, st_model, *, source: ModelSource, device: str = "cpu", keepalive=None) -> CrossEncoder:
+    def from_st(
+        cls,
+        st_model,
+        *,
+        source: ModelSource,
+        device: str = "cpu",
+        keepalive=None,
+        last_layer: str = "cls",
+    ) -> CrossEncoder:
         max_len = int(getattr(st_model, "max_length", None) or 512)
         tok = TextTokenizer(st_model.tokenizer, max_len)
         if tok.uses_type_ids and one_token_type(getattr(getattr(st_model, "model", None), "config", None)):
             # A one-type backbone (RoBERTa-like) under a tokenizer that emits type ids: the second text's
             # id 1 would index past the table; without them the model uses its only type, as trained.
             tok.uses_type_ids = False
-        be = TorchBackend(scores_module(st_model), device, "scores", OutputKind.SCORES)
+        be = TorchBackend(scores_module(st_model, last_layer=last_layer), device, "scores", OutputKind.SCORES)
         return cls(Pipeline(tok, be), source=source, st_model=st_model, device=device, keepalive=keepalive)
 
     @classmethod
@@ -131,14 +139,23 @@ class CrossEncoder(PipelineFacts):
         *,
         device: str | None = "auto",
         max_length: int | None = None,
-        backend: Backend | str = Backend.TORCH,
+        backend: Backend | str = Backend.AUTO,
         onnx_variant: str | None = None,
         auto_export: bool = True,
         streams: int | None = None,
+        last_layer: str | None = None,
     ) -> CrossEncoder:
         """Load a trained cross-encoder. A bi-encoder directory is refused: use from_backbone.
 
-        ``backend``, ``onnx_variant``, ``auto_export`` and ``streams`` as in :meth:`BiEncoder.load`.
+        ``backend`` (default ``auto``: the measured fastest engine for the machine), ``onnx_variant``
+        (``onnx`` alone means fp32), ``auto_export`` and ``streams`` as in :meth:`BiEncoder.load`.
+
+        ``last_layer``: ``"cls"`` computes the last transformer layer for the [CLS] row only where
+        the model qualifies (plain BERT with a pooler; equal to the full forward to float rounding,
+        checked at load, ~14% fewer FLOPs on a 6-layer MiniLM); ``"full"`` runs every position (for
+        A/B comparisons). None (default): ``"cls"`` on torch and for an export made on first use;
+        an existing ONNX export runs as it was made (``pairsmith export onnx --last-layer``), and one
+        made with the other choice than a ``last_layer`` named here is refused.
         """
         source = resolve_model(model)
         if is_bi_encoder_dir(source):
@@ -147,11 +164,14 @@ class CrossEncoder(PipelineFacts):
                 "train a cross-encoder from it first (pairsmith train cross-encoder) or use CrossEncoder.from_backbone"
             )
         dev = resolve_device(device)
+        last_layer = parse_last_layer(last_layer) if last_layer is not None else None
         be = Backend.parse(backend)
+        why = ""
         if be is Backend.AUTO:
-            from pairsmith.encoders.engines import resolve_auto
+            from pairsmith.encoders.engines import choose_auto
 
-            be, onnx_variant = resolve_auto(dev, onnx_variant)
+            auto = choose_auto(dev, onnx_variant)
+            be, onnx_variant, why = auto.backend, auto.variant, auto.why
         if be in (Backend.ONNX, Backend.OPENVINO):
             from pairsmith.encoders.engines import load_export_backend
 
@@ -163,21 +183,34 @@ class CrossEncoder(PipelineFacts):
                 device=dev,
                 auto_export=auto_export,
                 streams=streams,
+                last_layer=last_layer,
             )
-            return cls(
+            enc = cls(
                 Pipeline(onnx.tokenizer(max_length), onnx.backend), source=source, device=dev, backend=be
             )
-        from sentence_transformers import CrossEncoder as STCrossEncoder
+        else:
+            from sentence_transformers import CrossEncoder as STCrossEncoder
 
-        local = {"local_files_only": True} if source.is_local else {}
-        st = STCrossEncoder(source.load_arg, device=dev, max_length=max_length, **local)
-        return cls.from_st(st, source=source, device=dev)
+            local = {"local_files_only": True} if source.is_local else {}
+            st = STCrossEncoder(source.load_arg, device=dev, max_length=max_length, **local)
+            enc = cls.from_st(st, source=source, device=dev, last_layer=last_layer or "cls")
+        enc.engine_why = why
+        return enc
 
     @classmethod
     def from_backbone(
-        cls, model: str, *, device: str | None = "auto", max_length: int = 128, seed: int | None = None
+        cls,
+        model: str,
+        *,
+        device: str | None = "auto",
+        max_length: int = 128,
+        seed: int | None = None,
+        last_layer: str = "cls",
     ) -> CrossEncoder:
-        """A new cross-encoder (one logit, untrained head) on ``model``'s transformer weights."""
+        """A new cross-encoder (one logit, untrained head) on ``model``'s transformer weights (torch).
+
+        ``last_layer`` as in :meth:`load`.
+        """
         from sentence_transformers import CrossEncoder as STCrossEncoder
 
         source = resolve_model(model)
@@ -201,7 +234,7 @@ class CrossEncoder(PipelineFacts):
                 "(the head reads tanh([CLS]))",
                 source.ref,
             )
-        return cls.from_st(st, source=source, device=dev, keepalive=view)
+        return cls.from_st(st, source=source, device=dev, keepalive=view, last_layer=last_layer)
 
     @property
     def fingerprint(self) -> str:

@@ -27,7 +27,6 @@ everything after that (export, checks, quantisation, manifest) is shared.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -38,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pairsmith.atomic import atomic_write_json, replace_file
+from pairsmith.encoders.cls_scorer import parse_last_layer
 from pairsmith.encoders.onnx_graphs import (  # noqa: F401  (re-exported: the extension point)
     _EXPORTERS,
     GraphBuilder,
@@ -92,6 +93,7 @@ class ExportConfig:
     per_channel: bool = True  # int8 weights: one scale per output channel
     calibration: str | None = None  # static int8: sentences file (one per line); None = built-in set
     check: bool = True  # compare fp32 ONNX with torch after export
+    last_layer: str = "cls"  # cross: cls ([CLS]-only last layer where the model qualifies; exact) | full
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE_CHOICES:
@@ -104,6 +106,7 @@ class ExportConfig:
             raise InvalidInput(f"opset: must be between 14 and 21, got {self.opset}")
         if self.isa != "auto":
             Isa.parse(self.isa)
+        parse_last_layer(self.last_layer)
         if self.fuse not in ("auto", "on", "off"):
             raise InvalidInput(f"fuse: must be auto, on or off, got {self.fuse!r}")
         if self.fuse == "on" and self.int8_scheme is Int8Scheme.STATIC and not self.fp16:
@@ -189,12 +192,6 @@ def _placement(source: ModelSource, out: Path | None, fp: str) -> tuple[Path, Pa
 # -- export ----------------------------------------------------------------------------------------
 
 
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
 def _torch_export(spec: GraphSpec, path: Path, opset: int) -> None:
     import warnings
 
@@ -261,7 +258,7 @@ def export_onnx(
         raise InvalidInput(f"quantize/fp16: {FP32_ONLY[kind]}; export without them (fp32)")
     if source.path is None and out is None:
         raise InvalidInput(f"export: {source.ref} is a hub name; give --out DIR for a local copy with onnx/")
-    spec = _EXPORTERS[kind](source)
+    spec = _EXPORTERS[kind](source, **({"last_layer": cfg.last_layer} if kind == "cross" else {}))
     if source.path is None:  # a hub model: save a local copy into ``out`` and export that
         local = Path(out).expanduser().resolve()
         local.mkdir(parents=True, exist_ok=True)
@@ -293,7 +290,7 @@ def export_onnx(
             raise FailedPrecondition(
                 f"export: fp32 ONNX differs from torch by {diff:.2e} (> 1e-3); not written"
             )
-        _atomic_replace(tmp_fp32, fp32)
+        replace_file(tmp_fp32, fp32)
         written.append(fp32)
         keep["fp32"] = {"file": FP32_FILE, "dtype": "float32", "max_abs_diff_vs_torch": diff}
         log.info("exported %s in %.1fs (max |onnx - torch| = %s)", fp32, time.perf_counter() - t0, diff)
@@ -331,7 +328,7 @@ def export_onnx(
             keep["fp16"] = {"file": FP16_FILE, "dtype": "float16", **info}
 
     manifest = _manifest(spec, source, fp, cfg, keep)
-    _write_json(onnx_dir / MANIFEST, manifest)
+    atomic_write_json(onnx_dir / MANIFEST, manifest, sort_keys=True)
     return ExportResult(
         model_dir=model_dir, onnx_dir=onnx_dir, kind=kind, files=tuple(written), manifest=manifest
     )
@@ -362,15 +359,6 @@ def _manifest(spec: GraphSpec, source: ModelSource, fp: str, cfg: ExportConfig, 
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _read_manifest_or_none(onnx_dir: Path) -> dict | None:

@@ -172,7 +172,7 @@ def _build_bi(source: ModelSource) -> GraphSpec:
 
 
 @register_exporter("cross")
-def _build_cross(source: ModelSource) -> GraphSpec:
+def _build_cross(source: ModelSource, *, last_layer: str = "cls") -> GraphSpec:
     import torch
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
@@ -191,7 +191,7 @@ def _build_cross(source: ModelSource) -> GraphSpec:
         names = tuple(n for n in names if n != "token_type_ids")  # (as CrossEncoder.from_st does)
     n_labels = int(getattr(hf.config, "num_labels", 1))
     # The last layer for [CLS] only where the model allows it (exact; encoders/cls_scorer.py).
-    cls_only = cls_scorer_or_none(hf, ce.tokenizer)
+    cls_only = cls_scorer_or_none(hf, ce.tokenizer, last_layer=last_layer)
 
     class CrossGraph(torch.nn.Module):
         def __init__(self) -> None:

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pairsmith.atomic import replace_file
+from pairsmith.encoders.postprocess import pair_cosine
 from pairsmith.errors import FailedPrecondition, parse_enum
 
 if TYPE_CHECKING:
@@ -185,7 +187,7 @@ def make_int8(
         raise FailedPrecondition(
             f"export: int8 graph disagrees with fp32 (min cosine {agreement:.4f} < 0.95); not written"
         )
-    out_tmp.replace(dst)
+    replace_file(out_tmp, dst)
     log.info("int8 (%s) written: %s; min cosine vs fp32 %.5f", isa.value, dst, agreement)
     return {
         "scheme": "dynamic",
@@ -217,7 +219,7 @@ def make_fp16(fp32: Path, dst: Path, *, spec: GraphSpec, fuse: bool, tmp: Path) 
         model.convert_float_to_float16(keep_io_types=True, use_symbolic_shape_infer=False)
     out_tmp = tmp / dst.name
     model.save_model_to_file(str(out_tmp))
-    out_tmp.replace(dst)
+    replace_file(out_tmp, dst)
     return {"fused": fused, "keep_io_types": True}
 
 
@@ -244,9 +246,7 @@ def _agreement(ref: Path, cand: Path, spec: GraphSpec) -> float:
     if spec.kind == "cross":
         # One logit per row: compare the vectors of logits over the rows.
         a, b = a.reshape(1, -1), b.reshape(1, -1)
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float((num / np.maximum(den, 1e-12)).min())
+    return float(pair_cosine(a, b).min())
 
 
 # -- the engine per CPU feature set -----------------------------------------------------------------

@@ -44,14 +44,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pairsmith.atomic import atomic_write_text
+from pairsmith.atomic import atomic_write_text, replace_file
 from pairsmith.errors import DataFormatError, FailedPrecondition, InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -285,9 +284,7 @@ def make_int8_static(
             f"export: static int8 graph disagrees with fp32 (min cosine {agreement:.4f} < 0.95); not written"
         )
     atomic_write_text(dst.parent / CALIBRATION_COPY, "\n".join(calibration.texts) + "\n")
-    with open(out_tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(out_tmp, dst)
+    replace_file(out_tmp, dst)
     log.info(
         "static int8 (%s) written: %s; %d activation scales; min cosine vs fp32 %.5f",
         isa.value,

@@ -237,6 +237,7 @@ class PipelineFacts:
 
     pipeline: Pipeline
     source: ModelSource
+    engine_why: str = ""  # set by load(backend="auto"): which engine auto picked and why
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -252,6 +253,7 @@ class PipelineFacts:
 
     @property
     def engine(self) -> str:
-        """What runs the model, in one line (runtime, variant, streams x threads)."""
+        """What runs the model, in one line (runtime, variant, streams x threads; why, for ``auto``)."""
         fn = getattr(self.pipeline.backend, "describe", None)
-        return fn() if fn is not None else type(self.pipeline.backend).__name__
+        what = fn() if fn is not None else type(self.pipeline.backend).__name__
+        return f"{what}; {self.engine_why}" if self.engine_why else what

@@ -102,9 +102,6 @@ class TextTokenizer:
             truncated=np.fromiter((bool(e.overflowing) for e in encs), dtype=bool, count=len(encs)),
         )
 
-    def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(texts).token_counts
-
     def pad(self, ids: list[Sequence[Any]], type_ids: list[list[int]]) -> TokenBatch:
         return pad_rows(ids, type_ids, self.pad_id, self.uses_type_ids)
 

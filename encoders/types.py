@@ -187,10 +187,6 @@ class Embeddings:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    @property
-    def n_truncated(self) -> int:
-        return int(self.truncated.sum())
-
 
 @dataclass(frozen=True)
 class Scores:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from pairsmith.atomic import replace_dir
 from pairsmith.encoders.onnx_graphs import GraphSpec, register_exporter
 from pairsmith.encoders.pipeline import Pipeline
 from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
@@ -204,14 +205,14 @@ class UniEncoder:
         model: str | os.PathLike[str],
         *,
         device: str | None = "auto",
-        backend: Backend | str = Backend.TORCH,
+        backend: Backend | str = Backend.AUTO,
         onnx_variant: str | None = None,
         auto_export: bool = True,
     ) -> UniEncoder:
         """A saved Uni-Encoder directory (``pairsmith train uni-encoder --out DIR``: DIR or DIR/model).
 
         ``backend``: ``torch``; ``onnx`` or ``openvino`` (the fp32 ONNX export, made on first use
-        with ``auto_export``; the Uni-Encoder export has no int8/fp16 variants); ``auto`` as for
+        with ``auto_export``; the Uni-Encoder export has no int8/fp16 variants); ``auto`` (default) as for
         BiEncoder/CrossEncoder (the engine table's choice for this CPU, torch on a GPU), except that
         a choice of a variant the Uni-Encoder export cannot have (int8 on most CPUs) runs torch.
         """
@@ -271,12 +272,7 @@ class UniEncoder:
             save_file(head, str(tmp / HEAD_FILE))
             meta = {"format": FORMAT, "kind": "uni-encoder", "config": self.config.to_dict()}
             (tmp / UNI_FILE).write_text(json.dumps(meta, indent=2))
-            for p in tmp.iterdir():
-                with open(p, "rb") as fh:
-                    os.fsync(fh.fileno())
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
+            replace_dir(tmp, dest)  # swaps with an existing dest: never a moment without a model
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -348,7 +344,7 @@ def _build_uni(source: ModelSource) -> GraphSpec:
 
     from pairsmith.encoders.onnx_graphs import _eager, _heads
 
-    uni = UniEncoder.load(str(source.path), device="cpu")
+    uni = UniEncoder.load(str(source.path), device="cpu", backend="torch")
     scorer = uni.model
     _eager(scorer.backbone)
     cfg = uni.config

@@ -35,9 +35,10 @@ class ServeConfig:
     model: str = "default"  # bi-encoder: 'default', a directory or a hub name
     cross_encoder: str | None = None  # enables Score/Rerank CROSS_ENCODER
     uni_encoder: str | None = None  # Rerank UNI_ENCODER (a Uni-Encoder directory)
-    backend: str = "torch"  # torch | onnx
-    auto_export: bool = True  # backend onnx: export a model with no export yet on first use
-    device: str = "cpu"
+    backend: str = "auto"  # auto (measured fastest here) | torch | onnx (fp32) | openvino
+    auto_export: bool = True  # export engines: export a model with no export yet on first use
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    cross_last_layer: str = "cls"  # cls ([CLS]-only last layer where exact) | full
     data_dir: Path | None = None  # index store root; None: default_data_dir()
     # None: loopback (127.0.0.1) unless an API key is configured, then all interfaces (0.0.0.0).
     # An explicit host always wins. A non-loopback host without TLS needs insecure=True.
@@ -88,6 +89,8 @@ class ServeConfig:
             raise InvalidInput("model: must not be empty")
         if self.backend not in ("torch", "onnx", "openvino", "auto"):
             raise InvalidInput(f"backend: must be torch, onnx, openvino or auto, got {self.backend!r}")
+        if self.cross_last_layer not in ("cls", "full"):
+            raise InvalidInput(f"cross_last_layer: must be cls or full, got {self.cross_last_layer!r}")
         for name in ("port", "metrics_port"):
             v = getattr(self, name)
             if v is not None and not (0 <= int(v) <= 65535):

@@ -64,8 +64,8 @@ from pairsmith.service.store.build import (
     BuildConfig,
     BuildReport,
     _payload,
-    _resume_state,
-    start_build,
+    finish_build,
+    open_build,
 )
 from pairsmith.service.store.corpus import FORMATS, Corpus
 from pairsmith.service.store.faiss_index import ivf_of, new_index
@@ -201,7 +201,7 @@ def _encoded_stream(
             EncoderActor,
             fn_constructor_kwargs={
                 "model": cfg.model_ref,
-                "backend": getattr(getattr(encoder, "backend", None), "value", "torch"),
+                **actor_engine(encoder),
                 "fingerprint": encoder.fingerprint,
                 "batch_tokens": cfg.batch_tokens,
             },
@@ -239,6 +239,15 @@ def _encoded_stream(
 
 
 # --------------------------------------------------------------------------- shard files
+
+
+def actor_engine(encoder) -> dict:
+    """The driver encoder's engine, for the actors: backend and, for an export engine, its variant
+    (``backend="onnx"`` alone would mean fp32, not the driver's int8)."""
+    backend = getattr(getattr(encoder, "backend", None), "value", "torch")
+    if backend in ("onnx", "openvino"):
+        return {"backend": backend, "onnx_variant": encoder.pipeline.backend.variant}
+    return {"backend": backend}
 
 
 def _shard_file(work: Path, s: Shard) -> Path:
@@ -321,15 +330,10 @@ def build_index_ray(
     counts = [Corpus(f).count() for f in files]
     total = sum(counts)
     label = files[0].name if len(files) == 1 else f"{len(files)} files under {cfg.corpus}"
-    state = _resume_state(store, encoder, cfg, stamp)
-    if state is None:
-        state = start_build(store, encoder, cfg, stamp, total, label)
+    state, done = open_build(store, encoder, cfg, stamp, total, label, t_start)
+    if done is not None:
+        return done
     resumed = int(state["rows_done"])
-    if state["done"]:
-        log.info("index %s: already built; nothing to do", cfg.name)
-        return BuildReport(
-            cfg.name, total, 0, resumed, 0, 0.0, time.perf_counter() - t_start, store.get(cfg.name)
-        )
 
     shards = [s for s in plan_shards(files, counts, rcfg.shard_docs) if s.stop > resumed]
     work = store.root / "ray-builds" / cfg.name
@@ -377,20 +381,10 @@ def build_index_ray(
     log.info(
         "index %s: FAISS train + parallel add + merge took %.1fs", cfg.name, time.perf_counter() - t_faiss
     )
-    state = {**state, "done": True}
-    store.upsert(cfg.name, [], meta={BUILD_META_KEY: json.dumps(state)})
+    report = finish_build(store, cfg, state, total, encoded, resumed, truncated, encode_s, t_start)
     if not rcfg.keep_shards:
         shutil.rmtree(work, ignore_errors=True)
-    if truncated:
-        log.warning(
-            "index %s: %d texts were longer than the encoder's max length and were truncated",
-            cfg.name,
-            truncated,
-        )
-    info = store.get(cfg.name)
-    return BuildReport(
-        cfg.name, total, encoded, resumed, truncated, encode_s, time.perf_counter() - t_start, info
-    )
+    return report
 
 
 def _wait_released(ray, timeout_s: float = 60.0) -> None:

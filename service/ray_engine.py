@@ -249,10 +249,18 @@ class EncoderActor:
     """
 
     @carry
-    def __init__(self, model: str, backend: str, fingerprint: str, batch_tokens: int, device: str = "auto"):
+    def __init__(
+        self,
+        model: str,
+        backend: str,
+        fingerprint: str,
+        batch_tokens: int,
+        device: str = "auto",
+        onnx_variant: str | None = None,
+    ):
         from pairsmith.encoders import BiEncoder
 
-        self.encoder = BiEncoder.load(model, backend=backend, device=device)
+        self.encoder = BiEncoder.load(model, backend=backend, device=device, onnx_variant=onnx_variant)
         if self.encoder.fingerprint != fingerprint:
             raise FailedPrecondition(
                 f"ray worker: model {model!r} loads with fingerprint {self.encoder.fingerprint}, the driver's "
@@ -289,9 +297,9 @@ class PairScorerActor:
         self.symmetric = symmetric
         self.activation = Activation(activation)
         if self.kind is PairModel.CROSS:
-            self.model = CrossEncoder.load(model, device=device)
+            self.model = CrossEncoder.load(model, device=device, backend="torch")
         else:
-            self.model = BiEncoder.load(model, pooling=pooling, device=device)
+            self.model = BiEncoder.load(model, pooling=pooling, device=device, backend="torch")
 
     @carry
     def __call__(self, batch: dict) -> dict:

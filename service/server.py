@@ -86,7 +86,9 @@ def load_models(config: ServeConfig) -> Models:
     bi = BiEncoder.load(config.model, **common, streams=streams)
     cross = None
     if config.cross_encoder:
-        cross = CrossEncoder.load(config.cross_encoder, **common, streams=streams)
+        cross = CrossEncoder.load(
+            config.cross_encoder, **common, streams=streams, last_layer=config.cross_last_layer
+        )
     uni = None
     if config.uni_encoder:
         uni = UniEncoder.load(config.uni_encoder, **common)
@@ -401,7 +403,7 @@ class PairsmithServer:
         self.metrics.ready.set(1)
         for svc in ("", SERVICE_NAME):
             await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
-        log.info("models loaded and warmed: serving %s", models.bi.model_id)
+        log.info("models loaded and warmed: serving %s on %s", models.bi.model_id, models.bi.engine)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the models are loaded; raises the load error if loading failed."""
@@ -457,9 +459,6 @@ class PairsmithServer:
         self.metrics.close()
         self._stopped.set()
         log.info("pairsmith stopped")
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 async def build_server(config: ServeConfig, port: int | None = None) -> tuple[PairsmithServer, int]:

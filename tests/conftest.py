@@ -9,6 +9,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Triton kernels run on the CPU only in its interpreter, and triton reads this when first imported
 # (transformers imports it early): set before anything else. Set TRITON_INTERPRET=0 to use a GPU.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# ONNX exports of packaged models (backend auto exports static int8 on first use: ~25 s for the default
+# model) go to a cache that outlives one run but stays inside the checkout (pytest ignores .pytest_cache).
+os.environ.setdefault(
+    "PAIRSMITH_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "pairsmith")
+)
 
 from pathlib import Path  # noqa: E402
 
@@ -38,7 +43,7 @@ def shared_data() -> Path:
 def default_bi():
     from pairsmith.encoders import BiEncoder
 
-    return BiEncoder.load("default", device="cpu")
+    return BiEncoder.load("default", device="cpu", backend="torch")
 
 
 @pytest.fixture(scope="session")

@@ -177,7 +177,7 @@ def test_byte_layers_save_load_and_onnx_parity(tmp_path):
     tr.save(tmp_path / "m")
     from sentence_transformers import SentenceTransformer
 
-    enc = BiEncoder.load(str(tmp_path / "m"), device="cpu")
+    enc = BiEncoder.load(str(tmp_path / "m"), device="cpu", backend="torch")
     st_model = SentenceTransformer(
         str(tmp_path / "m"), device="cpu", local_files_only=True, trust_remote_code=True
     )
@@ -293,7 +293,7 @@ def test_bi_encoder_through_the_pipeline_and_onnx(tiny_run):
     from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
 
     _, _, path = tiny_run
-    enc = BiEncoder.load(str(path), device="cpu")
+    enc = BiEncoder.load(str(path), device="cpu", backend="torch")
     assert isinstance(enc.tokenizer, Tok)
     texts = [*TEXTS, "word " * 80]
     out = enc.encode(texts)
@@ -313,8 +313,10 @@ def test_embed_and_search_on_a_real_server(tiny_run, tmp_path):
     from tests.service_util import pb, stub_for
 
     _, _, path = tiny_run
-    bi = BiEncoder.load(str(path), device="cpu")
-    srv = ServerThread(ServeConfig(model=str(path), host="127.0.0.1", data_dir=tmp_path)).start()
+    bi = BiEncoder.load(str(path), device="cpu", backend="torch")
+    srv = ServerThread(
+        ServeConfig(backend="torch", model=str(path), host="127.0.0.1", data_dir=tmp_path)
+    ).start()
     try:
         ch, s = stub_for(srv.target)
         r = s.Embed(pb.EmbedRequest(texts=CORPUS))

@@ -55,7 +55,7 @@ def test_eval_errors_are_one_line_with_exit_codes(tmp_path, tiny_bi_dir, capsys)
 
 
 def test_retrieval_and_response_with_a_perfect_scorer(tiny_bi_dir):
-    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
     # Identical query/doc texts: cosine 1.0 puts the relevant doc first for any encoder.
     docs = {f"d{i}": f"document number {i} about topic {i * 7}" for i in range(20)}
     queries = {f"q{i}": docs[f"d{i}"] for i in range(5)}

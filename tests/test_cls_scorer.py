@@ -12,7 +12,7 @@ import pytest
 
 from pairsmith.encoders import Activation, CrossEncoder, cls_scorer
 from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
-from pairsmith.errors import InvalidInput
+from pairsmith.errors import FailedPrecondition, InvalidInput
 
 PAIRS = [
     ("A man is playing a guitar.", "A man plays an acoustic guitar on a small stage in front of a crowd."),
@@ -72,13 +72,27 @@ def test_default_model_cls_only_equals_the_full_forward():
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_env_switch_and_bad_value(tiny_cross_dir, monkeypatch):
-    monkeypatch.setenv("PAIRSMITH_CROSS_LAST_LAYER", "full")
-    ce = CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0)
+def test_last_layer_option_and_bad_value(tiny_cross_dir, tmp_path, monkeypatch):
+    """``last_layer`` is a load option (no environment variable is read): full runs every position."""
+    monkeypatch.setenv("PAIRSMITH_CROSS_LAST_LAYER", "full")  # ignored: not a setting any more
+    assert _is_fast(CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0))
+    full = CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0, last_layer="full")
+    assert not _is_fast(full)
+    full.save(tmp_path / "ce")
+    ce = CrossEncoder.load(str(tmp_path / "ce"), device="cpu", backend="torch", last_layer="full")
     assert not _is_fast(ce)
-    monkeypatch.setenv("PAIRSMITH_CROSS_LAST_LAYER", "cls")
-    with pytest.raises(InvalidInput, match="PAIRSMITH_CROSS_LAST_LAYER"):
-        CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0)
+    assert _is_fast(CrossEncoder.load(str(tmp_path / "ce"), device="cpu", backend="torch"))
+    with pytest.raises(InvalidInput, match="last_layer"):
+        CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0, last_layer="half")
+
+
+def test_onnx_export_made_with_the_other_last_layer_is_refused(tiny_cross_dir, tmp_path):
+    res = export_onnx(str(tiny_cross_dir), ExportConfig(), out=tmp_path / "m")  # cls-only graph
+    with pytest.raises(FailedPrecondition, match="--last-layer full"):
+        CrossEncoder.load(str(res.model_dir), device="cpu", backend="onnx", last_layer="full")
+    assert CrossEncoder.load(str(res.model_dir), device="cpu", backend="onnx").score(
+        PAIRS[:1]
+    ).values.shape == (1,)
 
 
 def test_guard_refuses_a_scorer_that_disagrees(tiny_cross_dir, monkeypatch):
@@ -118,11 +132,9 @@ def test_unsupported_model_keeps_the_full_forward(tiny_cross_dir):
         hf.config.model_type = "bert"
 
 
-def test_onnx_cross_export_runs_the_cls_only_graph(tiny_cross_dir, tmp_path, monkeypatch):
+def test_onnx_cross_export_runs_the_cls_only_graph(tiny_cross_dir, tmp_path):
     fast = export_onnx(str(tiny_cross_dir), ExportConfig(), out=tmp_path / "fast")
-    monkeypatch.setenv("PAIRSMITH_CROSS_LAST_LAYER", "full")
-    full = export_onnx(str(tiny_cross_dir), ExportConfig(), out=tmp_path / "full")
-    monkeypatch.delenv("PAIRSMITH_CROSS_LAST_LAYER")
+    full = export_onnx(str(tiny_cross_dir), ExportConfig(last_layer="full"), out=tmp_path / "full")
     assert fast.manifest["details"]["last_layer"] == "cls-only"
     assert full.manifest["details"]["last_layer"] == "full"
 
@@ -188,3 +200,16 @@ def test_one_token_type_backbone_scores_pairs(tmp_path):
     onnx_ce = CrossEncoder.load(str(tmp_path / "ce"), device="cpu", backend="onnx", onnx_variant="fp32")
     assert "token_type_ids" not in onnx_ce.pipeline.backend.runner.input_names
     np.testing.assert_allclose(onnx_ce.score(PAIRS, activation=Activation.RAW).values, want, atol=1e-4)
+
+
+def test_serve_config_last_layer_reaches_the_cross_encoder(tiny_bi_dir, tiny_cross_dir, tmp_path):
+    from pairsmith.service.config import ServeConfig
+    from pairsmith.service.server import load_models
+
+    ce = CrossEncoder.from_backbone(str(tiny_cross_dir), device="cpu", seed=0)
+    ce.save(tmp_path / "ce")
+    for mode, fast in (("full", False), ("cls", True)):
+        cfg = ServeConfig(
+            model=str(tiny_bi_dir), cross_encoder=str(tmp_path / "ce"), backend="torch", cross_last_layer=mode
+        )
+        assert _is_fast(load_models(cfg).cross) is fast

@@ -168,11 +168,11 @@ def test_self_distillation_cycle(toy, tmp_path):
     vec = SentenceTransformer(str(out / "best-bi"), device="cpu").encode(["a cat runs"])
     assert vec.shape == (1, 32)
     assert STCross(str(out / "best-cross"), device="cpu").predict([("a cat", "a dog")]).shape == (1,)
-    BiEncoder.load(str(out / "best-bi"), device="cpu")
-    CrossEncoder.load(str(out / "best-cross"), device="cpu")
+    BiEncoder.load(str(out / "best-bi"), device="cpu", backend="torch")
+    CrossEncoder.load(str(out / "best-cross"), device="cpu", backend="torch")
     # the bi-encoder moved away from its start
-    a = BiEncoder.load(str(toy / "bi0"), device="cpu").encode(["cat dog runs"]).vectors
-    b = BiEncoder.load(str(out / "best-bi"), device="cpu").encode(["cat dog runs"]).vectors
+    a = BiEncoder.load(str(toy / "bi0"), device="cpu", backend="torch").encode(["cat dog runs"]).vectors
+    b = BiEncoder.load(str(out / "best-bi"), device="cpu", backend="torch").encode(["cat dog runs"]).vectors
     assert np.abs(a - b).max() > 1e-4
     # labels: clamped cosines of the starting model; cross labels are probabilities
     raw = np.load(out / "cycle1" / "scores-bi-m0.npy")
@@ -216,7 +216,9 @@ def test_mutual_distillation_cycle(toy, tmp_path):
 
     dev = load_sts_set(str(toy / "dev.tsv"))
     sims = [
-        BiEncoder.load(str(out / "cycle1" / f"bi-{t}"), device="cpu").similarity(dev.s1, dev.s2)
+        BiEncoder.load(str(out / "cycle1" / f"bi-{t}"), device="cpu", backend="torch").similarity(
+            dev.s1, dev.s2
+        )
         for t in ("m0", "m1")
     ]
     expect = 100 * spearmanr((sims[0] + sims[1]) / 2, dev.scores).statistic
@@ -377,9 +379,9 @@ def test_cycle_fits_train_on_the_other_models_labels(toy, tmp_path, monkeypatch)
     out = tmp_path / "spy"
     te.run_trans_encoder(_cfg(toy, eval_sets=()), out, device="cpu", progress=False)
     pool = load_pairs(str(toy / "pairs.tsv"))
-    start = BiEncoder.load(str(toy / "bi0"), device="cpu").similarity(pool.s1, pool.s2)
+    start = BiEncoder.load(str(toy / "bi0"), device="cpu", backend="torch").similarity(pool.s1, pool.s2)
     np.testing.assert_allclose(seen["cross"], np.clip(start, 0, 1), atol=1e-5)
-    cross = CrossEncoder.load(str(out / "cycle1" / "cross-m0"), device="cpu")
+    cross = CrossEncoder.load(str(out / "cycle1" / "cross-m0"), device="cpu", backend="torch")
     probs = cross.score(pool.pairs, activation=Activation.SIGMOID).values
     np.testing.assert_allclose(seen["bi"], probs, atol=1e-5)
     assert np.abs(seen["bi"] - seen["cross"]).max() > 0.05  # the two label sets really differ here

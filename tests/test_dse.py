@@ -54,7 +54,7 @@ def _cfg(toy, **kw) -> DSEConfig:
 def test_cache_keys_by_text_not_order(toy, tmp_path):
     from pairsmith.encoders import CrossEncoder
 
-    ce = CrossEncoder.load(str(toy / "teacher"), device="cpu")
+    ce = CrossEncoder.load(str(toy / "teacher"), device="cpu", backend="torch")
     lines = (toy / "unlabeled.tsv").read_text().splitlines()
     pairs = [tuple(x.split("\t")) for x in lines]
     calls = []
@@ -296,7 +296,7 @@ def test_supervised_test_threshold_from_dev(toy, tmp_path):
     from pairsmith.encoders import CrossEncoder
 
     test = load_pairs(str(toy / "test.tsv"), labeled=True, dedup=False, for_training=False)
-    ce = CrossEncoder.load(str(tmp_path / "t" / "model"), device="cpu")
+    ce = CrossEncoder.load(str(tmp_path / "t" / "model"), device="cpu", backend="torch")
     s = cross_scores(ce.st_model, ce.source, test.s1, test.s2)
     assert rep["test"]["accuracy"] == pytest.approx(
         binary_metrics(s, test.scores, rep["dev"]["threshold"])["accuracy"]

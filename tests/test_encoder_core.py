@@ -152,8 +152,8 @@ def test_fingerprint_sees_every_module_weight(tiny_bi_dir, tmp_path):
     torch.manual_seed(2)
     SentenceTransformer(modules=[*st._modules.values(), Dense(32, 8)], device="cpu").save(str(tmp_path / "c"))
     shutil.copy(next((tmp_path / "c").glob("*_Dense/model.safetensors")), dense_dir / "model.safetensors")
-    va = BiEncoder.load(str(a), device="cpu").encode(["a cat"]).vectors
-    vb = BiEncoder.load(str(b), device="cpu").encode(["a cat"]).vectors
+    va = BiEncoder.load(str(a), device="cpu", backend="torch").encode(["a cat"]).vectors
+    vb = BiEncoder.load(str(b), device="cpu", backend="torch").encode(["a cat"]).vectors
     assert float(va[0] @ vb[0]) < 0.99  # the vectors really changed
     assert fingerprint(a) != fingerprint(b)
 
@@ -180,7 +180,7 @@ def test_all_layer_pooler_runs_saves_loads_and_exports(tiny_bi_dir, tmp_path):
     from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
 
     d = _save_all_layer_model(tiny_bi_dir, tmp_path / "ml")
-    enc = BiEncoder.load(str(d), device="cpu")
+    enc = BiEncoder.load(str(d), device="cpu", backend="torch")
     texts = ["a cat sits", "Hi", "the quick brown fox jumps over the lazy dog"]
     ours = enc.encode(texts).vectors
     plain = SentenceTransformer(str(d), device="cpu", trust_remote_code=True).encode(
@@ -214,7 +214,7 @@ def test_untrusted_module_class_is_refused_not_imported(tiny_bi_dir, tmp_path):
     mods[1]["type"] = "evil_pkg.Pooler"
     (d / "modules.json").write_text(json.dumps(mods))
     with pytest.raises(FailedPrecondition, match="evil_pkg.Pooler"):
-        BiEncoder.load(str(d), device="cpu")
+        BiEncoder.load(str(d), device="cpu", backend="torch")
 
 
 def test_non_wordpiece_tokenizer_runs_through_pipeline_and_onnx(tmp_path):
@@ -228,7 +228,7 @@ def test_non_wordpiece_tokenizer_runs_through_pipeline_and_onnx(tmp_path):
     torch.manual_seed(0)
     d = tmp_path / "char"
     SentenceTransformer(modules=[CharEmbedder(), Pooling(16, "mean")], device="cpu").save(str(d))
-    enc = BiEncoder.load(str(d), device="cpu")
+    enc = BiEncoder.load(str(d), device="cpu", backend="torch")
     assert isinstance(enc.tokenizer, CharTokenizer) and isinstance(enc.tokenizer, Tokenizer)
     texts = ["héllo wörld", "東京", "x" * 100]
     out = enc.encode(texts)

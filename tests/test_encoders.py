@@ -44,7 +44,7 @@ def test_token_budget_batches_do_not_change_results(default_bi):
 
 
 def test_normalize_flag(tiny_bi_dir):
-    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
     raw = enc.encode(SENTS[:3], normalize=False).vectors
     unit = enc.encode(SENTS[:3], normalize=True).vectors
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
@@ -57,7 +57,7 @@ def test_pooling_modes_match_their_formula_and_are_batch_invariant(tiny_bi_dir, 
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu", pooling=pooling)
+    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu", pooling=pooling, backend="torch")
     texts = SENTS[:4]
     batch = enc.encode(texts, normalize=False).vectors
     alone = np.stack([enc.encode([s], normalize=False).vectors[0] for s in texts])
@@ -81,7 +81,7 @@ def test_pooling_modes_match_their_formula_and_are_batch_invariant(tiny_bi_dir, 
 
 def test_plain_transformer_dir_gets_pooling(tiny_bi_dir):
     backbone = tiny_bi_dir.parent / (tiny_bi_dir.name + "-backbone")
-    enc = BiEncoder.load(str(backbone), device="cpu", pooling=Pooling.MAX)
+    enc = BiEncoder.load(str(backbone), device="cpu", pooling=Pooling.MAX, backend="torch")
     assert enc.encode(["x y"]).vectors.shape == (1, 32)
 
 
@@ -95,7 +95,7 @@ def test_bad_inputs():
 
 
 def test_encode_rejects_non_strings(tiny_bi_dir):
-    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
     with pytest.raises(InvalidInput, match=r"texts\[1\]"):
         enc.encode(["ok", 3])  # type: ignore[list-item]
     with pytest.raises(InvalidInput, match="one string"):
@@ -103,7 +103,7 @@ def test_encode_rejects_non_strings(tiny_bi_dir):
 
 
 def test_cross_encoder_matches_sentence_transformers(tiny_cross_dir):
-    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu")
+    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu", backend="torch")
     pairs = [(SENTS[0], SENTS[2]), (SENTS[1], SENTS[3]), ("a", "b")]
     ours = ce.score(pairs).values
     ref = ce.st_model.predict(pairs)
@@ -113,7 +113,7 @@ def test_cross_encoder_matches_sentence_transformers(tiny_cross_dir):
 
 
 def test_cross_encoder_symmetric_averages_orders(tiny_cross_dir):
-    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu")
+    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu", backend="torch")
     pairs = [(SENTS[0], SENTS[2]), (SENTS[1], SENTS[3])]
     ab = ce.score(pairs).values
     ba = ce.score([(b, a) for a, b in pairs]).values
@@ -123,7 +123,7 @@ def test_cross_encoder_symmetric_averages_orders(tiny_cross_dir):
 
 def test_cross_encoder_refuses_bi_encoder_dir(tiny_bi_dir):
     with pytest.raises(InvalidInput, match="bi-encoder"):
-        CrossEncoder.load(str(tiny_bi_dir), device="cpu")
+        CrossEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
     ce = CrossEncoder.from_backbone(str(tiny_bi_dir), device="cpu", max_length=32)
     assert ce.score([("a", "b")]).values.shape == (1,)
 

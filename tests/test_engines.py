@@ -136,3 +136,78 @@ def test_auto_backend_runs_the_table_choice(tiny_bi_dir, tmp_path, monkeypatch):
     # An explicit variant wins over the table's.
     got = BiEncoder.load(str(model), device="cpu", backend="auto", onnx_variant="int8-dynamic")
     assert got.pipeline.backend.variant.startswith("qint8_") and "static" not in got.pipeline.backend.variant
+
+
+def test_auto_is_the_default_and_says_why(tiny_bi_dir, tmp_path, capsys):
+    """No backend named: the encoders run auto (static int8 on an x86 CPU), exported once with a
+    progress line, and ``engine`` says what was picked and why; ``onnx`` alone means fp32."""
+    import platform
+    import shutil
+
+    from pairsmith.encoders.onnx_quant import choose_engine
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_bi_dir, model)
+    enc = BiEncoder.load(str(model), device="cpu")
+    want = choose_engine()
+    assert enc.backend.value == want.backend
+    assert "auto:" in enc.engine and feature_set().value in enc.engine
+    assert "exporting it once" in capsys.readouterr().err
+    if platform.machine().lower() in ("x86_64", "amd64") and want.backend == "onnx":
+        assert enc.pipeline.backend.variant.startswith("qint8_static_")
+        together = enc.encode(TEXTS, batch_size=len(TEXTS)).vectors
+        alone = np.stack([enc.encode([t]).vectors[0] for t in TEXTS])
+        assert np.abs(alone - together).max() < 1e-5  # batch-invariant
+    fp32 = BiEncoder.load(str(model), device="cpu", backend="onnx")
+    assert fp32.pipeline.backend.variant == "fp32" and "auto" not in fp32.engine
+    assert BiEncoder.load(str(model), device="cpu", backend="torch").fingerprint == fp32.fingerprint
+
+
+def test_auto_on_a_cuda_machine_runs_torch_on_the_gpu(monkeypatch):
+    """The CUDA branch of auto, on the CPU: only torch's device availability is mocked."""
+    import torch
+
+    from pairsmith.encoders.engines import choose_auto
+    from pairsmith.encoders.runtime import Backend, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    dev = resolve_device("auto")
+    assert dev == "cuda"
+    choice = choose_auto(dev, None)
+    assert choice.backend is Backend.TORCH and choice.variant is None
+    assert "cuda" in choice.why and "GPU" in choice.why
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert choose_auto("cpu", None).backend is not Backend.TORCH
+
+
+def test_engine_for_an_index_fingerprint():
+    from pairsmith.encoders.engines import engine_for_fingerprint
+    from pairsmith.encoders.runtime import Backend
+
+    assert engine_for_fingerprint("abc123") == (Backend.TORCH, None)
+    assert engine_for_fingerprint("abc123+qint8_static_avx2") == (Backend.ONNX, "qint8_static_avx2")
+
+
+def test_serve_with_no_flags_serves_static_int8_and_info_says_why(tmp_path, capsys):
+    """``pairsmith serve`` with no backend or device flag, a real server: Info (and ``pairsmith client
+    info``) name the engine auto picked and why; on an x86 CPU that is onnxruntime static int8."""
+    import platform
+
+    from pairsmith.cli.main import main
+    from pairsmith.encoders.onnx_quant import choose_engine
+    from tests.service_util import SubprocessServer
+
+    srv = SubprocessServer(tmp_path, "--model", "default", "--data-dir", str(tmp_path / "d")).start(
+        timeout=600
+    )
+    try:
+        assert main(["client", "--target", srv.target, "info"]) == 0
+        info = json.loads(capsys.readouterr().out)
+    finally:
+        srv.terminate()
+    assert info["backend"] == "auto"
+    assert "auto:" in info["engine"] and info["cpuIsa"] in info["engine"]
+    if platform.machine().lower() in ("x86_64", "amd64") and choose_engine().backend == "onnx":
+        assert info["engine"].startswith("onnxruntime qint8_static_"), info["engine"]
+    assert f"pairsmith: engine {info['engine']}" in srv.log.read_text()  # the start-up log says it too

@@ -44,7 +44,7 @@ def _write_jsonl(path: Path, n: int) -> Path:
 def tiny_bi(tiny_bi_dir):
     from pairsmith.encoders import BiEncoder
 
-    return BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    return BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
 
 
 def test_build_without_text_keeps_payload_as_given(tmp_path, tiny_bi):
@@ -144,7 +144,9 @@ def test_resume_refuses_changed_corpus_and_other_encoder(tmp_path, tiny_bi):
             build_index(store, tiny_bi, BuildConfig(corpus, "docs"), progress=False)
     from pairsmith.encoders import BiEncoder
 
-    other = BiEncoder.load(str(make_tiny_bi_encoder(tmp_path / "other", seed=1)), device="cpu")
+    other = BiEncoder.load(
+        str(make_tiny_bi_encoder(tmp_path / "other", seed=1)), device="cpu", backend="torch"
+    )
     with IndexStore(tmp_path / "home") as store:
         with pytest.raises(FailedPrecondition, match="fingerprint"):
             build_index(store, other, BuildConfig(corpus, "docs"), progress=False)
@@ -242,6 +244,11 @@ def test_cli_build_stats_search_list_drop(tmp_path, tiny_bi_dir, capsys):
     assert main(["index", "stats", "cli", *base]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["count"] == 80 and stats["metric"] == "cosine"
+    from pairsmith.encoders.onnx_quant import choose_engine
+
+    if choose_engine().variant.startswith("int8"):  # built with backend auto, the default: int8 vectors
+        assert "+qint8_static_" in stats["encoder_fingerprint"]
+    # search encodes with the engine the index was built with (read from its fingerprint)
     assert main(["index", "search", "cli", _texts(80)[5], "-k", "2", "--json", *base]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert out["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
@@ -252,6 +259,23 @@ def test_cli_build_stats_search_list_drop(tmp_path, tiny_bi_dir, capsys):
     assert main(["index", "build", "--corpus", str(corpus), "--name", "Bad/Name", *base]) == 2
     assert main(["index", "drop", "cli", "--yes", *base]) == 0
     assert main(["index", "stats", "cli", *base]) == 3
+
+
+def test_engine_mismatch_refusal_says_how_to_rebuild(tmp_path):
+    with IndexStore(tmp_path) as store:
+        store.create("int8", dim=4, encoder_fingerprint="abc+qint8_static_avx2", encoder_id="m")
+        store.create("fp32", dim=4, encoder_fingerprint="abc", encoder_id="m")
+        with pytest.raises(FailedPrecondition) as err:
+            store.check_encoder("int8", "abc")  # same model, fp32 engine
+        msg = str(err.value)
+        assert "qint8_static_avx2 vectors of the same model" in msg and "fp32 ones" in msg
+        assert "pairsmith index build --name int8 --corpus FILE --model MODEL --backend torch" in msg
+        assert "serve it with the engine it was built with (--backend auto)" in msg
+        with pytest.raises(FailedPrecondition, match="--backend auto\\) or serve it .*--backend torch"):
+            store.check_encoder("fp32", "abc+qint8_static_avx2")
+        with pytest.raises(FailedPrecondition, match="serve the same model or rebuild"):
+            store.check_encoder("fp32", "other-model")
+        store.check_encoder("fp32", "abc")  # agreeing fingerprints: no error
 
 
 def test_demo_corpus_is_packaged_and_valid():
@@ -310,3 +334,23 @@ def test_kill_9_during_cli_build_then_rerun_completes(tmp_path, tiny_bi_dir):
         assert json.loads(store.read_meta("k9", "build"))["done"] is True
         hits = store.search("k9", np.ones((1, store.get("k9").dim), np.float32), 5)
         assert len(hits[0]) == 5
+
+
+def test_ray_encoder_actors_run_the_drivers_engine(tiny_bi_dir):
+    """An index built with the default engine (auto: int8 on an x86 CPU) on Ray: the actors load the
+    driver's variant, not fp32 (``backend="onnx"`` alone), so their fingerprint agrees."""
+    from pairsmith.encoders import BiEncoder
+    from pairsmith.service.ray_build import actor_engine
+    from pairsmith.service.ray_engine import EncoderActor
+
+    for backend in ("auto", "torch"):
+        driver = BiEncoder.load(str(tiny_bi_dir), device="cpu", backend=backend)
+        actor = EncoderActor(
+            str(tiny_bi_dir),
+            **actor_engine(driver),
+            fingerprint=driver.fingerprint,
+            batch_tokens=512,
+            device="cpu",
+        )
+        out = actor({"text": np.array(_texts(4)), "id": np.arange(4)})
+        np.testing.assert_allclose(out["vector"], driver.encode(_texts(4)).vectors, atol=1e-5)

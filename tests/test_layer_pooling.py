@@ -122,7 +122,7 @@ def test_matches_independent_recomputation_and_loads_everywhere(saved, kind, res
 
     d = saved[(kind, residual)]
     want = _recompute(d, TEXTS)
-    ours = BiEncoder.load(str(d), device="cpu").encode(TEXTS).vectors
+    ours = BiEncoder.load(str(d), device="cpu", backend="torch").encode(TEXTS).vectors
     np.testing.assert_allclose(ours, want, atol=2e-5)  # fp32 model vs fp64 recomputation
     plain = SentenceTransformer(str(d), device="cpu", trust_remote_code=True).encode(
         TEXTS, normalize_embeddings=True
@@ -135,7 +135,7 @@ def test_matches_independent_recomputation_and_loads_everywhere(saved, kind, res
 @pytest.mark.parametrize("kind", ["multi-layer", "last-layer"])
 def test_alone_equals_in_a_batch(saved, kind):
     """Padding must not leak in: every text alone gives its row of the padded batch."""
-    enc = BiEncoder.load(str(saved[(kind, False)]), device="cpu")
+    enc = BiEncoder.load(str(saved[(kind, False)]), device="cpu", backend="torch")
     batch = enc.encode(TEXTS + [LONG]).vectors
     for i, t in enumerate(TEXTS + [LONG]):
         np.testing.assert_allclose(enc.encode([t]).vectors[0], batch[i], atol=1e-5)
@@ -213,6 +213,6 @@ def test_onnx_export_parity_on_lengths_the_trace_never_saw(saved, kind, tmp_path
     shutil.copytree(saved[(kind, False)], d)
     export_onnx(str(d), ExportConfig())
     texts = TEXTS + [LONG, "x"]
-    torch_vecs = BiEncoder.load(str(d), device="cpu").encode(texts).vectors
+    torch_vecs = BiEncoder.load(str(d), device="cpu", backend="torch").encode(texts).vectors
     onnx_vecs = BiEncoder.load(str(d), device="cpu", backend="onnx").encode(texts).vectors
     np.testing.assert_allclose(onnx_vecs, torch_vecs, atol=1e-5)

@@ -195,7 +195,7 @@ def test_fit_bi_encoder_moves_cosines_towards_targets(tiny_bi_dir):
     from pairsmith.distill.train import fit_bi_encoder
     from pairsmith.encoders import BiEncoder
 
-    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    enc = BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
     s1 = ["a cat runs", "the dog eats food", "a man plays guitar", "she sings a song"] * 2
     s2 = ["a cat runs fast", "cars drive slow", "the man plays", "he reads a book"] * 2
     y = np.array([0.95, 0.05, 0.9, 0.1] * 2, dtype=np.float32)
@@ -214,7 +214,7 @@ def test_fit_cross_encoder_moves_scores_towards_targets(tiny_cross_dir):
     from pairsmith.distill.train import fit_cross_encoder
     from pairsmith.encoders import Activation, CrossEncoder
 
-    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu")
+    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu", backend="torch")
     s1 = ["a cat runs", "the dog eats food", "a man plays guitar", "she sings a song"]
     s2 = ["a cat runs fast", "cars drive slow", "the man plays", "he reads a book"]
     y = np.array([0.95, 0.05, 0.9, 0.1], dtype=np.float32)

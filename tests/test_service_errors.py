@@ -21,6 +21,7 @@ MAX_TOP_K = 20
 @pytest.fixture(scope="module")
 def server(tiny_bi_dir, tiny_cross_dir, tmp_path_factory):
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         cross_encoder=str(tiny_cross_dir),
         host="127.0.0.1",

@@ -26,6 +26,7 @@ QUERIES = ["a question about cats in the rain", "music on a sunny day", "how do 
 @pytest.fixture(scope="module")
 def server(tiny_bi_dir, tiny_cross_dir, tmp_path_factory):
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         cross_encoder=str(tiny_cross_dir),
         host="127.0.0.1",
@@ -45,7 +46,7 @@ def stub(server):
 
 @pytest.fixture(scope="module")
 def bi(tiny_bi_dir):
-    return BiEncoder.load(str(tiny_bi_dir), device="cpu")
+    return BiEncoder.load(str(tiny_bi_dir), device="cpu", backend="torch")
 
 
 def _payload(**kw) -> struct_pb2.Struct:
@@ -105,7 +106,7 @@ def test_search_flat_equals_brute_force(stub, flat, bi):
 
 
 def test_search_with_rerank_stage(stub, flat, bi, tiny_cross_dir):
-    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu")
+    ce = CrossEncoder.load(str(tiny_cross_dir), device="cpu", backend="torch")
     q = QUERIES[0]
     first = stub.Search(pb.SearchRequest(index="flat", text=q, top_k=12))
     r = stub.Search(
@@ -189,3 +190,27 @@ def test_batch_built_index_serves_search_with_rerank(server, stub, bi, tmp_path)
     )
     assert len(r.hits) == 3
     assert all(h.payload.fields["text"].string_value in DOCS for h in r.hits)
+
+
+def test_client_embed_stream_list_and_drop(server, bi):
+    """The Python client's embed_stream, list_indexes and drop_index against the real server."""
+    from pairsmith.service.client import PairsmithClient
+
+    batches = [DOCS[:3], DOCS[3:4], DOCS[4:9]]
+    with PairsmithClient(server.target, timeout=60) as c:
+        got = list(c.embed_stream(iter(batches)))
+        assert [len(r.vectors) for r in got] == [3, 1, 5]  # one result per batch, in order sent
+        for texts, res in zip(batches, got, strict=True):
+            np.testing.assert_allclose(res.vectors, bi.encode(texts).vectors, atol=1e-5)
+        short = next(c.embed_stream([DOCS[:2]], dimensions=8, normalize=False))
+        assert short.vectors.shape == (2, 8)
+
+        c.create_index("to-drop")
+        c.upsert("to-drop", iter([{"id": "a", "text": DOCS[0]}, {"id": "b", "text": DOCS[1]}]))
+        listed = {i["name"]: i for i in c.list_indexes()}
+        assert int(listed["to-drop"]["count"]) == 2
+        c.drop_index("to-drop")
+        assert "to-drop" not in {i["name"] for i in c.list_indexes()}
+        with pytest.raises(grpc.RpcError) as err:
+            c.drop_index("to-drop")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND

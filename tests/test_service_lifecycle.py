@@ -27,9 +27,9 @@ def test_health_transitions(tiny_bi_dir, tmp_path, monkeypatch):
         return real(config)
 
     monkeypatch.setattr(server_mod, "load_models", gated)
-    st = ServerThread(ServeConfig(model=str(tiny_bi_dir), host="127.0.0.1", data_dir=tmp_path)).start(
-        wait_ready=False
-    )
+    st = ServerThread(
+        ServeConfig(backend="torch", model=str(tiny_bi_dir), host="127.0.0.1", data_dir=tmp_path)
+    ).start(wait_ready=False)
     try:
         ch, stub = stub_for(st.target)
         assert health_status(ch) == NOT_SERVING and health_status(ch, SVC) == NOT_SERVING
@@ -53,9 +53,9 @@ def test_health_transitions(tiny_bi_dir, tmp_path, monkeypatch):
 
 def test_load_failure_keeps_not_serving(tmp_path):
     missing = tmp_path / "no-such-model"
-    st = ServerThread(ServeConfig(model=str(missing), host="127.0.0.1", data_dir=tmp_path)).start(
-        wait_ready=False
-    )
+    st = ServerThread(
+        ServeConfig(backend="torch", model=str(missing), host="127.0.0.1", data_dir=tmp_path)
+    ).start(wait_ready=False)
     try:
         with pytest.raises(FailedPrecondition, match="does not exist"):
             st.call(st.server.wait_ready(60))
@@ -89,7 +89,9 @@ class _SlowBackend:
 
 
 def test_graceful_stop_drains_and_queued_deadline_is_dropped(tiny_bi_dir, tmp_path):
-    st = ServerThread(ServeConfig(model=str(tiny_bi_dir), host="127.0.0.1", data_dir=tmp_path)).start()
+    st = ServerThread(
+        ServeConfig(backend="torch", model=str(tiny_bi_dir), host="127.0.0.1", data_dir=tmp_path)
+    ).start()
     batcher = st.server.rt.bi_batcher
     slow = batcher.pipeline.backend = _SlowBackend(batcher.pipeline.backend, 0.8)
     ch, stub = stub_for(st.target)

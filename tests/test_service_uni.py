@@ -27,6 +27,7 @@ def uni_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stub(tiny_bi_dir, uni_dir, tmp_path_factory):
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         uni_encoder=str(uni_dir),
         host="127.0.0.1",
@@ -42,7 +43,7 @@ def stub(tiny_bi_dir, uni_dir, tmp_path_factory):
 
 
 def test_rerank_uni_matches_the_library(stub, uni_dir):
-    want = UniEncoder.load(str(uni_dir), device="cpu").rank("How was your week?", CANDS)
+    want = UniEncoder.load(str(uni_dir), device="cpu", backend="torch").rank("How was your week?", CANDS)
     r = stub.Rerank(
         pb.RerankRequest(
             query="How was your week?", texts=CANDS, method=pb.SCORE_METHOD_UNI_ENCODER, raw_scores=True

@@ -217,6 +217,10 @@ def test_serve_flags_reach_the_config(tmp_path):
         build_parser().parse_args(["serve", "--backend", "onnx", "--no-auto-export"])
     )
     assert no_export.auto_export is False
+    default = config_from_args(build_parser().parse_args(["serve"]))
+    assert (default.backend, default.device, default.cross_last_layer) == ("auto", "auto", "cls")
+    full = config_from_args(build_parser().parse_args(["serve", "--cross-last-layer", "full"]))
+    assert full.cross_last_layer == "full"
 
 
 @pytest.mark.parametrize("hold", [0.0, 0.25])

@@ -54,7 +54,7 @@ def test_cosine_loss_is_mse_of_cosine():
 
 
 def _mse_on(model_dir: str, rows) -> float:
-    enc = BiEncoder.load(model_dir, device="cpu")
+    enc = BiEncoder.load(model_dir, device="cpu", backend="torch")
     a = enc.encode([r[0] for r in rows]).vectors
     b = enc.encode([r[1] for r in rows]).vectors
     return float(np.mean(((a * b).sum(1) - np.array([r[2] for r in rows]) / 5.0) ** 2))
@@ -125,9 +125,11 @@ def test_served_trained_model_answers_embed_and_search(trained, tmp_path):
     from tests.service_util import pb, stub_for
 
     model = str(trained / "model")
-    bi = BiEncoder.load(model, device="cpu")
+    bi = BiEncoder.load(model, device="cpu", backend="torch")
     texts = ["cat dog rain", "a much longer sentence about music and rivers and boats", "x"]
-    st = ServerThread(ServeConfig(model=model, host="127.0.0.1", port=0, data_dir=tmp_path / "d")).start()
+    st = ServerThread(
+        ServeConfig(backend="torch", model=model, host="127.0.0.1", port=0, data_dir=tmp_path / "d")
+    ).start()
     ch, stub = stub_for(st.target)
     try:
         r = stub.Embed(pb.EmbedRequest(texts=texts))

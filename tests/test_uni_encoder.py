@@ -188,7 +188,7 @@ def test_save_load_and_onnx_parity(tiny_uni, tmp_path):
 
     d = tmp_path / "uni"
     tiny_uni.save(d)
-    loaded = UniEncoder.load(str(d), device="cpu")
+    loaded = UniEncoder.load(str(d), device="cpu", backend="torch")
     items = [(CTX, CANDS), ("short", ["x", "yy", "a longer candidate here"])]
     for mask in UniMask:
         want = tiny_uni.rank_many(items, mask=mask)
@@ -330,8 +330,8 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(
     monkeypatch.setattr(ut.Trainable, "scores", real)
     resumed = ut.train_uni(cfg, tmp_path / "resumed", resume=True, device="cpu", progress=False)
     assert resumed["fit"].get("mlm_loss_curve") == straight["fit"].get("mlm_loss_curve")
-    a = UniEncoder.load(str(tmp_path / "straight"), device="cpu").rank(CTX, CANDS)
-    b = UniEncoder.load(str(tmp_path / "resumed"), device="cpu").rank(CTX, CANDS)
+    a = UniEncoder.load(str(tmp_path / "straight"), device="cpu", backend="torch").rank(CTX, CANDS)
+    b = UniEncoder.load(str(tmp_path / "resumed"), device="cpu", backend="torch").rank(CTX, CANDS)
     np.testing.assert_allclose(a, b, atol=1e-5)  # same batches, same optimiser state
 
 
@@ -454,7 +454,7 @@ def _one_step_run(tmp_path: Path, model: Path, **extra) -> dict:
         rep = train_uni(cfg, tmp_path / "out", device="cpu", progress=False)
     finally:
         torch.set_num_threads(threads)
-    state = UniEncoder.load(str(tmp_path / "out"), device="cpu").model.state_dict()
+    state = UniEncoder.load(str(tmp_path / "out"), device="cpu", backend="torch").model.state_dict()
     h = hashlib.sha256()
     for k in sorted(state):
         h.update(k.encode())

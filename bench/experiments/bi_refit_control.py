@@ -44,7 +44,7 @@ def main() -> int:
     cross = np.load(args.run / "cycle1" / "labels-cross.npy")
     if len(own) != len(pool):
         raise SystemExit(f"control: {len(own)} labels for {len(pool)} pool pairs (pool changed?)")
-    enc = BiEncoder.load(cfg.models[0], pooling=cfg.pooling, device="cpu")
+    enc = BiEncoder.load(cfg.models[0], pooling=cfg.pooling, device="cpu", backend="torch")
     dev = load_pairs(cfg.dev, labeled=True, dedup=False, for_training=False)
     ev = make_evaluator("bi", enc.st_model, enc.source, dev, PairMetric.SPEARMAN)
     fit_cfg = dataclasses.replace(cfg.bi, seed=cfg.bi.seed + 1)  # the cycle-1 bi fit's configuration

@@ -101,14 +101,10 @@ def build_index(
     corpus = Corpus(cfg.corpus)
     stamp = corpus.stamp()
     total = corpus.count()
-    state = _resume_state(store, encoder, cfg, stamp)
-    if state is None:
-        state = start_build(store, encoder, cfg, stamp, total, corpus.path.name)
+    state, done = open_build(store, encoder, cfg, stamp, total, corpus.path.name, t_start)
+    if done is not None:
+        return done
     resumed = int(state["rows_done"])
-    if state["done"]:
-        log.info("index %s: already built from %s; nothing to do", cfg.name, corpus.path)
-        info = store.get(cfg.name)
-        return BuildReport(cfg.name, total, 0, resumed, 0, 0.0, time.perf_counter() - t_start, info)
     if resumed:
         log.info("index %s: resuming after %d of %d records", cfg.name, resumed, total)
 
@@ -148,8 +144,43 @@ def build_index(
     t_faiss = time.perf_counter()
     store.end_bulk(cfg.name)
     log.info("index %s: FAISS build took %.1fs", cfg.name, time.perf_counter() - t_faiss)
-    state = {**state, "done": True}
-    store.upsert(cfg.name, [], meta={BUILD_META_KEY: json.dumps(state)})
+    return finish_build(store, cfg, state, total, encoded, resumed, truncated, encode_s, t_start)
+
+
+def open_build(
+    store: IndexStore, encoder, cfg: BuildConfig, stamp: dict, total: int, source: str, t_start: float
+) -> tuple[dict, BuildReport | None]:
+    """The build's progress state (resumed or new) and, when it is already done, its report.
+
+    The head shared by the local and the Ray engine (same checks, same progress record).
+    """
+    state = _resume_state(store, encoder, cfg, stamp)
+    if state is None:
+        state = start_build(store, encoder, cfg, stamp, total, source)
+    if not state["done"]:
+        return state, None
+    log.info("index %s: already built from %s; nothing to do", cfg.name, source)
+    resumed = int(state["rows_done"])
+    info = store.get(cfg.name)
+    return state, BuildReport(cfg.name, total, 0, resumed, 0, 0.0, time.perf_counter() - t_start, info)
+
+
+def finish_build(
+    store: IndexStore,
+    cfg: BuildConfig,
+    state: dict,
+    total: int,
+    encoded: int,
+    resumed: int,
+    truncated: int,
+    encode_s: float,
+    t_start: float,
+) -> BuildReport:
+    """Record the build as done (after ``end_bulk``), warn about truncated texts, and report.
+
+    The tail shared by the local and the Ray engine.
+    """
+    store.upsert(cfg.name, [], meta={BUILD_META_KEY: json.dumps({**state, "done": True})})
     if truncated:
         log.warning(
             "index %s: %d texts were longer than the encoder's max length and were truncated",

@@ -565,7 +565,7 @@ class IndexStore:
             raise FailedPrecondition(
                 f"index {name!r} was built with encoder {info.encoder_id!r} (fingerprint "
                 f"{info.encoder_fingerprint}), but the loaded encoder's fingerprint is {fingerprint}; "
-                "serve the same model or rebuild the index with this one"
+                + _rebuild_hint(name, info.encoder_fingerprint, fingerprint)
             )
 
     # -- internals: opening ---------------------------------------------------------------
@@ -719,3 +719,25 @@ def _payload_json(payload: object, n: int) -> str | None:
 
 def _user_meta(meta: Mapping[str, str]) -> dict[str, str]:
     return {f"user:{k}": str(v) for k, v in meta.items()}
+
+
+def _rebuild_hint(name: str, built: str, loaded: str) -> str:
+    """How to reconcile an index and an encoder whose fingerprints differ.
+
+    A fingerprint is the model's hash plus ``+VARIANT`` for lossy engines (int8, fp16): the same
+    model on another engine makes vectors that must not be mixed, and the fix is an engine flag.
+    """
+    b_model, _, b_var = built.partition("+")
+    l_model, _, l_var = loaded.partition("+")
+    if b_model != l_model:
+        return "serve the same model or rebuild the index with this one"
+
+    def backend(variant: str) -> str:
+        return "--backend torch" if not variant else "--backend auto"
+
+    return (
+        f"the index holds {b_var or 'fp32'} vectors of the same model and this encoder makes "
+        f"{l_var or 'fp32'} ones: rebuild it with this engine (pairsmith index build --name {name} "
+        f"--corpus FILE --model MODEL {backend(l_var)}) or serve it with the engine it was built "
+        f"with ({backend(b_var)})"
+    )

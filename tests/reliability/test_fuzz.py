@@ -54,6 +54,7 @@ FUZZ = settings(
 @pytest.fixture(scope="module")
 def server(tiny_bi_dir, tiny_cross_dir, tmp_path_factory):
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         cross_encoder=str(tiny_cross_dir),
         data_dir=tmp_path_factory.mktemp("fuzz-data"),

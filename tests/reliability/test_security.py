@@ -28,6 +28,7 @@ def keyed(tiny_bi_dir, tmp_path_factory):
     keys.write_text(KEY + "\n" + "m" * 40 + "\n")
     keys.chmod(0o600)
     cfg = ServeConfig(
+        backend="torch",
         model=str(tiny_bi_dir),
         host="127.0.0.1",
         data_dir=tmp / "data",
