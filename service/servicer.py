@@ -380,22 +380,34 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             res = await self._embed([request.text], timer, context, field="text")
             query = self._vectors(res.values)
         else:
+            from pairsmith.service.store.faiss_index import check_norms
+
             query = convert.vector_from(request, which, "query", int(info.dim))[None, :]
+            check_norms(query, info.metric, "query")
         t0 = time.perf_counter()
         hits = (await self._read_store(store.search, request.index, query, k))[0]
         timer.search_ms += (time.perf_counter() - t0) * 1e3
         first = {h.id: float(h.score) for h in hits}
         if stage is not None and hits:
             field = _opt(stage, "text_field", "text")
-            texts = []
-            for h in hits:
-                text = (h.payload or {}).get(field)
-                if not isinstance(text, str):
-                    raise FailedPrecondition(
-                        f"rerank: hit {h.id!r} has no text in payload field {field!r}; upsert texts with "
-                        "store_text=true or set rerank.text_field"
-                    )
-                texts.append(text)
+            # Only candidates with a string in the text field can be reranked; the others are left
+            # out of the reranked hits (one document without text must not fail the whole search).
+            with_text = [h for h in hits if isinstance((h.payload or {}).get(field), str)]
+            if not with_text:
+                raise FailedPrecondition(
+                    f"rerank: none of the {len(hits)} candidates has a text in payload field {field!r}; "
+                    "upsert texts with store_text=true or set rerank.text_field"
+                )
+            if len(with_text) < len(hits):
+                log.info(
+                    "Search request %s: %d of %d rerank candidates have no text in %r and are left out",
+                    timer.request_id,
+                    len(hits) - len(with_text),
+                    len(hits),
+                    field,
+                )
+            hits = with_text
+            texts = [h.payload[field] for h in hits]
             if method == pb.SCORE_METHOD_UNI_ENCODER:
                 scores = await self._uni_rank(request.text, texts, False, True, timer)
             else:
@@ -453,6 +465,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     @rpc("Upsert")
     async def Upsert(self, request_iterator, context, timer):
         store = self._store()
+        from pairsmith.service.store.faiss_index import check_norms
         from pairsmith.service.store.index_store import UpsertItem
 
         m = self.rt.models
@@ -514,6 +527,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                         chunk.append((it.id, it.text, payload, True))
                     else:
                         vec = convert.vector_from(it, which, field, int(info.dim))
+                        check_norms(vec, info.metric, f"{field}.{which}")
                         convert.check_payload_size(payload, field, text_stored=False)
                         chunk.append((it.id, vec, payload, False))
                     if len(chunk) >= UPSERT_CHUNK:
@@ -533,9 +547,11 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         store = self._store()
         if not request.index:
             raise InvalidInput("index: must not be empty")
-        limit = 100 * self.cfg.max_texts_per_request
+        limit = self.cfg.max_texts_per_request  # the same per-request cap as texts and items
         if len(request.ids) > limit:
-            raise InvalidInput(f"ids: {len(request.ids)} ids, at most {limit} per request")
+            raise InvalidInput(
+                f"ids: {len(request.ids)} ids, at most {limit} per request (Info.max_texts_per_request)"
+            )
         for i, item_id in enumerate(request.ids):
             if not item_id:
                 raise InvalidInput(f"ids[{i}]: must not be empty")

@@ -51,6 +51,34 @@ class IndexMetric(enum.Enum):
         return faiss.METRIC_L2 if self is IndexMetric.L2 else faiss.METRIC_INNER_PRODUCT
 
 
+# FAISS scores in float32 (largest finite value ~3.4e38). For vectors q and v,
+# |<q, v>| <= |q| |v| and |q - v|^2 <= (|q| + |v|)^2, and the L2 kernels also form
+# |q|^2 + |v|^2 - 2 <q, v>: with both norms at most MAX_VECTOR_NORM every term and partial sum stays
+# below 4e36, a hundredfold margin. Inner-product and L2 indexes refuse larger vectors and queries
+# (cosine indexes normalise them, so any finite non-zero vector is fine there).
+MAX_VECTOR_NORM = 1e18
+
+
+def check_norms(vecs: np.ndarray, metric: IndexMetric, field: str) -> None:
+    """Refuse rows of ``vecs`` whose L2 norm could overflow a float32 score (InvalidInput).
+
+    ``field`` names a row with ``{i}`` (e.g. ``"queries[{i}]"``); the norm is taken in float64 so
+    that the check itself cannot overflow.
+    """
+    if metric is IndexMetric.COSINE:
+        return
+    rows = np.atleast_2d(np.asarray(vecs))
+    norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~(norms <= MAX_VECTOR_NORM))
+    if len(bad):
+        i = int(bad[0])
+        raise InvalidInput(
+            f"{field.format(i=i)}: L2 norm {norms[i]:.3g} exceeds {MAX_VECTOR_NORM:.0e}, the largest a "
+            f"{metric.value!r} index accepts (larger vectors make float32 scores overflow to inf or NaN); "
+            "scale the vectors down or use a cosine index"
+        )
+
+
 _FAISS_LOCATION = re.compile(r"Error in .*? at \S+:\d+:\s*")
 
 

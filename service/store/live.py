@@ -24,7 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pairsmith.atomic import atomic_write_bytes
+from pairsmith.atomic import atomic_write_json
 from pairsmith.errors import FailedPrecondition, NotFound, ResourceExhausted
 from pairsmith.service.store.db import IndexDb
 from pairsmith.service.store.faiss_index import (
@@ -55,6 +55,9 @@ class StoreConfig:
     checkpoint_interval_s: float = 300.0
     train_sample_max: int = 100_000
     factory_limits: FactoryLimits = FactoryLimits()  # what a new index's factory may allocate
+    # Indexes kept open at once (FAISS in memory, SQLite connections, a lock file); beyond it the
+    # least recently used idle one is closed and reopened on demand. 0: from RLIMIT_NOFILE.
+    max_open_indexes: int = 0
 
 
 class _State:
@@ -99,6 +102,20 @@ class LiveIndex:
         self.refs = 0
         self.dropped = False
         self.released = False
+        # manifest.json's "clean": its count and updated_at equal store.sqlite's (no write since).
+        manifest = read_manifest(path)
+        self.manifest_clean = bool(manifest and manifest.get("clean") is True)
+
+    def will_write(self) -> None:
+        """Before a write commits: mark manifest.json not clean (readers of the manifest, such as
+        ListIndexes, then read store.sqlite instead until the next checkpoint)."""
+        if not self.manifest_clean:
+            return
+        doc = read_manifest(self.path)
+        if doc is not None:
+            doc["clean"] = False
+            atomic_write_json(self.path / "manifest.json", doc)
+        self.manifest_clean = False
 
     def check_open(self) -> None:
         if self.closed:
@@ -360,6 +377,7 @@ class LiveIndex:
                 "written_at": now_iso(),
             }
         write_manifest(self.path, self.db.all_meta(), count=st.count, snapshot=info)
+        self.manifest_clean = True
         self.db.set_dead(snap.dead)  # the on-disk base now holds exactly these deleted iids
         for f in old_files:
             if info is None or f.name != info["file"]:
@@ -376,6 +394,10 @@ def _remove(index: faiss.Index, iids: np.ndarray) -> None:
 
 
 def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot: dict | None) -> None:
+    """``manifest.json``: everything ListIndexes shows, written with the exact ``count``.
+
+    ``clean`` is true when written: the first write after it sets it false (:meth:`LiveIndex.will_write`).
+    """
     doc = {
         "format": int(meta.get("format", FORMAT_VERSION)),
         "name": meta["name"],
@@ -389,13 +411,15 @@ def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot:
         "updated_at": meta["updated_at"],
         "needs_rebuild_on_delete": meta["needs_rebuild_on_delete"] == "1",
         "train_size": int(meta["train_size"]),
+        "min_train": int(meta["min_train"]),
         "search_params": json.loads(meta["search_params"]),
         "build_params": json.loads(meta.get("build_params", "{}")),
         "faiss_version": faiss.__version__,
         "store": "store.sqlite",
         "snapshot": snapshot,
+        "clean": True,
     }
-    atomic_write_bytes(path / "manifest.json", (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_json(path / "manifest.json", doc)
 
 
 def read_manifest(index_dir: Path) -> dict | None:
