@@ -346,6 +346,7 @@ class PairsmithServer:
                 self.rt.cross_batcher.start()
             try:
                 self.rt.store = await loop.run_in_executor(self.rt.store_executor, open_store, cfg)
+                self.metrics.set_store(self.rt.store)
                 for info in await loop.run_in_executor(self.rt.read_executor, self.rt.store.list):
                     self.metrics.set_index(info.name, int(info.count), int(info.size_bytes or 0))
             except Exception as exc:  # the model RPCs still work without a store

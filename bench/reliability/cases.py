@@ -145,7 +145,7 @@ def drain_pace(model: str, *, messages: int = 60, every_s: float = 0.1, sigterm_
 
 def _largest_burst(times: list[float], within: float) -> int:
     best = run = 1 if times else 0
-    for a, b in zip(times, times[1:]):
+    for a, b in zip(times, times[1:], strict=False):
         run = run + 1 if b - a <= within else 1
         best = max(best, run)
     return best

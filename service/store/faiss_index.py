@@ -12,7 +12,7 @@ owns those. The pieces:
 - :class:`Snapshot` is what readers search: an immutable base FAISS index,
   the ids deleted from it but still physically present (filtered at search
   time), and a small exact "delta" of recent vectors not yet merged in.
-- :func:`write_index_atomic`: temp + fsync + rename (other files: :mod:`pairsmith.atomic`).
+- :func:`write_index_atomic`: a FAISS file written through :mod:`pairsmith.atomic`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pairsmith.atomic import fsync_dir
+from pairsmith.atomic import atomic_write_bytes
 from pairsmith.errors import InvalidInput, parse_enum
 
 SINGLE_THREAD_MAX_QUERIES = 4
@@ -423,16 +423,15 @@ def merge_topk(parts_s: list[np.ndarray], parts_i: list[np.ndarray], k: int) -> 
 
 
 def write_index_atomic(index: faiss.Index, path: Path) -> str:
-    """Write ``index`` to ``path`` (temp + fsync + rename); returns the file's sha256."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        faiss.write_index(index, str(tmp))
-        digest = sha256_file(tmp, fsync=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Write ``index`` to ``path`` with :func:`pairsmith.atomic.atomic_write_bytes` (temp + fsync +
+    rename); returns the file's sha256.
+
+    The index is serialised in memory first (one extra copy of it while the file is written;
+    compaction already holds a clone of the same size), so the checksum needs no second read.
+    """
+    data = faiss.serialize_index(index)  # (n_bytes,) uint8
+    digest = hashlib.sha256(memoryview(data)).hexdigest()
+    atomic_write_bytes(path, memoryview(data))
     return digest
 
 

@@ -91,6 +91,7 @@ from pairsmith.service.store.faiss_index import (
 )
 from pairsmith.service.store.live import (
     FORMAT_VERSION,
+    STALE_MARK,
     LiveIndex,
     StoreConfig,
     now_iso,
@@ -892,8 +893,10 @@ def _final_checkpoint(h: LiveIndex) -> None:
 
 def _info_from_manifest(path: Path) -> IndexInfo | None:
     """IndexInfo from ``manifest.json`` alone when it is current (``clean``), else None."""
+    if (path / STALE_MARK).exists():
+        return None
     doc = read_manifest(path)
-    if not doc or doc.get("clean") is not True or "min_train" not in doc:
+    if not doc or "min_train" not in doc:  # manifests before format 1.1 lack it: read SQLite
         return None
     try:
         return IndexInfo(

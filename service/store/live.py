@@ -24,9 +24,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pairsmith.atomic import atomic_write_json
+from pairsmith.atomic import atomic_write_json, fsync_dir
 from pairsmith.errors import FailedPrecondition, NotFound, ResourceExhausted
-from pairsmith.service.store.db import IndexDb
+from pairsmith.service.store.db import IndexDb, resource_error
 from pairsmith.service.store.faiss_index import (
     FactoryLimits,
     IndexMetric,
@@ -41,6 +41,7 @@ from pairsmith.service.store.faiss_index import (
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
+STALE_MARK = "manifest.stale"  # present: store.sqlite has writes newer than manifest.json
 
 
 @dataclass(frozen=True)
@@ -102,19 +103,22 @@ class LiveIndex:
         self.refs = 0
         self.dropped = False
         self.released = False
-        # manifest.json's "clean": its count and updated_at equal store.sqlite's (no write since).
-        manifest = read_manifest(path)
-        self.manifest_clean = bool(manifest and manifest.get("clean") is True)
+        # manifest.json is current (its count and updated_at equal store.sqlite's): no STALE_MARK.
+        self.manifest_clean = (path / "manifest.json").is_file() and not (path / STALE_MARK).exists()
 
     def will_write(self) -> None:
-        """Before a write commits: mark manifest.json not clean (readers of the manifest, such as
-        ListIndexes, then read store.sqlite instead until the next checkpoint)."""
+        """Before a write commits: mark manifest.json stale (an empty ``manifest.stale`` file, made
+        durable), so readers of manifests (ListIndexes) read store.sqlite until the next checkpoint."""
         if not self.manifest_clean:
             return
-        doc = read_manifest(self.path)
-        if doc is not None:
-            doc["clean"] = False
-            atomic_write_json(self.path / "manifest.json", doc)
+        try:
+            with open(self.path / STALE_MARK, "wb"):
+                pass
+            fsync_dir(self.path)
+        except OSError as exc:
+            raise resource_error(exc, f"index {self.name!r}") or FailedPrecondition(
+                f"index {self.name!r}: cannot write in its folder ({exc.strerror or exc}); nothing was stored"
+            ) from None
         self.manifest_clean = False
 
     def check_open(self) -> None:
@@ -377,6 +381,7 @@ class LiveIndex:
                 "written_at": now_iso(),
             }
         write_manifest(self.path, self.db.all_meta(), count=st.count, snapshot=info)
+        (self.path / STALE_MARK).unlink(missing_ok=True)  # lost in a crash: merely stale, safe
         self.manifest_clean = True
         self.db.set_dead(snap.dead)  # the on-disk base now holds exactly these deleted iids
         for f in old_files:
@@ -396,7 +401,7 @@ def _remove(index: faiss.Index, iids: np.ndarray) -> None:
 def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot: dict | None) -> None:
     """``manifest.json``: everything ListIndexes shows, written with the exact ``count``.
 
-    ``clean`` is true when written: the first write after it sets it false (:meth:`LiveIndex.will_write`).
+    The first write after it creates ``manifest.stale`` beside it (:meth:`LiveIndex.will_write`).
     """
     doc = {
         "format": int(meta.get("format", FORMAT_VERSION)),
@@ -417,7 +422,6 @@ def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot:
         "faiss_version": faiss.__version__,
         "store": "store.sqlite",
         "snapshot": snapshot,
-        "clean": True,
     }
     atomic_write_json(path / "manifest.json", doc)
 
