@@ -63,6 +63,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         """Calls in flight: the ``pairsmith_inflight_requests`` gauge and the shutdown drain."""
         self.rt.inflight += delta
         self.rt.metrics.inflight.set(self.rt.inflight)
+        if self.rt.inflight == 0:
+            self.rt.drained.set()  # the shutdown drain waits on it
 
     def scrub(self, message: str) -> str:
         """No server filesystem paths in what a client reads (the log keeps them)."""

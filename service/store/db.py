@@ -54,9 +54,19 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "disk I/O" in str(exc))
 
 
-def _fds_exhausted() -> bool:
-    """Whether this process is out of file descriptors right now (SQLite reports that only as
-    "unable to open database file")."""
+def _fds_exhausted(margin: int = 16) -> bool:
+    """Whether this process is (within ``margin`` of being) out of file descriptors: SQLite
+    reports that only as "unable to open database file", after closing what it had opened."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY and len(os.listdir("/proc/self/fd")) >= soft - margin:
+            return True
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    except (ImportError, ValueError):  # pragma: no cover - no /proc or no resource module
+        pass
     try:
         fd = os.open(os.devnull, os.O_RDONLY)
     except OSError as exc:

@@ -202,7 +202,18 @@ class IndexStore:
         for p in sorted(self.dir.glob(".dropped-*")):
             shutil.rmtree(p, ignore_errors=True)
             log.info("removed leftover %s from an interrupted drop", p.name)
-        for p in sorted(self.dir.glob(".creating-*")):
+        self._remove_unowned_creates("*")
+        for lock in sorted(self.dir.glob(".creating-*.lock")):
+            if lock.with_name(lock.name[: -len(".lock")]).exists():
+                continue
+            fd = _try_lock(lock)
+            if fd not in (False, None):
+                lock.unlink(missing_ok=True)
+                os.close(fd)
+
+    def _remove_unowned_creates(self, name: str) -> None:
+        """Remove ``.creating-<name>-*`` folders whose lock no live process holds."""
+        for p in sorted(self.dir.glob(f".creating-{name}-*")):
             if p.name.endswith(".lock"):
                 continue
             lock = p.with_name(p.name + ".lock")
@@ -216,13 +227,6 @@ class IndexStore:
                 if fd is not None:
                     os.close(fd)
             log.info("removed leftover %s from an interrupted create", p.name)
-        for lock in sorted(self.dir.glob(".creating-*.lock")):
-            if lock.with_name(lock.name[: -len(".lock")]).exists():
-                continue
-            fd = _try_lock(lock)
-            if fd not in (False, None):
-                lock.unlink(missing_ok=True)
-                os.close(fd)
 
     def __enter__(self) -> IndexStore:
         return self
@@ -304,7 +308,10 @@ class IndexStore:
             except OutOfDescriptors:
                 if attempt:
                     raise
-                self._close_handles(self._pick_victims(keep=0))  # free descriptors, then retry once
+                with self._lock:
+                    victims = self._pick_victims(keep=0)
+                self._close_handles(victims)  # free descriptors, then retry once
+                self._remove_unowned_creates(name)  # what the failed try could not remove
         log.info("created index %s (%s, dim %d, %s)", name, factory, dim, metric.value)
         return self.get(name)
 
