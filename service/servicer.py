@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from pairsmith import __version__
 from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine, sigmoid
-from pairsmith.errors import FailedPrecondition, InvalidInput, Unavailable
+from pairsmith.errors import FailedPrecondition, InvalidInput, ResourceExhausted, Unavailable
 from pairsmith.service import convert
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
@@ -126,11 +127,29 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
 
     async def _in_store(self, fn, *args):
         """A store write (create, upsert, delete, drop) on the single writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.rt.store_executor, fn, *args)
+        return await self._on(self.rt.store_executor, fn, *args)
 
     async def _read_store(self, fn, *args):
         """A store read (search, get, list, check_encoder) on the reader pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.rt.read_executor, fn, *args)
+        return await self._on(self.rt.read_executor, fn, *args)
+
+    async def _on(self, executor, fn, *args):
+        """Run a store call; an exhausted resource (disk, descriptors, memory) that the store did
+        not name itself is RESOURCE_EXHAUSTED, never INTERNAL. Anything else propagates."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except MemoryError:
+            raise ResourceExhausted(
+                "index store: the server is out of memory for this request; retry smaller"
+            ) from None
+        except (OSError, sqlite3.Error) as exc:
+            from pairsmith.service.store.db import resource_error
+
+            err = resource_error(exc, "index store")
+            if err is None:
+                raise
+            log.error("index store call %s: %s", getattr(fn, "__name__", fn), exc)
+            raise err from None
 
     def _check_count(self, n: int, field: str, *, allow_empty: bool = False) -> None:
         if n == 0 and not allow_empty:

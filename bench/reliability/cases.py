@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,6 +34,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_common import machine_facts  # noqa: E402
 
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb  # noqa: E402
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -108,7 +112,9 @@ def drain_pace(model: str, *, messages: int = 60, every_s: float = 0.1, sigterm_
         def requests():
             for i in range(messages):
                 sent.append(time.monotonic() - t0)
-                yield pb.EmbedStreamRequest(texts=[f"message {i} text {j} of the stream" for j in range(texts)])
+                yield pb.EmbedStreamRequest(
+                    texts=[f"message {i} text {j} of the stream" for j in range(texts)]
+                )
                 time.sleep(max(0.0, t0 + (i + 1) * every_s - time.monotonic()))
 
         def consume():
@@ -201,7 +207,9 @@ def full_disk_create(model: str, *, size_mb: int = 8) -> dict:
         mnt = work / "mnt"
         mnt.mkdir()
         mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)], capture_output=True, text=True
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
         )
         if mounted.returncode != 0:
             return {"skipped": f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'})"}
@@ -212,7 +220,13 @@ def full_disk_create(model: str, *, size_mb: int = 8) -> dict:
                 dim = srv.stub.Info(pb.InfoRequest(), timeout=30).dim
                 vec = np.ones(dim, "<f4")
                 srv.stub.Upsert(
-                    iter([pb.UpsertRequest(index="before", items=[pb.UpsertItem(id="a", vector=vec.tobytes())])]),
+                    iter(
+                        [
+                            pb.UpsertRequest(
+                                index="before", items=[pb.UpsertItem(id="a", vector=vec.tobytes())]
+                            )
+                        ]
+                    ),
                     timeout=60,
                 )
                 _fill(mnt / "ballast")
@@ -258,6 +272,32 @@ def _fill(path: Path) -> None:
                 pass
 
 
+def report(out: dict) -> dict:
+    rows = []
+    d = out.get("drain_pace")
+    if d:
+        rows.append(["EmbedStream through the SIGTERM drain",
+                     f"{d['replies']}/{d['messages']} replies; largest gap after SIGTERM {d['max_gap_after_sigterm_s']} s; "
+                     f"largest burst {d['largest_burst']}"])  # fmt: skip
+    f = out.get("descriptors")
+    if f:
+        rows.append([f"{f['indexes']} indexes under RLIMIT_NOFILE={f['rlimit_nofile']}",
+                     f"{f['codes']}; ListIndexes {f['list_indexes_ms_median']} ms"])  # fmt: skip
+    z = out.get("full_disk_create")
+    if z:
+        rows.append(["CreateIndex on a full disk",
+                     z.get("skipped") or f"{z['create_codes']}; left behind {z['leftovers'] or 'nothing'}; "
+                     f"reads {z['search_while_full']}"])  # fmt: skip
+    return {
+        "section": "Reliability",
+        "title": "Resource and shutdown cases (real `pairsmith serve`)",
+        "columns": ["case", "result"],
+        "rows": rows,
+        "notes": "bench/reliability/cases.py against a server subprocess on 127.0.0.1; the machine was "
+        "shared with other jobs, so latencies are upper bounds.",
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -268,7 +308,17 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.indexes = min(args.indexes, 300)
-    out = {}
+    out: dict = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "code": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": machine_facts(),
+        "date": time.strftime("%Y-%m-%d"),
+        "shared_machine": True,
+        "model": args.model,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset (torch default)"),
+    }
     for case in args.cases.split(","):
         print(f"case {case} ...", flush=True)
         if case == "drain_pace":
@@ -278,6 +328,7 @@ def main() -> int:
         elif case == "full_disk_create":
             out[case] = full_disk_create(args.model)
         print(json.dumps({k: v for k, v in out[case].items() if k != "reply_times_s"}), flush=True)
+    out["report"] = report(out)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cases.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
