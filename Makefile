@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format bench serve demo-index clean protos models reliability
+.PHONY: setup test test-all lint format bench bench-report serve demo-index clean protos models reliability
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ format: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# docs/benchmarks.md from every JSON under bench/results/ (a test checks the page is current).
+bench-report: setup
+	$(PY) bench/report.py
 
 # Reliability and security suite (15-30 min on 2 cores): fuzzing (1,000 examples per request
 # message), 24 kill -9 rounds, full disk, corrupted files, security, 16/64-client load with RSS.

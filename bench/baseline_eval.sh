@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Baseline table for docs/results.md: the default model on STS (7 tasks), NFCorpus dev,
+# Baseline figures of the default model on STS (7 tasks), NFCorpus dev,
 # WikiQA dev and DailyDialog++ dev. Writes JSON to ${OUT:-runs/baseline}/.
 set -euo pipefail
 OUT=${OUT:-runs/baseline}

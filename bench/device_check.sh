@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU machine's checks in one short run (the `device` tool lends one for ~15 minutes a session).
+# The GPU machine's checks in one short run.
 #
 #   bash bench/device_check.sh stage   # here: fill .dev/ (git-ignored) with what that machine lacks
 #   bash bench/device_check.sh run     # there (repo root, $OUT set): every part below, results in $OUT

@@ -1,7 +1,7 @@
 """DSE speed: one query against 1,000 candidates, student (cached candidate embeddings) vs teacher.
 
 Both measured side by side in one process, median of ``--repeats`` runs each
-(interleaved), so the ratio is honest on a noisy shared machine. The student
+(interleaved), so the ratio holds when other work shares the CPU. The student
 embeds only the query and scores the 1,000 cached candidate vectors (cosine
 head: one matrix-vector product; mlp head: the pair MLP); the teacher runs the
 cross-encoder on all 1,000 (query, candidate) pairs.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-script GPU check of the distillation jobs (issue 13), sized to finish in under 5 minutes on one
-# data-centre GPU. NOT RUN YET: no GPU was available to this project's sessions; see docs/results.md
+# One-script GPU check of the distillation jobs sized to finish in under 5 minutes on one
+# data-centre GPU. Not yet run on a GPU.
 # (section distill, "GPU plan") for the full-size commands.
 #
 #   bash bench/distill_gpu_check.sh            # writes runs/gpu-check/*, prints one JSON line per step

@@ -1,6 +1,6 @@
 """Overlap of a distillation pool with the STS 7-task evaluation sets: exact strings vs normalised text.
 
-Recomputes the "evaluation setting" figures of docs/results.md (section distill) with the
+Recomputes the "evaluation setting" figures of the distillation reports with the
 normalised comparison the jobs now use (pairsmith.distill.textnorm), beside the exact-string
 comparison the earlier runs reported.
 

@@ -1,4 +1,4 @@
-"""Print the markdown tables of docs/results.md (section distill) from the runs' report.json files.
+"""Print markdown tables of the distillation runs from their report.json files.
 
 .venv/bin/python bench/distill_report.py --runs runs [--tag=-e4]
 

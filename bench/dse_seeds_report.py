@@ -1,4 +1,4 @@
-"""Mean and spread over seeds of the DSE runs of bench/experiments/dse_mpnet.sh (issue 13).
+"""Mean and spread over seeds of the DSE runs of bench/experiments/dse_mpnet.sh.
 
 .venv/bin/python bench/dse_seeds_report.py --runs runs [--prefix dse-mpnet-stsb] [--seeds 2021 2022 2023]
     [--alphas 0.5 0] [--tag ""] [--json runs/dse-mpnet-seeds.json]
@@ -6,7 +6,7 @@
 Reads ``<runs>/<prefix>-a<alpha>-s<seed><tag>/report.json`` and prints one markdown table: the undistilled
 student, the labels-only student (alpha 0), the DSE student (alpha > 0) and the teacher, each on the
 selection split (``dev`` in the reports: it picks the checkpoint, so its column is optimistic) and on the
-test set (STS-B dev here: never used for selection). Then the issue's goal, read on the test column:
+test set (STS-B dev here: never used for selection). Then the target check, read on the test column:
 the DSE student's mean within 5% of the teacher, and above both student baselines (mean, and per seed
 against the labels-only student of the same seed).
 """
@@ -83,7 +83,7 @@ def collect(runs: Path, prefix: str, seeds: list[int], alphas: list[str], tag: s
 
 
 def goals(data: dict, dse_row: str) -> dict:
-    """The issue's goal on the test column: within 5% of the teacher and above both student baselines."""
+    """The target on the test column: within 5% of the teacher and above both student baselines."""
     rows = data["rows"]
     mean = lambda lab: summarize(rows[lab]["test"])["mean"]  # noqa: E731
     dse, teacher = mean(dse_row), mean("teacher")

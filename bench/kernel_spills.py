@@ -3,7 +3,7 @@
 Compiles both kernels for ``sm_90a`` with Triton's own compiler (``kernels.triton_pool.compile_kernel``)
 and runs the bundled ``ptxas -v`` on the PTX: spill bytes and registers per thread. A kernel that spills
 reads and writes local memory in its inner loop; on an H200 the fp32 64 x 128 tile (18.7 KB of spill
-stores forward) ran 11x slower than eager PyTorch (docs/results.md, kernels / GPU). Use it to pick
+stores forward) ran 11x slower than eager PyTorch. Use it to pick
 tile sizes and ``num_warps`` before spending GPU time. Needs triton (not TRITON_INTERPRET).
 
     .venv/bin/python bench/kernel_spills.py [--dtypes bf16,fp32] [--warps 4,8]

@@ -1,6 +1,6 @@
 """What the lower layers offer a pooler, before any training: Spearman of each hidden layer's masked mean.
 
-Multi-layer trainable pooling (issue 10) can only beat mean pooling of the last layer if the other
+Multi-layer trainable pooling can only beat mean pooling of the last layer if the other
 layers carry something the task wants. This probe encodes a scored pair file (by default the
 selection split of STS-B train made by ``bench/experiments/stsb_split.py``, never an evaluation set)
 with the backbone untouched, pools every hidden layer (embeddings output included) by its masked

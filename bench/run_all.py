@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark in sequence (never two at once: they share the cores).
 
-Each benchmark prints its own table and ratios; record the figures in docs/results.md.
+Each benchmark prints its own table and ratios; scripts that write JSON under
+bench/results/ feed `make bench-report` (docs/benchmarks.md).
 A benchmark script that is not present is skipped with a note. Pass names to run a subset:
 ``python bench/run_all.py encode serve``.
 """

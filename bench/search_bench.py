@@ -213,7 +213,7 @@ def bench_store(xb, xq, gt, args, factory: str, params: dict) -> dict:
 
 
 def markdown(results: dict) -> str:
-    """One table per size, as pasted into docs/results.md."""
+    """One markdown table per size."""
     out = []
     for n, rows in results["sizes"].items():
         nq = results["queries"]

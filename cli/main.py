@@ -41,6 +41,7 @@ EXIT_CODES = {
     ErrorKind.RESOURCE_EXHAUSTED: 6,
     ErrorKind.UNAUTHENTICATED: 7,
     ErrorKind.UNAVAILABLE: 8,
+    ErrorKind.PERMISSION_DENIED: 9,
 }
 
 

@@ -32,6 +32,11 @@ _FLAG_FIELDS = (
     "metrics_host",
     "max_text_chars",
     "rate_limit_per_key",
+    "rate_limit_bytes_per_key",
+    "auth_failures_per_minute",
+    "max_indexes",
+    "max_vectors",
+    "insecure",
     "max_batch_tokens",
     "max_batch_rows",
     "batch_hold_fraction",
@@ -75,10 +80,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--host",
-        help="address to bind (default 127.0.0.1; 0.0.0.0 when --api-key-file is given)",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 when --api-key-file is given). "
+        "A non-loopback address needs TLS or --insecure",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow plaintext on a non-loopback address: API keys and data cross the network in clear",
     )
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
-    p.add_argument("--api-key-file", type=Path, help="file with API keys, one per line (enables auth)")
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="file with API keys, one per line: KEY [name=ID] [scopes=read,write,admin] "
+        "[max_indexes=N] [max_vectors=N] (enables auth; SIGHUP reloads it)",
+    )
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); with --tls-key enables TLS")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument(
@@ -96,6 +113,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rate-limit-per-key", type=float, help="calls per second per API key (default 0: no limit)"
     )
+    p.add_argument(
+        "--rate-limit-bytes-per-key",
+        type=float,
+        help="request bytes per second per API key, the cost of calls (default 0: no limit)",
+    )
+    p.add_argument(
+        "--auth-failures-per-minute",
+        type=int,
+        help="failed authentications per peer address per minute before it is throttled (default 20; 0: off)",
+    )
+    p.add_argument("--max-indexes", type=int, help="indexes the server may hold (default 0: no limit)")
+    p.add_argument("--max-vectors", type=int, help="vectors stored over all indexes (default 0: no limit)")
     p.add_argument("--max-batch-tokens", type=int, help="token budget per forward batch (default 8192)")
     p.add_argument("--max-batch-rows", type=int, help="rows per forward pass (default 32)")
     p.add_argument(
@@ -199,6 +228,7 @@ async def _serve(config, port_file: Path | None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_keys)
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(port))
@@ -225,7 +255,7 @@ async def _serve(config, port_file: Path | None) -> int:
 
 # -- client ------------------------------------------------------------------
 def _client(args: argparse.Namespace):
-    from pairsmith.client import PairsmithClient
+    from pairsmith.service.client import PairsmithClient
 
     key = None
     if args.api_key_file is not None:

@@ -19,6 +19,7 @@ class ErrorKind(enum.Enum):
     FAILED_PRECONDITION = "failed_precondition"  # wrong model/method, stale export, encoder mismatch
     RESOURCE_EXHAUSTED = "resource_exhausted"  # overload, limits
     UNAUTHENTICATED = "unauthenticated"  # missing or wrong API key
+    PERMISSION_DENIED = "permission_denied"  # a valid API key without the scope the call needs
     UNAVAILABLE = "unavailable"  # shutting down / not ready
 
 
@@ -72,6 +73,10 @@ class ResourceExhausted(PairsmithError):
 
 class Unauthenticated(PairsmithError):
     kind = ErrorKind.UNAUTHENTICATED
+
+
+class PermissionDenied(PairsmithError):
+    kind = ErrorKind.PERMISSION_DENIED
 
 
 class Unavailable(PairsmithError):

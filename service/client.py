@@ -2,7 +2,7 @@
 
 Example::
 
-    from pairsmith.client import PairsmithClient
+    from pairsmith.service.client import PairsmithClient
 
     with PairsmithClient("localhost:50051", api_key="...") as c:
         vecs = c.embed(["a cat sits", "a dog runs"]).vectors      # (2, 384) float32

@@ -40,8 +40,9 @@ class ServeConfig:
     device: str = "cpu"
     data_dir: Path | None = None  # index store root; None: default_data_dir()
     # None: loopback (127.0.0.1) unless an API key is configured, then all interfaces (0.0.0.0).
-    # An explicit host always wins (a warning is logged for a non-loopback host without a key).
+    # An explicit host always wins. A non-loopback host without TLS needs insecure=True.
     host: str | None = None
+    insecure: bool = False  # allow plaintext on a non-loopback address (keys and data in clear)
     port: int = DEFAULT_PORT
     api_key_file: Path | None = None  # one key per line; none: no auth
     tls_cert: Path | None = None
@@ -71,6 +72,14 @@ class ServeConfig:
     max_factory_pq_nbits: int = 12
     # Requests per second per API key (token bucket, burst = 2 x rate); 0: no limit.
     rate_limit_per_key: float = 0.0
+    # Request bytes per second per API key (the cost of a call; burst = 2 x rate); 0: no limit.
+    rate_limit_bytes_per_key: float = 0.0
+    # Failed authentications per peer address per minute (the burst too); beyond, that address
+    # is refused without looking at its key until the budget refills. 0: no throttling.
+    auth_failures_per_minute: int = 20
+    # Server-wide quotas on the index store (0: none); per-key ones live in the key file.
+    max_indexes: int = 0
+    max_vectors: int = 0
     shutdown_grace_s: float = 10.0
     # Indexes kept open at once (idle ones beyond it are closed, least recently used first, and
     # reopened on demand); 0: from the file-descriptor limit (see IndexStore).
@@ -112,10 +121,14 @@ class ServeConfig:
             raise InvalidInput(f"batch_hold_fraction: must be in 0..1, got {self.batch_hold_fraction}")
         if self.streams < 0:
             raise InvalidInput(f"streams: must be >= 0 (0 = automatic), got {self.streams}")
-        if self.rate_limit_per_key < 0:
-            raise InvalidInput(f"rate_limit_per_key: must be >= 0, got {self.rate_limit_per_key}")
-        if self.rate_limit_per_key > 0 and self.api_key_file is None:
-            raise InvalidInput("rate_limit_per_key: limits are per API key; set api_key_file as well")
+        for name in ("rate_limit_per_key", "rate_limit_bytes_per_key"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"{name}: must be >= 0, got {getattr(self, name)}")
+            if getattr(self, name) > 0 and self.api_key_file is None:
+                raise InvalidInput(f"{name}: limits are per API key; set api_key_file as well")
+        for name in ("auth_failures_per_minute", "max_indexes", "max_vectors"):
+            if int(getattr(self, name)) < 0:
+                raise InvalidInput(f"{name}: must be >= 0 (0 = no limit), got {getattr(self, name)}")
         if self.host is not None and not str(self.host).strip():
             raise InvalidInput("host: must not be empty (omit it for the default)")
         if self.max_open_indexes < 0:
@@ -141,6 +154,22 @@ class ServeConfig:
         if self.host is not None:
             return self.host
         return "0.0.0.0" if self.api_key_file is not None else "127.0.0.1"
+
+    def check_exposure(self) -> None:
+        """A non-loopback address in plaintext needs ``insecure``: say what would cross the network."""
+        host = self.bind_host
+        if self.tls or self.insecure or is_loopback(host):
+            return
+        what = (
+            "bearer API keys (and every request) would cross the network in clear text, where anyone "
+            "on the path can read and replay them"
+            if self.api_key_file is not None
+            else "anyone who can reach it could call every RPC, unencrypted and without a key"
+        )
+        raise InvalidInput(
+            f"host: binding {host} without TLS: {what}. Give --tls-cert and --tls-key, bind a loopback "
+            "--host (127.0.0.1), or pass --insecure (insecure = true) to accept plaintext"
+        )
 
     @property
     def store_config(self):
@@ -189,6 +218,19 @@ class ServeConfig:
         return dataclasses.replace(self, **changes)
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost`` (other names are not resolved: treated as exposed)."""
+    import ipaddress
+
+    h = host.strip().strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         import tomllib
@@ -231,4 +273,4 @@ def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
     return float(value) if float in want else value
 
 
-__all__ = ["ServeConfig", "default_data_dir", "DEFAULT_PORT", "DEFAULT_METRICS_PORT"]
+__all__ = ["ServeConfig", "default_data_dir", "is_loopback", "DEFAULT_PORT", "DEFAULT_METRICS_PORT"]

@@ -74,6 +74,8 @@ class Runtime:
     runtime_versions: dict[str, str] = field(default_factory=dict)
     cpu_isa: str = ""  # this CPU's feature set (avx2, avx512, avx512_vnni, amx), for Info
     big_tokenize_executor: ThreadPoolExecutor | None = None  # requests over big_request_chars
+    fair: object | None = None  # limits.FairShare: per-key share of max_concurrent_requests
+    quotas: object | None = None  # quota.Quotas: index and vector limits
 
 
 def load_models(config: ServeConfig) -> Models:
@@ -249,25 +251,17 @@ class PairsmithServer:
         self._server: grpc.aio.Server | None = None
         self._load_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()
+        self.auth = None  # auth.ApiKeyInterceptor when a key file is configured
 
     async def start(self, port: int | None = None) -> int:
         cfg = self.config
-        interceptors = []
-        if cfg.api_key_file is not None:
-            from pairsmith.service.auth import ApiKeyInterceptor, load_api_keys
-
-            keys = load_api_keys(cfg.api_key_file)
-            interceptors.append(
-                ApiKeyInterceptor(
-                    keys,
-                    on_reject=self._count_rejected,
-                    rate_per_key=cfg.rate_limit_per_key,
-                    on_limited=lambda m: self.metrics.rate_limited.labels(m.rsplit("/", 1)[-1]).inc(),
-                )
-            )
+        cfg.check_exposure()
+        interceptors = self._auth_interceptors()
         host = cfg.bind_host
-        if cfg.api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
+        if cfg.api_key_file is None and cfg.insecure:
             log.warning("binding %s without an API key: anyone who can reach it can call every RPC", host)
+        elif cfg.insecure and not cfg.tls:
+            log.warning("binding %s in plaintext (--insecure): API keys cross the network in clear", host)
         credentials = None
         if cfg.tls:
             from pairsmith.service.auth import server_credentials
@@ -320,8 +314,40 @@ class PairsmithServer:
 
         return PairsmithServicer(self.rt)
 
-    def _count_rejected(self, method: str) -> None:
-        self.metrics.requests.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()
+    def _auth_interceptors(self) -> list:
+        """The API-key interceptor (with a key file), the fair share and the quotas."""
+        from pairsmith.service.auth import ApiKeyInterceptor, AuthPolicy, load_key_table
+        from pairsmith.service.limits import FairShare
+        from pairsmith.service.quota import Quotas
+
+        cfg = self.config
+        self.auth = None
+        if cfg.api_key_file is not None:
+            self.rt.fair = FairShare(cfg.max_concurrent_requests, 1)
+            policy = AuthPolicy(
+                rate_per_key=cfg.rate_limit_per_key,
+                bytes_per_key=cfg.rate_limit_bytes_per_key,
+                failures_per_minute=cfg.auth_failures_per_minute,
+            )
+            self.auth = ApiKeyInterceptor(
+                load_key_table(cfg.api_key_file),
+                policy,
+                fair=self.rt.fair,
+                on_refused=lambda m, code: self.metrics.requests.labels(m.rsplit("/", 1)[-1], code).inc(),
+                on_limited=lambda m: self.metrics.rate_limited.labels(m.rsplit("/", 1)[-1]).inc(),
+            )
+        auth = self.auth
+        self.rt.quotas = Quotas(
+            cfg.max_indexes, cfg.max_vectors, key_by_id=lambda i: auth.table.by_id(i) if auth else None
+        )
+        return [auth] if auth is not None else []
+
+    def reload_keys(self) -> bool:
+        """SIGHUP: read the key file again; a bad file keeps the keys in use (the log says why)."""
+        if self.auth is None:
+            log.warning("SIGHUP: no api_key_file configured; nothing to reload")
+            return False
+        return self.auth.reload(self.config.api_key_file)
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -348,8 +374,13 @@ class PairsmithServer:
             try:
                 self.rt.store = await loop.run_in_executor(self.rt.store_executor, open_store, cfg)
                 self.metrics.set_store(self.rt.store)
-                for info in await loop.run_in_executor(self.rt.read_executor, self.rt.store.list):
+                infos = await loop.run_in_executor(self.rt.read_executor, self.rt.store.list)
+                for info in infos:
                     self.metrics.set_index(info.name, int(info.count), int(info.size_bytes or 0))
+                owners = self.auth is not None
+                await loop.run_in_executor(
+                    self.rt.store_executor, lambda: self.rt.quotas.load(self.rt.store, infos, owners=owners)
+                )
             except Exception as exc:  # the model RPCs still work without a store
                 self.rt.store_error = str(exc) or type(exc).__name__
                 log.error("index store unavailable: %s", self.rt.store_error)

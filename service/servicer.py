@@ -8,6 +8,7 @@ timing metadata, metrics). Blocking store calls run on the store executor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from pairsmith.errors import FailedPrecondition, InvalidInput, ResourceExhausted
 from pairsmith.service import convert
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
+from pairsmith.service.limits import CALLER, audit
 from pairsmith.service.status import CallTimer, rpc
 
 if TYPE_CHECKING:
@@ -190,10 +192,15 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         e = np.exp(logits - logits.max())
         return (e / e.sum()).astype(np.float32)
 
+    def _fair(self):
+        """The calling key's share of max_concurrent_requests (a no-op without keys)."""
+        return self.rt.fair.slot() if self.rt.fair is not None else contextlib.nullcontext()
+
     async def _embed(self, texts, timer: CallTimer, context, *, truncate=True, field="texts"):
-        res = await self.rt.bi_batcher.submit_texts(
-            texts, truncate=truncate, deadline=_deadline(context), field=field
-        )
+        async with self._fair():
+            res = await self.rt.bi_batcher.submit_texts(
+                texts, truncate=truncate, deadline=_deadline(context), field=field
+            )
         timer.queue_ms += res.queue_ms
         timer.tokenize_ms += res.tokenize_ms
         timer.inference_ms += res.inference_ms
@@ -204,9 +211,10 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         if method == pb.SCORE_METHOD_UNI_ENCODER:
             raise InvalidInput(f"{field}: UNI_ENCODER ranks candidates for one query; use Rerank")
         if method == pb.SCORE_METHOD_CROSS_ENCODER:
-            res = await self.rt.cross_batcher.submit_pairs(
-                pairs, truncate=truncate, deadline=_deadline(context), field=field
-            )
+            async with self._fair():
+                res = await self.rt.cross_batcher.submit_pairs(
+                    pairs, truncate=truncate, deadline=_deadline(context), field=field
+                )
             timer.queue_ms += res.queue_ms
             timer.tokenize_ms += res.tokenize_ms
             timer.inference_ms += res.inference_ms
@@ -479,7 +487,10 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                 encoder_id=m.bi.model_id,
             )
 
-        info = await self._in_store(create)
+        caller = CALLER.get()
+        key = caller.key if caller is not None else None
+        info = await self._in_store(self.rt.quotas.create, store, request.name, key, create)
+        audit("CreateIndex", context, index=info.name, factory=repr(factory), metric=metric.value)
         self.rt.metrics.set_index(info.name, int(info.count), int(info.size_bytes or 0))
         return pb.CreateIndexResponse(index=convert.index_info_pb(info), timing=timer.message(pb))
 
@@ -511,7 +522,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             ]
             chunk.clear()
             t0 = time.perf_counter()
-            written += await self._in_store(store.upsert, name, items)
+            written += await self._in_store(self.rt.quotas.upsert, store, name, items)
             timer.search_ms += (time.perf_counter() - t0) * 1e3
 
         try:
@@ -561,6 +572,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                 exc.args = (f"{exc.args[0]} ({written} items before the failure were stored)",)
             raise
         info = await self._refresh_index_metrics(name)
+        audit("Upsert", context, index=name, upserted=written, count=int(info.count))
         return pb.UpsertResponse(upserted=written, count=int(info.count), timing=timer.message(pb))
 
     @rpc("Delete")
@@ -580,6 +592,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         n = await self._in_store(store.delete, request.index, list(request.ids))
         timer.search_ms += (time.perf_counter() - t0) * 1e3
         info = await self._refresh_index_metrics(request.index)
+        self.rt.quotas.set_count(info.name, int(info.count))
+        audit("Delete", context, index=info.name, requested=len(request.ids), deleted=int(n))
         return pb.DeleteResponse(deleted=int(n), count=int(info.count), timing=timer.message(pb))
 
     @rpc("GetIndex")
@@ -594,6 +608,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     async def ListIndexes(self, request, context, timer):
         store = self._store()
         infos = await self._read_store(store.list)
+        self.rt.quotas.refresh(infos)
         for info in infos:
             self.rt.metrics.set_index(info.name, int(info.count), int(info.size_bytes or 0))
         infos = sorted(infos, key=lambda i: i.name)
@@ -607,5 +622,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         if not request.name:
             raise InvalidInput("name: must not be empty")
         await self._in_store(store.drop, request.name)
+        self.rt.quotas.dropped(request.name)
+        audit("DropIndex", context, index=request.name)
         self.rt.metrics.forget_index(request.name)
         return pb.DropIndexResponse(timing=timer.message(pb))

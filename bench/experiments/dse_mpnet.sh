@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DSE on STS-B with the mpnet teacher (issue 13), several seeds, selection on a held-out split of STS-B
+# DSE on STS-B with the mpnet teacher, several seeds, selection on a held-out split of STS-B
 # train (bench/experiments/stsb_split.py) so that STS-B dev is a reported column only ("test" row).
 # TEACHER (a train cross-encoder --out), SEEDS, ALPHAS, EPOCHS, DEVICE, TAG. The teacher cache of the
 # first run is copied into the others (same teacher fingerprint: scored once).

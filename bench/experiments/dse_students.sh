@@ -23,7 +23,7 @@ run() {  # run NAME ALPHA "stsb mrpc" [extra args]
 }
 run a0 0 "stsb mrpc"
 run a0.5 0.5 "stsb mrpc"
-# Silver pairs and the paper's MLP head only where the teacher beats the labels-only student (MRPC; see docs/results.md).
+# Silver pairs and the paper's MLP head only where the teacher beats the labels-only student (MRPC).
 run a0.5-knn 0.5 "${EXTRA_SETS:-mrpc}" --augment knn --augment-k 1
 run a0.5-mlp 0.5 "${EXTRA_SETS:-mrpc}" --head mlp   # rescoring head (no ANN index)
 .venv/bin/python bench/distill_dse_speed.py --teacher "$RUNS/teacher-stsb$T" --student "$RUNS/dse-stsb-a0.5$T" \

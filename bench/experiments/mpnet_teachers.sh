@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Cross-encoder teachers on the mpnet backbone (issue 13): `pairsmith models install mpnet` first.
+# Cross-encoder teachers on the mpnet backbone: `pairsmith models install mpnet` first.
 # TASK=stsb|mrpc, EPOCHS, LR, MAXLEN, ORDERS (both|one), EVAL (dev every N steps), DEVICE (cpu|cuda),
 # TAG name the run; outputs go to $RUNS/teacher-mpnet-$TASK$TAG.
 # CPU (2 shared vCPUs, one thread, nice; ~40 min per epoch over both orders of STS-B on an idle box):
 #   OMP_NUM_THREADS=1 EPOCHS=1 ORDERS=one MAXLEN=64 TAG=-cpu1 nohup nice -n 19 bash bench/experiments/mpnet_teachers.sh > runs/mpnet-stsb.log 2>&1 &
-# GPU (the issue's recipe): DEVICE=cuda EPOCHS=4 MAXLEN=128 TASK=stsb bash bench/experiments/mpnet_teachers.sh
+# GPU (the full recipe): DEVICE=cuda EPOCHS=4 MAXLEN=128 TASK=stsb bash bench/experiments/mpnet_teachers.sh
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PS=${PAIRSMITH:-.venv/bin/pairsmith}

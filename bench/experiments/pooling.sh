@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-layer vs last-layer vs mean pooling (issue 10): the default model fine-tuned on the same
+# Multi-layer vs last-layer vs mean pooling: the default model fine-tuned on the same
 # STS-B train subset with cosine regression, same budget, final weights (no checkpoint selection),
 # seeds x variants; then STS-B dev, SICK-R dev (Spearman x100) and WikiQA dev MAP per run.
 # Long job on a shared 2-core box: nice, one thread, no lock; a finished step is skipped.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pooler settings for issue 10, chosen on a held-out split of STS-B *train* (never on the dev sets that
+# Pooler settings for multi-layer pooling, chosen on a held-out split of STS-B *train* (never on the dev sets that
 # are reported): fit on runs/stsb-split/fit.tsv (5,203 pairs), score Spearman on select.tsv (500 pairs).
 # One line per variant: NAME|train-embedding options. Long job: nice, one thread per run, PAR runs at once.
 #   setsid nohup bash bench/experiments/pooling_select.sh > runs/pooling-select/log.txt 2>&1 &

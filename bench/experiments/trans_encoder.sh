@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Trans-Encoder runs, sized for a shared 2-vCPU box (~10 cross-encoder training pairs/s under load; see
-# docs/results.md, section distill): a 3,000-pair random subsample of the transductive pool (sts-all),
+# Trans-Encoder runs, sized for a 2-core CPU: a 3,000-pair random subsample of the transductive pool (sts-all),
 # 1 cycle, cross-encoder 1 epoch over both orders at lr 5e-5, batch 16, max length 64, labels from both
 # orders (--symmetric-labels); bi-encoder 1 epoch, batch 16, lr 2e-5, max length 32.
 # Usage: bash bench/experiments/trans_encoder.sh NAME

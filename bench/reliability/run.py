@@ -3,11 +3,12 @@
 1. pytest over ``tests/reliability`` (fuzzing: ``--fuzz-examples`` per request message; kill -9:
    ``--kill-rounds``; full disk; corrupted files; security), the defect regressions and the
    README error table (``tests/test_service_defects.py``, ``tests/test_service_errors.py``,
-   ``tests/test_service_auth.py``);
-2. the load run (``bench/reliability/load.py``: 16 and 64 mixed clients, saturation, recovery);
-3. the resource and shutdown cases (``bench/reliability/cases.py``: EmbedStream pace through the
+   ``tests/test_service_auth.py``, ``tests/test_service_security.py``, ``tests/test_service_hardening.py``);
+2. fuzzing with scoped API keys (``bench/reliability/scoped_fuzz.py``: ``--scoped-examples`` per RPC and key);
+3. the load run (``bench/reliability/load.py``: 16 and 64 mixed clients, saturation, recovery);
+4. the resource and shutdown cases (``bench/reliability/cases.py``: EmbedStream pace through the
    SIGTERM drain, more indexes than the descriptor limit holds open, CreateIndex on a full disk);
-4. ``summary.md`` beside the JSON figures (``--out``), ready for docs/results.md.
+5. ``summary.md`` beside the JSON figures (``--out``): the figures in short, readable.
 
     python bench/reliability/run.py [--quick]   # --quick: small sizes, ~2 minutes
 """
@@ -29,6 +30,7 @@ TESTS = [
     "tests/test_service_defects.py",
     "tests/test_service_errors.py",
     "tests/test_service_auth.py",
+    "tests/test_service_security.py",
     "tests/test_service_hardening.py",
 ]
 
@@ -40,13 +42,14 @@ def main() -> int:
     ap.add_argument("--kill-rounds", type=int, default=24)
     ap.add_argument("--clients", default="16,64")
     ap.add_argument("--seconds", default="60,300")
+    ap.add_argument("--scoped-examples", type=int, default=200)
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-cases", action="store_true")
     ap.add_argument("--case-indexes", type=int, default=2000, help="descriptor case: indexes to create")
     ap.add_argument("--quick", action="store_true", help="50 examples, 3 rounds, 20 s load phases")
     args = ap.parse_args()
     if args.quick:
-        args.fuzz_examples, args.kill_rounds, args.seconds = 50, 3, "20,20"
+        args.fuzz_examples, args.kill_rounds, args.seconds, args.scoped_examples = 50, 3, "20,20", 20
         args.case_indexes = min(args.case_indexes, 300)
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(
@@ -79,6 +82,12 @@ def main() -> int:
         env=env,
     )
     tests_s = time.time() - t0
+    scoped_rc = subprocess.run(
+        [sys.executable, "bench/reliability/scoped_fuzz.py", "--examples", str(args.scoped_examples),
+         "--out", str(args.out)],
+        cwd=REPO,
+        env=env,
+    ).returncode  # fmt: skip
     load_rc = 0
     if not args.skip_load:
         load_rc = subprocess.run(
@@ -91,7 +100,7 @@ def main() -> int:
     summary = render(args, res.returncode, tests_s, junit) + render_cases(args.out)
     (args.out / "summary.md").write_text(summary)
     print(summary)
-    return res.returncode or load_rc or cases_rc
+    return res.returncode or scoped_rc or load_rc or cases_rc
 
 
 def run_cases(args, env: dict) -> int:
@@ -147,7 +156,7 @@ def render(args, tests_rc: int, tests_s: float, junit: Path) -> str:
     suite = suite if suite.tag == "testsuite" else suite[0]
     lines = [
         f"Command: `make reliability` (`python bench/reliability/run.py --fuzz-examples {args.fuzz_examples} "
-        f"--kill-rounds {args.kill_rounds} --clients {args.clients} --seconds {args.seconds}`), "
+        f"--kill-rounds {args.kill_rounds} --scoped-examples {args.scoped_examples} --clients {args.clients} --seconds {args.seconds}`), "
         f"{time.strftime('%Y-%m-%d')}, commit {args.commit}, {platform.machine()} ({os.cpu_count()} cores, shared).",
         "",
         f"- Tests: {suite.get('tests')} run, {suite.get('failures')} failed, {suite.get('errors')} errors, "
@@ -173,6 +182,14 @@ def render(args, tests_rc: int, tests_s: float, junit: Path) -> str:
         for k, v in z.items():
             codes = ", ".join(f"{c} {n}" for c, n in sorted(v["codes"].items(), key=lambda x: -x[1]))
             lines.append(f"| {k} | {v['examples']} | {codes} |")
+    scoped = args.out / "scoped_fuzz.json"
+    if scoped.exists():
+        z = json.loads(scoped.read_text())
+        lines.append(
+            f"- Fuzzing with scoped keys: {z['calls']} calls over {len(z['codes_by_key'])} kinds of key, "
+            f"violations (INTERNAL, a call past a missing scope or key, a granted scope refused): "
+            f"{z['violation_count']}."
+        )
     load = args.out / "load.json"
     if load.exists():
         d = json.loads(load.read_text())
