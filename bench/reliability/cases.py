@@ -293,8 +293,8 @@ def report(out: dict) -> dict:
         "title": "Resource and shutdown cases (real `pairsmith serve`)",
         "columns": ["case", "result"],
         "rows": rows,
-        "notes": "bench/reliability/cases.py against a server subprocess on 127.0.0.1; the machine was "
-        "shared with other jobs, so latencies are upper bounds.",
+        "notes": "bench/reliability/cases.py against a server subprocess on 127.0.0.1; other jobs used "
+        "the same cores meanwhile, so latencies are upper bounds.",
     }
 
 
@@ -309,7 +309,7 @@ def main() -> int:
     if args.quick:
         args.indexes = min(args.indexes, 300)
     out: dict = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": "python " + " ".join(shlex.quote(a.replace(f"{REPO}/", "")) for a in sys.argv),
         "code": subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
         ).stdout.strip(),

@@ -86,7 +86,7 @@ def main() -> int:
                 ["store.sqlite per index (before)", round(slow_ms, 1), round(slow_ms / args.indexes, 3)],
             ],
             "notes": f"IndexStore.list() in one process, {args.reps} interleaved repetitions each, median; "
-            "the machine was shared with other jobs, so compare the two rows, not absolute times.",
+            "other jobs used the same cores meanwhile, so compare the two rows, not absolute times.",
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
