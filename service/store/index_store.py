@@ -26,14 +26,21 @@ is built once at the end, trained on a sample of everything).
 
 Layout: ``root/indexes/<name>/`` holds ``store.sqlite`` (+ WAL), ``manifest.json``
 (factory, dim, metric, count, encoder fingerprint/id, search params, the
-snapshot file with its sha256 and highest iid), ``snapshot-NNNNNN.faiss`` and
-``LOCK``. A snapshot whose checksum fails is ignored and rebuilt from SQLite.
+snapshot file with its sha256 and highest iid), ``snapshot-NNNNNN.faiss``, ``LOCK``, and
+``manifest.stale`` from the first write after a snapshot until the next one (``get``/``list`` read
+the manifest alone when that mark is absent, else SQLite). A snapshot whose checksum fails is
+ignored and rebuilt from SQLite.
+
+Open indexes: at most ``config.max_open_indexes`` (0: derived from RLIMIT_NOFILE) stay open; the
+least recently used idle one is closed (snapshot first) and reopened on demand. Out of file
+descriptors, every idle index is closed and the open retried once, then ResourceExhausted.
 
 Semantics:
 
 - Errors only from :mod:`pairsmith.errors`: NotFound (unknown index),
-  AlreadyExists, InvalidInput (naming the field and the limit),
-  FailedPrecondition (encoder mismatch, untrainable, index locked by another process).
+  AlreadyExists, InvalidInput (naming the field and the limit; vectors with an L2 norm over
+  ``MAX_VECTOR_NORM`` on ip/l2 indexes), FailedPrecondition (encoder mismatch, untrainable, index
+  locked by another process), ResourceExhausted (disk full, no file descriptors left).
 - Scores: higher is better for every metric. COSINE and INNER_PRODUCT give the
   inner product (COSINE on L2-normalised vectors and queries); L2 gives the
   *negative* squared Euclidean distance.
