@@ -43,6 +43,7 @@ _FLAG_FIELDS = (
     "max_concurrent_requests",
     "streams",
     "cross_last_layer",
+    "max_open_indexes",
 )
 
 
@@ -142,6 +143,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-concurrent-requests", type=int, help="in-flight model requests before RESOURCE_EXHAUSTED"
+    )
+    p.add_argument(
+        "--max-open-indexes",
+        type=int,
+        help="indexes kept open at once; idle ones beyond it close and reopen on demand "
+        "(default 0: from the file-descriptor limit)",
     )
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
     p.set_defaults(func=run_serve)

@@ -164,10 +164,15 @@ class TokenBatcher:
             pool = self._tok_executor
             if self._big_executor is not None and chars > self._big_chars:
                 pool = self._big_executor
-            if texts is not None:
-                enc = await loop.run_in_executor(pool, self.tokenizer.encode, list(texts))
-            else:
-                enc = await loop.run_in_executor(pool, self.tokenizer.encode_pairs, list(pairs))
+            try:
+                if texts is not None:
+                    enc = await loop.run_in_executor(pool, self.tokenizer.encode, list(texts))
+                else:
+                    enc = await loop.run_in_executor(pool, self.tokenizer.encode_pairs, list(pairs))
+            except MemoryError:
+                raise ResourceExhausted(
+                    f"{field}: the server ran out of memory tokenising {n} inputs; retry with fewer"
+                ) from None
             tokenize_ms = (time.perf_counter() - t0) * 1e3
             if not truncate and enc.truncated.any():
                 i = int(np.flatnonzero(enc.truncated)[0])
@@ -277,6 +282,11 @@ class TokenBatcher:
                 raise
             except Exception as exc:  # a model failure fails this batch only
                 log.exception("%s batch of %d inputs failed", self.name, len(ids))
+                if isinstance(exc, MemoryError):
+                    exc = ResourceExhausted(
+                        f"the {self.name} model ran out of memory for a batch of {len(ids)} inputs; "
+                        "retry with fewer or shorter texts"
+                    )
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(exc)

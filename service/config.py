@@ -82,6 +82,9 @@ class ServeConfig:
     max_indexes: int = 0
     max_vectors: int = 0
     shutdown_grace_s: float = 10.0
+    # Indexes kept open at once (idle ones beyond it are closed, least recently used first, and
+    # reopened on demand); 0: from the file-descriptor limit (see IndexStore).
+    max_open_indexes: int = 0
     warmup: bool = True
 
     def __post_init__(self) -> None:
@@ -131,6 +134,8 @@ class ServeConfig:
                 raise InvalidInput(f"{name}: must be >= 0 (0 = no limit), got {getattr(self, name)}")
         if self.host is not None and not str(self.host).strip():
             raise InvalidInput("host: must not be empty (omit it for the default)")
+        if self.max_open_indexes < 0:
+            raise InvalidInput(f"max_open_indexes: must be >= 0 (0 = automatic), got {self.max_open_indexes}")
         if self.shutdown_grace_s < 0:
             raise InvalidInput(f"shutdown_grace_s: must be >= 0, got {self.shutdown_grace_s}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -181,7 +186,8 @@ class ServeConfig:
                 max_hnsw_m=self.max_factory_hnsw_m,
                 max_pq_nbits=self.max_factory_pq_nbits,
                 max_number=max(self.max_factory_nlist, FactoryLimits.max_number),
-            )
+            ),
+            max_open_indexes=self.max_open_indexes,
         )
 
     @property

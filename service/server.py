@@ -70,6 +70,7 @@ class Runtime:
     load_error: str | None = None
     shutting_down: bool = False
     inflight: int = 0  # RPCs between the start of their handler and their reply
+    drained: asyncio.Event = field(default_factory=asyncio.Event)  # set while inflight == 0
     runtime_versions: dict[str, str] = field(default_factory=dict)
     cpu_isa: str = ""  # this CPU's feature set (avx2, avx512, avx512_vnni, amx), for Info
     big_tokenize_executor: ThreadPoolExecutor | None = None  # requests over big_request_chars
@@ -374,6 +375,7 @@ class PairsmithServer:
                 self.rt.cross_batcher.start()
             try:
                 self.rt.store = await loop.run_in_executor(self.rt.store_executor, open_store, cfg)
+                self.metrics.set_store(self.rt.store)
                 infos = await loop.run_in_executor(self.rt.read_executor, self.rt.store.list)
                 for info in infos:
                     self.metrics.set_index(info.name, int(info.count), int(info.size_bytes or 0))
@@ -434,8 +436,14 @@ class PairsmithServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         await self.begin_shutdown()
-        while self.rt.inflight > 0 and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        if self.rt.inflight > 0:
+            # Woken by the last reply, not by polling: while draining, the event loop stays as
+            # quiet as in normal service, and the model threads keep the cores.
+            self.rt.drained.clear()
+            try:
+                await asyncio.wait_for(self.rt.drained.wait(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                pass
         if self.rt.inflight:
             log.warning("shutdown grace over: cancelling %d calls still in flight", self.rt.inflight)
         if self._server is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from pairsmith import __version__
 from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine, sigmoid
-from pairsmith.errors import FailedPrecondition, InvalidInput, Unavailable
+from pairsmith.errors import FailedPrecondition, InvalidInput, ResourceExhausted, Unavailable
 from pairsmith.service import convert
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc
@@ -65,6 +66,8 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         """Calls in flight: the ``pairsmith_inflight_requests`` gauge and the shutdown drain."""
         self.rt.inflight += delta
         self.rt.metrics.inflight.set(self.rt.inflight)
+        if self.rt.inflight == 0:
+            self.rt.drained.set()  # the shutdown drain waits on it
 
     def scrub(self, message: str) -> str:
         """No server filesystem paths in what a client reads (the log keeps them)."""
@@ -126,11 +129,29 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
 
     async def _in_store(self, fn, *args):
         """A store write (create, upsert, delete, drop) on the single writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.rt.store_executor, fn, *args)
+        return await self._on(self.rt.store_executor, fn, *args)
 
     async def _read_store(self, fn, *args):
         """A store read (search, get, list, check_encoder) on the reader pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.rt.read_executor, fn, *args)
+        return await self._on(self.rt.read_executor, fn, *args)
+
+    async def _on(self, executor, fn, *args):
+        """Run a store call; an exhausted resource (disk, descriptors, memory) that the store did
+        not name itself is RESOURCE_EXHAUSTED, never INTERNAL. Anything else propagates."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except MemoryError:
+            raise ResourceExhausted(
+                "index store: the server is out of memory for this request; retry smaller"
+            ) from None
+        except (OSError, sqlite3.Error) as exc:
+            from pairsmith.service.store.db import resource_error
+
+            err = resource_error(exc, "index store")
+            if err is None:
+                raise
+            log.error("index store call %s: %s", getattr(fn, "__name__", fn), exc)
+            raise err from None
 
     def _check_count(self, n: int, field: str, *, allow_empty: bool = False) -> None:
         if n == 0 and not allow_empty:
@@ -388,22 +409,34 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             res = await self._embed([request.text], timer, context, field="text")
             query = self._vectors(res.values)
         else:
+            from pairsmith.service.store.faiss_index import check_norms
+
             query = convert.vector_from(request, which, "query", int(info.dim))[None, :]
+            check_norms(query, info.metric, "query")
         t0 = time.perf_counter()
         hits = (await self._read_store(store.search, request.index, query, k))[0]
         timer.search_ms += (time.perf_counter() - t0) * 1e3
         first = {h.id: float(h.score) for h in hits}
         if stage is not None and hits:
             field = _opt(stage, "text_field", "text")
-            texts = []
-            for h in hits:
-                text = (h.payload or {}).get(field)
-                if not isinstance(text, str):
-                    raise FailedPrecondition(
-                        f"rerank: hit {h.id!r} has no text in payload field {field!r}; upsert texts with "
-                        "store_text=true or set rerank.text_field"
-                    )
-                texts.append(text)
+            # Only candidates with a string in the text field can be reranked; the others are left
+            # out of the reranked hits (one document without text must not fail the whole search).
+            with_text = [h for h in hits if isinstance((h.payload or {}).get(field), str)]
+            if not with_text:
+                raise FailedPrecondition(
+                    f"rerank: none of the {len(hits)} candidates has a text in payload field {field!r}; "
+                    "upsert texts with store_text=true or set rerank.text_field"
+                )
+            if len(with_text) < len(hits):
+                log.info(
+                    "Search request %s: %d of %d rerank candidates have no text in %r and are left out",
+                    timer.request_id,
+                    len(hits) - len(with_text),
+                    len(hits),
+                    field,
+                )
+            hits = with_text
+            texts = [h.payload[field] for h in hits]
             if method == pb.SCORE_METHOD_UNI_ENCODER:
                 scores = await self._uni_rank(request.text, texts, False, True, timer)
             else:
@@ -464,6 +497,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
     @rpc("Upsert")
     async def Upsert(self, request_iterator, context, timer):
         store = self._store()
+        from pairsmith.service.store.faiss_index import check_norms
         from pairsmith.service.store.index_store import UpsertItem
 
         m = self.rt.models
@@ -525,6 +559,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
                         chunk.append((it.id, it.text, payload, True))
                     else:
                         vec = convert.vector_from(it, which, field, int(info.dim))
+                        check_norms(vec, info.metric, f"{field}.{which}")
                         convert.check_payload_size(payload, field, text_stored=False)
                         chunk.append((it.id, vec, payload, False))
                     if len(chunk) >= UPSERT_CHUNK:
@@ -545,9 +580,11 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         store = self._store()
         if not request.index:
             raise InvalidInput("index: must not be empty")
-        limit = 100 * self.cfg.max_texts_per_request
+        limit = self.cfg.max_texts_per_request  # the same per-request cap as texts and items
         if len(request.ids) > limit:
-            raise InvalidInput(f"ids: {len(request.ids)} ids, at most {limit} per request")
+            raise InvalidInput(
+                f"ids: {len(request.ids)} ids, at most {limit} per request (Info.max_texts_per_request)"
+            )
         for i, item_id in enumerate(request.ids):
             if not item_id:
                 raise InvalidInput(f"ids[{i}]: must not be empty")

@@ -2,13 +2,26 @@
 
 Each server owns a private registry, so several servers (tests) can run in
 one process. Names follow Prometheus conventions (``_total``, ``_seconds``).
+The endpoint answers ``GET /metrics`` only (404 elsewhere). Labels have a
+bounded set of values (RPC names, status codes, model kinds): index names are
+user data of unbounded number, so index figures are totals over all indexes
+(per-index figures come from GetIndex / ListIndexes, behind authentication).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,29 +82,76 @@ class Metrics:
         self.rate_limited = Counter(
             "pairsmith_rate_limited", "Calls refused by the per-key rate limit", ["rpc"], registry=r
         )
-        self.index_vectors = Gauge("pairsmith_index_vectors", "Items per index", ["index"], registry=r)
-        self.index_bytes = Gauge("pairsmith_index_bytes", "Bytes on disk per index", ["index"], registry=r)
+        self.indexes = Gauge("pairsmith_indexes", "Indexes in the store", registry=r)
+        self.index_vectors = Gauge("pairsmith_index_vectors", "Items in all indexes", registry=r)
+        self.index_bytes = Gauge("pairsmith_index_bytes", "Bytes on disk of all indexes", registry=r)
+        self.open_indexes = Gauge(
+            "pairsmith_open_indexes", "Indexes open now (FAISS in memory, files open)", registry=r
+        )
+        self.open_indexes_max = Gauge(
+            "pairsmith_open_indexes_max", "Most indexes kept open at once (--max-open-indexes)", registry=r
+        )
+        self.index_evictions = Gauge(
+            "pairsmith_index_evictions", "Idle indexes closed to stay within the open-index bound", registry=r
+        )
         self.ready = Gauge("pairsmith_ready", "1 when models are loaded and warmed", registry=r)
-        self._http = None
+        self._index_figures: dict[str, tuple[int, int]] = {}  # name -> (vectors, bytes): the totals
+        self._figures_lock = threading.Lock()
+        self._http: ThreadingHTTPServer | None = None
 
     def observe_rpc(self, rpc: str, code: str, seconds: float) -> None:
         self.requests.labels(rpc, code).inc()
         self.latency.labels(rpc).observe(seconds)
 
     def set_index(self, name: str, count: int, size_bytes: int) -> None:
-        self.index_vectors.labels(name).set(count)
-        self.index_bytes.labels(name).set(size_bytes)
+        with self._figures_lock:
+            self._index_figures[name] = (int(count), int(size_bytes))
+            self._totals()
 
     def forget_index(self, name: str) -> None:
-        for g in (self.index_vectors, self.index_bytes):
-            try:
-                g.remove(name)
-            except KeyError:
-                pass
+        with self._figures_lock:
+            self._index_figures.pop(name, None)
+            self._totals()
+
+    def _totals(self) -> None:
+        figures = self._index_figures.values()
+        self.indexes.set(len(self._index_figures))
+        self.index_vectors.set(sum(f[0] for f in figures))
+        self.index_bytes.set(sum(f[1] for f in figures))
+
+    def set_store(self, store) -> None:
+        """Open-index figures, read from the store at each scrape."""
+        self.open_indexes.set_function(lambda: store.open_count)
+        self.open_indexes_max.set(store.max_open)
+        self.index_evictions.set_function(lambda: store.evictions)
 
     def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint (``/metrics``); returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Start the HTTP endpoint (``GET /metrics`` only); returns the bound port."""
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404, "only /metrics is served here")
+                    return
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # scrapes are not worth a log line each
+                pass
+
+        import socket
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        server = Server((host, port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="pairsmith-metrics", daemon=True).start()
         self._http = server
         bound = int(server.server_port)
         log.info("metrics on http://%s:%d/metrics", host, bound)

@@ -3,10 +3,12 @@
 1. pytest over ``tests/reliability`` (fuzzing: ``--fuzz-examples`` per request message; kill -9:
    ``--kill-rounds``; full disk; corrupted files; security), the defect regressions and the
    README error table (``tests/test_service_defects.py``, ``tests/test_service_errors.py``,
-   ``tests/test_service_auth.py``, ``tests/test_service_security.py``);
+   ``tests/test_service_auth.py``, ``tests/test_service_security.py``, ``tests/test_service_hardening.py``);
 2. fuzzing with scoped API keys (``bench/reliability/scoped_fuzz.py``: ``--scoped-examples`` per RPC and key);
 3. the load run (``bench/reliability/load.py``: 16 and 64 mixed clients, saturation, recovery);
-4. ``summary.md`` beside the JSON figures (``--out``): the figures in short, readable.
+4. the resource and shutdown cases (``bench/reliability/cases.py``: EmbedStream pace through the
+   SIGTERM drain, more indexes than the descriptor limit holds open, CreateIndex on a full disk);
+5. ``summary.md`` beside the JSON figures (``--out``): the figures in short, readable.
 
     python bench/reliability/run.py [--quick]   # --quick: small sizes, ~2 minutes
 """
@@ -29,6 +31,7 @@ TESTS = [
     "tests/test_service_errors.py",
     "tests/test_service_auth.py",
     "tests/test_service_security.py",
+    "tests/test_service_hardening.py",
 ]
 
 
@@ -41,10 +44,13 @@ def main() -> int:
     ap.add_argument("--seconds", default="60,300")
     ap.add_argument("--scoped-examples", type=int, default=200)
     ap.add_argument("--skip-load", action="store_true")
+    ap.add_argument("--skip-cases", action="store_true")
+    ap.add_argument("--case-indexes", type=int, default=2000, help="descriptor case: indexes to create")
     ap.add_argument("--quick", action="store_true", help="50 examples, 3 rounds, 20 s load phases")
     args = ap.parse_args()
     if args.quick:
         args.fuzz_examples, args.kill_rounds, args.seconds, args.scoped_examples = 50, 3, "20,20", 20
+        args.case_indexes = min(args.case_indexes, 300)
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ,
@@ -90,10 +96,57 @@ def main() -> int:
             cwd=REPO,
             env=env,
         ).returncode  # fmt: skip
-    summary = render(args, res.returncode, tests_s, junit)
+    cases_rc = 0 if args.skip_cases else run_cases(args, env)
+    summary = render(args, res.returncode, tests_s, junit) + render_cases(args.out)
     (args.out / "summary.md").write_text(summary)
     print(summary)
-    return res.returncode or scoped_rc or load_rc
+    return res.returncode or scoped_rc or load_rc or cases_rc
+
+
+def run_cases(args, env: dict) -> int:
+    """The resource and shutdown cases against real servers; figures in ``cases.json``."""
+    cmd = [
+        sys.executable,
+        "bench/reliability/cases.py",
+        "--out",
+        str(args.out),
+        "--indexes",
+        str(args.case_indexes),
+    ]
+    return subprocess.run(cmd, cwd=REPO, env=env).returncode
+
+
+def render_cases(out: Path) -> str:
+    path = out / "cases.json"
+    if not path.exists():
+        return ""
+    c = json.loads(path.read_text())
+    lines = [""]
+    d = c.get("drain_pace")
+    if d:
+        lines.append(
+            f"- Drain: EmbedStream of {d['messages']} messages (16 texts, one per 100 ms), SIGTERM at "
+            f"{d['sigterm_at_s']} s: {d['replies']}/{d['messages']} replies, last at {d['last_reply_s']} s, "
+            f"largest gap after SIGTERM {d['max_gap_after_sigterm_s']} s, largest burst {d['largest_burst']} "
+            f"replies, errors {d['errors'] or 'none'}, exit code {d['server_exit_code']}."
+        )
+    f = c.get("descriptors")
+    if f:
+        lines.append(
+            f"- Descriptors: RLIMIT_NOFILE={f['rlimit_nofile']}, {f['indexes']} indexes each created, upserted "
+            f"and searched: {f['codes']}; ListIndexes of {f['list_indexes']} indexes {f['list_indexes_ms_median']} ms "
+            f"(median of 3); `.creating-*` left: {len(f['creating_leftovers'])}."
+        )
+    z = c.get("full_disk_create")
+    if z and "skipped" in z:
+        lines.append(f"- Full disk CreateIndex: skipped ({z['skipped']}).")
+    elif z:
+        lines.append(
+            f"- Full disk CreateIndex ({z['filesystem_mb']} MB tmpfs, filled): {z['create_codes']}; left behind: "
+            f"{z['leftovers'] or 'nothing'}; Search {z['search_while_full']}, ListIndexes {z['list_while_full']} "
+            f"while full; CreateIndex after freeing space: {z['create_after_space_freed']}."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def render(args, tests_rc: int, tests_s: float, junit: Path) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,10 +44,54 @@ CREATE TABLE IF NOT EXISTS dead (iid INTEGER PRIMARY KEY);
 _IN_CHUNK = 900  # stay well under SQLite's bound-parameter limit
 
 
+class OutOfDescriptors(ResourceExhausted):
+    """The process has no file descriptor left (EMFILE / ENFILE)."""
+
+
 def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "disk I/O" in str(exc))
+
+
+def _fds_exhausted(margin: int = 16) -> bool:
+    """Whether this process is (within ``margin`` of being) out of file descriptors: SQLite
+    reports that only as "unable to open database file", after closing what it had opened."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY and len(os.listdir("/proc/self/fd")) >= soft - margin:
+            return True
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    except (ImportError, ValueError):  # pragma: no cover - no /proc or no resource module
+        pass
+    try:
+        fd = os.open(os.devnull, os.O_RDONLY)
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    os.close(fd)
+    return False
+
+
+def resource_error(exc: BaseException, what: str) -> ResourceExhausted | None:
+    """RESOURCE_EXHAUSTED for a full disk or exhausted file descriptors behind ``exc``, else None.
+
+    ``what`` starts the message (e.g. ``"index 'docs': cannot create it"``).
+    """
+    if _is_disk_full(exc):
+        return ResourceExhausted(
+            f"{what}: the disk is full or failing ({exc}); nothing was stored. Free space and retry"
+        )
+    if (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)) or (
+        isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc) and _fds_exhausted()
+    ):
+        return OutOfDescriptors(
+            f"{what}: the server is out of file descriptors; retry later. Operators: raise the limit "
+            "(ulimit -n) or lower --max-open-indexes"
+        )
+    return None
 
 
 def _writes(fn):
@@ -75,10 +120,17 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
             f"file:{path}?mode={mode}", uri=True, check_same_thread=False, isolation_level=None, timeout=30
         )
     except sqlite3.OperationalError as exc:
+        err = resource_error(exc, f"index {path.parent.name!r}")
+        if err is not None:
+            raise err from None
         raise NotFound(f"index {path.parent.name!r}: {path.name} cannot be opened ({exc})") from None
-    if not readonly:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+    try:
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -88,10 +140,15 @@ class IndexDb:
     def __init__(self, path: Path, dim: int | None = None, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
-        self._w = None if readonly else _connect(path, readonly=False)
-        self._r = _connect(path, readonly=readonly)
-        self._rlock = threading.Lock()
-        self.dim = dim if dim is not None else int(self.meta("dim") or 0)
+        self._w = self._r = None
+        try:
+            self._w = None if readonly else _connect(path, readonly=False)
+            self._r = _connect(path, readonly=readonly)
+            self._rlock = threading.Lock()
+            self.dim = dim if dim is not None else int(self.meta("dim") or 0)
+        except BaseException:
+            self.close()  # no connection (descriptor) left behind by a failed open
+            raise
 
     @classmethod
     def create(cls, path: Path, meta: Mapping[str, str]) -> None:

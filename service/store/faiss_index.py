@@ -12,7 +12,7 @@ owns those. The pieces:
 - :class:`Snapshot` is what readers search: an immutable base FAISS index,
   the ids deleted from it but still physically present (filtered at search
   time), and a small exact "delta" of recent vectors not yet merged in.
-- :func:`write_index_atomic`: temp + fsync + rename (other files: :mod:`pairsmith.atomic`).
+- :func:`write_index_atomic`: a FAISS file written through :mod:`pairsmith.atomic`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pairsmith.atomic import fsync_dir
+from pairsmith.atomic import atomic_write_bytes
 from pairsmith.errors import InvalidInput, parse_enum
 
 SINGLE_THREAD_MAX_QUERIES = 4
@@ -49,6 +49,34 @@ class IndexMetric(enum.Enum):
     @property
     def faiss_metric(self) -> int:
         return faiss.METRIC_L2 if self is IndexMetric.L2 else faiss.METRIC_INNER_PRODUCT
+
+
+# FAISS scores in float32 (largest finite value ~3.4e38). For vectors q and v,
+# |<q, v>| <= |q| |v| and |q - v|^2 <= (|q| + |v|)^2, and the L2 kernels also form
+# |q|^2 + |v|^2 - 2 <q, v>: with both norms at most MAX_VECTOR_NORM every term and partial sum stays
+# below 4e36, a hundredfold margin. Inner-product and L2 indexes refuse larger vectors and queries
+# (cosine indexes normalise them, so any finite non-zero vector is fine there).
+MAX_VECTOR_NORM = 1e18
+
+
+def check_norms(vecs: np.ndarray, metric: IndexMetric, field: str) -> None:
+    """Refuse rows of ``vecs`` whose L2 norm could overflow a float32 score (InvalidInput).
+
+    ``field`` names a row with ``{i}`` (e.g. ``"queries[{i}]"``); the norm is taken in float64 so
+    that the check itself cannot overflow.
+    """
+    if metric is IndexMetric.COSINE:
+        return
+    rows = np.atleast_2d(np.asarray(vecs))
+    norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~(norms <= MAX_VECTOR_NORM))
+    if len(bad):
+        i = int(bad[0])
+        raise InvalidInput(
+            f"{field.format(i=i)}: L2 norm {norms[i]:.3g} exceeds {MAX_VECTOR_NORM:.0e}, the largest a "
+            f"{metric.value!r} index accepts (larger vectors make float32 scores overflow to inf or NaN); "
+            "scale the vectors down or use a cosine index"
+        )
 
 
 _FAISS_LOCATION = re.compile(r"Error in .*? at \S+:\d+:\s*")
@@ -395,16 +423,15 @@ def merge_topk(parts_s: list[np.ndarray], parts_i: list[np.ndarray], k: int) -> 
 
 
 def write_index_atomic(index: faiss.Index, path: Path) -> str:
-    """Write ``index`` to ``path`` (temp + fsync + rename); returns the file's sha256."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        faiss.write_index(index, str(tmp))
-        digest = sha256_file(tmp, fsync=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Write ``index`` to ``path`` with :func:`pairsmith.atomic.atomic_write_bytes` (temp + fsync +
+    rename); returns the file's sha256.
+
+    The index is serialised in memory first (one extra copy of it while the file is written;
+    compaction already holds a clone of the same size), so the checksum needs no second read.
+    """
+    data = faiss.serialize_index(index)  # (n_bytes,) uint8
+    digest = hashlib.sha256(memoryview(data)).hexdigest()
+    atomic_write_bytes(path, memoryview(data))
     return digest
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pairsmith.atomic import atomic_write_bytes
+from pairsmith.atomic import atomic_write_json, fsync_dir
 from pairsmith.errors import FailedPrecondition, NotFound, ResourceExhausted
-from pairsmith.service.store.db import IndexDb
+from pairsmith.service.store.db import IndexDb, resource_error
 from pairsmith.service.store.faiss_index import (
     FactoryLimits,
     IndexMetric,
@@ -41,6 +41,7 @@ from pairsmith.service.store.faiss_index import (
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
+STALE_MARK = "manifest.stale"  # present: store.sqlite has writes newer than manifest.json
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class StoreConfig:
     checkpoint_interval_s: float = 300.0
     train_sample_max: int = 100_000
     factory_limits: FactoryLimits = FactoryLimits()  # what a new index's factory may allocate
+    # Indexes kept open at once (FAISS in memory, SQLite connections, a lock file); beyond it the
+    # least recently used idle one is closed and reopened on demand. 0: from RLIMIT_NOFILE.
+    max_open_indexes: int = 0
 
 
 class _State:
@@ -99,6 +103,23 @@ class LiveIndex:
         self.refs = 0
         self.dropped = False
         self.released = False
+        # manifest.json is current (its count and updated_at equal store.sqlite's): no STALE_MARK.
+        self.manifest_clean = (path / "manifest.json").is_file() and not (path / STALE_MARK).exists()
+
+    def will_write(self) -> None:
+        """Before a write commits: mark manifest.json stale (an empty ``manifest.stale`` file, made
+        durable), so readers of manifests (ListIndexes) read store.sqlite until the next checkpoint."""
+        if not self.manifest_clean:
+            return
+        try:
+            with open(self.path / STALE_MARK, "wb"):
+                pass
+            fsync_dir(self.path)
+        except OSError as exc:
+            raise resource_error(exc, f"index {self.name!r}") or FailedPrecondition(
+                f"index {self.name!r}: cannot write in its folder ({exc.strerror or exc}); nothing was stored"
+            ) from None
+        self.manifest_clean = False
 
     def check_open(self) -> None:
         if self.closed:
@@ -360,6 +381,8 @@ class LiveIndex:
                 "written_at": now_iso(),
             }
         write_manifest(self.path, self.db.all_meta(), count=st.count, snapshot=info)
+        (self.path / STALE_MARK).unlink(missing_ok=True)  # lost in a crash: merely stale, safe
+        self.manifest_clean = True
         self.db.set_dead(snap.dead)  # the on-disk base now holds exactly these deleted iids
         for f in old_files:
             if info is None or f.name != info["file"]:
@@ -376,6 +399,10 @@ def _remove(index: faiss.Index, iids: np.ndarray) -> None:
 
 
 def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot: dict | None) -> None:
+    """``manifest.json``: everything ListIndexes shows, written with the exact ``count``.
+
+    The first write after it creates ``manifest.stale`` beside it (:meth:`LiveIndex.will_write`).
+    """
     doc = {
         "format": int(meta.get("format", FORMAT_VERSION)),
         "name": meta["name"],
@@ -389,13 +416,14 @@ def write_manifest(path: Path, meta: Mapping[str, str], *, count: int, snapshot:
         "updated_at": meta["updated_at"],
         "needs_rebuild_on_delete": meta["needs_rebuild_on_delete"] == "1",
         "train_size": int(meta["train_size"]),
+        "min_train": int(meta["min_train"]),
         "search_params": json.loads(meta["search_params"]),
         "build_params": json.loads(meta.get("build_params", "{}")),
         "faiss_version": faiss.__version__,
         "store": "store.sqlite",
         "snapshot": snapshot,
     }
-    atomic_write_bytes(path / "manifest.json", (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_json(path / "manifest.json", doc)
 
 
 def read_manifest(index_dir: Path) -> dict | None:
