@@ -354,6 +354,7 @@ README_ROWS = {
                            "tests/test_service_hardening.py::test_create_index_on_full_disk_is_resource_exhausted_and_leaves_nothing",
                            "tests/test_service_hardening.py::test_more_indexes_than_descriptors_allow_open_all_answer"],
     "UNAUTHENTICATED": ["tests/test_service_auth.py::test_every_rpc_needs_the_key"],
+    "PERMISSION_DENIED": ["tests/test_service_security.py::test_scopes_hold_on_every_rpc"],
     "UNAVAILABLE": ["tests/test_service_lifecycle.py::test_health_transitions",
                     "tests/test_service_defects.py::test_sigterm_drains_embed_stream_and_health_is_not_serving"],
     "DEADLINE_EXCEEDED": ["tests/test_service_lifecycle.py::test_graceful_stop_drains_and_queued_deadline_is_dropped"],
