@@ -81,7 +81,10 @@ def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, int, P
     log = tmp / "server.log"
     cmd = [sys.executable, "-m", "pairsmith", "serve", "--model", model, "--host", "127.0.0.1"]
     cmd += ["--port", "0", "--port-file", str(port_file), "--data-dir", str(tmp / "data"), *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    # The repo root only for a model path relative to it: there, a source checkout's top folder can
+    # shadow an installed pairsmith (the GPU machine runs an assembled package from PYTHONPATH).
+    cwd = REPO if (REPO / model).exists() else tmp
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     while not port_file.exists():
         if proc.poll() is not None:
             raise SystemExit(f"server exited:\n{log.read_text()[-2000:]}")
@@ -192,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer", choices=("auto", "none", "infinity"), default="auto",
                     help="auto: run infinity-emb too when installed (bench/peers/envs.py makes its environment)")  # fmt: skip
     ap.add_argument("--server-args", default="", help="extra `pairsmith serve` flags")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda: the server's and the in-process encoder's")
     ap.add_argument("--texts-from", default="synthetic",
                     help="synthetic, or an STS set name (stsb-dev ...) read from the data folder")  # fmt: skip
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -211,12 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         real = list(dict.fromkeys(list(pairs.s1) + list(pairs.s2)))
         texts, text_source = (real * (1 + args.texts // len(real)))[: args.texts], args.texts_from
     facts = machine_facts()
-    if args.backend in ("onnx", "auto"):  # the server and the in-process encoder load the same export
+    if (
+        args.backend in ("onnx", "auto") and args.device == "cpu"
+    ):  # the server and the in-process encoder load the same export
         from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
 
         export_onnx(args.model, ExportConfig(quantize="int8"))
     metrics_port = free_port()
-    extra = ["--backend", args.backend, *args.server_args.split(), "--metrics-port", str(metrics_port)]
+    extra = ["--backend", args.backend, "--device", args.device, *args.server_args.split()]
+    extra += ["--metrics-port", str(metrics_port)]
     extra += ["--max-concurrent-requests", "4096"]
     peer = None
     exe = find_infinity(create=args.peer == "infinity") if args.peer != "none" else None
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if exe is not None:
             src = resolve_model(args.model)
             peer = InfinityPeer(exe, src.path or default_model_dir(), free_port(), batch_size=args.batch_size)
-        bi = BiEncoder.load(args.model, device="cpu", backend=args.backend)
+        bi = BiEncoder.load(args.model, device=args.device, backend=args.backend)
         bi.encode(texts[:64], batch_size=args.batch_size)  # warm-up
         wait_serving(target)
         if peer is not None:
