@@ -119,11 +119,8 @@ def _feeds(spec: GraphSpec, texts: tuple[str, ...], i: int) -> dict[str, np.ndar
     return {n: np.asarray(enc[n], dtype=np.int64) for n in spec.input_names}  # each (1, T)
 
 
-RANGE_METHODS = ("minmax", "percentile")
-_HIST_BINS = 8192
-
-
-def _calibration_session(fp32: Path, tensors: list[str]):
+def activation_ranges(fp32: Path, tensors: list[str], spec: GraphSpec, cal: Calibration) -> dict[str, tuple]:
+    """Min/max of each named fp32 tensor over the calibration texts (each run alone)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -135,27 +132,7 @@ def _calibration_session(fp32: Path, tensors: list[str]):
             model.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def activation_ranges(
-    fp32: Path,
-    tensors: list[str],
-    spec: GraphSpec,
-    cal: Calibration,
-    *,
-    method: str = "minmax",
-    percentile: float = 99.99,
-) -> dict[str, tuple]:
-    """(low, high) of each named fp32 tensor over all calibration texts (each run alone).
-
-    ``minmax``: the extremes over every value of every text. ``percentile``: the
-    ``100 - p`` and ``p`` percentiles of all those values (a histogram of 8,192 bins over
-    the min/max range, second pass), which clips the rare outliers that widen a scale.
-    """
-    if method not in RANGE_METHODS:
-        raise InvalidInput(f"calibration method: {method!r}; choose from {', '.join(RANGE_METHODS)}")
-    sess = _calibration_session(fp32, tensors)
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     lo = dict.fromkeys(tensors, 0.0)  # ranges always include 0 (as DynamicQuantizeLinear's do)
     hi = dict.fromkeys(tensors, 0.0)
     for i in range(len(cal.texts)):
@@ -163,21 +140,7 @@ def activation_ranges(
         for t, o in zip(tensors, outs, strict=True):
             lo[t] = min(lo[t], float(o.min()))
             hi[t] = max(hi[t], float(o.max()))
-    if method == "minmax":
-        return {t: (lo[t], hi[t]) for t in tensors}
-    hist = {t: np.zeros(_HIST_BINS, dtype=np.int64) for t in tensors}
-    for i in range(len(cal.texts)):
-        outs = sess.run(tensors, _feeds(spec, cal.texts, i))
-        for t, o in zip(tensors, outs, strict=True):
-            hist[t] += np.histogram(o, bins=_HIST_BINS, range=(lo[t], hi[t]) if hi[t] > lo[t] else None)[0]
-    out = {}
-    for t in tensors:
-        cdf = np.cumsum(hist[t]) / max(1, hist[t].sum())
-        edges = np.linspace(lo[t], hi[t], _HIST_BINS + 1)
-        a = edges[int(np.searchsorted(cdf, 1.0 - percentile / 100.0))]
-        b = edges[min(_HIST_BINS, int(np.searchsorted(cdf, percentile / 100.0)) + 1)]
-        out[t] = (float(a), float(b))
-    return out
+    return {t: (lo[t], hi[t]) for t in tensors}
 
 
 def uint8_params(lo: float, hi: float) -> tuple[float, int]:

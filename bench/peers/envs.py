@@ -113,7 +113,7 @@ def ensure(name: str, *, log=sys.stderr) -> Path:
         return py
     t0 = time.monotonic()
     print(f"peers: creating {venv} (first run only; a few minutes)", file=log, flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)  # kept: a rerun only tops up
     _pip(py, "--upgrade", "pip", log=log)
     cons = venv / "constraints.txt"
     cons.write_text("\n".join([TORCH, *spec.pins]) + "\n" if spec.torch else "\n".join(spec.pins) + "\n")
@@ -124,8 +124,9 @@ def ensure(name: str, *, log=sys.stderr) -> Path:
         subprocess.run(
             [str(py), "-m", "pip", "uninstall", "-y", "-q", *spec.uninstall], check=False, stdout=log
         )
-    if spec.probe:
-        subprocess.run([str(py), "-c", spec.probe], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if spec.probe:  # from the environment's folder: a source checkout's kernels/ would look like a package
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        subprocess.run([str(py), "-c", spec.probe], check=True, env=env, cwd=venv)
     freeze = subprocess.run(
         [str(py), "-m", "pip", "freeze"], check=True, capture_output=True, text=True
     ).stdout

@@ -43,6 +43,33 @@ def unit(v):
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
+def percentile_ranges(fp32: Path, tensors: list[str], spec, cal, pct: float, bins: int = 8192) -> dict:
+    """(100 - pct, pct) percentiles of every value of each tensor over the calibration texts (each
+    run alone), from a histogram over the min/max range: what clipping rare outliers would give."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from pairsmith.encoders.onnx_static import _feeds, activation_ranges
+
+    full = activation_ranges(fp32, tensors, spec, cal)
+    model = onnx.load(str(fp32))
+    model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    hist = {t: np.zeros(bins, dtype=np.int64) for t in tensors}
+    for i in range(len(cal.texts)):
+        for t, o in zip(tensors, sess.run(tensors, _feeds(spec, cal.texts, i)), strict=True):
+            hist[t] += np.histogram(o, bins=bins, range=full[t])[0]
+    out = {}
+    for t in tensors:
+        cdf = np.cumsum(hist[t]) / max(1, hist[t].sum())
+        edges = np.linspace(full[t][0], full[t][1], bins + 1)
+        lo = edges[int(np.searchsorted(cdf, 1.0 - pct / 100.0))]
+        hi = edges[min(bins, int(np.searchsorted(cdf, pct / 100.0)) + 1)]
+        out[t] = (float(lo), float(hi))
+    return out
+
+
 class Evaluator:
     def __init__(self, spec, fp32: Path, texts: list[str], threads: int = 2):
         self.spec, self.texts, self.threads = spec, texts, threads
@@ -137,7 +164,11 @@ def main() -> None:
             _quantize_dynamic(fp32, full, isa=isa, per_channel=True)
             mf = onnx.load(str(full))
             all_t = sorted({n.input[0] for n in mf.graph.node if n.op_type == "DynamicQuantizeLinear"})
-            range_cache[key] = activation_ranges(fp32, all_t, spec, cal, method=method, percentile=pct)
+            range_cache[key] = (
+                activation_ranges(fp32, all_t, spec, cal)
+                if method == "minmax"
+                else percentile_ranges(fp32, all_t, spec, cal, pct)
+            )
         freeze_scales(m, {t: range_cache[key][t] for t in tensors})
         fuse_int8_matmuls(m)
         return m

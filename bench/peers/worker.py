@@ -98,7 +98,11 @@ def st_onnx_int8(model: Path, art: Path, threads: int, isa: str):
 
 
 def st_openvino_int8(model: Path, art: Path, threads: int, isa: str):
-    """sentence-transformers' static int8 OpenVINO export, calibrated offline from local sentences."""
+    """sentence-transformers' static int8 OpenVINO export, calibrated offline from a local folder.
+
+    The folder holds pairsmith's built-in calibration sentences (one per line, written by the
+    driver); ``datasets`` reads a folder of .txt files as one ``text`` column, split ``train``.
+    """
     from sentence_transformers import SentenceTransformer
 
     d = _copy_model(model, art / "st-openvino-model")
@@ -107,57 +111,26 @@ def st_openvino_int8(model: Path, art: Path, threads: int, isa: str):
         from optimum.intel import OVQuantizationConfig
         from sentence_transformers import export_static_quantized_openvino_model
 
+        cal = art / "ov-calibration"
+        cal.mkdir(exist_ok=True)
+        shutil.copy(art / "calibration.txt", cal / "calibration.txt")
         m = SentenceTransformer(str(d), device="cpu", backend="openvino", local_files_only=True)
         m.save_pretrained(str(d))
-        cal = art / "calibration.txt"  # one sentence per line, written by the driver
         export_static_quantized_openvino_model(
             m,
             OVQuantizationConfig(),
             str(d),
-            dataset_name="text",
+            dataset_name=str(cal),
             dataset_config_name=None,
             dataset_split="train",
             column_name="text",
-            data_files=str(cal),
-        ) if _accepts_data_files() else _ov_quantize_local(m, d, cal)
+        )
     kw = {
         "file_name": "openvino/openvino_model_qint8_quantized.xml",
         "ov_config": {"INFERENCE_NUM_THREADS": threads},
     }
     m = SentenceTransformer(str(d), device="cpu", backend="openvino", model_kwargs=kw, local_files_only=True)
     return lambda texts, b: m.encode(texts, batch_size=b, convert_to_numpy=True, show_progress_bar=False)
-
-
-def _accepts_data_files() -> bool:
-    import inspect
-
-    from sentence_transformers import export_static_quantized_openvino_model
-
-    return "data_files" in inspect.signature(export_static_quantized_openvino_model).parameters
-
-
-def _ov_quantize_local(m, d: Path, cal: Path) -> None:
-    """Static int8 with optimum-intel directly, on a local dataset (what the helper does, offline)."""
-    from datasets import Dataset
-    from optimum.intel import OVConfig, OVQuantizationConfig, OVQuantizer
-
-    texts = [t for t in cal.read_text(encoding="utf-8").splitlines() if t.strip()]
-    ov_model = m[0].auto_model
-    tok = m.tokenizer
-    quantizer = OVQuantizer.from_pretrained(ov_model)
-    ds = Dataset.from_dict({"text": texts}).map(
-        lambda x: tok(x["text"], padding="max_length", max_length=384, truncation=True), batched=True
-    )
-    ds = ds.remove_columns(["text"])
-    tmp = d / "openvino_q"
-    quantizer.quantize(
-        save_directory=str(tmp),
-        calibration_dataset=ds,
-        ov_config=OVConfig(quantization_config=OVQuantizationConfig()),
-    )
-    (d / "openvino").mkdir(exist_ok=True)
-    for ext in ("xml", "bin"):
-        shutil.copy(tmp / f"openvino_model.{ext}", d / "openvino" / f"openvino_model_qint8_quantized.{ext}")
 
 
 def fastembed_int8(model: Path, art: Path, threads: int, isa: str):
