@@ -59,6 +59,8 @@ ENVS: dict[str, PeerEnv] = {
                 "sentence-transformers[openvino]==6.3.0",
                 "optimum-intel[openvino]==2.2.0",
                 "openvino==2026.4.1",
+                "datasets==5.0.1",  # the static int8 helper reads its calibration sentences with it
+                "huggingface-hub>=1.5,<1.22",  # newer datasets pull a hub that optimum-intel refuses
             ),
             uninstall=("torchvision",),
             probe="import transformers, sentence_transformers, openvino, optimum.intel",

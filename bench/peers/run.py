@@ -189,12 +189,20 @@ def main() -> None:
             "pairsmith": facts["code"] if isinstance(facts["code"], str) else facts["code"],
             "onnxruntime": facts["onnxruntime"], "torch": facts["torch"]}  # fmt: skip
     threads = physical_cores()
+    failed: dict[str, str] = {}
 
     def start(pin: str | None, n_threads: int) -> dict[str, Worker]:
         ws = {}
         for c in sorted(names, key=lambda c: c not in PREPARE_FIRST):
+            if c in failed:
+                continue
             t = time.perf_counter()
-            ws[c] = Worker(c, pys[c], model, art, n_threads, isa, pin)
+            try:
+                ws[c] = Worker(c, pys[c], model, art, n_threads, isa, pin)
+            except (RuntimeError, json.JSONDecodeError) as exc:  # recorded in the JSON, the rest still run
+                failed[c] = str(exc)[-1500:]
+                print(f"  {c}: FAILED to start: {str(exc)[-500:]}", flush=True)
+                continue
             print(f"  {c}: ready in {time.perf_counter() - t:.1f}s", flush=True)
         return ws
 
@@ -238,6 +246,7 @@ def main() -> None:
     finally:
         for w in ws.values():
             w.close()
+    names = [c for c in names if c not in failed]
     for c in names:
         rows[c].update(
             sent_per_s=round(statistics.median(rate[c]), 1),
@@ -254,7 +263,7 @@ def main() -> None:
             for w in ws.values():
                 w.close()
         for c in names:
-            rows[c]["pinned_1core_sent_per_s"] = round(statistics.median(prate[c]), 1)
+            rows[c]["pinned_1core_sent_per_s"] = round(statistics.median(prate[c]), 1) if c in prate else None
 
     peers = [c for c in names if CONTENDERS[c][0] is not None]
     ours = "pairsmith-onnx-int8"
@@ -273,7 +282,7 @@ def main() -> None:
             "int8_batch1_p50_vs_best_peer_ms": [rows[ours]["batch1_p50_ms"], rows[best]["batch1_p50_ms"]],
         }
         if not a.no_pinned:
-            best1 = max(peers, key=lambda c: rows[c]["pinned_1core_sent_per_s"])
+            best1 = max(peers, key=lambda c: rows[c]["pinned_1core_sent_per_s"] or 0)
             summary["pinned_best_peer"] = best1
             summary["pinned_int8_vs_best_peer"] = round(
                 rows[ours]["pinned_1core_sent_per_s"] / rows[best1]["pinned_1core_sent_per_s"], 2
@@ -282,7 +291,7 @@ def main() -> None:
         r = rows[c]
         print(f"{r['label']:<46} {r['sent_per_s']:>7.0f}/s  Spearman {r['spearman_stsb_dev']:.2f}  "
               f"drift {r['batch_drift']:.1e}  b1 p50 {r['batch1_p50_ms']:.2f} ms  "
-              f"1 core {r.get('pinned_1core_sent_per_s', float('nan')):.0f}/s")  # fmt: skip
+              f"1 core {r.get('pinned_1core_sent_per_s') or float('nan'):.0f}/s")  # fmt: skip
     print(json.dumps(summary))
 
     cols = [
@@ -323,6 +332,7 @@ def main() -> None:
         },  # fmt: skip
         "versions": versions,
         "rows": rows,
+        "failed": failed,
         "summary": summary,
         "report": {
             "section": "CPU engines",

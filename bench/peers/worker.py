@@ -114,14 +114,16 @@ def st_openvino_int8(model: Path, art: Path, threads: int, isa: str):
         cal = art / "ov-calibration"
         cal.mkdir(exist_ok=True)
         shutil.copy(art / "calibration.txt", cal / "calibration.txt")
+        had_ir = (d / "openvino" / "openvino_model.xml").exists()
         m = SentenceTransformer(str(d), device="cpu", backend="openvino", local_files_only=True)
-        m.save_pretrained(str(d))
+        if not had_ir:  # saving over the IR it was loaded from would corrupt it
+            m.save_pretrained(str(d))
         export_static_quantized_openvino_model(
             m,
             OVQuantizationConfig(),
             str(d),
             dataset_name=str(cal),
-            dataset_config_name=None,
+            dataset_config_name="default",
             dataset_split="train",
             column_name="text",
         )
