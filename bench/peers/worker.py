@@ -163,7 +163,8 @@ def fastembed_int8(model: Path, art: Path, threads: int, isa: str):
 
 
 def infinity_optimum_int8(model: Path, art: Path, threads: int, isa: str):
-    """infinity-emb's optimum engine on the int8 file (relative path; file name must contain 'quantize')."""
+    """infinity-emb's optimum engine on the int8 file (run from the model folder; the file name must
+    contain 'quantize', else it picks another ONNX file)."""
     import asyncio
 
     from infinity_emb import AsyncEmbeddingEngine, EngineArgs
@@ -172,13 +173,12 @@ def infinity_optimum_int8(model: Path, art: Path, threads: int, isa: str):
     if src is None:
         raise SystemExit("infinity: no int8 file in st-onnx-model/onnx (the st-onnx contender makes it)")
     d = _copy_model(model, art / "infinity-model")
-    (d / "onnx").mkdir(exist_ok=True)
-    dst = d / "onnx" / "model_quantized.onnx"
+    dst = d / "model_quantized.onnx"  # at the top: optimum matches the name against files found there
     if not dst.exists():
         shutil.copy(src, dst)
-    os.chdir(art)
+    os.chdir(d)  # it hands optimum the file's path relative to the working folder: run from the model
     args = EngineArgs(
-        model_name_or_path=d.name,
+        model_name_or_path=".",
         engine="optimum",
         device="cpu",
         pooling_method="mean",
