@@ -60,6 +60,14 @@ bench: setup
 bench-report: setup
 	$(PY) bench/report.py
 
+# pairsmith against the CPU peers (sentence-transformers torch / ONNX int8 / OpenVINO int8, fastembed,
+# infinity-emb), each in its own pinned virtual environment made on first run under
+# ~/.cache/pairsmith/peers ($$PAIRSMITH_PEERS_HOME). JSON: bench/results/peers/peers_<isa>.json.
+.PHONY: bench-peers
+PEERS_ARGS ?=
+bench-peers: setup
+	$(PY) bench/peers/run.py $(PEERS_ARGS)
+
 # Reliability and security suite (15-30 min on 2 cores): fuzzing (1,000 examples per request
 # message), 24 kill -9 rounds, full disk, corrupted files, security, 16/64-client load with RSS.
 # Figures: bench/results/reliability/{summary.md,load.json,faults.json,fuzz.json}.

@@ -16,7 +16,9 @@
 #      kernel_gpu2.json for a second pass with KERNEL_ARGS2)
 #   3. bench/encode_bench.py on that machine's CPU (its ISA, e.g. AVX-512 VNNI / AMX) with
 #      --write-table (ENCODE_EXTRA: more options, e.g. "--streams-sweep 4,8,16")                                                  -> $OUT/encode.json, engine_table.json
-#   4. bench/gpu_check.sh (torch fp32/fp16 encode on the GPU)          -> $OUT/gpu_check.json
+#   4. bench/gpu_check.sh (torch fp32/fp16 encode, ONNX CUDA fp16 where onnxruntime-gpu is present,
+#      gRPC Embed on CUDA vs in-process, FAISS GPU vs CPU)         -> $OUT/gpu_check.json, serve_cuda.json,
+#      faiss_gpu.json
 # All output also goes to $OUT/run.log.
 set -uo pipefail
 MODE=${1:?stage or run}
@@ -92,5 +94,5 @@ cp encoders/engine_table.json "$OUT/engine_table.json"
 echo "== 4 torch encode on the GPU $(date -u +%T)"
 # from /tmp: python puts the working folder first on sys.path, and the repo root's pairsmith/ (the
 # package's top folder only) would shadow the assembled package
-(cd /tmp && OUT=$OUT timeout "${T_GPU:-60}" bash "$ROOT/bench/gpu_check.sh" python3)
+(cd /tmp && OUT=$OUT timeout "${T_GPU:-300}" bash "$ROOT/bench/gpu_check.sh" python3)
 echo "rc=$? done $(date -u +%T)"

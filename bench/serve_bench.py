@@ -2,7 +2,7 @@
 
 Starts ``pairsmith serve`` as a child process on 127.0.0.1 (so the server's
 model threads do not share a GIL with the load generator) and, when installed
-(``bench/peers.py``), infinity-emb on the same model directory; then, for each
+(``bench/peers/``), infinity-emb on the same model directory; then, for each
 repeat: in-process ``BiEncoder.encode`` on the same texts and backend, and
 closed-loop load for each ``--loads`` entry (CLIENTSxTEXTS: each client sends
 requests of that many texts back to back) against pairsmith's gRPC ``Embed``
@@ -81,7 +81,10 @@ def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, int, P
     log = tmp / "server.log"
     cmd = [sys.executable, "-m", "pairsmith", "serve", "--model", model, "--host", "127.0.0.1"]
     cmd += ["--port", "0", "--port-file", str(port_file), "--data-dir", str(tmp / "data"), *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    # The repo root only for a model path relative to it: there, a source checkout's top folder can
+    # shadow an installed pairsmith (the GPU machine runs an assembled package from PYTHONPATH).
+    cwd = REPO if (REPO / model).exists() else tmp
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     while not port_file.exists():
         if proc.poll() is not None:
             raise SystemExit(f"server exited:\n{log.read_text()[-2000:]}")
@@ -179,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--backend",
         choices=("torch", "onnx", "openvino", "auto"),
-        default="torch",
-        help="server and in-process",
+        default="auto",
+        help="server and in-process (auto: the engine table's pick for this CPU, the default engine)",
     )
     ap.add_argument("--texts", type=int, default=1024, help="texts per measurement")
     ap.add_argument("--loads", default="16x8,4x32", help="CLIENTSxTEXTS_PER_REQUEST, comma-separated")
@@ -190,29 +193,44 @@ def main(argv: list[str] | None = None) -> int:
         "--latency-seconds", type=float, default=0.0, help="open-loop run at half of peak (0: skip)"
     )
     ap.add_argument("--peer", choices=("auto", "none", "infinity"), default="auto",
-                    help="auto: run infinity-emb too when installed (bench/peers.py says where)")  # fmt: skip
+                    help="auto: run infinity-emb too when installed (bench/peers/envs.py makes its environment)")  # fmt: skip
     ap.add_argument("--server-args", default="", help="extra `pairsmith serve` flags")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda: the server's and the in-process encoder's")
+    ap.add_argument("--texts-from", default="synthetic",
+                    help="synthetic, or an STS set name (stsb-dev ...) read from the data folder")  # fmt: skip
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    from bench_common import machine_line
+    from bench_common import machine_facts, machine_line
 
     from pairsmith.encoders import BiEncoder
     from pairsmith.encoders.source import default_model_dir, resolve_model
 
     loads = parse_loads(args.loads)
-    texts = make_texts(args.texts)
-    if args.backend == "onnx":  # the server and the in-process encoder load the same export
+    texts, text_source = make_texts(args.texts), "synthetic"
+    if args.texts_from != "synthetic":
+        from pairsmith.distill.data import load_sts_set
+
+        pairs = load_sts_set(args.texts_from)
+        real = list(dict.fromkeys(list(pairs.s1) + list(pairs.s2)))
+        texts, text_source = (real * (1 + args.texts // len(real)))[: args.texts], args.texts_from
+    facts = machine_facts()
+    if (
+        args.backend in ("onnx", "auto") and args.device == "cpu"
+    ):  # the server and the in-process encoder load the same export
         from pairsmith.encoders.onnx_export import ExportConfig, export_onnx
 
         export_onnx(args.model, ExportConfig(quantize="int8"))
     metrics_port = free_port()
-    extra = ["--backend", args.backend, *args.server_args.split(), "--metrics-port", str(metrics_port)]
+    extra = ["--backend", args.backend, "--device", args.device, *args.server_args.split()]
+    extra += ["--metrics-port", str(metrics_port)]
     extra += ["--max-concurrent-requests", "4096"]
     peer = None
-    exe = find_infinity() if args.peer != "none" else None
+    exe = find_infinity(create=args.peer == "infinity") if args.peer != "none" else None
     if args.peer == "infinity" and exe is None:
-        raise SystemExit("--peer infinity: infinity_emb not found (see bench/peers.py for the install)")
+        raise SystemExit(
+            "--peer infinity: infinity_emb not found (PAIRSMITH_INFINITY or bench/peers/envs.py infinity)"
+        )
     proc, port, log = start_server(args.model, extra)
     target = f"127.0.0.1:{port}"
     result: dict = {}
@@ -220,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if exe is not None:
             src = resolve_model(args.model)
             peer = InfinityPeer(exe, src.path or default_model_dir(), free_port(), batch_size=args.batch_size)
-        bi = BiEncoder.load(args.model, device="cpu", backend=args.backend)
+        bi = BiEncoder.load(args.model, device=args.device, backend=args.backend)
         bi.encode(texts[:64], batch_size=args.batch_size)  # warm-up
         wait_serving(target)
         if peer is not None:
@@ -257,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                 g, p = runs[f"grpc_{c}x{t}"], runs[f"infinity_{c}x{t}"]
                 vs_peer[f"{c}x{t}"] = round(statistics.median(a / b for a, b in zip(g, p, strict=True)), 3)
         result = {
-            "machine": machine_line(),
+            "command": " ".join([sys.executable, *sys.argv]),
+            "code": facts["code"],
+            "machine": facts,
+            "machine_line": machine_line(facts),
+            "shared_machine": "timed while other jobs may run on the same cores: compare ratios within this file",
+            "texts_from": text_source,
             "model": bi.model_id,
             "backend": args.backend,
             "variant": bi.pipeline.backend.variant,
@@ -289,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         if peer is not None:
             peer.stop()
     print(json.dumps(result, indent=2))
-    print(f"\n{result['machine']}; backend {args.backend} ({result['variant']})")
+    print(f"\n{result['machine_line']}; backend {args.backend} ({result['variant']})")
     print("| path | texts/s (median) | vs in-process | vs infinity | p50 / p99 ms | texts per server batch |")
     print("|---|---|---|---|---|---|")
     print(f"| in-process BiEncoder.encode (batch {args.batch_size}) | {med['in_process']:.1f} | 1.00 | | | |")
@@ -302,6 +325,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| infinity-emb REST, {c} clients x {t} texts | {med[k]:.1f} | {ratios[k]:.2f} | 1.00 | "
                   f"{lt['p50']} / {lt['p99']} | |")  # fmt: skip
     print(f"server RSS {result['server_rss_mib']} MiB; peer RSS {result['peer_rss_mib']} MiB")
+    report_rows = [[f"in-process encode (batch {args.batch_size})", round(med["in_process"], 1), 1.0, None]]
+    for c, t in loads:
+        k = f"grpc_{c}x{t}"
+        report_rows.append([f"pairsmith gRPC Embed, {c} clients x {t} texts", round(med[k], 1),
+                            round(ratios[k], 2), vs_peer.get(f"{c}x{t}")])  # fmt: skip
+        if peer is not None:
+            k = f"infinity_{c}x{t}"
+            report_rows.append([f"infinity-emb REST (torch), {c} clients x {t} texts", round(med[k], 1),
+                                round(ratios[k], 2), 1.0])  # fmt: skip
+    result["report"] = {
+        "section": "CPU engines",
+        "title": f"Serving: gRPC vs in-process vs infinity-emb ({facts['feature_set']}, {result['variant']})",
+        "columns": ["path", "texts/s (median)", "vs in-process", "vs infinity-emb"],
+        "rows": report_rows,
+        "notes": (
+            f"{len(texts)} {text_source} texts per measurement, closed loop, median of {args.repeats} "
+            "interleaved repeats; server and peer on 127.0.0.1 on the same cores as the clients."
+        ),
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

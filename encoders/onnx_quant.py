@@ -148,7 +148,9 @@ class _NoPreprocessHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def _quantize_dynamic(src: Path, dst: Path, *, isa: Isa, per_channel: bool) -> None:
+def _quantize_dynamic(
+    src: Path, dst: Path, *, isa: Isa, per_channel: bool, exclude: tuple[str, ...] = ()
+) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -162,6 +164,7 @@ def _quantize_dynamic(src: Path, dst: Path, *, isa: Isa, per_channel: bool) -> N
             per_channel=per_channel,
             reduce_range=isa.reduce_range,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),  # MatMuls kept fp32 (the most sensitive ones)
             extra_options={
                 "DefaultTensorType": onnx.TensorProto.FLOAT,  # optimizer output lacks some type info
                 "MatMulConstBOnly": True,  # only weight MatMuls; activation x activation stays fp32

@@ -39,7 +39,6 @@ PENDING_REWRITE = {"docs/byte2word.md"}
 PENDING_TARGETS = {
     "docs/distillation.md",
     "docs/uni-encoder.md",
-    "docs/engines.md",
 }
 
 

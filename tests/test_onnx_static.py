@@ -203,3 +203,53 @@ def test_fused_int8_matmuls_equal_the_unfused_chain(tiny_bi_dir, tmp_path):
     # Same int8 products and the same fp32 scale/bias arithmetic, in another kernel: fp32 rounding only.
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     assert np.abs(a).max() > 1e-3  # a real output, not zeros on both sides
+
+
+def test_frozen_ranges_are_the_extremes_over_every_calibration_text(tiny_bi_dir, tmp_path):
+    """Each frozen (scale, zero point) is uint8 over [min, max] of its tensor across *all* calibration
+    texts, each run alone (the documented min/max statistic), recomputed here without the export code."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from transformers import AutoTokenizer
+
+    # The widest inputs come first and the last line is short: a range taken from a subset is narrower.
+    texts = [TEXTS[3] * 2, TEXTS[2], "Ünïcödé tëxt wörks töö — 東京 " * 3]
+    texts += [f"plain sentence number {i} about the weather" for i in range(17)] + ["ok"]
+    cal = tmp_path / "cal.txt"
+    cal.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    res = export_onnx(
+        str(tiny_bi_dir), ExportConfig(quantize="int8-static", calibration=str(cal)), out=tmp_path / "m"
+    )
+    static = onnx.load(str(res.onnx_dir / f"model_{STATIC}.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in static.graph.initializer}
+    frozen = {n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]]))
+              for n in static.graph.node if n.op_type == "QuantizeLinear"}  # fmt: skip
+    assert len(frozen) == res.manifest["variants"][STATIC]["activation_scales"] > 0
+
+    fp32 = onnx.load(str(res.onnx_dir / "model.onnx"))
+    names = sorted(frozen)
+    fp32.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in names)
+    sess = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"])
+    tok = AutoTokenizer.from_pretrained(str(tiny_bi_dir))
+    max_len = res.manifest["max_length"]  # the export's truncation (64 for the tiny model)
+    wanted = {i.name for i in sess.get_inputs()}
+    per_text = []
+    for t in texts:
+        enc = tok([t], truncation=True, max_length=max_len)
+        feeds = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in wanted}
+        per_text.append([(float(o.min()), float(o.max())) for o in sess.run(names, feeds)])
+
+    def params(lo: float, hi: float) -> tuple[float, int]:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        return (hi - lo) / 255.0, int(np.clip(np.round(-lo * 255.0 / (hi - lo)), 0, 255))
+
+    narrower = 0
+    for j, t in enumerate(names):
+        lo = min(r[j][0] for r in per_text)
+        hi = max(r[j][1] for r in per_text)
+        scale, zp = params(lo, hi)
+        assert frozen[t][0] == pytest.approx(scale, rel=1e-5), t
+        assert abs(frozen[t][1] - zp) <= 1, t  # rounding at .5 may differ by one step
+        narrower += params(*per_text[-1][j])[0] < scale * 0.99
+    assert narrower > len(names) // 2  # the last text alone would give other scales: the check can fail

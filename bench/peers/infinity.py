@@ -1,14 +1,10 @@
 """Peer embedding servers for side-by-side serving benchmarks (started as subprocesses on 127.0.0.1).
 
 infinity-emb 0.0.78 pins older transformers / sentence-transformers than
-pairsmith, so it lives in its own virtual environment::
-
-    python3 -m venv /work/venv-infinity
-    /work/venv-infinity/bin/pip install torch==2.13.0
-    /work/venv-infinity/bin/pip install "infinity-emb[server,torch]==0.0.78"
-
-``find_infinity()`` looks for its ``infinity_emb`` script in ``$PAIRSMITH_INFINITY``
-(a path to the script), then ``/work/venv-infinity/bin``. The peer serves the
+pairsmith, so it lives in its own pinned virtual environment (``envs.py``, name
+``infinity``; ``bench/peers/envs.py infinity`` creates it, the peers bench does so on
+first run). ``find_infinity()`` looks for its ``infinity_emb`` script in
+``$PAIRSMITH_INFINITY`` (a path to the script), then in that environment. The peer serves the
 same model directory with its torch engine on the CPU; clients use its REST
 ``POST /embeddings`` (OpenAI-style body ``{"model": ..., "input": [...]}``).
 """
@@ -24,12 +20,15 @@ import threading
 import time
 from pathlib import Path
 
-DEFAULT_INFINITY = Path("/work/venv-infinity/bin/infinity_emb")
 
+def find_infinity(create: bool = False) -> Path | None:
+    """The ``infinity_emb`` script: ``$PAIRSMITH_INFINITY``, else the peers' environment (made when ``create``)."""
+    from .envs import ensure, env_python
 
-def find_infinity() -> Path | None:
     env = os.environ.get("PAIRSMITH_INFINITY")
-    for cand in ([Path(env)] if env else []) + [DEFAULT_INFINITY]:
+    if create and not env:
+        ensure("infinity")
+    for cand in ([Path(env)] if env else []) + [env_python("infinity").parent / "infinity_emb"]:
         if cand.is_file() and os.access(cand, os.X_OK):
             return cand
     return None
