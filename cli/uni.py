@@ -37,7 +37,12 @@ def register_train(tsub) -> None:
         help="uni/cross: warm = start as the bi-encoder's cosine (default when --model is a bi-encoder); "
         "cold = a fresh score head (the paper's Uni-Encoder; a plain cross-encoder)",
     )
-    p.add_argument("--gate-lr", type=float, default=0.1, help="warm: learning rate of the attention gates")
+    p.add_argument(
+        "--gate-lr",
+        type=float,
+        default=2.0,
+        help="warm: learning rate of the attention gates (about the bias change per step; they start at -30)",
+    )
     p.add_argument(
         "--kind",
         default="uni",

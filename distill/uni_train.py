@@ -102,7 +102,7 @@ class UniTrainConfig:
     max_context_tokens: int = 192
     max_candidate_tokens: int = 64
     bi_scale: float = 20.0  # cosine -> logit for the bi and warm models (fixed temperature)
-    gate_lr: float = 0.1  # warm: learning rate of the cross-segment gates (Adam, sign-like steps)
+    gate_lr: float = 2.0  # warm: learning rate of the cross-segment gates (Adam, sign-like steps)
     select: str = "mutual-select"  # selection set ('none': keep the trained model unscored)
     select_limit: int | None = 200  # selection on its first N contexts
     checkpoint_steps: int = 50
@@ -242,13 +242,18 @@ class Trainable:
         return to_features(batch, self.device)
 
     def param_groups(self) -> list[dict]:
-        """AdamW groups: the warm gates get their own rate, no decay (it would pull them open)
-        and a tiny epsilon (their gradients start near exp(-50): a plain epsilon would freeze them)."""
+        """AdamW groups: the warm gates get their own rate and no decay (decay would pull them
+        open). Their gradients start near exp(-30) ~ 1e-13 and Adam's second moment of such a
+        gradient underflows fp32 (g^2 < 1e-38: the step explodes), so each gate tensor's gradient
+        is scaled to max |g| = 1 first: Adam then steps them by about ``gate_lr`` per step in the
+        gradient's direction, however small it is."""
         gates = [p for n, p in self.module.named_parameters() if n.startswith("gate_")]
         rest = [p for n, p in self.module.named_parameters() if not n.startswith("gate_")]
+        for g in gates:
+            g.register_hook(lambda grad: grad / grad.abs().amax().clamp_min(1e-30))
         groups = [{"params": rest}]
         if gates:
-            groups.append({"params": gates, "lr": self.cfg.gate_lr, "weight_decay": 0.0, "eps": 1e-30})
+            groups.append({"params": gates, "lr": self.cfg.gate_lr, "weight_decay": 0.0})
         return groups
 
     def uni_batch(self, items: Sequence[tuple[Sequence[str], Sequence[str]]]):

@@ -235,7 +235,7 @@ class UniEncoder:
         Candidates are laid out as the bi-encoder sees them alone (positions from 0, token type
         0), scored by its pooling over the context span and each candidate span, cosine; every
         cross-segment attention edge passes a learned gate initialised shut (``gate_init``,
-        default the config's -50). ``config``: packing limits (its head/positions/types fields
+        default the config's -30). ``config``: packing limits (its head/positions/types fields
         are set here); token limits default to the bi-encoder's ``max_seq_length`` (context,
         capped at 256) and 64 (candidate). Scores are cosines; ``score_scale`` 20 is the softmax
         temperature for probabilities.

@@ -90,7 +90,7 @@ class UniConfig:
     speaker_tokens: tuple[str, ...] = ()  # () or two tokens marking alternating turns
     head: str = "linear"  # linear: span mean -> Linear (paper) | cosine: gated warm start
     pooling: str = "mean"  # cosine head: the bi-encoder's pooling (mean | cls | max)
-    gate_init: float = -50.0  # cosine head: initial cross-segment attention bias (closed)
+    gate_init: float = -30.0  # cosine head: initial cross-segment attention bias (closed)
     score_scale: float = 1.0  # softmax temperature: probabilities = softmax(score_scale x scores)
 
     def __post_init__(self) -> None:
