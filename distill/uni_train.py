@@ -313,7 +313,7 @@ def ranker(
         m = mask if kind is ModelKind.UNI else uni.config.mask
         return lambda items: uni.rank_many(items, mask=m, batch_size=16)
     t = object.__new__(Trainable)
-    t.kind, t.cfg, t.device = kind, cfg, device
+    t.kind, t.cfg, t.device, t.head, t.uni = kind, cfg, device, Head.COLD, None
     if kind is ModelKind.CROSS:
         t.ce = CrossEncoder.load(path, device=device)
         t.module, t.tok = t.ce.st_model, _baseline_tokenizer(t.ce, cfg, 16)
