@@ -12,6 +12,7 @@
 set -euo pipefail
 ROOT=${1:-runs/uni-warm}
 PY=${PY:-.venv/bin/python}
+BENCH=$(cd "$(dirname "$0")" && pwd)
 SEEDS=${SEEDS:-0 1 2}
 mkdir -p "$ROOT"
 COMMON=(--data mutual --model "${MODEL:-default}" --max-contexts "${CONTEXTS:-320}" --batch-size 8 --epochs 1
@@ -26,7 +27,7 @@ run() {
     --seed "$seed" "$@" --out "$ROOT/$kind-s$seed" --resume > "$ROOT/$kind-s$seed.log" 2>&1 || echo "$kind-s$seed failed" >&2
 }
 (
-  [ -f "$ROOT/untrained.json" ] || OMP_NUM_THREADS=1 nice -n 19 "$PY" bench/uni_eval.py --zero-shot \
+  [ -f "$ROOT/untrained.json" ] || OMP_NUM_THREADS=1 nice -n 19 "$PY" "$BENCH/uni_eval.py" --zero-shot \
     --zero-shot-model "${MODEL:-default}" --limit "${EVAL_LIMIT:-150}" --json "$ROOT/untrained.json" \
     > "$ROOT/untrained.log" 2>&1
   for s in $SEEDS; do run uni "$s" --head warm --mask context-blind; run bi "$s"; done
