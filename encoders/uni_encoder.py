@@ -40,7 +40,7 @@ from pairsmith.encoders.pipeline import Pipeline
 from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
 from pairsmith.encoders.source import ModelSource, fingerprint, read_json, resolve_model
 from pairsmith.encoders.types import OutputKind
-from pairsmith.encoders.uni_tokenize import UniConfig, UniMask, UniTokenizer
+from pairsmith.encoders.uni_tokenize import UniConfig, UniMask, UniTokenizer, gather_scores
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -418,11 +418,18 @@ class UniEncoder:
         # (B, T, T) masks grow with the square of the row length: cap a batch's padded tokens too.
         with tqdm(total=len(enc), desc="rank", unit="row", disable=not show_progress) as bar:
             out = pipe.forward(enc, max_rows=batch_size, max_tokens=max_batch_tokens, progress=bar.update)
-        sizes = [len(c) for _, c in items]
-        result = [np.empty(n, dtype=np.float32) for n in sizes]
-        for ch, g in zip(chunks, out.groups(), strict=True):
-            result[ch.item][ch.start : ch.stop] = g
-        return result
+        return gather_scores(chunks, out.groups(), [len(c) for _, c in items])
+
+    def pipeline(self, mask: str | UniMask | None = None) -> Pipeline:
+        """The tokenizer -> backend pipeline for ``mask`` (default: the config's), as the server's
+        batcher runs it: ``tokenizer.encode_groups`` rows in, one score array per row out."""
+        return self._pipes[UniMask.parse(mask if mask is not None else self.config.mask)]
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Softmax over one context's candidate scores at this model's ``score_scale``."""
+        from pairsmith.encoders.postprocess import softmax
+
+        return softmax(scores, self.config.score_scale)
 
 
 # -- ONNX ----------------------------------------------------------------------------------------

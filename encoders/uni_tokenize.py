@@ -217,6 +217,14 @@ class Chunk:
     stop: int
 
 
+def gather_scores(chunks: Sequence[Chunk], groups: Sequence[np.ndarray], sizes: Sequence[int]) -> list[np.ndarray]:
+    """Per item, its candidates' scores in input order, from the rows' grouped scores."""
+    out = [np.empty(n, dtype=np.float32) for n in sizes]
+    for ch, g in zip(chunks, groups, strict=True):
+        out[ch.item][ch.start : ch.stop] = g
+    return out
+
+
 class UniTokenizer:
     """(context, candidates) -> rows of (token id, span id) units -> :class:`TokenBatch`.
 
