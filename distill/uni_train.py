@@ -187,14 +187,15 @@ def _baseline_tokenizer(enc: CrossEncoder | BiEncoder, cfg: UniTrainConfig, grou
 
 
 def resolve_head(cfg: UniTrainConfig) -> Head:
-    """``auto``: warm for a sentence-transformers bi-encoder directory (uni and cross), else cold."""
+    """``auto``: warm for a sentence-transformers bi-encoder directory (uni and cross), else cold
+    (and cold with the MLM auxiliary loss, which belongs to the paper's recipe)."""
     from pairsmith.encoders.cross_encoder import is_bi_encoder_dir
     from pairsmith.encoders.source import resolve_model
 
     head = Head(cfg.head)
     if head is not Head.AUTO:
         return head
-    if cfg.kind == ModelKind.BI.value:
+    if cfg.kind == ModelKind.BI.value or cfg.mlm_weight > 0:  # MLM: the paper's recipe, cold head
         return Head.COLD
     src = resolve_model(cfg.model)
     return Head.WARM if src.path is not None and is_bi_encoder_dir(src) else Head.COLD

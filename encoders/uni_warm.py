@@ -49,21 +49,18 @@ def bi_encoder_facts(path: Path) -> dict:
         )
     pool_dir = path / modules[kinds.index("Pooling")].get("path", "1_Pooling")
     pcfg = json.loads((pool_dir / "config.json").read_text())
-    modes = [
-        m
-        for m in ("cls", "mean", "max")
-        if pcfg.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")
-    ]
-    if len(modes) != 1 or any(
-        pcfg.get(k)
-        for k in (
-            "pooling_mode_mean_sqrt_len_tokens",
-            "pooling_mode_weightedmean_tokens",
-            "pooling_mode_lasttoken",
-        )
-    ):
+    mode = pcfg.get("pooling_mode")  # sentence-transformers >= 6: one string
+    if isinstance(mode, str):
+        modes = [mode]
+    else:  # older: one boolean per mode
+        flags = {
+            k.removeprefix("pooling_mode_"): bool(v) for k, v in pcfg.items() if k.startswith("pooling_mode_")
+        }
+        modes = [k for k, v in flags.items() if v]
+        modes = [{"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max"}.get(m, m) for m in modes]
+    if len(modes) != 1 or modes[0] not in ("cls", "mean", "max"):
         raise InvalidInput(
-            f"init-from-bi: {pool_dir}/config.json: pooling {pcfg}; supported: exactly one of cls, mean, max"
+            f"init-from-bi: {pool_dir}/config.json: pooling {modes or pcfg}; supported: exactly one of cls, mean, max"
         )
     st_cfg = path / "sentence_bert_config.json"
     msl = json.loads(st_cfg.read_text()).get("max_seq_length") if st_cfg.is_file() else None
