@@ -5,8 +5,8 @@
 # Same MuTual training contexts per seed, loss (listwise softmax CE over each context's 4
 # candidates), steps, lr and token limits; selection on mutual-select (the start model is a
 # candidate); reported on mutual-heldout and DailyDialog++ dev (first EVAL_LIMIT contexts each).
-# Two lanes in parallel (uni + bi, then cross), one thread each, nice 19; every run resumable.
-# Usage: [CONTEXTS=320] [SEEDS="0 1 2"] [EVAL_LIMIT=150] [SELECT_LIMIT=150] [MODEL=default]
+# Two lanes in parallel (untrained reference, uni + bi; cross), one thread each; every run resumable.
+# Usage: [CONTEXTS=320] [SEEDS="0 1 2"] [CROSS_SEEDS=$SEEDS] [EVAL_LIMIT=150] [SELECT_LIMIT=150] [MODEL=default]
 #        [PY=.venv/bin/python] bash bench/uni_experiment.sh [OUT_ROOT]   (default runs/uni-warm)
 # Then: .venv/bin/python bench/uni_report.py OUT_ROOT --json bench/results/uni/warm_three_arms.json
 set -euo pipefail
@@ -23,14 +23,14 @@ COMMON=(--data mutual --model "${MODEL:-default}" --max-contexts "${CONTEXTS:-32
 run() {
   local kind=$1 seed=$2
   shift 2
-  OMP_NUM_THREADS=1 nice -n 19 "$PY" -m pairsmith.cli.main train uni-encoder --kind "$kind" "${COMMON[@]}" \
+  OMP_NUM_THREADS=1 "$PY" -m pairsmith.cli.main train uni-encoder --kind "$kind" "${COMMON[@]}" \
     --seed "$seed" "$@" --out "$ROOT/$kind-s$seed" --resume > "$ROOT/$kind-s$seed.log" 2>&1 || echo "$kind-s$seed failed" >&2
 }
 (
-  [ -f "$ROOT/untrained.json" ] || OMP_NUM_THREADS=1 nice -n 19 "$PY" "$BENCH/uni_eval.py" --zero-shot \
+  [ -f "$ROOT/untrained.json" ] || OMP_NUM_THREADS=1 "$PY" "$BENCH/uni_eval.py" --zero-shot \
     --zero-shot-model "${MODEL:-default}" --limit "${EVAL_LIMIT:-150}" --json "$ROOT/untrained.json" \
-    > "$ROOT/untrained.log" 2>&1
+    > "$ROOT/untrained.log" 2>&1 || echo "untrained reference failed" >&2
   for s in $SEEDS; do run uni "$s" --head warm --mask context-blind; run bi "$s"; done
 ) &
-( for s in $SEEDS; do run cross "$s" --head warm; done ) &
+( for s in ${CROSS_SEEDS:-$SEEDS}; do run cross "$s" --head warm; done ) &
 wait
