@@ -205,11 +205,13 @@ def _warm_uni(cfg: UniTrainConfig, device: str, groups: int, kind: ModelKind) ->
     """The gated cosine model: uni (all candidates in a row, cfg.mask) or cross (one per row, arrow)."""
     from dataclasses import replace
 
-    ucfg = replace(_uni_config(cfg, groups), score_scale=cfg.bi_scale)
+    ucfg = _uni_config(cfg, groups)
     if kind is ModelKind.CROSS:
         ucfg = replace(ucfg, max_groups=1, max_row_tokens=cfg.max_context_tokens + cfg.max_candidate_tokens)
     mask = cfg.mask if kind is ModelKind.UNI else UniMask.ARROW
-    return UniEncoder.from_bi_encoder(cfg.model, mask=mask, config=ucfg, device=device)
+    return UniEncoder.from_bi_encoder(
+        cfg.model, mask=mask, config=ucfg, device=device, score_scale=cfg.bi_scale
+    )
 
 
 class Trainable:

@@ -228,6 +228,7 @@ class UniEncoder:
         config: UniConfig | None = None,
         device: str | None = "auto",
         gate_init: float | None = None,
+        score_scale: float = 20.0,
     ) -> UniEncoder:
         """A Uni-Encoder whose first scores are ``model``'s own cosines (a sentence-transformers
         bi-encoder: Transformer + Pooling [+ Normalize]).
@@ -237,8 +238,8 @@ class UniEncoder:
         cross-segment attention edge passes a learned gate initialised shut (``gate_init``,
         default the config's -30). ``config``: packing limits (its head/positions/types fields
         are set here); token limits default to the bi-encoder's ``max_seq_length`` (context,
-        capped at 256) and 64 (candidate). Scores are cosines; ``score_scale`` 20 is the softmax
-        temperature for probabilities.
+        capped at 256) and 64 (candidate). Scores are cosines; ``score_scale`` (20) is the softmax
+        temperature for probabilities (train with the same one).
         """
         from dataclasses import replace
 
@@ -266,7 +267,7 @@ class UniEncoder:
             pooling=facts["pooling"],
             candidate_positions="from-start",
             candidate_type=0,
-            score_scale=base.score_scale if config is not None else 20.0,
+            score_scale=float(score_scale),
             gate_init=base.gate_init if gate_init is None else float(gate_init),
         )
         cfg = config_for_backbone(backbone.config, base)
