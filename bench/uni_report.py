@@ -161,7 +161,13 @@ def main() -> int:
                 f"{cfg.get('max_contexts')} MuTual train contexts per seed ({cfg.get('epochs')} epoch, batch "
                 f"{cfg.get('batch_size')}, lr {cfg.get('lr')}), select on mutual-select (first "
                 f"{cfg.get('select_limit')} contexts; the start model is a candidate) and report the first "
-                f"{cfg.get('eval_limit')} contexts of mutual-heldout and DailyDialog++ dev. A small CPU budget."
+                f"{cfg.get('eval_limit')} contexts of mutual-heldout and DailyDialog++ dev. A small CPU budget. "
+                + "; ".join(
+                    f"{k}: {'met' if v['met'] else 'NOT met'}"
+                    + (f" (delta {v['delta']:+.2f})" if "delta" in v else "")
+                    for k, v in goals.items()
+                )
+                + "."
             ),
         },
     }
