@@ -31,6 +31,30 @@ def _set_key(name: str) -> str:
     return re.sub(r"\[:\d+\]$", "", name)
 
 
+def _gates(model_dir: Path) -> dict | None:
+    """How far the cross-segment gates opened: per gate tensor, its most open entry and mean."""
+    head = model_dir / "uni_head.safetensors"
+    if not head.is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    return {
+        k: {"max": round(float(v.max()), 2), "mean": round(float(v.mean()), 2)}
+        for k, v in load_file(str(head)).items()
+        if k.startswith("gate_")
+    } or None
+
+
+def _gate_note(runs: list[dict]) -> str:
+    opened = [r["gates"]["gate_c2x"]["max"] for r in runs if r["arm"] == "uni" and r.get("gates")]
+    if not opened:
+        return ""
+    return (
+        f"Most open candidate->context gate after training: {min(opened):.1f} to {max(opened):.1f} "
+        "(start -30): in this budget the warm Uni-Encoder stays close to its bi-encoder."
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", help="the experiment's output folder")
@@ -58,6 +82,7 @@ def main() -> int:
                 "loss_curve": rep["fit"].get("loss_curve"),
                 "wall_s": rep["wall_s"],
                 "eval": {_set_key(k): v for k, v in rep["eval"].items()},
+                "gates": _gates(rep_path.parent / "model"),
                 "config": rep["config"],
             }
         )
@@ -167,7 +192,8 @@ def main() -> int:
                     + (f" (delta {v['delta']:+.2f})" if "delta" in v else "")
                     for k, v in goals.items()
                 )
-                + "."
+                + ". "
+                + _gate_note(runs)
             ),
         },
     }
