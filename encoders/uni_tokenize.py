@@ -217,7 +217,9 @@ class Chunk:
     stop: int
 
 
-def gather_scores(chunks: Sequence[Chunk], groups: Sequence[np.ndarray], sizes: Sequence[int]) -> list[np.ndarray]:
+def gather_scores(
+    chunks: Sequence[Chunk], groups: Sequence[np.ndarray], sizes: Sequence[int]
+) -> list[np.ndarray]:
     """Per item, its candidates' scores in input order, from the rows' grouped scores."""
     out = [np.empty(n, dtype=np.float32) for n in sizes]
     for ch, g in zip(chunks, groups, strict=True):
