@@ -1,7 +1,8 @@
 """Time to rank 1 context + N candidates: Uni-Encoder (arrow, context-blind) vs cross-encoder.
 
-Same backbone (``--model``, default the default model all-MiniLM-L6-v2; fresh heads: speed does
-not depend on the trained weights), same process, same thread count, interleaved per context so background load
+Same backbone (``--model``, default the default model all-MiniLM-L6-v2; speed does not depend on
+the trained weights), the Uni-Encoder warm-started from it (``--head warm``, the default: gated
+cross-segment attention, cosine; ``--head cold``: the paper's linear head), same process, same thread count, interleaved per context so background load
 hits all three alike. Contexts and candidates come from DailyDialog++ dev (its 15 responses per
 context; N > 15 borrows responses of the next contexts) or, with ``--data mutual-heldout``, from
 MuTual's held-out part (longer contexts, 4 options per context; N > 4 borrows likewise). The
@@ -13,7 +14,7 @@ through ``rank``.
 Prints per N the median milliseconds per context, the cross / uni ratios, the tokens each side
 encodes (mean per context, counted by each model's own tokenizer) and ``ceiling``: the ratio of the
 two sides' linear-layer work (token-layers), the speed-up exact fp32 compute could reach if time were
-proportional to it. The cross-encoder computes its last layer for [CLS] only where pairsmith does
+proportional to it, and each speed-up as a share of it (``*_of_ceiling``). The cross-encoder computes its last layer for [CLS] only where pairsmith does
 (plain BERT classifiers; keys and values for every token: 2 of the layer's 12 d x d products per
 token, the other 10 for one row; the JSON's ``cross_last_layer`` says which); the
 Uni-Encoder runs all its layers on every token of its row. Attention's T^2 terms are left out.
@@ -39,10 +40,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-context-tokens", type=int, default=128)
     ap.add_argument("--max-candidate-tokens", type=int, default=48)
+    ap.add_argument(
+        "--head", default="warm", choices=["warm", "cold"], help="Uni-Encoder head (default warm)"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    import sys
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
+    from bench_common import machine_facts
 
     torch.set_num_threads(args.threads)
     from pairsmith.distill.dialogue import load_dialogue
@@ -56,7 +63,10 @@ def main() -> int:
     cfg = UniConfig(
         max_context_tokens=args.max_context_tokens, max_candidate_tokens=args.max_candidate_tokens
     )
-    uni = UniEncoder.from_backbone(args.model, config=cfg, device="cpu", seed=0)
+    if args.head == "warm":
+        uni = UniEncoder.from_bi_encoder(args.model, config=cfg, device="cpu")
+    else:
+        uni = UniEncoder.from_backbone(args.model, config=cfg, device="cpu", seed=0)
     ce = CrossEncoder.from_backbone(
         args.model, device="cpu", max_length=args.max_context_tokens + args.max_candidate_tokens, seed=0
     )
@@ -124,29 +134,71 @@ def main() -> int:
             "cross_tokens": round(cross_tok, 1),
             "ceiling": round(ceiling(uni_tok, cross_tok, n), 2),
         }
+        for m in ("arrow", "context_blind"):
+            row[f"{m}_of_ceiling"] = round(row[f"speedup_{m}"] / row["ceiling"], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    facts = machine_facts()
     out = {
+        "command": " ".join(["python", *sys.argv]),
+        "code": code,
+        "machine": facts,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "bench": "uni_bench",
         "rows": rows,
         "threads": args.threads,
         "model": args.model,
+        "head": args.head,
         "data": args.data,
         "contexts": args.contexts,
         "layers": layers,
         "cross_last_layer": cross_last_layer,
         "reps": args.reps,
         "limits": {"context": args.max_context_tokens, "candidate": args.max_candidate_tokens},
-        "machine": platform.platform(),
+        "platform": platform.platform(),
         "cpu": _cpu(),
         "torch": torch.__version__,
-        "commit": (code.get("commit") or "")[:7],
-        "code": code,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "shared_machine": f"load average {facts['load_avg_1m']} on {facts['cpus']} CPUs; ratios are from "
+        "interleaved runs in one process (medians)",
+        "report": {
+            "section": "Uni-Encoder",
+            "title": f"Ranking speed: cross-encoder time / Uni-Encoder time per context ({args.data}, "
+            f"{args.head} head, {args.threads} thread)",
+            "columns": [
+                "N",
+                "cross ms",
+                "uni context-blind ms",
+                "uni arrow ms",
+                "speed-up context-blind",
+                "speed-up arrow",
+                "ceiling",
+                "context-blind / ceiling",
+                "arrow / ceiling",
+            ],
+            "rows": [
+                [
+                    r["N"],
+                    r["cross_ms"],
+                    r["uni-context-blind_ms"],
+                    r["uni-arrow_ms"],
+                    r["speedup_context_blind"],
+                    r["speedup_arrow"],
+                    r["ceiling"],
+                    r["context_blind_of_ceiling"],
+                    r["arrow_of_ceiling"],
+                ]
+                for r in rows
+            ],
+            "notes": f"Median of {args.reps} interleaved runs x {args.contexts} contexts per N; ceiling = the "
+            f"cross-encoder's linear-layer token work over the Uni-Encoder's ({cross_last_layer} last layer). "
+            "Shared CPU: ratios, not absolute times, are the result.",
+        },  # fmt: skip
     }
     if args.json:
+        from pairsmith.atomic import atomic_write_json
+
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        atomic_write_json(args.json, out)
     return 0
 
 

@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     rs.add_argument(
         "--dataset",
         default="dailydialog-dev",
-        help="dailydialog-dev | PATH (DailyDialog++ JSON lines); with --uni-encoder also mutual-heldout",
+        help="dailydialog-dev | mutual-heldout | mutual-select | PATH: DailyDialog++ JSON lines, a MuTual "
+        "folder of .txt files (FOLDER/dev, or FOLDER:dev), one MuTual .txt, or a MuTual .tar.gz",
     )
     rs.add_argument(
         "--limit",
@@ -134,7 +135,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
 
 
 def _run_response(args: argparse.Namespace) -> int:
-    from pairsmith.distill.data import load_dialogue_set
+    from pairsmith.distill.dialogue import load_dialogue
     from pairsmith.distill.evaluation import bi_scorer, cross_scorer, eval_response
     from pairsmith.distill.uni_train import limit_set
     from pairsmith.encoders import CrossEncoder
@@ -144,15 +145,13 @@ def _run_response(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise InvalidInput(f"--limit: must be >= 1, got {args.limit}")
     t0 = time.perf_counter()
+    ds = limit_set(load_dialogue(args.dataset, args.data), args.limit)  # DailyDialog++ or MuTual
     if args.uni_encoder:
         from pairsmith.cli.uni import uni_response
-        from pairsmith.distill.dialogue import load_dialogue
 
-        ds = limit_set(load_dialogue(args.dataset, args.data), args.limit)
         row, kind = uni_response(args, ds)
         _emit(args, f"response:{ds.name}", kind, row, "x100", time.perf_counter() - t0, _subset(ds, args))
         return 0
-    ds = limit_set(load_dialogue_set(args.dataset, args.data), args.limit)
     if args.reranker:
         ce = CrossEncoder.load(args.reranker, device=args.device, backend=args.backend)
         scorer, kind = cross_scorer(ce, batch_size=args.batch_size), f"cross-encoder {args.reranker}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register_train(tsub) -> None:
@@ -23,6 +24,26 @@ def register_train(tsub) -> None:
     )
     p.add_argument("--model", default="default", help="starting transformer or bi-encoder directory")
     p.add_argument(
+        "--init-from-bi",
+        default=None,
+        metavar="MODEL",
+        help="start from this sentence-transformers bi-encoder (sets --model, --head warm): the first "
+        "scores are its cosines; cross-segment attention opens through learned gates",
+    )
+    p.add_argument(
+        "--head",
+        default="auto",
+        choices=["auto", "warm", "cold"],
+        help="uni/cross: warm = start as the bi-encoder's cosine (default when --model is a bi-encoder); "
+        "cold = a fresh score head (the paper's Uni-Encoder; a plain cross-encoder)",
+    )
+    p.add_argument(
+        "--gate-lr",
+        type=float,
+        default=2.0,
+        help="warm: learning rate of the attention gates (about the bias change per step; they start at -30)",
+    )
+    p.add_argument(
         "--kind",
         default="uni",
         choices=["uni", "cross", "bi"],
@@ -32,7 +53,12 @@ def register_train(tsub) -> None:
         "--mask", default="arrow", choices=["arrow", "context-blind"], help="uni: attention while training"
     )
     p.add_argument("--negatives", default="dataset", choices=["dataset", "in-batch", "both"])
-    p.add_argument("--max-contexts", type=int, default=None, help="subsample training contexts (CPU budgets)")
+    p.add_argument(
+        "--max-contexts",
+        type=int,
+        default=None,
+        help="train on N contexts drawn by --seed (all their positives; CPU budgets); default all",
+    )
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8, help="contexts per step (default 8)")
     p.add_argument("--lr", type=float, default=5e-5)
@@ -55,6 +81,18 @@ def register_train(tsub) -> None:
     p.add_argument(
         "--eval-limit", type=int, default=None, help="evaluate on the first N contexts of each set"
     )
+    p.add_argument(
+        "--select",
+        default="mutual-select",
+        help="selection set: the start model and the trained one are scored on it and the better is "
+        "kept ('none': keep the trained model unscored)",
+    )
+    p.add_argument("--select-limit", type=int, default=200, help="selection on the first N contexts")
+    p.add_argument(
+        "--require-improvement",
+        action="store_true",
+        help="exit with status 3 when the trained model does not beat the start on the selection set",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", default="auto")
@@ -66,14 +104,24 @@ def register_train(tsub) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pairsmith.distill.uni_train import UniTrainConfig, train_uni
+    from pairsmith.errors import InvalidInput
+
+    if args.init_from_bi and args.head == "cold":
+        raise InvalidInput("--init-from-bi: starts the warm head; drop --head cold (or use --model)")
 
     if args.threads:
         import torch
 
         torch.set_num_threads(int(args.threads))
+    if args.require_improvement and args.select in ("", "none"):
+        raise InvalidInput("--require-improvement: needs a selection set (--select), not 'none'")
     cfg = UniTrainConfig(
         data=args.data,
-        model=args.model,
+        model=args.init_from_bi or args.model,
+        head="warm" if args.init_from_bi else args.head,
+        gate_lr=args.gate_lr,
+        select=args.select,
+        select_limit=args.select_limit,
         kind=args.kind,
         mask=args.mask,
         negatives=args.negatives,
@@ -91,9 +139,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         mlm_weight=args.mlm_weight,
     )
     report = train_uni(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
-    print(
-        json.dumps({k: report[k] for k in ("train_contexts", "fit", "eval", "wall_s")}, indent=2, default=str)
-    )
+    keys = ("head", "train_contexts", "fit", "start_score", "best_score", "improved", "eval", "wall_s")
+    print(json.dumps({k: report[k] for k in keys if k in report}, indent=2, default=str))
+    if args.require_improvement and not report.get("improved", False):
+        print(
+            f"not improved: nothing beat the start model on {report.get('select_set')} "
+            f"(start {report.get('start_score')}); the start model was kept in {args.out}/model",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 

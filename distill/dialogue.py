@@ -7,14 +7,19 @@ Errors name the archive, the member and line 1 (each member is one JSON object).
 
 Named sets (``--data`` / ``--dataset``):
 
-- ``mutual`` / ``mutual-train``: MuTual train minus the held-out part (training);
+- ``mutual`` / ``mutual-train``: MuTual train minus the held-out and selection parts (training);
 - ``mutual-heldout``: the held-out part (about 15 % of contexts, chosen by a hash of the
   normalised dialogue text, so examples sharing a dialogue stay on one side and the split never
   depends on a seed or on file order) — a second evaluation set;
+- ``mutual-select``: the next 10 % by the same hash — the selection set of training runs
+  (shares no dialogue with the training part or the held-out part);
 - ``dailydialog-dev``: DailyDialog++ dev (the evaluation set; never trained on);
 - ``dailydialog``: DailyDialog++ *train* (``dialogue/dailydialog-plusplus/train.json``), which
   the shared data does not hold: a clear error says so;
-- a path: DailyDialog++ JSON lines, or a MuTual ``.tar.gz``.
+- a path: DailyDialog++ JSON lines, a MuTual ``.tar.gz``, a MuTual folder (``dev/``,
+  ``test/`` or ``train/`` of ``.txt`` files each holding one JSON object, as the MuTual
+  release lays them out; give the split folder or the folder above it with ``PATH:dev``), or
+  one such ``.txt`` file.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pairsmith.distill.data import DialogueSet, data_root, read_dailydialog_pp
 from pairsmith.errors import DataFormatError, InvalidInput, NotFound
 
 HELDOUT_PERCENT = 15  # share of MuTual train contexts held out for evaluation
+SELECT_PERCENT = 10  # the next share: the selection set of training runs
 _TURN = re.compile(r"(?:^|\s)(?=[mf] : )")
 _ANSWERS = "ABCD"
 
@@ -40,27 +46,52 @@ def split_turns(article: str) -> list[str]:
     return turns or [article.strip()]
 
 
+def _bucket(article: str) -> int:
+    return int(hashlib.sha1(_norm(article).encode()).hexdigest(), 16) % 100
+
+
 def is_heldout(article: str) -> bool:
     """By a hash of the normalised dialogue: examples sharing a dialogue fall on the same side."""
-    return int(hashlib.sha1(_norm(article).encode()).hexdigest(), 16) % 100 < HELDOUT_PERCENT
+    return _bucket(article) < HELDOUT_PERCENT
 
 
-def read_mutual(path: str | os.PathLike[str], part: str = "all") -> DialogueSet:
-    """MuTual ``train.tar.gz``; ``part``: all | train (minus held-out) | heldout."""
-    if part not in ("all", "train", "heldout"):
-        raise InvalidInput(f"part: expected all, train or heldout, got {part!r}")
-    path = Path(path)
-    if not path.exists():
-        raise NotFound(f"MuTual archive: {path} not found (set PAIRSMITH_DATA or give the path)")
-    ctx, pos, neg, ids = [], [], [], []
+def mutual_part(article: str) -> str:
+    """train | select | heldout, by the dialogue's hash bucket."""
+    b = _bucket(article)
+    return "heldout" if b < HELDOUT_PERCENT else "select" if b < HELDOUT_PERCENT + SELECT_PERCENT else "train"
+
+
+PARTS = ("all", "train", "select", "heldout")
+
+
+def _mutual_blobs(path: Path) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every member: a ``.tar.gz``, a folder of ``.txt`` files, or one file."""
+    if path.is_dir():
+        files = sorted(path.rglob("*.txt"))
+        if not files:
+            raise DataFormatError(path, "no .txt files (MuTual layout: one JSON object per .txt file)")
+        return [(str(f.relative_to(path)), f.read_bytes()) for f in files]
+    if path.suffix == ".txt":
+        return [(path.name, path.read_bytes())]
     try:
         tar = tarfile.open(path, "r:gz")
     except (tarfile.TarError, OSError) as exc:
         raise DataFormatError(path, f"not a readable .tar.gz ({exc})") from None
     with tar:  # streamed in archive order (random access into a .gz re-reads from the start)
-        blobs = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]  # type: ignore[union-attr]
-    for name, raw in sorted(blobs):
-        where = f"{path}:{name}"
+        return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]  # type: ignore[union-attr]
+
+
+def read_mutual(path: str | os.PathLike[str], part: str = "all") -> DialogueSet:
+    """MuTual ``train.tar.gz`` or a MuTual folder of ``.txt`` files; ``part``: all | train |
+    select | heldout (the hash split of MuTual train, see the module docstring)."""
+    if part not in PARTS:
+        raise InvalidInput(f"part: expected one of {', '.join(PARTS)}, got {part!r}")
+    path = Path(path)
+    if not path.exists():
+        raise NotFound(f"MuTual data: {path} not found (set PAIRSMITH_DATA or give the path)")
+    ctx, pos, neg, ids = [], [], [], []
+    for name, raw in sorted(_mutual_blobs(path)):
+        where = f"{path}:{name}" if name != path.name else str(path)
         try:
             obj = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -80,8 +111,7 @@ def read_mutual(path: str | os.PathLike[str], part: str = "all") -> DialogueSet:
             )
         if not isinstance(obj["article"], str) or not obj["article"].strip():
             raise DataFormatError(where, "field 'article' must be a non-empty string", line=1)
-        held = is_heldout(obj["article"])
-        if (part == "train" and held) or (part == "heldout" and not held):
+        if part != "all" and mutual_part(obj["article"]) != part:
             continue
         k = _ANSWERS.index(ans)
         ctx.append(split_turns(obj["article"]))
@@ -100,8 +130,8 @@ def load_dialogue(name_or_path: str, root: str | os.PathLike[str] | None = None)
     mutual = base / "dialogue/mutual/mutual/train.tar.gz"
     if key in ("mutual", "mutual-train"):
         return replace(read_mutual(mutual, "train"), name="mutual-train")
-    if key == "mutual-heldout":
-        return replace(read_mutual(mutual, "heldout"), name="mutual-heldout")
+    if key in ("mutual-heldout", "mutual-select"):
+        return replace(read_mutual(mutual, key.split("-")[1]), name=key)
     if key == "dailydialog-dev":
         return replace(
             read_dailydialog_pp(base / "dialogue/dailydialog-plusplus/dev.json"), name="dailydialog-dev"
@@ -114,14 +144,18 @@ def load_dialogue(name_or_path: str, root: str | os.PathLike[str] | None = None)
                 "the evaluation set and is never trained on. Train on --data mutual or a FILE"
             )
         return replace(read_dailydialog_pp(train), name="dailydialog-train")
-    path = Path(name_or_path)
+    path, split = Path(name_or_path), None
+    if not path.exists() and ":" in name_or_path:  # FOLDER:dev
+        head, split = name_or_path.rsplit(":", 1)
+        path = Path(head) / split
     if not path.exists():
         raise NotFound(
-            f"dialogue data {name_or_path!r}: not one of mutual, mutual-heldout, dailydialog, "
-            "dailydialog-dev and no such file"
+            f"dialogue data {name_or_path!r}: not one of mutual, mutual-select, mutual-heldout, "
+            "dailydialog, dailydialog-dev and no such file or folder"
         )
-    if path.name.endswith(".tar.gz"):
-        return read_mutual(path)
+    if path.is_dir() or path.name.endswith(".tar.gz") or path.suffix == ".txt":
+        ds = read_mutual(path)
+        return replace(ds, name=f"mutual:{path.name}" if path.is_dir() else ds.name)
     return read_dailydialog_pp(path)
 
 

@@ -3,11 +3,20 @@
 One loss for all three kinds, so the comparison is about the architecture: for each context,
 softmax cross-entropy over its candidates' scores (gold = the positive response).
 
-- ``uni``: one row per context (context + all its candidates, shared positions, the chosen mask),
-  scores = span mean -> linear (``encoders/uni_encoder.py``).
-- ``cross``: one ``[CLS] context [SEP] candidate [SEP]`` row per candidate, scores = the
-  cross-encoder's logit (sentence-transformers CrossEncoder, fresh one-logit head).
+- ``uni``: one row per context (context + all its candidates, the chosen mask). ``head``
+  ``warm`` (the default when ``model`` is a sentence-transformers bi-encoder): starts as that
+  bi-encoder, scores = cosine x ``bi_scale`` with cross-segment attention gated shut
+  (``UniEncoder.from_bi_encoder``); ``cold``: the paper's span mean -> fresh linear head.
+- ``cross``: ``warm``: the same gated model with one candidate per row and the context and
+  candidate attending to each other through the gates (a cross-encoder that starts as the
+  bi-encoder); ``cold``: one ``[CLS] context [SEP] candidate [SEP]`` row per candidate through
+  a sentence-transformers CrossEncoder with a fresh one-logit head.
 - ``bi``: context and candidates embedded separately, scores = cosine x ``bi_scale``.
+
+The start model is scored on the selection set (``select``, a split of MuTual train sharing no
+dialogue with the training part) before training and is kept as a candidate: the saved model is
+the better of the start and the trained one by selection MRR, and ``report.json`` says
+``start_score``, ``best_score`` and ``improved``.
 
 All three see the same token ids: the context keeps its newest turns within
 ``max_context_tokens`` and every candidate its last ``max_candidate_tokens - 2`` tokens (the
@@ -21,8 +30,10 @@ Output::
 
     out/model/         the trained model (UniEncoder / CrossEncoder / BiEncoder directory)
     out/config.json    this run's UniTrainConfig
-    out/report.json    steps, mean loss per 10 %, evaluation (R@1/2/5, MRR x 100), wall time
+    out/report.json    steps, mean loss per 10 %, selection scores, evaluation (R@1/2/5, MRR x 100),
+                       wall time
     out/checkpoint.pt  the last checkpoint (removed once the model is saved)
+    out/start/         the start model while training runs (removed once the best is chosen)
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import dataclasses
 import enum
 import io
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pairsmith.atomic import atomic_write_bytes
+from pairsmith.atomic import atomic_write_bytes, replace_dir
 from pairsmith.distill import metrics
 from pairsmith.distill.data import DialogueSet
 from pairsmith.distill.dialogue import load_dialogue
@@ -46,7 +58,7 @@ from pairsmith.distill.runstate import RunState, save_dir_atomic, write_json_ato
 from pairsmith.encoders import BiEncoder, CrossEncoder, UniConfig, UniEncoder, UniMask
 from pairsmith.encoders.runtime import resolve_device
 from pairsmith.encoders.tokenize import pad_rows
-from pairsmith.encoders.uni_encoder import config_for_backbone
+from pairsmith.encoders.uni_encoder import config_for_backbone, is_uni_dir
 from pairsmith.encoders.uni_tokenize import UniTokenizer
 from pairsmith.errors import InvalidInput
 
@@ -62,6 +74,12 @@ class ModelKind(enum.Enum):
     BI = "bi"
 
 
+class Head(enum.Enum):
+    AUTO = "auto"  # warm when the model is a sentence-transformers bi-encoder, else cold
+    WARM = "warm"  # start as the bi-encoder's cosine (gated cross-segment attention)
+    COLD = "cold"  # a fresh score head (the paper's Uni-Encoder; a plain CrossEncoder)
+
+
 class Negatives(enum.Enum):
     DATASET = "dataset"
     IN_BATCH = "in-batch"
@@ -75,6 +93,7 @@ class UniTrainConfig:
     kind: str = "uni"  # uni | cross | bi (the baselines, same data and loss)
     mask: str = "arrow"  # uni: attention pattern while training
     negatives: str = "dataset"
+    head: str = "auto"  # uni / cross: auto | warm | cold (see the module docstring)
     max_contexts: int | None = None  # subsample the training contexts (CPU budgets)
     epochs: int = 1
     batch_size: int = 8  # contexts per step
@@ -82,7 +101,10 @@ class UniTrainConfig:
     warmup: float = 0.1
     max_context_tokens: int = 192
     max_candidate_tokens: int = 64
-    bi_scale: float = 20.0
+    bi_scale: float = 20.0  # cosine -> logit for the bi and warm models (fixed temperature)
+    gate_lr: float = 2.0  # warm: learning rate of the cross-segment gates (Adam, sign-like steps)
+    select: str = "mutual-select"  # selection set ('none': keep the trained model unscored)
+    select_limit: int | None = 200  # selection on its first N contexts
     checkpoint_steps: int = 50
     eval_sets: tuple[str, ...] = ("mutual-heldout", "dailydialog-dev")
     eval_limit: int | None = None  # evaluate on the first N contexts of each set (CPU budgets)
@@ -95,9 +117,18 @@ class UniTrainConfig:
         ModelKind(self.kind)
         Negatives(self.negatives)
         UniMask.parse(self.mask)
+        Head(self.head)
         for name in ("epochs", "batch_size", "checkpoint_steps"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("max_contexts", "select_limit", "eval_limit"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise InvalidInput(
+                    f"{name}: must be a positive number of contexts, got {v} (leave it unset for all)"
+                )
+        if not self.gate_lr > 0:
+            raise InvalidInput(f"gate_lr: must be > 0, got {self.gate_lr}")
         if not self.lr > 0:
             raise InvalidInput(f"lr: must be > 0, got {self.lr}")
         if not (0.0 <= self.mlm_weight < float("inf")):
@@ -106,6 +137,8 @@ class UniTrainConfig:
             raise InvalidInput(
                 f"mlm_weight: the MLM auxiliary loss is for kind uni only, got kind {self.kind!r}"
             )
+        if self.mlm_weight > 0 and self.head == Head.WARM.value:
+            raise InvalidInput("mlm_weight: the MLM auxiliary loss is for head cold only")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -153,13 +186,47 @@ def _baseline_tokenizer(enc: CrossEncoder | BiEncoder, cfg: UniTrainConfig, grou
     return UniTokenizer.from_dir(enc.source.path, _uni_config(cfg, groups, hf_config))  # type: ignore[arg-type]
 
 
+def resolve_head(cfg: UniTrainConfig) -> Head:
+    """``auto``: warm for a sentence-transformers bi-encoder directory (uni and cross), else cold
+    (and cold with the MLM auxiliary loss, which belongs to the paper's recipe)."""
+    from pairsmith.encoders.cross_encoder import is_bi_encoder_dir
+    from pairsmith.encoders.source import resolve_model
+
+    head = Head(cfg.head)
+    if head is not Head.AUTO:
+        return head
+    if cfg.kind == ModelKind.BI.value or cfg.mlm_weight > 0:  # MLM: the paper's recipe, cold head
+        return Head.COLD
+    src = resolve_model(cfg.model)
+    return Head.WARM if src.path is not None and is_bi_encoder_dir(src) else Head.COLD
+
+
+def _warm_uni(cfg: UniTrainConfig, device: str, groups: int, kind: ModelKind) -> UniEncoder:
+    """The gated cosine model: uni (all candidates in a row, cfg.mask) or cross (one per row, arrow)."""
+    from dataclasses import replace
+
+    ucfg = _uni_config(cfg, groups)
+    if kind is ModelKind.CROSS:
+        ucfg = replace(ucfg, max_groups=1, max_row_tokens=cfg.max_context_tokens + cfg.max_candidate_tokens)
+    mask = cfg.mask if kind is ModelKind.UNI else UniMask.ARROW
+    return UniEncoder.from_bi_encoder(
+        cfg.model, mask=mask, config=ucfg, device=device, score_scale=cfg.bi_scale
+    )
+
+
 class Trainable:
     """One of the three models behind ``scores(items) -> list of (n_i,) tensors`` and ``save``."""
 
     def __init__(self, kind: ModelKind, cfg: UniTrainConfig, device: str, groups: int) -> None:
         self.kind, self.cfg, self.device = kind, cfg, device
+        self.head = resolve_head(cfg)
         ucfg = _uni_config(cfg, groups)
-        if kind is ModelKind.UNI:
+        self.uni: UniEncoder | None = None
+        if self.head is Head.WARM:
+            self.uni = _warm_uni(cfg, device, groups, kind)
+            self.module = self.uni.model
+            self.tok = self.uni.tokenizer
+        elif kind is ModelKind.UNI:
             self.uni = UniEncoder.from_backbone(cfg.model, config=ucfg, device=device, seed=cfg.seed)
             self.module = self.uni.model
             self.tok = self.uni.tokenizer.with_mask(cfg.mask)
@@ -177,16 +244,40 @@ class Trainable:
 
         return to_features(batch, self.device)
 
+    def param_groups(self) -> list[dict]:
+        """AdamW groups: the warm gates get their own rate and no decay (decay would pull them
+        open). Their gradients start near exp(-30) ~ 1e-13 and Adam's second moment of such a
+        gradient underflows fp32 (g^2 < 1e-38: the step explodes), so each gate tensor's gradient
+        is scaled to max |g| = 1 first: Adam then steps them by about ``gate_lr`` per step in the
+        gradient's direction, however small it is."""
+        gates = [p for n, p in self.module.named_parameters() if n.startswith("gate_")]
+        rest = [p for n, p in self.module.named_parameters() if not n.startswith("gate_")]
+        for g in gates:
+            g.register_hook(lambda grad: grad / grad.abs().amax().clamp_min(1e-30))
+        groups = [{"params": rest}]
+        if gates:
+            groups.append({"params": gates, "lr": self.cfg.gate_lr, "weight_decay": 0.0})
+        return groups
+
     def uni_batch(self, items: Sequence[tuple[Sequence[str], Sequence[str]]]):
         """Uni: one padded row per context (all its candidates), the training mask."""
         enc, _, _ = self.tok.encode_groups(items, max_row_tokens=10**9)
         return self.tok.pad(enc.ids)
 
     def scores(self, items: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list:
+        """Per item, its candidates' training logits (warm and bi: cosine x bi_scale)."""
         sizes = [len(c) for _, c in items]
+        if self.head is Head.WARM and self.kind is ModelKind.CROSS:
+            import torch
+
+            enc, chunks, _ = self.tok.encode_groups(items)  # one candidate per row, in order
+            out = self.module(self._feats(self.tok.pad(enc.ids)))["scores"][:, 0]  # (sum n,)
+            assert len(chunks) == sum(sizes)
+            return list((out * self.cfg.bi_scale).split(sizes)) if len(out) else [torch.zeros(0)]
         if self.kind is ModelKind.UNI:
             out = self.module(self._feats(self.uni_batch(items)))["scores"]  # (B, G)
-            return [out[i, :n] for i, n in enumerate(sizes)]
+            scale = self.cfg.bi_scale if self.head is Head.WARM else 1.0
+            return [out[i, :n] * scale for i, n in enumerate(sizes)]
         if self.kind is ModelKind.CROSS:
             flat = self.module(self._feats(cross_batch(self.tok, items)))["scores"].reshape(-1)  # (sum n,)
         else:
@@ -202,7 +293,7 @@ class Trainable:
         return list(flat.split(sizes))
 
     def save(self, path: Path) -> None:
-        if self.kind is ModelKind.UNI:
+        if self.uni is not None:
             self.uni.save(path)
         elif self.kind is ModelKind.CROSS:
             self.ce.save(path)
@@ -220,11 +311,12 @@ def ranker(
     import torch
 
     cfg = cfg or UniTrainConfig()
-    if kind is ModelKind.UNI:
+    if kind is ModelKind.UNI or is_uni_dir(Path(path)):  # a warm cross-encoder is a gated Uni dir
         uni = UniEncoder.load(path, device=device, backend="torch")
-        return lambda items: uni.rank_many(items, mask=mask, batch_size=16)
+        m = mask if kind is ModelKind.UNI else uni.config.mask
+        return lambda items: uni.rank_many(items, mask=m, batch_size=16)
     t = object.__new__(Trainable)
-    t.kind, t.cfg, t.device = kind, cfg, device
+    t.kind, t.cfg, t.device, t.head, t.uni = kind, cfg, device, Head.COLD, None
     if kind is ModelKind.CROSS:
         t.ce = CrossEncoder.load(path, device=device, backend="torch")
         t.module, t.tok = t.ce.st_model, _baseline_tokenizer(t.ce, cfg, 16)
@@ -288,12 +380,14 @@ def limit_set(ds: DialogueSet, n: int | None) -> DialogueSet:
 # -- training ----------------------------------------------------------------------------------------
 
 
-def _examples(ds: DialogueSet, cfg: UniTrainConfig) -> list[tuple[list[str], str, list[str]]]:
-    ex = [(c, p, n) for c, ps, n in zip(ds.contexts, ds.positives, ds.negatives, strict=True) for p in ps]
-    if cfg.max_contexts is not None and cfg.max_contexts < len(ex):
-        keep = np.random.default_rng(cfg.seed).permutation(len(ex))[: cfg.max_contexts]
-        ex = [ex[i] for i in sorted(keep)]
-    return ex
+def _examples(ds: DialogueSet, cfg: UniTrainConfig) -> tuple[list[tuple[list[str], str, list[str]]], int]:
+    """(context, positive, negatives) examples of ``max_contexts`` contexts drawn by seed (a
+    context with several positives gives several examples); and the number of contexts."""
+    keep = list(range(len(ds.contexts)))
+    if cfg.max_contexts is not None and cfg.max_contexts < len(keep):
+        keep = sorted(np.random.default_rng(cfg.seed).permutation(len(keep))[: cfg.max_contexts].tolist())
+    ex = [(ds.contexts[i], p, ds.negatives[i]) for i in keep for p in ds.positives[i]]
+    return ex, len(keep)
 
 
 def _step_items(batch, neg: Negatives, rng: np.random.Generator):
@@ -310,6 +404,20 @@ def _step_items(batch, neg: Negatives, rng: np.random.Generator):
     return items, golds
 
 
+def _select_key(res: dict) -> tuple[float, float]:
+    """Selection order: MRR, then R@1 (MRR moves with every rank, so it is the steadier signal)."""
+    return (res["MRR"], res["R@1"])
+
+
+def _evaluate(
+    kind: ModelKind, model_dir: Path, dev: str, cfg: UniTrainConfig, ds: DialogueSet, progress: bool
+):
+    rank = ranker(kind, str(model_dir), dev, cfg.mask, cfg)
+    ctx_blind = UniMask.parse(cfg.mask) is UniMask.CONTEXT_BLIND
+    dedupe = kind is not ModelKind.UNI or ctx_blind
+    return eval_ranking(ds, rank, progress=progress, dedupe=dedupe)
+
+
 def train_uni(
     cfg: UniTrainConfig, out: str | Path, *, resume: bool = False, device: str = "cpu", progress: bool = True
 ) -> dict:
@@ -320,7 +428,8 @@ def train_uni(
     dev = resolve_device(device)
     train = load_dialogue(cfg.data)
     evals = [limit_set(load_dialogue(n), cfg.eval_limit) for n in cfg.eval_sets]
-    ex = _examples(train, cfg)
+    select = None if cfg.select in ("", "none") else limit_set(load_dialogue(cfg.select), cfg.select_limit)
+    ex, n_contexts = _examples(train, cfg)
     if not ex:
         raise InvalidInput(f"data: {cfg.data} has no training examples")
     state = RunState(out, cfg.to_dict(), resume=resume, kind="train-uni-encoder")
@@ -329,16 +438,25 @@ def train_uni(
     groups += cfg.batch_size - 1 if neg is not Negatives.DATASET else 0
     torch.manual_seed(cfg.seed)
     model = Trainable(kind, cfg, dev, groups)
+    start_dir = out / "start"
+    if select is not None and not state.is_done("start"):  # the start model is a candidate
+        model.module.eval()
+        save_dir_atomic(start_dir, model.save)
+        res = _evaluate(kind, start_dir, dev, cfg, select, progress)
+        state.mark("start", select=res)
     params = list(model.module.parameters())
     mlm = None
     if cfg.mlm_weight > 0:  # W = 0 builds nothing: the plain path, bit for bit
         from pairsmith.distill.uni_mlm import MlmAux
 
-        mlm = MlmAux(model.module, model.uni.source.path, dev)  # type: ignore[arg-type]
+        mlm = MlmAux(model.module, model.uni.source.path, dev)  # type: ignore[arg-type,union-attr]
         params += mlm.parameters()
     per_epoch = (len(ex) + cfg.batch_size - 1) // cfg.batch_size
     total = per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    groups_opt = model.param_groups()
+    if mlm is not None:
+        groups_opt.append({"params": mlm.parameters()})
+    opt = torch.optim.AdamW(groups_opt, lr=cfg.lr, weight_decay=0.01)
     warm = max(1, int(cfg.warmup * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
@@ -419,19 +537,42 @@ def train_uni(
             **({"mlm_loss_curve": curve(mlm_losses)} if mlm else {}),
         )
         ck.unlink(missing_ok=True)
+    if select is not None and not state.is_done("select"):
+        trained = _evaluate(kind, model_dir, dev, cfg, select, progress)
+        start = state.info("start")["select"]
+        improved = _select_key(trained) > _select_key(start)
+        if not improved:  # nothing beat the start: it is the model this run hands back
+            log.warning(
+                "selection %s: trained %s <= start %s; keeping the start model", select.name, trained, start
+            )
+            replace_dir(start_dir, model_dir)
+        state.mark("select", trained=trained, improved=improved)
+    if start_dir.exists():
+        shutil.rmtree(start_dir, ignore_errors=True)
     report = {
         "kind": "train-uni-encoder",
         "config": cfg.to_dict(),
-        "train_contexts": len(ex),
+        "head": model.head.value,
+        "train_contexts": n_contexts,
+        "train_examples": len(ex),
         "candidates_per_context": groups,
         "device": dev,
         "fit": state.info("fit"),
         "eval": {},
     }
-    rank = ranker(kind, str(model_dir), dev, cfg.mask, cfg)
+    if select is not None:
+        start, sel = state.info("start")["select"], state.info("select")
+        best = sel["trained"] if sel["improved"] else start
+        report.update(
+            select_set=select.name,
+            select_metric="MRR (then R@1)",
+            start_score=start,
+            trained_score=sel["trained"],
+            best_score=best,
+            improved=bool(sel["improved"]),
+        )
     for ds in evals:
-        dedupe = kind is not ModelKind.UNI or UniMask.parse(cfg.mask) is UniMask.CONTEXT_BLIND
-        report["eval"][ds.name] = eval_ranking(ds, rank, progress=progress, dedupe=dedupe)
+        report["eval"][ds.name] = _evaluate(kind, model_dir, dev, cfg, ds, progress)
     report["wall_s"] = round(state.elapsed(), 1)
     write_json_atomic(out / "report.json", report)
     return report

@@ -1,4 +1,5 @@
-"""Post-processing after the backend, one copy each: normalise, ``dimensions``, sigmoid, pair cosine.
+"""Post-processing after the backend, one copy each: normalise, ``dimensions``, sigmoid, pair cosine,
+softmax over one context's candidates (Uni-Encoder).
 
 Row normalisation itself lives in :mod:`pairsmith.vectors` (the index store, which imports no
 encoder code, uses the same function).
@@ -42,6 +43,17 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     ex = np.exp(x[~pos])
     out[~pos] = ex / (1.0 + ex)
     return out.astype(np.float32)
+
+
+def softmax(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Probabilities over one group of scores, ``softmax(scale * x)``, float32 (max-subtracted:
+    no overflow). ``scale``: the model's temperature (a Uni-Encoder's ``score_scale``: 1 for
+    logits, 20 for a warm start's cosines)."""
+    z = np.asarray(x, dtype=np.float64) * float(scale)
+    if z.size == 0:
+        return z.astype(np.float32)
+    e = np.exp(z - z.max())
+    return (e / e.sum()).astype(np.float32)
 
 
 def pair_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

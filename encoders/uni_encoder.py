@@ -3,7 +3,12 @@
 The context and a chunk of candidates are packed into one row (``uni_tokenize.py``: shared
 candidate positions, ``arrow``/``context-blind`` masks as a 4-D additive bias); the backbone
 runs once; each candidate's score is the mean of the last layer over its span -> linear -> a
-logit. Scores are raw logits (softmax over a context's candidates gives probabilities).
+logit (the paper's head, ``head="linear"``, a fresh head: :meth:`UniEncoder.from_backbone`).
+:meth:`UniEncoder.from_bi_encoder` starts where a bi-encoder is instead (``head="cosine"``,
+``uni_warm.py``): its pooling and cosine, cross-segment attention behind learned gates that
+start closed, so its first scores are the bi-encoder's cosines. Scores are raw (logits or
+cosines); :func:`pairsmith.encoders.postprocess.softmax` with the config's ``score_scale``
+turns a context's scores into probabilities.
 
 Many candidates are split into rows under ``max_row_tokens`` / ``max_groups``. With ``arrow``
 the context attends to the candidates of its row, so scores then depend on how the set was
@@ -11,7 +16,7 @@ chunked (and on which other candidates are in it); ``context-blind`` scores do n
 it the recommended mode for large sets (and the default).
 
 A saved Uni-Encoder directory holds the backbone (``config.json``, ``model.safetensors``,
-tokenizer files), ``uni_head.safetensors`` (the score head) and ``uni_encoder.json``
+tokenizer files), ``uni_head.safetensors`` (the score head, or the gates) and ``uni_encoder.json``
 (:class:`UniConfig` + format). ONNX: ``register_exporter("uni")`` exports backbone + head with
 the custom inputs (position ids, additive mask, spans), fp32 only; ``backend="onnx"`` or
 ``"openvino"`` runs it without torch, ``"auto"`` follows the engine table where it can.
@@ -36,7 +41,7 @@ from pairsmith.encoders.pipeline import Pipeline
 from pairsmith.encoders.runtime import Backend, TorchBackend, resolve_device
 from pairsmith.encoders.source import ModelSource, fingerprint, read_json, resolve_model
 from pairsmith.encoders.types import OutputKind
-from pairsmith.encoders.uni_tokenize import UniConfig, UniMask, UniTokenizer
+from pairsmith.encoders.uni_tokenize import UniConfig, UniMask, UniTokenizer, gather_scores
 from pairsmith.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -104,8 +109,22 @@ def _scorer_class():
     return UniScorer
 
 
-def build_scorer(backbone, max_groups: int):
-    return _scorer_class()(backbone, max_groups)
+def build_scorer(backbone, cfg: UniConfig):
+    """The torch module for ``cfg.head``: span mean -> Linear, or the gated cosine (uni_warm.py)."""
+    if cfg.head == "cosine":
+        from pairsmith.encoders.uni_warm import build_gated
+
+        return build_gated(backbone, cfg.max_groups, cfg.pooling, cfg.gate_init)
+    return _scorer_class()(backbone, cfg.max_groups)
+
+
+def _head_state(scorer) -> dict:
+    """The parameters outside the backbone (linear head, or gates), for ``uni_head.safetensors``."""
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in scorer.state_dict().items()
+        if not k.startswith("backbone.")
+    }
 
 
 def _load_backbone(path: str, device: str):
@@ -193,8 +212,73 @@ class UniEncoder:
             torch.manual_seed(seed)
         backbone = _load_backbone(arg, dev)
         cfg = config_for_backbone(backbone.config, config)
-        scorer = build_scorer(backbone, cfg.max_groups).to(dev)
+        if cfg.head != "linear":
+            raise InvalidInput("from_backbone: builds the linear head; use from_bi_encoder for head cosine")
+        scorer = build_scorer(backbone, cfg).to(dev)
         log.info("uni-encoder on %s: score head is newly initialised", source.ref)
+        tok = UniTokenizer.from_dir(source.path, cfg)
+        be = TorchBackend(scorer, dev, "scores", OutputKind.GROUPED_SCORES)
+        return cls(tok, be, source=source, model=scorer, device=dev, keepalive=view)
+
+    @classmethod
+    def from_bi_encoder(
+        cls,
+        model: str,
+        *,
+        mask: str | UniMask = UniMask.CONTEXT_BLIND,
+        config: UniConfig | None = None,
+        device: str | None = "auto",
+        gate_init: float | None = None,
+        score_scale: float = 20.0,
+    ) -> UniEncoder:
+        """A Uni-Encoder whose first scores are ``model``'s own cosines (a sentence-transformers
+        bi-encoder: Transformer + Pooling [+ Normalize]).
+
+        Candidates are laid out as the bi-encoder sees them alone (positions from 0, token type
+        0), scored by its pooling over the context span and each candidate span, cosine; every
+        cross-segment attention edge passes a learned gate initialised shut (``gate_init``,
+        default the config's -30). ``config``: packing limits (its head/positions/types fields
+        are set here); token limits default to the bi-encoder's ``max_seq_length`` (context,
+        capped at 256) and 64 (candidate). Scores are cosines; ``score_scale`` (20) is the softmax
+        temperature for probabilities (train with the same one).
+        """
+        from dataclasses import replace
+
+        from pairsmith.encoders.cross_encoder import backbone_view
+        from pairsmith.encoders.uni_warm import bi_encoder_facts
+
+        source = resolve_model(model)
+        if source.path is None:
+            raise InvalidInput(f"uni-encoder: {source.ref} is not a local directory; download it first")
+        facts = bi_encoder_facts(source.path)
+        view = backbone_view(source)
+        dev = resolve_device(device)
+        backbone = _load_backbone(view.name if view is not None else str(source.path), dev)
+        msl = facts["max_seq_length"] or int(getattr(backbone.config, "max_position_embeddings", 512))
+        base = config or UniConfig(
+            max_context_tokens=min(256, msl),
+            max_candidate_tokens=min(64, msl),
+            max_row_tokens=min(256, msl) + 64 * 16,
+            max_groups=64,
+        )
+        base = replace(
+            base,
+            mask=UniMask.parse(mask).value,
+            head="cosine",
+            pooling=facts["pooling"],
+            candidate_positions="from-start",
+            candidate_type=0,
+            score_scale=float(score_scale),
+            gate_init=base.gate_init if gate_init is None else float(gate_init),
+        )
+        cfg = config_for_backbone(backbone.config, base)
+        scorer = build_scorer(backbone, cfg).to(dev).eval()
+        log.info(
+            "uni-encoder from bi-encoder %s: %s pooling, cosine, gates at %g",
+            source.ref,
+            cfg.pooling,
+            cfg.gate_init,
+        )
         tok = UniTokenizer.from_dir(source.path, cfg)
         be = TorchBackend(scorer, dev, "scores", OutputKind.GROUPED_SCORES)
         return cls(tok, be, source=source, model=scorer, device=dev, keepalive=view)
@@ -244,9 +328,15 @@ class UniEncoder:
             return cls(tok, onnx.backend, source=source, device=dev, backend_kind=be_kind)
         from safetensors.torch import load_file
 
-        scorer = build_scorer(_load_backbone(str(source.path), dev), cfg.max_groups)
+        scorer = build_scorer(_load_backbone(str(source.path), dev), cfg)
         state = load_file(str(source.path / HEAD_FILE))  # type: ignore[operator]
-        scorer.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
+        missing, unexpected = scorer.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise FailedPrecondition(
+                f"uni-encoder: {source.ref}/{HEAD_FILE}: missing {missing}, unexpected {unexpected} "
+                f"for head {cfg.head!r}"
+            )
         scorer = scorer.to(dev).eval()
         be = TorchBackend(scorer, dev, "scores", OutputKind.GROUPED_SCORES)
         return cls(tok, be, source=source, model=scorer, device=dev)
@@ -266,10 +356,7 @@ class UniEncoder:
                 src = self.source.path / name  # type: ignore[operator]
                 if src.is_file():
                     shutil.copy(src, tmp / name)
-            head = {
-                f"head.{k}": v.detach().cpu().contiguous() for k, v in self.model.head.state_dict().items()
-            }
-            save_file(head, str(tmp / HEAD_FILE))
+            save_file(_head_state(self.model), str(tmp / HEAD_FILE))
             meta = {"format": FORMAT, "kind": "uni-encoder", "config": self.config.to_dict()}
             (tmp / UNI_FILE).write_text(json.dumps(meta, indent=2))
             replace_dir(tmp, dest)  # swaps with an existing dest: never a moment without a model
@@ -328,11 +415,18 @@ class UniEncoder:
         # (B, T, T) masks grow with the square of the row length: cap a batch's padded tokens too.
         with tqdm(total=len(enc), desc="rank", unit="row", disable=not show_progress) as bar:
             out = pipe.forward(enc, max_rows=batch_size, max_tokens=max_batch_tokens, progress=bar.update)
-        sizes = [len(c) for _, c in items]
-        result = [np.empty(n, dtype=np.float32) for n in sizes]
-        for ch, g in zip(chunks, out.groups(), strict=True):
-            result[ch.item][ch.start : ch.stop] = g
-        return result
+        return gather_scores(chunks, out.groups(), [len(c) for _, c in items])
+
+    def pipeline(self, mask: str | UniMask | None = None) -> Pipeline:
+        """The tokenizer -> backend pipeline for ``mask`` (default: the config's), as the server's
+        batcher runs it: ``tokenizer.encode_groups`` rows in, one score array per row out."""
+        return self._pipes[UniMask.parse(mask if mask is not None else self.config.mask)]
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Softmax over one context's candidate scores at this model's ``score_scale``."""
+        from pairsmith.encoders.postprocess import softmax
+
+        return softmax(scores, self.config.score_scale)
 
 
 # -- ONNX ----------------------------------------------------------------------------------------

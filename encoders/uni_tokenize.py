@@ -2,10 +2,16 @@
 
 A row is ``[CLS] context [SEP] [CLS] cand_1 [SEP] ... [CLS] cand_k [SEP]``:
 
-- token types 0 for the context, 1 for candidates (models without segments get none);
-- position ids: the context uses ``0..H-1`` and every candidate restarts at ``H``, so
+- token types 0 for the context, ``candidate_type`` (1; 0 for a warm start) for candidates
+  (models without segments get none);
+- position ids: the context uses ``0..H-1`` and every candidate restarts at ``H``
+  (``candidate_positions="after-context"``, the paper) or at 0 (``"from-start"``: each
+  candidate sits where a bi-encoder would put it alone; the warm start's choice), so
   candidates are positionally identical (permuting them permutes the scores exactly) and a
   row may be longer than the model's maximum position;
+- optional speaker tokens (``speaker_tokens``, e.g. ``[unused1]``/``[unused2]``, the paper's
+  turn separators): each context turn starts with one, alternating back from the newest turn
+  (the newest turn always gets the first), so dropping old turns never relabels the others;
 - ``spans``: -1 for the context, ``k`` for every token of the row's k-th candidate (its
   [CLS] and [SEP] included: the score is the mean over the whole span);
 - ``attention_bias`` (B, 1, T, T) additive, built vectorised from ``spans``:
@@ -45,6 +51,9 @@ from pairsmith.encoders.types import Encoded, TokenBatch
 from pairsmith.errors import FailedPrecondition, InvalidInput, parse_enum
 
 NEG = -1.0e4  # additive bias for a blocked key: exp(-1e4) is exactly 0 in fp32 and fp16; fits fp16
+CANDIDATE_POSITIONS = ("after-context", "from-start")
+HEADS = ("linear", "cosine")
+POOLINGS = ("mean", "cls", "max")
 
 
 class UniMask(enum.Enum):
@@ -65,7 +74,7 @@ class UniMask(enum.Enum):
 
 @dataclass(frozen=True)
 class UniConfig:
-    """Packing limits and defaults; saved as ``uni_encoder.json`` beside the weights."""
+    """Packing limits, head and defaults; saved as ``uni_encoder.json`` beside the weights."""
 
     max_context_tokens: int = 256  # [CLS] context [SEP], after dropping the oldest turns
     max_candidate_tokens: int = 64  # [CLS] candidate [SEP], after dropping leading tokens
@@ -76,8 +85,36 @@ class UniConfig:
     position_offset: int = 0  # first position id (2 for RoBERTa/MPNet-style embeddings)
     max_positions: int = 512  # the backbone's max_position_embeddings
     uses_type_ids: bool = True  # the backbone has token types (type_vocab_size >= 2)
+    candidate_positions: str = "after-context"  # after-context (paper) | from-start (warm start)
+    candidate_type: int = 1  # token type of candidate tokens (0: as a bi-encoder sees them)
+    speaker_tokens: tuple[str, ...] = ()  # () or two tokens marking alternating turns
+    head: str = "linear"  # linear: span mean -> Linear (paper) | cosine: gated warm start
+    pooling: str = "mean"  # cosine head: the bi-encoder's pooling (mean | cls | max)
+    gate_init: float = -30.0  # cosine head: initial cross-segment attention bias (closed)
+    score_scale: float = 1.0  # softmax temperature: probabilities = softmax(score_scale x scores)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "speaker_tokens", tuple(self.speaker_tokens))
+        if self.candidate_positions not in CANDIDATE_POSITIONS:
+            raise InvalidInput(
+                f"candidate_positions: expected one of {CANDIDATE_POSITIONS}, got {self.candidate_positions!r}"
+            )
+        if self.head not in HEADS:
+            raise InvalidInput(f"head: expected one of {HEADS}, got {self.head!r}")
+        if self.pooling not in POOLINGS:
+            raise InvalidInput(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
+        if self.candidate_type not in (0, 1):
+            raise InvalidInput(f"candidate_type: must be 0 or 1, got {self.candidate_type}")
+        if len(self.speaker_tokens) not in (0, 2) or not all(
+            isinstance(t, str) and t for t in self.speaker_tokens
+        ):
+            raise InvalidInput(
+                f"speaker_tokens: give none or two tokens (e.g. [unused1], [unused2]), got {self.speaker_tokens!r}"
+            )
+        if not (self.score_scale > 0 and np.isfinite(self.score_scale)):
+            raise InvalidInput(f"score_scale: must be a finite number > 0, got {self.score_scale}")
+        if not np.isfinite(self.gate_init):
+            raise InvalidInput(f"gate_init: must be finite, got {self.gate_init}")
         for name in ("max_context_tokens", "max_candidate_tokens"):
             if getattr(self, name) < 3:
                 raise InvalidInput(f"{name}: must be >= 3, got {getattr(self, name)}")
@@ -88,17 +125,22 @@ class UniConfig:
                 f"max_row_tokens: {self.max_row_tokens} cannot hold a full context "
                 f"({self.max_context_tokens}) and one full candidate ({self.max_candidate_tokens})"
             )
-        last = self.position_offset + self.max_context_tokens + self.max_candidate_tokens
+        if self.candidate_positions == "from-start":
+            last = self.position_offset + max(self.max_context_tokens, self.max_candidate_tokens)
+        else:
+            last = self.position_offset + self.max_context_tokens + self.max_candidate_tokens
         if last > self.max_positions:
             raise InvalidInput(
                 f"max_context_tokens + max_candidate_tokens: {self.max_context_tokens} + "
-                f"{self.max_candidate_tokens} positions (offset {self.position_offset}) exceed the "
-                f"backbone's {self.max_positions} position embeddings"
+                f"{self.max_candidate_tokens} positions (offset {self.position_offset}, candidates "
+                f"{self.candidate_positions}) exceed the backbone's {self.max_positions} position embeddings"
             )
         UniMask.parse(self.mask)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["speaker_tokens"] = list(self.speaker_tokens)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> UniConfig:
@@ -128,8 +170,11 @@ def pack_rows(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.n
     return ids, spans, valid
 
 
-def position_ids(spans: np.ndarray, valid: np.ndarray, offset: int = 0) -> np.ndarray:
-    """Context 0..H-1, every candidate span restarting at H (spans are contiguous runs)."""
+def position_ids(
+    spans: np.ndarray, valid: np.ndarray, offset: int = 0, from_start: bool = False
+) -> np.ndarray:
+    """Context 0..H-1, every candidate span restarting at H (``from_start``: at 0); spans are
+    contiguous runs."""
     b, t = spans.shape
     ctx = (spans < 0) & valid  # (B, T)
     h = ctx.sum(1, keepdims=True)  # (B, 1)
@@ -137,7 +182,7 @@ def position_ids(spans: np.ndarray, valid: np.ndarray, offset: int = 0) -> np.nd
     change = np.ones((b, t), dtype=bool)
     change[:, 1:] = spans[:, 1:] != spans[:, :-1]
     run_start = np.maximum.accumulate(np.where(change, cols, 0), axis=1)  # (B, T)
-    pos = np.where(ctx, cols, h + cols - run_start)  # (B, T)
+    pos = np.where(ctx, cols, (0 if from_start else h) + cols - run_start)  # (B, T)
     return np.where(valid, pos + offset, 0).astype(np.int64)
 
 
@@ -172,6 +217,16 @@ class Chunk:
     stop: int
 
 
+def gather_scores(
+    chunks: Sequence[Chunk], groups: Sequence[np.ndarray], sizes: Sequence[int]
+) -> list[np.ndarray]:
+    """Per item, its candidates' scores in input order, from the rows' grouped scores."""
+    out = [np.empty(n, dtype=np.float32) for n in sizes]
+    for ch, g in zip(chunks, groups, strict=True):
+        out[ch.item][ch.start : ch.stop] = g
+    return out
+
+
 class UniTokenizer:
     """(context, candidates) -> rows of (token id, span id) units -> :class:`TokenBatch`.
 
@@ -187,6 +242,12 @@ class UniTokenizer:
         self.cls_id, self.sep_id, self.pad_id = int(cls_id), int(sep_id), int(pad_id)
         self.mask = UniMask.parse(config.mask)
         self.max_length = int(config.max_row_tokens)
+        self.speaker_ids: list[int] = []
+        for t in config.speaker_tokens:
+            i = rust.token_to_id(t)
+            if i is None:
+                raise FailedPrecondition(f"speaker_tokens: {t!r} is not in the tokenizer's vocabulary")
+            self.speaker_ids.append(int(i))
 
     @classmethod
     def from_dir(cls, directory: str | Path, config: UniConfig) -> UniTokenizer:
@@ -232,6 +293,9 @@ class UniTokenizer:
             if not isinstance(t, str):
                 raise InvalidInput(f"{field}[{i}]: expected a string, got {type(t).__name__}")
         per_turn = self._ids(turns)
+        if self.speaker_ids:  # newest turn: the first token; alternating back from there
+            n = len(per_turn)
+            per_turn = [[self.speaker_ids[(n - 1 - i) % 2], *ids] for i, ids in enumerate(per_turn)]
         room = self.config.max_context_tokens - 2
         total = sum(len(x) for x in per_turn)
         if total > room and not (self.config.truncate_context if truncate is None else truncate):
@@ -340,12 +404,15 @@ class UniTokenizer:
     def pad(self, ids: list[np.ndarray], type_ids: list[list[int]] | None = None) -> TokenBatch:
         """Rows -> padded batch with position ids, the additive mask and spans (vectorised)."""
         input_ids, spans, valid = pack_rows(ids, self.pad_id)  # (B, T) x3
-        types = (spans >= 0).astype(np.int64) if self.config.uses_type_ids else None  # (B, T)
+        cfg = self.config
+        types = (spans >= 0).astype(np.int64) * cfg.candidate_type if cfg.uses_type_ids else None  # (B, T)
         return TokenBatch(
             input_ids,
             valid.astype(np.int64),
             types,
-            position_ids=position_ids(spans, valid, self.config.position_offset),
+            position_ids=position_ids(
+                spans, valid, cfg.position_offset, cfg.candidate_positions == "from-start"
+            ),
             attention_bias=attention_bias(spans, valid, self.mask),
             spans=np.where(valid, spans, -1),
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ import numpy as np
 
 from pairsmith.encoders.pipeline import Pipeline, concat_encoded
 from pairsmith.encoders.types import Encoded, ModelOutput, OutputKind
+from pairsmith.encoders.uni_tokenize import gather_scores
 from pairsmith.errors import InvalidInput, ResourceExhausted, Unavailable
 from pairsmith.service.status import RequestExpired
 
@@ -145,7 +147,23 @@ class TokenBatcher:
     ) -> BatchResult:
         return await self._submit(None, pairs, truncate, deadline, field)
 
-    async def _submit(self, texts, pairs, truncate: bool, deadline: float | None, field: str) -> BatchResult:
+    async def submit_groups(
+        self,
+        context: str,
+        candidates: Sequence[str],
+        *,
+        truncate: bool = True,
+        deadline: float | None = None,
+        field: str = "texts",
+    ) -> BatchResult:
+        """One context and its candidates (Uni-Encoder pipelines): one unit of work, admitted,
+        queued, merged and dropped like any other request; ``values``: one score per candidate,
+        in order (the rows a long candidate list is chunked into are put back together)."""
+        return await self._submit(None, None, truncate, deadline, field, group=(context, list(candidates)))
+
+    async def _submit(
+        self, texts, pairs, truncate: bool, deadline: float | None, field: str, group=None
+    ) -> BatchResult:
         if self._closed:
             raise Unavailable("server is shutting down")
         if self._pending >= self.max_pending:
@@ -157,15 +175,23 @@ class TokenBatcher:
         try:
             loop = asyncio.get_running_loop()
             t0 = time.perf_counter()
-            n = len(texts) if texts is not None else len(pairs)
+            if group is not None:
+                n, chars = len(group[1]), len(group[0]) + sum(map(len, group[1]))
+            else:
+                n = len(texts) if texts is not None else len(pairs)
+                chars = sum(map(len, texts)) if texts is not None else sum(len(a) + len(b) for a, b in pairs)
             if n == 0:
                 return _empty(self.pipeline.kind)
-            chars = sum(map(len, texts)) if texts is not None else sum(len(a) + len(b) for a, b in pairs)
             pool = self._tok_executor
             if self._big_executor is not None and chars > self._big_chars:
                 pool = self._big_executor
+            chunks = None
             try:
-                if texts is not None:
+                if group is not None:  # encode_groups refuses over-limit input itself when truncate is off
+                    enc, chunks, cand_trunc = await loop.run_in_executor(
+                        pool, functools.partial(self.tokenizer.encode_groups, [group], truncate=truncate)
+                    )
+                elif texts is not None:
                     enc = await loop.run_in_executor(pool, self.tokenizer.encode, list(texts))
                 else:
                     enc = await loop.run_in_executor(pool, self.tokenizer.encode_pairs, list(pairs))
@@ -193,10 +219,16 @@ class TokenBatcher:
             self._set_depth()
             self._wake.set()
             values, queue_ms, inference_ms = await fut
+            token_counts, truncated = enc.token_counts, enc.truncated
+            if chunks is not None:  # per row -> per candidate
+                values = gather_scores(chunks, list(values), [n])[0]
+                row = np.array([c.start for c in chunks])
+                owner = np.searchsorted(row, np.arange(n), side="right") - 1  # (N,) row of each candidate
+                token_counts, truncated = token_counts[owner], truncated[owner] | cand_trunc[0]
             return BatchResult(
                 values=values,
-                token_counts=enc.token_counts,
-                truncated=enc.truncated,
+                token_counts=token_counts,
+                truncated=truncated,
                 queue_ms=queue_ms,
                 tokenize_ms=tokenize_ms,
                 inference_ms=inference_ms,

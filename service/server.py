@@ -65,6 +65,7 @@ class Runtime:
     models: Models | None = None
     bi_batcher: TokenBatcher | None = None
     cross_batcher: TokenBatcher | None = None
+    uni_batcher: TokenBatcher | None = None
     store: object | None = None
     store_error: str | None = None
     load_error: str | None = None
@@ -373,6 +374,11 @@ class PairsmithServer:
             if models.cross is not None:
                 self.rt.cross_batcher = TokenBatcher("cross", models.cross.pipeline, **common)
                 self.rt.cross_batcher.start()
+            if models.uni is not None:  # Rerank UNI_ENCODER: one request = one context + its candidates
+                self.rt.uni_batcher = TokenBatcher(
+                    "uni", models.uni.pipeline(), **{**common, "hold_fraction": 0.0}
+                )
+                self.rt.uni_batcher.start()
             try:
                 self.rt.store = await loop.run_in_executor(self.rt.store_executor, open_store, cfg)
                 self.metrics.set_store(self.rt.store)
@@ -450,7 +456,7 @@ class PairsmithServer:
             await self._server.stop(max(0.0, deadline - loop.time()))
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
-        for b in (self.rt.bi_batcher, self.rt.cross_batcher):
+        for b in (self.rt.bi_batcher, self.rt.cross_batcher, self.rt.uni_batcher):
             if b is not None:
                 await b.close()
         if self.rt.store is not None:

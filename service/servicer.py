@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pairsmith import __version__
-from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine, sigmoid
+from pairsmith.encoders.postprocess import finalize_vectors, pair_cosine, sigmoid, softmax
 from pairsmith.errors import FailedPrecondition, InvalidInput, ResourceExhausted, Unavailable
 from pairsmith.service import convert
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb
@@ -175,22 +175,25 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             )
         return method
 
-    async def _uni_rank(self, query: str, texts: list[str], raw: bool, truncate: bool, timer) -> np.ndarray:
-        """Uni-Encoder: all candidates of one query in one pass (chunked), on the model thread.
+    async def _uni_rank(
+        self, query: str, texts: list[str], raw: bool, truncate: bool, timer, context, field: str = "texts"
+    ) -> np.ndarray:
+        """Uni-Encoder: a query and its candidates as one unit of work through the Uni batcher
+        (tokenised off the model thread; admission, deadline and cancellation as every call).
 
-        Scores: raw logits, or (default) their softmax over this request's candidates.
+        Scores: raw (logits, or a warm model's cosines), or (default) their softmax over this
+        request's candidates at the model's temperature.
         """
-        uni = self.rt.models.uni
-        t0 = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        logits = await loop.run_in_executor(
-            self.rt.model_executor, lambda: uni.rank(query, texts, truncate=truncate)
-        )
-        timer.inference_ms += (time.perf_counter() - t0) * 1000.0
+        async with self._fair():
+            res = await self.rt.uni_batcher.submit_groups(
+                query, texts, truncate=truncate, deadline=_deadline(context), field=field
+            )
+        timer.queue_ms += res.queue_ms
+        timer.tokenize_ms += res.tokenize_ms
+        timer.inference_ms += res.inference_ms
         if raw:
-            return logits.astype(np.float32)
-        e = np.exp(logits - logits.max())
-        return (e / e.sum()).astype(np.float32)
+            return res.values.astype(np.float32)
+        return softmax(res.values, self.rt.models.uni.config.score_scale)
 
     def _fair(self):
         """The calling key's share of max_concurrent_requests (a no-op without keys)."""
@@ -361,7 +364,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
         truncate = _opt(request, "truncate", True)
         if method == pb.SCORE_METHOD_UNI_ENCODER:
             scores = await self._uni_rank(
-                request.query, list(request.texts), request.raw_scores, truncate, timer
+                request.query, list(request.texts), request.raw_scores, truncate, timer, context
             )
         else:
             pairs = [(request.query, t) for t in request.texts]
@@ -438,7 +441,7 @@ class PairsmithServicer(pb_grpc.PairsmithServiceServicer):
             hits = with_text
             texts = [h.payload[field] for h in hits]
             if method == pb.SCORE_METHOD_UNI_ENCODER:
-                scores = await self._uni_rank(request.text, texts, False, True, timer)
+                scores = await self._uni_rank(request.text, texts, False, True, timer, context, "rerank")
             else:
                 pairs = [(request.text, t) for t in texts]
                 scores, _ = await self._score(pairs, method, False, True, timer, context, field="rerank")

@@ -281,7 +281,7 @@ def _tiny_train_cfg(data: Path, model, **overrides):
 
     base = dict(
         data=str(data), model=str(model), kind="uni", max_context_tokens=32, max_candidate_tokens=16,
-        batch_size=4, eval_sets=(), seed=1,
+        batch_size=4, eval_sets=(), seed=1, head="cold", select="none",
     )  # fmt: skip
     return UniTrainConfig(**{**base, **overrides})
 
@@ -348,7 +348,7 @@ def test_baselines_take_token_types_from_the_backbone(backbone, tiny_bi_dir, tin
     from pairsmith.distill.uni_train import ModelKind, Trainable, UniTrainConfig, cross_batch
 
     model, has_types = (tiny_bi_dir, True) if backbone == "bert" else (tiny_mpnet_dir, False)
-    cfg = UniTrainConfig(model=str(model), max_context_tokens=32, max_candidate_tokens=16)
+    cfg = UniTrainConfig(model=str(model), max_context_tokens=32, max_candidate_tokens=16, head="cold")
     for kind in (ModelKind.CROSS, ModelKind.BI):
         t = Trainable(kind, cfg, "cpu", 4)
         assert t.tok.config.uses_type_ids is has_types, kind
@@ -578,3 +578,227 @@ def test_eval_response_uni_encoder_limit_and_auto_backend(tiny_uni, tmp_path):
     assert res["results"]["cases"] == 2 and res["subset"] == {"limit": 2, "contexts": 2}
     assert res["task"] == "response:dd[:2]"
     assert main([*args, "--limit", "-3"]) == 2
+
+
+# -- warm start from a bi-encoder ------------------------------------------------------------------
+
+
+def _bi_cosines(bi_dir, items):
+    from pairsmith.distill.evaluation import context_text
+    from pairsmith.encoders import BiEncoder
+
+    bi = BiEncoder.load(str(bi_dir), device="cpu")
+    return [bi.similarity([context_text(c)] * len(x), list(x)) for c, x in items]
+
+
+@pytest.mark.parametrize("mask", list(UniMask))
+def test_warm_start_scores_are_the_bi_encoder_cosines(tiny_bi_dir, mask):
+    """Step 0: candidates restart at position 0 with type 0, the bi-encoder's pooling and cosine,
+    cross-segment attention gated shut: every score equals the bi-encoder's own cosine."""
+    items = [(CTX, CANDS), (["Any plans for the weekend?"], ["Hiking.", "No", "Sleep all day."])]
+    uni = UniEncoder.from_bi_encoder(str(tiny_bi_dir), mask=mask, device="cpu")
+    assert uni.config.head == "cosine" and uni.config.candidate_positions == "from-start"
+    want = _bi_cosines(tiny_bi_dir, items)
+    for got, w in zip(uni.rank_many(items), want, strict=True):
+        np.testing.assert_allclose(got, w, atol=1e-5)
+        assert list(np.argsort(-got, kind="stable")) == list(np.argsort(-w, kind="stable"))
+    # the gates are wired: opened, the candidates read the context and the scores move
+    opened = UniEncoder.from_bi_encoder(str(tiny_bi_dir), mask=mask, device="cpu", gate_init=0.0)
+    moved = max(float(np.abs(g - w).max()) for g, w in zip(opened.rank_many(items), want, strict=True))
+    assert moved > 1e-4
+
+
+def test_warm_start_save_load_and_onnx_parity(tiny_bi_dir, tmp_path):
+    import torch
+
+    from pairsmith.encoders.onnx_export import export_onnx
+
+    uni = UniEncoder.from_bi_encoder(str(tiny_bi_dir), device="cpu")
+    with torch.no_grad():  # trained-looking gates: some open, so a lost gate would show
+        uni.model.gate_c2x[0, 0] = -1.0
+        uni.model.gate_x2c[-1, -1] = 0.5
+    d = tmp_path / "warm"
+    uni.save(d)
+    loaded = UniEncoder.load(str(d), device="cpu")
+    assert float(loaded.model.gate_c2x[0, 0]) == -1.0 and loaded.config.score_scale == 20.0
+    items = [(CTX, CANDS), ("short", ["x", "yy", "a longer candidate here"])]
+    for mask in UniMask:
+        for g, w in zip(loaded.rank_many(items, mask=mask), uni.rank_many(items, mask=mask), strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-6)
+    res = export_onnx(str(d))
+    assert res.kind == "uni" and res.manifest["variants"]["fp32"]["max_abs_diff_vs_torch"] < 1e-4
+    onnx = UniEncoder.load(str(d), device="cpu", backend="onnx", auto_export=False)
+    for mask in UniMask:
+        for g, w in zip(onnx.rank_many(items, mask=mask), loaded.rank_many(items, mask=mask), strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-4)
+
+
+def test_warm_start_refuses_what_it_cannot_place(tiny_uni, tmp_path):
+    d = tmp_path / "plain"
+    tiny_uni.save(d)
+    with pytest.raises(InvalidInput, match="not a sentence-transformers bi-encoder"):
+        UniEncoder.from_bi_encoder(str(d))
+
+
+@pytest.mark.data
+def test_warm_start_equals_the_bi_encoder_on_dailydialog(tmp_path):
+    """The default bi-encoder on DailyDialog++ dev contexts that fit its limits: same order, same
+    scores to ~1e-5, same R@1."""
+    from pairsmith.distill.data import data_root
+
+    path = data_root() / "dialogue/dailydialog-plusplus/dev.json"
+    if not path.exists():
+        pytest.skip(f"DailyDialog++ dev not found at {path} (set PAIRSMITH_DATA)")
+    from pairsmith.distill.dialogue import load_dialogue
+
+    ds = load_dialogue("dailydialog-dev")
+    uni = UniEncoder.from_bi_encoder("default", device="cpu")
+    items = [(c, [*p, *n]) for c, p, n in zip(ds.contexts[:24], ds.positives, ds.negatives, strict=False)]
+    items = [it for it in items if not uni.tokenizer.context_ids(it[0])[1]][:12]  # no truncation
+    assert len(items) >= 10
+    got, want = uni.rank_many(items), _bi_cosines("default", items)
+    r1_uni = r1_bi = 0
+    for (_c, x), g, w in zip(items, got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+        assert list(np.argsort(-g, kind="stable")) == list(np.argsort(-w, kind="stable"))
+        n_pos = len(x) - 10  # DailyDialog++: 5 random + 5 adversarial negatives
+        r1_uni += sum(g[i] > g[n_pos:].max() for i in range(n_pos))
+        r1_bi += sum(w[i] > w[n_pos:].max() for i in range(n_pos))
+    assert r1_uni == r1_bi
+
+
+def test_speaker_tokens_alternate_back_from_the_newest_turn(tiny_bi_dir):
+    from dataclasses import replace
+
+    uni = UniEncoder.from_bi_encoder(str(tiny_bi_dir), device="cpu")
+    cfg = replace(uni.config, speaker_tokens=("[unused1]", "[unused2]"))
+    tok = type(uni.tokenizer).from_dir(uni.source.path, cfg)
+    u1, u2 = tok.speaker_ids
+    ids, _ = tok.context_ids(["a", "b", "c"])
+    assert [i for i in ids if i in (u1, u2)] == [u1, u2, u1]  # newest turn ("c") gets the first
+    plain, _ = uni.tokenizer.context_ids(["a", "b", "c"])
+    assert len(ids) == len(plain) + 3 and u1 not in plain and u2 not in plain  # off by default
+    ids, _ = tok.context_ids(["b", "c"])
+    assert [i for i in ids if i in (u1, u2)] == [u2, u1]
+    with pytest.raises(Exception, match="not in the tokenizer's vocabulary"):
+        type(uni.tokenizer).from_dir(uni.source.path, replace(cfg, speaker_tokens=("<spk1>", "<spk2>")))
+    with pytest.raises(InvalidInput, match="speaker_tokens"):
+        replace(cfg, speaker_tokens=("[unused1]",))
+    # round-trips through uni_encoder.json
+    assert UniConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_softmax_lives_in_postprocess_at_the_model_temperature(tiny_bi_dir):
+    from pairsmith.encoders.postprocess import softmax
+
+    p = softmax(np.array([0.1, 0.5, 0.2], dtype=np.float32), 20.0)
+    want = np.exp(20 * np.array([0.1, 0.5, 0.2]))
+    np.testing.assert_allclose(p, want / want.sum(), rtol=1e-6)
+    assert softmax(np.array([1000.0, 0.0])).tolist() == [1.0, 0.0]  # no overflow
+    uni = UniEncoder.from_bi_encoder(str(tiny_bi_dir), device="cpu")
+    s = uni.rank(CTX, CANDS)
+    np.testing.assert_allclose(uni.probabilities(s), softmax(s, 20.0))
+
+
+def test_warm_training_moves_the_gates_and_keeps_the_start_when_nothing_beats_it(tmp_path, tiny_bi_dir):
+    """Gates: finite, moved by about gate_lr per step (rescaled gradients; no Adam blow-up).
+    Selection: with lr tiny nothing beats the start, so the start model is kept, improved false."""
+    from pairsmith.distill.uni_train import train_uni
+
+    data = _dd_file(tmp_path / "dd.jsonl", 12)
+    cfg = _tiny_train_cfg(
+        data, tiny_bi_dir, head="warm", mask="context-blind", select=str(data), warmup=0.0, gate_lr=0.5
+    )
+    rep = train_uni(cfg, tmp_path / "warm", device="cpu", progress=False)
+    assert rep["head"] == "warm" and {"start_score", "best_score", "improved"} <= set(rep)
+    gates = UniEncoder.load(str(tmp_path / "warm" / "model"), device="cpu").model.gate_c2x.detach()
+    if rep["improved"]:
+        moved = (gates + 30.0).abs()
+        assert bool(torch_isfinite(gates)) and 0 < float(moved.max()) <= 0.5 * 3 + 1e-4
+    assert rep["best_score"] == (rep["trained_score"] if rep["improved"] else rep["start_score"])
+    still = _tiny_train_cfg(data, tiny_bi_dir, head="warm", select=str(data), lr=1e-12, gate_lr=1e-12)
+    rep2 = train_uni(still, tmp_path / "still", device="cpu", progress=False)
+    assert rep2["improved"] is False and rep2["best_score"] == rep2["start_score"]
+    assert not (tmp_path / "still" / "start").exists()
+
+
+def torch_isfinite(t) -> bool:
+    import torch
+
+    return bool(torch.isfinite(t).all())
+
+
+def test_max_contexts_counts_contexts_and_refuses_non_positive(tmp_path):
+    from pairsmith.distill.data import DialogueSet
+    from pairsmith.distill.uni_train import UniTrainConfig, _examples
+
+    ds = DialogueSet(
+        "x", [["c0"], ["c1"], ["c2"], ["c3"]], [["p0", "q0"], ["p1"], ["p2", "q2", "r2"], ["p3"]], [["n"]] * 4
+    )
+    ex, n = _examples(ds, UniTrainConfig(max_contexts=2, seed=0))
+    assert n == 2 and len({tuple(c) for c, _, _ in ex}) == 2  # two contexts, all their positives
+    assert len(ex) == sum(len(ds.positives[int(c[0][1])]) for c in {tuple(c) for c, _, _ in ex})
+    assert _examples(ds, UniTrainConfig())[1] == 4
+    for bad in (0, -5):
+        with pytest.raises(InvalidInput, match="max_contexts: must be a positive number of contexts"):
+            UniTrainConfig(max_contexts=bad)
+
+
+def test_train_cli_refuses_negative_max_contexts_and_exits_3_without_improvement(tmp_path, tiny_bi_dir):
+    import subprocess
+    import sys
+
+    data = _dd_file(tmp_path / "dd.jsonl", 8)
+    base = [sys.executable, "-m", "pairsmith.cli.main", "train", "uni-encoder", "--data", str(data),
+            "--model", str(tiny_bi_dir), "--max-context-tokens", "32", "--max-candidate-tokens", "16",
+            "--batch-size", "4", "--eval", "none", "--no-progress", "--device", "cpu"]  # fmt: skip
+    bad = subprocess.run(
+        [*base, "--max-contexts", "-5", "--out", str(tmp_path / "a")], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "max_contexts: must be a positive number" in bad.stderr
+    r = subprocess.run(
+        [*base, "--select", str(data), "--lr", "1e-12", "--gate-lr", "1e-12", "--require-improvement",
+         "--out", str(tmp_path / "b")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 3 and "not improved" in r.stderr, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert rep["improved"] is False and (tmp_path / "b" / "model" / "uni_encoder.json").is_file()
+
+
+def _mutual_folder(root: Path, n: int) -> Path:
+    words = "apple bus cat dog egg fish goat hat ice jam kite lamp".split()
+    for split in ("dev", "test"):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            w = words[i % len(words)]
+            obj = {
+                "answers": "ABCD"[i % 4],
+                "options": [f"m : the {w} is {j}" for j in range(4)],
+                "article": f"m : do you like the {w} ? f : yes , the {w} is fine .",
+                "id": f"{split}_{i}",
+            }
+            (root / split / f"{split}_{i}.txt").write_text(json.dumps(obj))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["bi", "cross", "uni"])
+def test_eval_response_reads_a_mutual_folder(kind, tmp_path, tiny_bi_dir, tiny_cross_dir, tiny_uni):
+    from pairsmith.cli.main import main
+
+    root = _mutual_folder(tmp_path / "mutual", 6)
+    out = tmp_path / "res.json"
+    args = ["eval", "response", "--dataset", f"{root}:dev", "--json", str(out), "--device", "cpu"]
+    if kind == "bi":
+        args += ["--model", str(tiny_bi_dir)]
+    elif kind == "cross":
+        args += ["--model", str(tiny_bi_dir), "--reranker", str(tiny_cross_dir)]
+    else:
+        d = tmp_path / "uni"
+        tiny_uni.save(d)
+        args += ["--model", str(d), "--uni-encoder"]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    assert res["task"] == "response:mutual:dev" and res["results"]["cases"] == 6
+    assert main([*args[:3], str(root / "test"), *args[4:]]) == 0  # the split folder itself
+    assert json.loads(out.read_text())["task"] == "response:mutual:test"
