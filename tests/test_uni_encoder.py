@@ -587,7 +587,7 @@ def _bi_cosines(bi_dir, items):
     from pairsmith.distill.evaluation import context_text
     from pairsmith.encoders import BiEncoder
 
-    bi = BiEncoder.load(str(bi_dir), device="cpu")
+    bi = BiEncoder.load(str(bi_dir), device="cpu", backend="torch")
     return [bi.similarity([context_text(c)] * len(x), list(x)) for c, x in items]
 
 
