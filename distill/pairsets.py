@@ -8,9 +8,9 @@ see :func:`pairsmith.distill.data.read_pair_file`).
 
 Overlap, exclusion and deduplication compare pairs by their normalised text
 (:mod:`pairsmith.distill.textnorm`: case, punctuation and whitespace ignored).
-Gold scores of the STS12-16 and companion sets are never training targets; the
-guard checks the *content* of every labeled training set (a path to a copy of
-those files is refused like their names).
+Gold scores of the STS12-16, companion and 2017 sets are never training targets; the
+guard (:mod:`pairsmith.distill.guard`) checks the *pairs* of every labeled training set
+(a copy, subset, rescaled or padded version of those files is refused like their names).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
@@ -30,9 +28,8 @@ from pairsmith.distill.data import (
     data_root,
     load_sts_set,
     read_mrpc,
-    read_sts_tab,
-    senteval_subsets,
 )
+from pairsmith.distill.guard import check_not_protected
 from pairsmith.distill.textnorm import norm_pair_key
 from pairsmith.errors import InvalidInput
 
@@ -60,7 +57,7 @@ POOLS = {
 INDUCTIVE_POOLS = {"sts-inductive"}
 MRPC = {"mrpc-train": "msr-para-train.tsv", "mrpc-val": "msr-para-val.tsv", "mrpc-test": "msr-para-test.tsv"}
 # Sets whose scores must never be training targets (they contain most STS-B test pairs). By name here;
-# by content in :func:`protected_rows` (STS2017 ships as zips only and has no reader: name only).
+# by content in :mod:`pairsmith.distill.guard` (any file holding their pairs, whatever its scores).
 NO_TRAIN_SCORES = {"sts12", "sts13", "sts14", "sts15", "sts16", "sts-companion", "sts2017"}
 
 # Known score ranges for scaling gold scores to [0, 1].
@@ -109,9 +106,6 @@ def load_pairs(
                 "pairs); use them unlabeled or for evaluation only"
             )
     sets = [_load_one(n, root) for n in names]
-    if labeled and for_training:
-        for n, ps in zip(names, sets, strict=True):
-            check_not_protected(ps, n, root)
     s1 = [s for ps in sets for s in ps.s1]
     s2 = [s for ps in sets for s in ps.s2]
     scores = None
@@ -133,6 +127,8 @@ def load_pairs(
     if not s1:
         raise InvalidInput(f"pairs {spec}: no pairs")
     out = PairSet(spec, s1, s2, scores)
+    if labeled and for_training:
+        check_not_protected(out, spec, root)
     if inductive:
         out = drop_pairs_in(out, list(STS7), root)
     return out
@@ -217,54 +213,6 @@ def _unordered_norm_keys(s1: list[str], s2: list[str]) -> set[str]:
         keys.add(norm_pair_key(a, b))
         keys.add(norm_pair_key(b, a))
     return keys
-
-
-def _rows(ps: PairSet) -> set[tuple[str, float]]:
-    """(normalised pair, score) rows of a labeled set: what the content guard compares."""
-    assert ps.scores is not None
-    return {
-        (norm_pair_key(a, b), round(float(y), 2)) for a, b, y in zip(ps.s1, ps.s2, ps.scores, strict=True)
-    }
-
-
-@lru_cache(maxsize=4)
-def protected_rows(root: str) -> tuple[tuple[str, frozenset], ...]:
-    """(piece name, rows) of every protected piece found under ``root``: each STS12-16 year and each
-    of its subsets, the whole companion and each of its files. Missing files are skipped."""
-    base = Path(root)
-    pieces: list[tuple[str, frozenset]] = []
-    for y in (12, 13, 14, 15, 16):
-        folder = base / f"sts/sts12-16/STS{y}-en-test"
-        if not folder.is_dir():
-            continue
-        subs = senteval_subsets(folder)
-        pieces.append((f"sts{y}", frozenset().union(*(_rows(p) for p in subs))))
-        pieces.extend((f"sts{y} {p.name.split('/')[-1]}", frozenset(_rows(p))) for p in subs)
-    comp = sorted((base / "sts/sts-companion/stscompanion").glob("sts-*.csv"))
-    parts = [(f"sts-companion {f.name}", frozenset(_rows(read_sts_tab(f)))) for f in comp]
-    if parts:
-        pieces.append(("sts-companion", frozenset().union(*(r for _, r in parts))))
-        pieces.extend(parts)
-    return tuple(p for p in pieces if p[1])
-
-
-def check_not_protected(ps: PairSet, spec: str, root: str | os.PathLike[str] | None = None) -> None:
-    """Refuse a labeled training set whose scored pairs are those of a protected set or file, whatever its path.
-
-    The rule is equality of content (normalised pairs with their scores), not containment:
-    STS-B train itself holds whole STS12-16 subsets with their scores, so a set that merely
-    contains protected rows cannot be refused. A copied, renamed or re-formatted file is caught;
-    a file that mixes protected rows with others is not.
-    """
-    if ps.scores is None:
-        return
-    mine = frozenset(_rows(ps))
-    for piece, rows in protected_rows(str(data_root(root))):
-        if rows == mine:
-            raise InvalidInput(
-                f"pairs {spec}: its scored pairs are those of {piece}, whose scores must not be used for "
-                "training (they contain most STS-B test pairs); use them unlabeled or for evaluation only"
-            )
 
 
 def drop_pairs_in(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | None = None) -> PairSet:
