@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -173,38 +173,57 @@ def pair_key(a: str, b: str) -> str:
     return h.hexdigest()[:32]
 
 
+# Every evaluation set pairsmith knows by name: the overlap report covers all of them, whichever
+# sets a run reports (test splits that the data folder lacks are listed as unavailable).
+KNOWN_EVAL_SETS = [*STS7, "stsb-test", "sickr-test"]
+
+
 @dataclass(frozen=True)
 class Overlap:
     """How many distillation pairs also appear (in either order) in each evaluation set."""
 
-    per_set: dict[str, float]  # fraction of the eval set's pairs found in the pool
-    setting: str  # transductive | inductive | partial (see :func:`overlap`)
+    per_set: dict[str, float]  # fraction of each requested eval set's pairs found in the pool
+    setting: str  # transductive | inductive | partial over the requested sets (see :func:`overlap`)
+    known: dict[str, float] = field(default_factory=dict)  # the same for every known evaluation set
+    unavailable: tuple[str, ...] = ()  # known evaluation sets the data folder lacks
 
     def as_dict(self) -> dict:
-        return {"setting": self.setting, "eval_pairs_in_pool": self.per_set}
+        return {
+            "setting": self.setting,
+            "eval_pairs_in_pool": self.per_set,
+            "known_eval_pairs_in_pool": self.known,
+            "transductive_for": sorted(n for n, v in self.known.items() if v >= 0.5),
+            "known_unavailable": list(self.unavailable),
+        }
 
 
 def overlap(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | None = None) -> Overlap:
-    """Which evaluation setting a pool gives.
+    """Which evaluation setting a pool gives, and its overlap with every known evaluation set.
 
-    *transductive*: some evaluation set is (at least half) inside the pool, as in
-    the paper; *inductive*: every evaluation set shares at most 5% of its pairs
+    *transductive*: some requested evaluation set is (at least half) inside the pool, as in
+    the paper; *inductive*: every requested evaluation set shares at most 5% of its pairs
     with the pool (incidental duplicates, e.g. STS-B train/dev share 0.5%; use
-    ``drop_pairs_in`` for a strictly disjoint pool); *partial* otherwise.
+    ``drop_pairs_in`` for a strictly disjoint pool); *partial* otherwise. ``known`` covers
+    :data:`KNOWN_EVAL_SETS` as well, so a figure on a set the run did not name is not read as
+    held-out when the pool holds it.
     """
     keys = _unordered_norm_keys(pool.s1, pool.s2)
-    per: dict[str, float] = {}
-    for name in eval_sets:
+    known: dict[str, float] = {}
+    unavailable: list[str] = []
+    for name in dict.fromkeys([*eval_sets, *KNOWN_EVAL_SETS]):
         try:
             ps = load_sts_set(name, root)
         except Exception as exc:  # noqa: BLE001 - a missing eval set only weakens the report
-            log.warning("overlap check: cannot read %s (%s)", name, exc)
+            if name in eval_sets:
+                log.warning("overlap check: cannot read %s (%s)", name, exc)
+            unavailable.append(name)
             continue
         hits = sum(norm_pair_key(a, b) in keys for a, b in zip(ps.s1, ps.s2, strict=True))
-        per[name] = round(hits / max(len(ps), 1), 4)
+        known[name] = round(hits / max(len(ps), 1), 4)
+    per = {n: known[n] for n in eval_sets if n in known}
     worst = max(per.values(), default=0.0)
     setting = "transductive" if worst >= 0.5 else "inductive" if worst <= 0.05 else "partial"
-    return Overlap(per, setting)
+    return Overlap(per, setting, known, tuple(unavailable))
 
 
 def _unordered_norm_keys(s1: list[str], s2: list[str]) -> set[str]:
@@ -257,6 +276,7 @@ __all__ = [
     "check_not_protected",
     "POOLS",
     "STS7",
+    "KNOWN_EVAL_SETS",
     "Overlap",
     "load_pairs",
     "drop_pairs_in",
