@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pairsmith.atomic import atomic_write_text
 from pairsmith.distill.data import _lines, _need, data_root
-from pairsmith.errors import DataFormatError, InvalidInput
+from pairsmith.errors import DataFormatError, InvalidInput, NotFound
 
 # (relative path, how to read it): training splits only.
 MLM_SOURCES: tuple[tuple[str, str], ...] = (
@@ -174,6 +174,32 @@ def read_labelled(path: Path) -> list[tuple[str, int]]:
 def read_advglue_sst2(root: Path) -> list[tuple[str, int]]:
     path = _need(root / "pairs/advglue/dev.json", "AdvGLUE dev")
     return [(r["sentence"], int(r["label"])) for r in json.loads(path.read_text())["sst2"]]
+
+
+# Named labelled sets for ``pairsmith eval classify`` (sentence, label): path under the data folder.
+CLASSIFY_SETS = {
+    "sst2-train": "classification/sst2/sentiment-train",
+    "sst2-dev": "classification/sst2/sentiment-dev",
+    "sst2-test": "classification/sst2/sentiment-test",
+}
+
+
+def load_classification_set(
+    name_or_path: str, data: str | Path | None = None
+) -> tuple[str, list[tuple[str, int]]]:
+    """(name, rows) of a named labelled set (:data:`CLASSIFY_SETS`, ``advglue-sst2``) or a
+    ``sentence<TAB>label`` file."""
+    key = name_or_path.strip().lower()
+    root = data_root(data)
+    if key in CLASSIFY_SETS:
+        return key, read_labelled(_need(root / CLASSIFY_SETS[key], f"classification set {key}"))
+    if key == "advglue-sst2":
+        return key, read_advglue_sst2(root)
+    path = Path(name_or_path)
+    if not path.is_file():
+        names = ", ".join([*CLASSIFY_SETS, "advglue-sst2"])
+        raise NotFound(f"--dataset {name_or_path!r}: not a known set ({names}) and no such file")
+    return path.name, read_labelled(path)
 
 
 def task_sets(task: str, dev: str | None, data: str | Path | None) -> tuple[list, list, str]:
@@ -332,10 +358,12 @@ def split_conflicts(fit: Sequence[tuple[str, int]], select: Sequence[tuple[str, 
 
 
 __all__ = [
+    "CLASSIFY_SETS",
     "EVAL_SETS",
     "SelectionSplit",
     "MLM_SOURCES",
     "build_mlm_corpus",
+    "load_classification_set",
     "normalise",
     "read_advglue_sst2",
     "read_corpus",
