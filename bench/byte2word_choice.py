@@ -10,8 +10,9 @@
 2. ``variants``: bytes, no MLM, ``--probe-ft`` fine-tuning steps on fit, accuracy on select, for
    each (query std, byte layers) in :data:`VARIANTS` and each ``--seeds``. The best mean wins
    (ties: the earlier, simpler entry).
-3. ``budget``: the chosen variant and WordPiece at ``--budgets`` (MLM steps, fine-tuning steps), seed 0.
-   The budget with the best bytes selection accuracy wins.
+3. ``budget``: the chosen variant, then WordPiece, at ``--budgets`` (MLM steps, fine-tuning steps),
+   seed 0 (the bytes run at the probes' budget is the seed-0 probe itself). The budget with the best
+   bytes selection accuracy wins.
 4. ``sst2``: bytes and WordPiece at the chosen settings, trained on all of SST-2 train, accuracy
    on SST-2 dev (and its noisy copies), for each ``--final-seeds`` (seed-major order).
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS: tuple[tuple[float, int], ...] = ((0.02, 0), (1.0, 0), (0.02, 1), (1.0, 1), (1.0, 2))
+VARIANTS: tuple[tuple[float, int], ...] = ((0.02, 0), (1.0, 0), (0.02, 1), (1.0, 1))
 
 
 def _steps(out: Path) -> list[dict]:
@@ -82,6 +83,17 @@ def _probe(
     return want
 
 
+def _reuse(out: Path, qstd: float, layers: int, ft: int) -> None:
+    """Record the seed-0 variant probe as the bytes budget run with the same settings."""
+    steps = _steps(out)
+    want = {"stage": "budget", "unit": "bytes", "query_std": qstd, "byte_layers": layers, "mlm_steps": 0, "ft_steps": ft, "seed": 0}  # fmt: skip
+    if any(_key(d) == _key(want) for d in steps):
+        return
+    src = next(d for d in steps if _key(d) == _key(want | {"stage": "variants"}))
+    with open(out / "steps.jsonl", "a") as fh:
+        fh.write(json.dumps(src | {"stage": "budget", "reused_from": "variants"}) + "\n")
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -120,19 +132,13 @@ def run(args) -> None:
         for qstd, layers in VARIANTS:
             _probe(out, args, "variants", "bytes", qstd, layers, 0, args.probe_ft, seed)
     qstd, layers = choose_variant(_steps(out))
-    for mlm, ft in budgets:
-        for unit in ("bytes", "wordpiece"):
-            _probe(
-                out,
-                args,
-                "budget",
-                unit,
-                qstd if unit == "bytes" else 1.0,
-                layers if unit == "bytes" else 0,
-                mlm,
-                ft,
-                0,
-            )
+    for unit in ("bytes", "wordpiece"):
+        for mlm, ft in budgets:
+            if unit == "bytes" and (mlm, ft) == (0, args.probe_ft) and 0 in seeds:
+                _reuse(out, qstd, layers, args.probe_ft)  # the same run as the variant probe of seed 0
+            else:
+                q, n = (qstd, layers) if unit == "bytes" else (1.0, 0)
+                _probe(out, args, "budget", unit, q, n, mlm, ft, 0)
     mlm, ft = choose_budget(_steps(out), budgets)
     for seed in (int(s) for s in args.final_seeds.split(",")):
         for unit in ("bytes", "wordpiece"):
