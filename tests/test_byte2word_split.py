@@ -16,7 +16,11 @@ def test_words_key_matches_whole_words_only():
 
 
 def test_a_row_inside_a_longer_training_row_is_never_held_out():
-    rows = [(LONG, 1), (f"{LONG} , and a triumph", 1), ("an unrelated review of ten words or so right here", 0)]
+    rows = [
+        (LONG, 1),
+        (f"{LONG} , and a triumph", 1),
+        ("an unrelated review of ten words or so right here", 0),
+    ]
     sp = selection_split(rows, 1, min_words=10, seed=0)
     # LONG lies inside row 1, so only row 1 or row 2 may be held out; with 1 held out, LONG is not it
     assert (LONG, 1) not in sp.select
@@ -63,3 +67,35 @@ def test_real_sst2_split_is_clean(shared_data):
     assert len(sp.select) == 2000
     assert split_conflicts(sp.fit, sp.select) == 0
     assert len(sp.fit) + sp.dropped_inside + sp.dropped_containing + len(sp.select) == len(rows)
+    assert sp.dropped_containing == 0  # selection rows are inside no other row, so none holds one
+
+
+def _choice_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "byte2word_choice.py"
+    spec = importlib.util.spec_from_file_location("byte2word_choice", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(q: float, n: int, seed: int, acc: float) -> dict:
+    return {"stage": "variants", "query_std": q, "byte_layers": n, "seed": seed, "select_acc": acc}
+
+
+def _budget(unit: str, mlm: int, ft: int, acc: float) -> dict:
+    return {"stage": "budget", "unit": unit, "mlm_steps": mlm, "ft_steps": ft, "select_acc": acc}
+
+
+def test_choice_takes_the_best_mean_and_the_simpler_variant_on_ties():
+    ch = _choice_module()
+    steps = [_run(0.02, 0, 0, 0.60), _run(0.02, 0, 1, 0.60), _run(1.0, 1, 0, 0.70), _run(1.0, 1, 1, 0.50)]
+    assert ch.choose_variant(steps) == (0.02, 0)  # means 0.60 and 0.60: the earlier, simpler variant
+    steps[-1]["select_acc"] = 0.52  # 0.61 > 0.60
+    assert ch.choose_variant(steps) == (1.0, 1)
+    b = [_budget("bytes", 0, 300, 0.6), _budget("bytes", 0, 1200, 0.65), _budget("wordpiece", 0, 300, 0.9)]
+    assert ch.choose_budget(b, [(0, 300), (0, 1200)]) == (0, 1200)  # bytes decide, not WordPiece
+    b[1]["select_acc"] = 0.55
+    assert ch.choose_budget(b, [(0, 300), (0, 1200)]) == (0, 300)
