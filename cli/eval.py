@@ -179,10 +179,18 @@ def _run_response(args: argparse.Namespace) -> int:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from pairsmith.distill.byte2word_data import load_classification_set
     from pairsmith.distill.evaluation import WordClassifier, eval_classify
+    from pairsmith.errors import InvalidInput
 
     _check_common(args)
+    if args.data is not None and not Path(args.data).is_dir():
+        raise InvalidInput(
+            f"--data {args.data!r}: not a folder (--data is the data folder; name the set with --dataset, "
+            "e.g. --dataset sst2-dev)"
+        )
     t0 = time.perf_counter()
     name, rows = load_classification_set(args.dataset, args.data)
     clf = WordClassifier(args.model)

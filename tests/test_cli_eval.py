@@ -171,6 +171,8 @@ def test_eval_classify_errors(tiny_classifier, tiny_bi_dir, tmp_path, capsys):
     assert "not a model directory" in capsys.readouterr().err
     assert main(["eval", "classify", "--model", str(d), "--dataset", "no-such-set"]) == 3
     assert "not a known set (sst2-train" in capsys.readouterr().err
+    assert main(["eval", "classify", "--model", str(d), "--data", "sst2-dev"]) == 2
+    assert "name the set with --dataset" in capsys.readouterr().err
     three = tmp_path / "three.tsv"
     three.write_text("good film\t1\nmeh film\t2\n")
     assert main(["eval", "classify", "--model", str(d), "--dataset", str(three)]) == 2
