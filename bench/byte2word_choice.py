@@ -216,6 +216,22 @@ def report(args) -> None:
             ]
         )
     missing = [f"sst2-{u}-s{s}" for s in args.final_seeds.split(",") for u in ("bytes", "wordpiece") if not (out / f"sst2-{u}-s{s}" / "report.json").exists()]  # fmt: skip
+    have = {(d["stage"], d["unit"], d["query_std"], d["byte_layers"], d["mlm_steps"], d["ft_steps"], d["seed"]) for d in steps}  # fmt: skip
+    missing = (
+        [
+            f"variant q{q} l{n} s{seed}"
+            for seed in (int(x) for x in args.seeds.split(","))
+            for q, n in VARIANTS
+            if ("variants", "bytes", q, n, 0, args.probe_ft, seed) not in have
+        ]
+        + [
+            f"budget {u} {m}:{f}"
+            for u in ("bytes", "wordpiece")
+            for m, f in budgets
+            if not any(k[0] == "budget" and k[1] == u and (k[4], k[5]) == (m, f) for k in have)
+        ]
+        + missing
+    )
     caveat = f"{args.config} config; shared 2-core machine, one thread per run, runs one after another. " + (
         f"Not run in the time given: {', '.join(missing)}. " if missing else ""
     )
