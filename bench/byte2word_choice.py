@@ -232,9 +232,9 @@ def report(args) -> None:
         ]
         + missing
     )
-    caveat = f"{args.config} config; shared 2-core machine, one thread per run, runs one after another. " + (
-        f"Not run in the time given: {', '.join(missing)}. " if missing else ""
-    )
+    caveat = f"{args.config} config; shared 2-core machine, one thread per run, runs one after another. "
+    caveat += f"Not run in the time given: {', '.join(missing)}. " if missing else ""
+    caveat += f"{args.notes} " if args.notes else ""
     doc = {
         "command": " ".join(sys.argv),
         "run_command": args.run_command,
@@ -303,7 +303,8 @@ def report(args) -> None:
             },
         ],
     }
-    doc["report"] = doc["reports"][-1] if rows_f else doc["reports"][0]
+    doc["reports"] = [r for r in doc["reports"] if r["rows"]]  # a stage that did not run has no table
+    doc["report"] = doc["reports"][-1]
     atomic_write_json(args.json, doc)
     print(json.dumps(doc["reports"], indent=1))
 
@@ -328,6 +329,7 @@ def main() -> None:
         p.add_argument("--final-seeds", default="0,1,2")
     sub.choices["report"].add_argument("--json", required=True)
     sub.choices["report"].add_argument("--run-command", default="", help="the run command, for the record")
+    sub.choices["report"].add_argument("--notes", default="", help="a caveat added to every table's notes")
     args = ap.parse_args()
     run(args) if args.cmd == "run" else report(args)
 
