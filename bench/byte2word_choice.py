@@ -1,7 +1,7 @@
 """Byte2Word: choose query init, byte layers and budget on a clean selection split, then SST-2 dev.
 
     bench/byte2word_choice.py run OUTDIR [--config small] [--seeds 0,1] [--final-seeds 0,1,2]
-    bench/byte2word_choice.py report OUTDIR --json bench/results/byte2word/choice.json
+    bench/byte2word_choice.py report OUTDIR --json bench/results/byte2word/choice-small
 
 ``run`` (one process, one thread, resumable: a finished step is read back, never rerun):
 
@@ -16,8 +16,9 @@
 4. ``sst2``: bytes and WordPiece at the chosen settings, trained on all of SST-2 train, accuracy
    on SST-2 dev (and its noisy copies), for each ``--final-seeds`` (seed-major order).
 
-``report`` writes one JSON (command, code, machine, date, the runs, the choices and a "report"
-table per stage) from OUTDIR/steps.jsonl and the SST-2 runs' report.json files.
+``report`` writes one JSON per stage that ran, ``STEM-{variants,budget,sst2}.json`` (command, code,
+machine, date, every run, the choices, and that stage's "report" table) from OUTDIR/steps.jsonl and
+the SST-2 runs' report.json files.
 """
 
 from __future__ import annotations
@@ -303,10 +304,13 @@ def report(args) -> None:
             },
         ],
     }
-    doc["reports"] = [r for r in doc["reports"] if r["rows"]]  # a stage that did not run has no table
-    doc["report"] = doc["reports"][-1]
-    atomic_write_json(args.json, doc)
-    print(json.dumps(doc["reports"], indent=1))
+    tables = dict(zip(("variants", "budget", "sst2"), doc.pop("reports"), strict=True))
+    for stage, table in tables.items():
+        if table["rows"]:  # a stage that did not run has no table
+            path = f"{args.json}-{stage}.json"
+            atomic_write_json(path, {**doc, "report": table})
+            print(path)
+            print(json.dumps(table, indent=1))
 
 
 def _run_code(out: Path) -> dict | None:
@@ -327,7 +331,7 @@ def main() -> None:
         p.add_argument("--probe-ft", type=int, default=300, help="fine-tuning steps of the variant probes")
         p.add_argument("--budgets", default="0:300,0:1200,400:1200", help="MLM:FT pairs to compare")
         p.add_argument("--final-seeds", default="0,1,2")
-    sub.choices["report"].add_argument("--json", required=True)
+    sub.choices["report"].add_argument("--json", required=True, help="path stem of the JSON files to write")
     sub.choices["report"].add_argument("--run-command", default="", help="the run command, for the record")
     sub.choices["report"].add_argument("--notes", default="", help="a caveat added to every table's notes")
     args = ap.parse_args()
