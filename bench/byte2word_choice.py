@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -237,7 +238,7 @@ def report(args) -> None:
     caveat += f"Not run in the time given: {', '.join(missing)}. " if missing else ""
     caveat += f"{args.notes} " if args.notes else ""
     doc = {
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),
         "run_command": args.run_command,
         "code": code_version(),
         "run_code": _run_code(out),
