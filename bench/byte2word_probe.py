@@ -13,7 +13,7 @@ selection rows included.
 
 ``run``: one MLM + fine-tuning run of ``distill.byte2word.Trainer`` (``small`` by default) on
 fit.tsv, accuracy on select.tsv; appends a JSON line to OUTDIR/probes.jsonl. ``--old-init``
-and ``--no-pool-norm`` restore the pre-session-4 behaviour (N(0, 1) embedding tables, no
+and ``--no-pool-norm`` restore the earlier behaviour (N(0, 1) embedding tables, no
 LayerNorm after the byte pooler) on the current code.
 """
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
         ft_lr=args.ft_lr,
         byte_layers=args.byte_layers,
         d_byte=args.d_byte,
-        query_std=args.query_std if args.query_std is not None else 0.02,  # the session-4 probes' init
+        query_std=args.query_std if args.query_std is not None else 0.02,  # BERT-style init unless given
     )
     tr = Trainer(cfg)
     enc = tr.encoder
