@@ -4,10 +4,12 @@
     bench/byte2word_probe.py run OUTDIR --unit bytes --mlm-steps 0 --ft-steps 300 [--old-init]
         [--no-pool-norm] [--ft-lr 2e-3] [--query-std 1.0] [--zero-pool-bias] [--byte-layers 1] [--d-byte 128] [--seed 0]
 
-``split``: 2,000 rows of SST-2 train with >= 10 words (seed 0) are the selection set (closer to
-dev's full sentences than the short phrases); every other train row that is a phrase (>= 2 words)
-of a selection row, or equal to one, is dropped from the fit set (the SST-2 train phrases are
-nested). Note: the MLM corpus holds SST-2 train sentences unlabelled, selection rows included.
+``split``: 2,000 rows of SST-2 train with >= 10 words (seed 0) that no longer row contains are the
+selection set (closer to dev's full sentences than the short phrases); every other train row that
+lies inside a selection row or holds one (whole words, normalised text) is dropped from the fit set
+(the SST-2 train phrases are nested): ``distill.byte2word_data.selection_split``. Writes
+OUTDIR/split.json with the counts. Note: the MLM corpus holds SST-2 train sentences unlabelled,
+selection rows included.
 
 ``run``: one MLM + fine-tuning run of ``distill.byte2word.Trainer`` (``small`` by default) on
 fit.tsv, accuracy on select.tsv; appends a JSON line to OUTDIR/probes.jsonl. ``--old-init``
@@ -19,45 +21,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
 SST2_TRAIN = "classification/sst2/sentiment-train"
 
 
-def _norm(s: str) -> str:
-    return " ".join(s.lower().split())
-
-
-def split(out: Path, data: str | None) -> None:
-    from pairsmith.distill.byte2word_data import read_labelled
+def split(out: Path, data: str | None) -> dict:
+    from pairsmith.distill.byte2word_data import read_labelled, selection_split, split_conflicts
     from pairsmith.distill.data import data_root
 
     rows = read_labelled(data_root(data) / SST2_TRAIN)
-    rng = random.Random(0)
-    long_rows = [i for i, (t, _) in enumerate(rows) if len(t.split()) >= 10]
-    held = set(rng.sample(long_rows, 2000))
-    held_norm = [_norm(rows[i][0]) for i in sorted(held)]
-    blob, exact = "\n".join(held_norm), set(held_norm)
-    fit, dropped = [], 0
-    for i, (t, y) in enumerate(rows):
-        n = _norm(t)
-        if i in held:
-            continue
-        if n in exact or (len(n.split()) >= 2 and n in blob):
-            dropped += 1
-            continue
-        fit.append((t, y))
+    sp = selection_split(rows, 2000, min_words=10, seed=0)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fit.tsv").write_text("".join(f"{t}\t{y}\n" for t, y in fit))
-    (out / "select.tsv").write_text("".join(f"{rows[i][0]}\t{rows[i][1]}\n" for i in sorted(held)))
-    pos = sum(rows[i][1] for i in held) / len(held)
-    print(
-        json.dumps(
-            {"train": len(rows), "select": len(held), "fit": len(fit), "dropped": dropped, "select_pos": pos}
-        )
-    )
+    (out / "fit.tsv").write_text("".join(f"{t}\t{y}\n" for t, y in sp.fit))
+    (out / "select.tsv").write_text("".join(f"{t}\t{y}\n" for t, y in sp.select))
+    stats = {"train": len(rows), **sp.stats(), "conflicts": split_conflicts(sp.fit, sp.select)}
+    stats["select_pos"] = sum(y for _, y in sp.select) / len(sp.select)
+    print(json.dumps(stats))
+    (out / "split.json").write_text(json.dumps(stats) + "\n")
+    return stats
 
 
 def run(args: argparse.Namespace) -> None:

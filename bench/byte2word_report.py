@@ -1,6 +1,9 @@
-"""Summarise a Byte2Word experiment: bench/byte2word_report.py OUTDIR -> a markdown table on stdout.
+"""Summarise a Byte2Word experiment: bench/byte2word_report.py DIR [--prefix P] -> a markdown table.
 
-Reads OUTDIR/{bytes,wordpiece}-s*/report.json (written by bench/byte2word_experiment.sh).
+Reads DIR/{bytes,wordpiece}-s*/report.json (run folders written by bench/byte2word_experiment.sh) or
+the committed copies DIR/P-{bytes,wordpiece}-s*.report.json (e.g. ``bench/results/byte2word``
+with ``--prefix s7-ft9600``), so a committed table regenerates without the runs. The tables of
+``bench/byte2word_choice.py`` print with ``bench/distill_report.py bench/results/byte2word/choice-*.json``.
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ from pathlib import Path
 import numpy as np
 
 
-def main(out: str) -> None:
+def main(out: str, prefix: str = "") -> None:
     runs: dict[str, list[dict]] = {}
-    for path in sorted(Path(out).glob("*-s*/report.json")):
+    paths = sorted(Path(out).glob("*-s*/report.json")) if not prefix else []
+    paths += sorted(Path(out).glob(f"{prefix}-*-s*.report.json")) if prefix else []
+    if not paths:
+        raise SystemExit(
+            f"byte2word_report: no report.json under {out}" + (f" with prefix {prefix}" if prefix else "")
+        )
+    for path in paths:
         rep = json.loads(path.read_text())
         runs.setdefault(rep["unit"], []).append(rep)
     cols = ["clean", "swap", "drop", "case", "all", "advglue"]
@@ -58,4 +67,6 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    args = sys.argv[1:]
+    pre = args[args.index("--prefix") + 1] if "--prefix" in args else ""
+    main(args[0], pre)

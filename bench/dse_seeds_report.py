@@ -1,7 +1,8 @@
 """Mean and spread over seeds of the DSE runs of bench/experiments/dse_mpnet.sh.
 
 .venv/bin/python bench/dse_seeds_report.py --runs runs [--prefix dse-mpnet-stsb] [--seeds 2021 2022 2023]
-    [--alphas 0.5 0] [--tag ""] [--json runs/dse-mpnet-seeds.json]
+    [--alphas 0.5 0] [--tag ""] [--json bench/results/distill/dse-mpnet-seeds.json]
+.venv/bin/python bench/dse_seeds_report.py --from-json bench/results/distill/dse-mpnet-seeds.json
 
 Reads ``<runs>/<prefix>-a<alpha>-s<seed><tag>/report.json`` and prints one markdown table: the undistilled
 student, the labels-only student (alpha 0), the DSE student (alpha > 0) and the teacher, each on the
@@ -9,6 +10,10 @@ selection split (``dev`` in the reports: it picks the checkpoint, so its column 
 test set (STS-B dev here: never used for selection). Then the target check, read on the test column:
 the DSE student's mean within 5% of the teacher, and above both student baselines (mean, and per seed
 against the labels-only student of the same seed).
+
+``--json FILE`` writes the figures as a committed report (command, code, machine, date, the per-seed
+figures, the goal and a "report" table); ``--from-json FILE`` prints the table of such a file again
+without the runs.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
+import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 COLUMNS = ("dev", "test")  # dev = the selection split, test = the reported set
 
@@ -111,21 +120,30 @@ def _cell(vals: list[float] | None) -> str:
 
 
 def table(data: dict, dse_row: str) -> list[str]:
+    rep = report_object(data, dse_row)
+    out = ["| " + " | ".join(rep["columns"]) + " |", "|" + "---|" * len(rep["columns"])]
+    return out + [f"| {a} | {b} | {c} | **{d}** |" for a, b, c, d in rep["rows"]]
+
+
+def report_object(data: dict, dse_row: str, notes: str = "") -> dict:
+    """The table as a committed "report" object (section, title, columns, rows, notes)."""
     labels = {
         "undistilled": "undistilled default model (cosine)",
         "labels_only": "default fine-tuned on the labels alone (alpha 0)",
         dse_row: f"DSE student (labels + teacher, alpha {dse_row.removeprefix('dse_a')})",
         "teacher": "teacher (cross-encoder)",
     }
-    out = [
-        "| row | runs | selection split (picks the checkpoint) | **STS-B dev (test)** |",
-        "|---|---|---|---|",
-    ]
+    rows = []
     for key, label in labels.items():
         r = data["rows"].get(key, {})
-        n = len(r.get("test", []))
-        out.append(f"| {label} | {n} | {_cell(r.get('dev'))} | **{_cell(r.get('test'))}** |")
-    return out
+        rows.append([label, len(r.get("test", [])), _cell(r.get("dev")), _cell(r.get("test"))])
+    return {
+        "section": "Distillation",
+        "title": "DSE over seeds: undistilled, labels-only, DSE student, teacher",
+        "columns": ["row", "runs", "selection split (picks the checkpoint)", "STS-B dev (test)"],
+        "rows": rows,
+        "notes": notes or "Mean ± sample sd [min, max] over seeds; the selection column is optimistic.",
+    }
 
 
 def main() -> int:
@@ -136,7 +154,17 @@ def main() -> int:
     ap.add_argument("--alphas", nargs="+", default=["0.5", "0"])
     ap.add_argument("--tag", default="")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--from-json", default=None, help="print the table of a committed report JSON and exit")
     args = ap.parse_args()
+    if args.from_json:
+        from distill_report import markdown, report_tables
+
+        doc = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        for t in report_tables(doc, args.from_json):
+            print("\n".join(markdown(t)))
+        if doc.get("goals"):
+            print("\n" + json.dumps(doc["goals"], indent=1))
+        return 0
     data = collect(Path(args.runs), args.prefix, args.seeds, args.alphas, args.tag)
     dse_row = next(f"dse_a{a}" for a in args.alphas if float(a) != 0.0)
     print("\n".join(table(data, dse_row)))
@@ -148,7 +176,28 @@ def main() -> int:
     if g:
         print("\n" + json.dumps(g, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps({**data, "goals": g}, indent=1) + "\n", encoding="utf-8")
+        from bench_common import machine_facts
+
+        from pairsmith.atomic import atomic_write_json
+        from pairsmith.distill.provenance import code_version
+
+        note = (
+            f"{args.prefix}, seeds {' '.join(map(str, args.seeds))}; mean ± sample sd [min, max] over seeds."
+        )
+        if data["missing"]:
+            note += f" Missing runs: {len(data['missing'])}."
+        atomic_write_json(
+            args.json,
+            {
+                "command": " ".join(sys.argv),
+                "code": code_version(),
+                "machine": machine_facts(),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **data,
+                "goals": g,
+                "report": report_object(data, dse_row, note),
+            },
+        )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``pairsmith eval sts|rerank|response``: measure any encoder on real benchmarks."""
+"""``pairsmith eval sts|rerank|response|classify``: measure any encoder on real benchmarks."""
 
 from __future__ import annotations
 
@@ -73,6 +73,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     add_eval_flags(rs)
     rs.set_defaults(func=_run_response)
+
+    cl = tasks.add_parser(
+        "classify", help="accuracy of a Byte2Word / WordPiece classifier (train byte2word) on a labelled set"
+    )
+    cl.add_argument("--model", required=True, help="model directory written by `pairsmith train byte2word`")
+    cl.add_argument(
+        "--dataset",
+        default="sst2-dev",
+        help="sst2-dev | sst2-train | sst2-test | advglue-sst2 | PATH ('sentence<TAB>label' lines)",
+    )
+    cl.add_argument("--data", default=None, help="data folder (default: $PAIRSMITH_DATA or ../shared/data)")
+    cl.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
+    cl.add_argument("--batch-size", type=int, default=128)
+    cl.set_defaults(func=_run_classify)
 
 
 def _check_common(args: argparse.Namespace) -> None:
@@ -160,6 +174,28 @@ def _run_response(args: argparse.Namespace) -> int:
     res = eval_response(ds, scorer)
     row = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.as_dict().items()}
     _emit(args, f"response:{ds.name}", kind, row, "x100", time.perf_counter() - t0, _subset(ds, args))
+    return 0
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pairsmith.distill.byte2word_data import load_classification_set
+    from pairsmith.distill.evaluation import WordClassifier, eval_classify
+    from pairsmith.errors import InvalidInput
+
+    _check_common(args)
+    if args.data is not None and not Path(args.data).is_dir():
+        raise InvalidInput(
+            f"--data {args.data!r}: not a folder (--data is the data folder; name the set with --dataset, "
+            "e.g. --dataset sst2-dev)"
+        )
+    t0 = time.perf_counter()
+    name, rows = load_classification_set(args.dataset, args.data)
+    clf = WordClassifier(args.model)
+    res = eval_classify(clf, rows, batch_size=args.batch_size)
+    row = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.as_dict().items()}
+    _emit(args, f"classify:{name}", f"{clf.unit} classifier", row, "x100", time.perf_counter() - t0)
     return 0
 
 

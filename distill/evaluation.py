@@ -22,7 +22,18 @@ log = logging.getLogger(__name__)
 
 Scorer = Callable[[list[str], list[str]], np.ndarray]
 
-__all__ = ["STS7", "Scorer", "bi_scorer", "cross_scorer", "eval_sts", "eval_retrieval", "eval_response"]
+__all__ = [
+    "STS7",
+    "ClassifyResult",
+    "Scorer",
+    "WordClassifier",
+    "bi_scorer",
+    "cross_scorer",
+    "eval_classify",
+    "eval_sts",
+    "eval_retrieval",
+    "eval_response",
+]
 
 
 def bi_scorer(enc: BiEncoder, batch_size: int = 64) -> Scorer:
@@ -180,3 +191,97 @@ def eval_response(ds: DialogueSet, scorer: Scorer) -> ResponseResult:
         float((1.0 / r).mean()),
         len(r),
     )
+
+
+# --------------------------------------------------------------------------- classification
+
+
+class WordClassifier:
+    """A classifier written by ``pairsmith train byte2word`` (bytes or WordPiece input): the
+    sentence-transformers directory's word encoder, mean pooling, and ``heads/classifier``."""
+
+    def __init__(self, model_dir: str | os.PathLike[str], device: str = "cpu") -> None:
+        from pathlib import Path
+
+        from pairsmith.errors import FailedPrecondition, NotFound
+
+        d = Path(model_dir)
+        if not (d / "modules.json").is_file():
+            raise NotFound(f"--model {model_dir}: not a model directory (no modules.json)")
+        heads = d / "heads" / "config.json"
+        if not heads.is_file():
+            raise FailedPrecondition(
+                f"--model {model_dir}: has no classifier head (no heads/config.json); eval classify reads "
+                "models written by `pairsmith train byte2word` (--tokenizer bytes or wordpiece)"
+            )
+        import json
+
+        kinds = json.loads(heads.read_text())
+        if kinds.get("classifier", {}).get("type") != "classifier":
+            raise FailedPrecondition(
+                f"--model {model_dir}: its heads are {sorted(kinds)}; none is a classifier (heads/classifier)"
+            )
+        from sentence_transformers import SentenceTransformer
+
+        from pairsmith.encoders.byte2word.heads import load_heads
+        from pairsmith.encoders.byte2word.model import WordEncoder
+
+        st = SentenceTransformer(str(d), device=device, local_files_only=True, trust_remote_code=True)
+        self.encoder = st[0].eval()
+        if not isinstance(self.encoder, WordEncoder):
+            raise FailedPrecondition(
+                f"--model {model_dir}: its first module is {type(self.encoder).__name__}, not a Byte2Word "
+                "WordEncoder; eval classify reads models written by `pairsmith train byte2word`"
+            )
+        self.head = load_heads(d)["classifier"].eval()
+        self.n_labels = int(self.head.n_labels)
+        self.unit = self.encoder.unit
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        from pairsmith.encoders.byte2word.heads import mean_pool
+
+        tok = self.encoder.tokenizer
+        enc = tok.encode(texts)
+        feeds = tok.pad(enc.ids, enc.type_ids).feeds()
+        feats = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+        with torch.inference_mode():
+            states = self.encoder(feats)["token_embeddings"]  # (B, W, d)
+            return self.head(mean_pool(states, feats["attention_mask"])).numpy()  # (B, n_labels)
+
+    def predict(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        out = [self.logits(texts[i : i + batch_size]).argmax(-1) for i in range(0, len(texts), batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    accuracy: float
+    n: int
+    per_label: dict[int, tuple[int, int]]  # label -> (right, rows)
+
+    def as_dict(self) -> dict:
+        out: dict = {"accuracy": self.accuracy * 100, "n": self.n}
+        out |= {f"acc label {k}": 100 * r / max(n, 1) for k, (r, n) in sorted(self.per_label.items())}
+        return out
+
+
+def eval_classify(
+    clf: WordClassifier, rows: Sequence[tuple[str, int]], batch_size: int = 128
+) -> ClassifyResult:
+    """Accuracy of ``clf``'s argmax on labelled ``rows``; a label the head cannot output is an error."""
+    from pairsmith.errors import InvalidInput
+
+    if not rows:
+        raise InvalidInput("eval classify: the data set has no rows")
+    labels = np.array([y for _, y in rows])
+    bad = sorted({int(y) for y in labels if not 0 <= y < clf.n_labels})
+    if bad:
+        raise InvalidInput(
+            f"eval classify: the data set has labels {bad[:5]} but the classifier outputs 0..{clf.n_labels - 1}"
+        )
+    pred = clf.predict([t for t, _ in rows], batch_size=batch_size)
+    right = pred == labels
+    per = {int(k): (int(right[labels == k].sum()), int((labels == k).sum())) for k in np.unique(labels)}
+    return ClassifyResult(float(right.mean()), len(rows), per)

@@ -8,9 +8,9 @@ see :func:`pairsmith.distill.data.read_pair_file`).
 
 Overlap, exclusion and deduplication compare pairs by their normalised text
 (:mod:`pairsmith.distill.textnorm`: case, punctuation and whitespace ignored).
-Gold scores of the STS12-16 and companion sets are never training targets; the
-guard checks the *content* of every labeled training set (a path to a copy of
-those files is refused like their names).
+Gold scores of the STS12-16, companion and 2017 sets are never training targets; the
+guard (:mod:`pairsmith.distill.guard`) checks the *pairs* of every labeled training set
+(a copy, subset, rescaled or padded version of those files is refused like their names).
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,9 +28,8 @@ from pairsmith.distill.data import (
     data_root,
     load_sts_set,
     read_mrpc,
-    read_sts_tab,
-    senteval_subsets,
 )
+from pairsmith.distill.guard import check_not_protected
 from pairsmith.distill.textnorm import norm_pair_key
 from pairsmith.errors import InvalidInput
 
@@ -60,7 +57,7 @@ POOLS = {
 INDUCTIVE_POOLS = {"sts-inductive"}
 MRPC = {"mrpc-train": "msr-para-train.tsv", "mrpc-val": "msr-para-val.tsv", "mrpc-test": "msr-para-test.tsv"}
 # Sets whose scores must never be training targets (they contain most STS-B test pairs). By name here;
-# by content in :func:`protected_rows` (STS2017 ships as zips only and has no reader: name only).
+# by content in :mod:`pairsmith.distill.guard` (any file holding their pairs, whatever its scores).
 NO_TRAIN_SCORES = {"sts12", "sts13", "sts14", "sts15", "sts16", "sts-companion", "sts2017"}
 
 # Known score ranges for scaling gold scores to [0, 1].
@@ -109,9 +106,6 @@ def load_pairs(
                 "pairs); use them unlabeled or for evaluation only"
             )
     sets = [_load_one(n, root) for n in names]
-    if labeled and for_training:
-        for n, ps in zip(names, sets, strict=True):
-            check_not_protected(ps, n, root)
     s1 = [s for ps in sets for s in ps.s1]
     s2 = [s for ps in sets for s in ps.s2]
     scores = None
@@ -133,6 +127,8 @@ def load_pairs(
     if not s1:
         raise InvalidInput(f"pairs {spec}: no pairs")
     out = PairSet(spec, s1, s2, scores)
+    if labeled and for_training:
+        check_not_protected(out, spec, root)
     if inductive:
         out = drop_pairs_in(out, list(STS7), root)
     return out
@@ -177,38 +173,57 @@ def pair_key(a: str, b: str) -> str:
     return h.hexdigest()[:32]
 
 
+# Every evaluation set pairsmith knows by name: the overlap report covers all of them, whichever
+# sets a run reports (test splits that the data folder lacks are listed as unavailable).
+KNOWN_EVAL_SETS = [*STS7, "stsb-test", "sickr-test"]
+
+
 @dataclass(frozen=True)
 class Overlap:
     """How many distillation pairs also appear (in either order) in each evaluation set."""
 
-    per_set: dict[str, float]  # fraction of the eval set's pairs found in the pool
-    setting: str  # transductive | inductive | partial (see :func:`overlap`)
+    per_set: dict[str, float]  # fraction of each requested eval set's pairs found in the pool
+    setting: str  # transductive | inductive | partial over the requested sets (see :func:`overlap`)
+    known: dict[str, float] = field(default_factory=dict)  # the same for every known evaluation set
+    unavailable: tuple[str, ...] = ()  # known evaluation sets the data folder lacks
 
     def as_dict(self) -> dict:
-        return {"setting": self.setting, "eval_pairs_in_pool": self.per_set}
+        return {
+            "setting": self.setting,
+            "eval_pairs_in_pool": self.per_set,
+            "known_eval_pairs_in_pool": self.known,
+            "transductive_for": sorted(n for n, v in self.known.items() if v >= 0.5),
+            "known_unavailable": list(self.unavailable),
+        }
 
 
 def overlap(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | None = None) -> Overlap:
-    """Which evaluation setting a pool gives.
+    """Which evaluation setting a pool gives, and its overlap with every known evaluation set.
 
-    *transductive*: some evaluation set is (at least half) inside the pool, as in
-    the paper; *inductive*: every evaluation set shares at most 5% of its pairs
+    *transductive*: some requested evaluation set is (at least half) inside the pool, as in
+    the paper; *inductive*: every requested evaluation set shares at most 5% of its pairs
     with the pool (incidental duplicates, e.g. STS-B train/dev share 0.5%; use
-    ``drop_pairs_in`` for a strictly disjoint pool); *partial* otherwise.
+    ``drop_pairs_in`` for a strictly disjoint pool); *partial* otherwise. ``known`` covers
+    :data:`KNOWN_EVAL_SETS` as well, so a figure on a set the run did not name is not read as
+    held-out when the pool holds it.
     """
     keys = _unordered_norm_keys(pool.s1, pool.s2)
-    per: dict[str, float] = {}
-    for name in eval_sets:
+    known: dict[str, float] = {}
+    unavailable: list[str] = []
+    for name in dict.fromkeys([*eval_sets, *KNOWN_EVAL_SETS]):
         try:
             ps = load_sts_set(name, root)
         except Exception as exc:  # noqa: BLE001 - a missing eval set only weakens the report
-            log.warning("overlap check: cannot read %s (%s)", name, exc)
+            if name in eval_sets:
+                log.warning("overlap check: cannot read %s (%s)", name, exc)
+            unavailable.append(name)
             continue
         hits = sum(norm_pair_key(a, b) in keys for a, b in zip(ps.s1, ps.s2, strict=True))
-        per[name] = round(hits / max(len(ps), 1), 4)
+        known[name] = round(hits / max(len(ps), 1), 4)
+    per = {n: known[n] for n in eval_sets if n in known}
     worst = max(per.values(), default=0.0)
     setting = "transductive" if worst >= 0.5 else "inductive" if worst <= 0.05 else "partial"
-    return Overlap(per, setting)
+    return Overlap(per, setting, known, tuple(unavailable))
 
 
 def _unordered_norm_keys(s1: list[str], s2: list[str]) -> set[str]:
@@ -217,54 +232,6 @@ def _unordered_norm_keys(s1: list[str], s2: list[str]) -> set[str]:
         keys.add(norm_pair_key(a, b))
         keys.add(norm_pair_key(b, a))
     return keys
-
-
-def _rows(ps: PairSet) -> set[tuple[str, float]]:
-    """(normalised pair, score) rows of a labeled set: what the content guard compares."""
-    assert ps.scores is not None
-    return {
-        (norm_pair_key(a, b), round(float(y), 2)) for a, b, y in zip(ps.s1, ps.s2, ps.scores, strict=True)
-    }
-
-
-@lru_cache(maxsize=4)
-def protected_rows(root: str) -> tuple[tuple[str, frozenset], ...]:
-    """(piece name, rows) of every protected piece found under ``root``: each STS12-16 year and each
-    of its subsets, the whole companion and each of its files. Missing files are skipped."""
-    base = Path(root)
-    pieces: list[tuple[str, frozenset]] = []
-    for y in (12, 13, 14, 15, 16):
-        folder = base / f"sts/sts12-16/STS{y}-en-test"
-        if not folder.is_dir():
-            continue
-        subs = senteval_subsets(folder)
-        pieces.append((f"sts{y}", frozenset().union(*(_rows(p) for p in subs))))
-        pieces.extend((f"sts{y} {p.name.split('/')[-1]}", frozenset(_rows(p))) for p in subs)
-    comp = sorted((base / "sts/sts-companion/stscompanion").glob("sts-*.csv"))
-    parts = [(f"sts-companion {f.name}", frozenset(_rows(read_sts_tab(f)))) for f in comp]
-    if parts:
-        pieces.append(("sts-companion", frozenset().union(*(r for _, r in parts))))
-        pieces.extend(parts)
-    return tuple(p for p in pieces if p[1])
-
-
-def check_not_protected(ps: PairSet, spec: str, root: str | os.PathLike[str] | None = None) -> None:
-    """Refuse a labeled training set whose scored pairs are those of a protected set or file, whatever its path.
-
-    The rule is equality of content (normalised pairs with their scores), not containment:
-    STS-B train itself holds whole STS12-16 subsets with their scores, so a set that merely
-    contains protected rows cannot be refused. A copied, renamed or re-formatted file is caught;
-    a file that mixes protected rows with others is not.
-    """
-    if ps.scores is None:
-        return
-    mine = frozenset(_rows(ps))
-    for piece, rows in protected_rows(str(data_root(root))):
-        if rows == mine:
-            raise InvalidInput(
-                f"pairs {spec}: its scored pairs are those of {piece}, whose scores must not be used for "
-                "training (they contain most STS-B test pairs); use them unlabeled or for evaluation only"
-            )
 
 
 def drop_pairs_in(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | None = None) -> PairSet:
@@ -309,6 +276,7 @@ __all__ = [
     "check_not_protected",
     "POOLS",
     "STS7",
+    "KNOWN_EVAL_SETS",
     "Overlap",
     "load_pairs",
     "drop_pairs_in",

@@ -1,9 +1,8 @@
-"""Byte2Word session 4: the input scale a from-scratch model starts from, and that it can learn.
+"""Byte2Word: the input scale a from-scratch model starts from, and that it can learn.
 
-Two defects made both models of the issue-12 comparison learn slowly (docs/results.md, Byte2Word,
-"Session 4"): torch's N(0, 1) embedding tables (Adam barely moves them relative to their scale at
-lr 5e-4) and Byte2Word's pooled word vectors entering the encoder ~7x smaller than the position
-signal. These tests fail on either defect.
+Two defects make both input units learn slowly: torch's N(0, 1) embedding tables (Adam barely moves
+them relative to their scale at lr 5e-4) and Byte2Word's pooled word vectors entering the encoder
+~7x smaller than the position signal. These tests fail on either defect.
 """
 
 from __future__ import annotations
@@ -54,7 +53,8 @@ def test_query_init_spread_reaches_the_pooler_and_is_validated():
     # 2 queries x 2 heads x 16 dims = 64 draws: the sample std is within ~20% of the true one
     assert 0.8 < float(WordEncoder(unit="bytes", query_std=1.0, **TINY).pooler.queries.std()) < 1.2
     assert 0.016 < float(WordEncoder(unit="bytes", **TINY).pooler.queries.std()) < 0.024  # module default
-    # the training defaults (selected on the SST-2 train split, docs/results.md): selective queries, 1 byte layer
+    # the training defaults (chosen on the clean SST-2 train split, bench/results/byte2word/choice-*): selective
+    # queries, 1 byte layer
     tr = Trainer(Byte2WordTrainConfig(out="", mlm_corpus="", size="tiny"))
     assert 0.8 < float(tr.encoder.pooler.queries.std()) < 1.2 and len(tr.encoder.pooler.byte_blocks) == 1
     with pytest.raises(InvalidInput, match="query_std"):

@@ -103,3 +103,103 @@ def test_eval_response_limit_evaluates_the_first_n_and_records_it(tmp_path, tiny
     assert json.loads(out.read_text())["results"]["cases"] == 5
     assert main([*args, "--limit", "0"]) == 2
     assert "--limit: must be >= 1, got 0" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- eval classify
+
+CLS_ROWS = [
+    ("the film is a charming and funny ride", 1),
+    ("a dull , tedious mess of a movie", 0),
+    ("one of the best pictures of the year", 1),
+    ("it never finds its footing and drags on", 0),
+    ("warm performances carry the simple story", 1),
+    ("the plot is thin and the jokes fall flat", 0),
+]
+
+
+@pytest.fixture(scope="module", params=["bytes", "wordpiece"])
+def tiny_classifier(request, tmp_path_factory):
+    from pairsmith.distill.byte2word import Byte2WordTrainConfig, Trainer
+
+    d = tmp_path_factory.mktemp(f"clf-{request.param}") / "model"
+    cfg = Byte2WordTrainConfig(out=str(d), mlm_corpus="", unit=request.param, size="tiny", batch_size=6)
+    tr = Trainer(cfg, n_labels=2)
+    tr.finetune(CLS_ROWS, 30)
+    tr.save(d)
+    return tr, d
+
+
+def test_eval_classify_reads_what_the_trainer_predicts(tiny_classifier, tmp_path, capsys):
+    tr, d = tiny_classifier
+    f = tmp_path / "set.tsv"
+    f.write_text("".join(f"{t}\t{y}\n" for t, y in CLS_ROWS))
+    out = tmp_path / "res.json"
+    assert main(["eval", "classify", "--model", str(d), "--dataset", str(f), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["task"] == "classify:set.tsv" and res["scorer"] == f"{tr.cfg.unit} classifier"
+    want = tr.accuracy(CLS_ROWS)  # the trainer's own forward pass on the in-memory model
+    assert res["results"]["accuracy"] == round(100 * want, 2) and res["results"]["n"] == len(CLS_ROWS)
+    assert "classify:set.tsv" in capsys.readouterr().out
+    # a flipped label set scores 100 - accuracy: the labels are read, not ignored
+    flipped = tmp_path / "flipped.tsv"
+    flipped.write_text("".join(f"{t}\t{1 - y}\n" for t, y in CLS_ROWS))
+    assert main(["eval", "classify", "--model", str(d), "--dataset", str(flipped), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["results"]["accuracy"] == round(100 * (1 - want), 2)
+
+
+def test_word_classifier_logits_equal_the_trainers(tiny_classifier):
+    import torch
+
+    from pairsmith.distill.evaluation import WordClassifier
+
+    tr, d = tiny_classifier
+    tr.encoder.eval()
+    tr.clf.eval()
+    with torch.inference_mode():
+        want = tr.logits([t for t, _ in CLS_ROWS]).numpy()
+    got = WordClassifier(d).logits([t for t, _ in CLS_ROWS])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_classify_errors(tiny_classifier, tiny_bi_dir, tmp_path, capsys):
+    _, d = tiny_classifier
+    f = tmp_path / "set.tsv"
+    f.write_text("good film\t1\nbad film\t0\n")
+    assert main(["eval", "classify", "--model", str(tiny_bi_dir), "--dataset", str(f)]) == 5
+    assert "has no classifier head" in capsys.readouterr().err
+    assert main(["eval", "classify", "--model", str(tmp_path / "nope"), "--dataset", str(f)]) == 3
+    assert "not a model directory" in capsys.readouterr().err
+    assert main(["eval", "classify", "--model", str(d), "--dataset", "no-such-set"]) == 3
+    assert "not a known set (sst2-train" in capsys.readouterr().err
+    assert main(["eval", "classify", "--model", str(d), "--data", "sst2-dev"]) == 2
+    assert "name the set with --dataset" in capsys.readouterr().err
+    three = tmp_path / "three.tsv"
+    three.write_text("good film\t1\nmeh film\t2\n")
+    assert main(["eval", "classify", "--model", str(d), "--dataset", str(three)]) == 2
+    assert "labels [2] but the classifier outputs 0..1" in capsys.readouterr().err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("no label\n")
+    assert main(["eval", "classify", "--model", str(d), "--dataset", str(bad)]) == 2
+    assert "bad.tsv:1" in capsys.readouterr().err
+
+
+def test_eval_classify_refuses_heads_without_a_classifier(tiny_classifier, tmp_path, capsys):
+    import shutil
+
+    _, d = tiny_classifier
+    m = tmp_path / "mlm-only"
+    shutil.copytree(d, m)
+    cfg = json.loads((m / "heads/config.json").read_text())
+    (m / "heads/config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "classifier"}))
+    f = tmp_path / "set.tsv"
+    f.write_text("good film\t1\n")
+    assert main(["eval", "classify", "--model", str(m), "--dataset", str(f)]) == 5
+    assert "none is a classifier" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_eval_classify_knows_the_sst2_sets(shared_data):
+    from pairsmith.distill.byte2word_data import load_classification_set
+
+    assert len(load_classification_set("sst2-dev", shared_data)[1]) == 872
+    assert load_classification_set("advglue-sst2", shared_data)[1]

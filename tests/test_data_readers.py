@@ -205,3 +205,36 @@ def test_byte_order_mark_is_not_data(tmp_path):
     f = tmp_path / "bom.tsv"
     f.write_bytes(b"\xef\xbb\xbfQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA\tB\n")
     assert data.read_mrpc(f).pairs == [("A", "B")]
+
+
+def test_overlap_covers_every_known_evaluation_set(tmp_path):
+    from pairsmith.distill.pairsets import KNOWN_EVAL_SETS, overlap
+
+    stsb = tmp_path / "sts/stsbenchmark"
+    stsb.mkdir(parents=True)
+    write(stsb / "sts-dev.csv", "g\tf\t2012\t0001\t4.5\tdev left\tdev right\n")
+    sick = tmp_path / "sts/sick"
+    sick.mkdir(parents=True)
+    write(
+        sick / "SICK_trial.txt",
+        "pair_ID\tsentence_A\tsentence_B\trelatedness_score\n1\tSick left.\tSick right.\t4.0\n"
+        "2\tother a\tother b\t2.0\n",
+    )
+    # the pool holds one SICK trial pair (other order, other casing) and nothing of STS-B dev
+    pool = data.PairSet("pool", ["sick RIGHT", "x"], ["sick left", "y"])
+    ov = overlap(pool, ["stsb-dev"], tmp_path)
+    assert ov.per_set == {"stsb-dev": 0.0} and ov.setting == "inductive"  # what the run reports on
+    d = ov.as_dict()
+    assert d["known_eval_pairs_in_pool"] == {"stsb-dev": 0.0, "sickr-dev": 0.5}
+    assert d["transductive_for"] == ["sickr-dev"]  # a set the run did not name is not held-out
+    assert set(d["known_unavailable"]) == set(KNOWN_EVAL_SETS) - {"stsb-dev", "sickr-dev"}
+
+
+@pytest.mark.data
+def test_sts_all_pool_count_and_overlap_with_every_known_set(shared_data):
+    from pairsmith.distill.pairsets import load_pairs, overlap
+
+    pool = load_pairs("sts-all", shared_data)
+    assert len(pool) == 19103  # distinct pairs on normalised text (29,575 strings before)
+    ov = overlap(pool, ["stsb-dev"], shared_data)
+    assert set(ov.as_dict()["transductive_for"]) >= {"sts12", "sts13", "sts14", "sts15", "sts16", "sickr-dev"}

@@ -73,3 +73,24 @@ def test_missing_runs_and_disagreeing_fixed_rows_are_reported(tmp_path):
     data = rep.collect(tmp_path, "dse-x", [1, 2], ["0.5", "0"])
     assert len(data["missing"]) == 2
     assert not data["fixed_rows_agree"]
+
+
+def test_committed_json_prints_the_same_table_without_the_runs(tmp_path, monkeypatch, capsys):
+    runs = _runs(tmp_path / "runs")
+    out = tmp_path / "committed.json"
+    argv = ["dse_seeds_report.py", "--runs", str(runs), "--prefix", "dse-x", "--seeds", "1", "2", "3"]
+    monkeypatch.setattr("sys.argv", [*argv, "--json", str(out)])
+    assert rep.main() == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert {"command", "code", "machine", "date", "report", "goals"} <= doc.keys()
+    assert doc["report"]["section"] == "Distillation" and len(doc["report"]["rows"]) == 4
+    import shutil
+
+    shutil.rmtree(runs)  # the committed file alone regenerates the table
+    monkeypatch.setattr("sys.argv", ["dse_seeds_report.py", "--from-json", str(out)])
+    assert rep.main() == 0
+    again = capsys.readouterr().out
+    assert "88.00 ± 1.00 [87.00, 89.00]" in again
+    table = [ln for ln in printed.splitlines() if ln.startswith("| ")]
+    assert [ln.replace("**", "") for ln in table] == [ln for ln in again.splitlines() if ln.startswith("| ")]

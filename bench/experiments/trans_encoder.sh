@@ -5,13 +5,16 @@
 # Usage: bash bench/experiments/trans_encoder.sh NAME
 #   NAME = default (self, mean pooling) | weak (self, CLS pooling) | mutual (default + paraphrase-MiniLM-L3-v2)
 #          | default-big (6,000 pairs, cross-encoder 2 epochs, symmetric evaluation)
-#          | default-full / weak-full / mutual-full: the whole transductive pool (29,575 pairs), cross-encoder
-#            1 epoch over both orders (59k examples), symmetric labels and evaluation; ~30 min per model on a
+#          | default-full / weak-full / mutual-full: the whole transductive pool (its distinct pair count is
+#            printed at the start of each run), cross-encoder
+#            1 epoch over both orders (twice the pool in examples), symmetric labels and evaluation; ~30 min per model on a
 #            quiet 2-vCPU box (mutual: two of each fit; MAXP=N subsamples the pool, out dir te-mutual-full-N)
 # Each run under the shared lock:  flock /tmp/pairsmith-cpu.lock bash bench/experiments/trans_encoder.sh default
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PS=${PAIRSMITH:-.venv/bin/pairsmith}
+PY=${PYTHON:-.venv/bin/python}
+$PY -c "from pairsmith.distill.pairsets import load_pairs; print('sts-all:', len(load_pairs('sts-all')), 'distinct pairs (normalised text)')"
 RUNS=${RUNS:-runs}
 L3=${L3:-../shared/models/paraphrase-MiniLM-L3-v2}
 COMMON="--pairs sts-all --max-pairs ${N:-3000} --cycles ${CYCLES:-1} --dev stsb-dev
