@@ -234,7 +234,7 @@ def report(args) -> None:
         ]
         + missing
     )
-    caveat = f"{args.config} config; shared 2-core machine, one thread per run, runs one after another. "
+    caveat = f"{args.config} config; one thread per run, runs one after another. "
     caveat += f"Not run in the time given: {', '.join(missing)}. " if missing else ""
     caveat += f"{args.notes} " if args.notes else ""
     doc = {

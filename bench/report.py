@@ -914,6 +914,11 @@ def machine_key(name: str) -> tuple[int, str]:
     return (2 if name == QUALITY else 1 if name.startswith("GPU") else 0, name)
 
 
+def _shown(command: str) -> str:
+    """The command as printed: a ``--notes '...'`` value is elided (its text is the table's notes)."""
+    return re.sub(r"--notes '[^']*'", "--notes '…'", command)
+
+
 def render(tables: list[Table], skipped: list[str]) -> str:
     by_section: dict[str, dict[str, list[Table]]] = {}
     for t in tables:
@@ -962,7 +967,7 @@ def render(tables: list[Table], skipped: list[str]) -> str:
                 body.append("")
                 if t.notes:
                     body += [t.notes, ""]
-                body += [f"Command: `{t.command}` · commit {t.commit} · {t.date}", ""]
+                body += [f"Command: `{_shown(t.command)}` · commit {t.commit} · {t.date}", ""]
     lines += toc + [""] + body
     if skipped:
         lines += ["## Files without a table", ""] + [f"- `{s}`" for s in skipped] + [""]

@@ -191,7 +191,7 @@ def main() -> int:
             ],
             "notes": f"Median of {args.reps} interleaved runs x {args.contexts} contexts per N; ceiling = the "
             f"cross-encoder's linear-layer token work over the Uni-Encoder's ({cross_last_layer} last layer). "
-            "Shared CPU: ratios, not absolute times, are the result.",
+            "ratios measured side by side, not absolute times, are the result.",
         },  # fmt: skip
     }
     if args.json:

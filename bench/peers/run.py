@@ -342,8 +342,8 @@ def main() -> None:
             "notes": (
                 f"STS-B dev sentences, tokenisation included; each contender in its own process and pinned "
                 f"environment, warmed, interleaved, median of {a.reps}; {threads} threads each, then one core "
-                "pinned with taskset. Drift: max |alone - in a batch of 32| on unit vectors. Shared machine: "
-                "read the ratios."
+                "pinned with taskset. Drift: max |alone - in a batch of 32| on unit vectors. Ratios measured side by side "
+                "are the result; absolute rates vary with the machine."
             ),
         },
     }
