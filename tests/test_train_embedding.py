@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pairsmith.distill.embedding import contrastive_loss, cosine_loss
+from pairsmith.distill.embedding import contrastive_loss
+from pairsmith.distill.losses import CosineMSELoss
 from pairsmith.encoders import BiEncoder
 
 WORDS = ["cat", "dog", "rain", "sun", "music", "river", "bread", "train", "snow", "code", "tree", "boat"]
@@ -50,7 +51,7 @@ def test_contrastive_loss_is_in_batch_cross_entropy_with_duplicates_masked():
 
 def test_cosine_loss_is_mse_of_cosine():
     u, v = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 1.0]])
-    assert torch.allclose(cosine_loss(u, v, torch.tensor([0.5, 1.0])), torch.tensor(0.125))
+    assert torch.allclose(CosineMSELoss()(u, v, torch.tensor([0.5, 1.0])), torch.tensor(0.125))
 
 
 def _mse_on(model_dir: str, rows) -> float:
