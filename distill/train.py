@@ -231,6 +231,7 @@ def fit_bi_encoder(
     evaluator: Evaluator | None = None,
     desc: str = "bi-encoder",
     progress: bool = True,
+    keep_start: bool = True,
 ) -> FitResult:
     """MSE between cos(f(a), f(b)) and ``targets`` (sentence-transformers' CosineSimilarityLoss)."""
     y_all = torch.as_tensor(np.asarray(targets, dtype=np.float32))
@@ -244,7 +245,15 @@ def fit_bi_encoder(
         return criterion(u, v, y_all[idx])
 
     return run_fit(
-        st_model, len(s1), loss, cfg, evaluator=evaluator, lengths=pe.lengths, desc=desc, progress=progress
+        st_model,
+        len(s1),
+        loss,
+        cfg,
+        evaluator=evaluator,
+        lengths=pe.lengths,
+        desc=desc,
+        progress=progress,
+        keep_start=keep_start,
     )
 
 
@@ -263,6 +272,7 @@ def fit_cross_encoder(
     evaluator: Evaluator | None = None,
     desc: str = "cross-encoder",
     progress: bool = True,
+    keep_start: bool = True,
 ) -> FitResult:
     """BCE-with-logits of the one-logit cross-encoder against ``targets``.
 
@@ -296,4 +306,5 @@ def fit_cross_encoder(
         lengths=enc.token_counts,
         desc=desc,
         progress=progress,
+        keep_start=keep_start,
     )
