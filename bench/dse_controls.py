@@ -150,7 +150,7 @@ def _dse_cmd(work: Path, args, arm: str, seed: int) -> list[str]:
         "--eval-sets",
         ",".join(REPORTED),
         "--teacher-cache",
-        str(work / "teacher_cache.npz"),
+        str(work / ("student_cache.npz" if arm == "self" else "teacher_cache.npz")),
         "--epochs",
         str(args.epochs),
         "--max-length",
@@ -204,6 +204,10 @@ def step_te(work: Path, args, seed: int) -> None:
         str(args.te_bi_epochs),
         "--cross-max-length",
         "64",
+        "--cross-batch-size",
+        "16",
+        "--bi-batch-size",
+        "32",
         "--seed",
         str(seed),
         "--no-progress",
@@ -224,11 +228,11 @@ def main() -> None:
     ap.add_argument("--gold", type=int, default=500, help="gold STS-B train pairs per student")
     ap.add_argument("--unlabeled", type=int, default=1000, help="teacher-labelled pairs per student")
     ap.add_argument("--alpha", type=float, default=0.5)
-    ap.add_argument("--epochs", type=int, default=2, help="student epochs (every arm)")
+    ap.add_argument("--epochs", type=int, default=1, help="student epochs (every arm)")
     ap.add_argument("--teacher-init", default="default")
     ap.add_argument("--teacher-epochs", type=int, default=1)
     ap.add_argument("--te-pairs", type=int, default=1000)
-    ap.add_argument("--te-bi-epochs", type=int, default=2)
+    ap.add_argument("--te-bi-epochs", type=int, default=1)
     ap.add_argument("--results", default=str(ROOT / "bench/results/distill"))
     ap.add_argument("--pairsmith", default=str(ROOT / ".venv/bin/pairsmith"))
     args = ap.parse_args()

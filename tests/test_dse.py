@@ -180,6 +180,27 @@ def test_cli_dse(toy, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert set(printed["rows"]) == {"teacher", "student_start", "student"}
     assert json.loads((out / "config.json").read_text())["kind"] == "dse"
+    # gold + unlabeled, reported sets, a shared teacher cache, and the no-teacher control
+    extra = ["--gold-limit", "10", "--unlabeled", str(toy / "unlabeled.tsv"), "--eval-sets", str(toy / "test.tsv"),
+             "--silver-weight", "0.5", "--teacher-cache", str(tmp_path / "cache.npz")]  # fmt: skip
+    argv2 = [
+        *argv[: argv.index("--out")],
+        *extra,
+        "--out",
+        str(tmp_path / "cli2"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(argv2) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rows"]["student"]["eval"][str(toy / "test.tsv")] is not None
+    assert printed["unlabeled"]["used"] == 14 and printed["unlabeled"]["dropped_overlap"]["gold pairs"] == 10
+    assert (tmp_path / "cache.npz").exists() and (tmp_path / "cache.start.json").exists()
+    argv3 = [a if a != str(toy / "teacher") else "student" for a in argv2]
+    argv3[argv3.index("--teacher-cache") + 1] = str(tmp_path / "self.npz")
+    argv3[argv3.index("--out") + 1] = str(tmp_path / "cli3")
+    assert main(argv3) == 0
 
 
 # --------------------------------------------------------------------------- gold + unlabeled, controls, never worse
