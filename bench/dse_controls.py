@@ -102,13 +102,15 @@ def step_teacher(work: Path, args) -> None:
         str(args.teacher_epochs),
         "--max-length",
         "64",
+        "--batch-size",
+        str(args.teacher_batch_size),
         "--eval-steps",
-        "200",
+        str(args.teacher_eval_steps),
         "--seed",
         "0",
         "--no-progress",
         "--device",
-        "cpu",
+        args.device,
         "--out",
         str(work / "teacher"),
     ]
@@ -124,7 +126,7 @@ def step_unlabeled(work: Path, args) -> None:
     path = work / "unlabeled.tsv"
     if path.exists():
         return
-    pool = load_pairs("sickr-train,sts12,sts13,sts14,sts15,sts16,sts-companion")
+    pool = load_pairs(args.unlabeled_from)
     pool = drop_pairs_in(pool, ["stsb-train", *REPORTED])
     idx = np.sort(
         np.random.default_rng(0).choice(len(pool), size=min(args.unlabeled, len(pool)), replace=False)
@@ -159,7 +161,7 @@ def _dse_cmd(work: Path, args, arm: str, seed: int) -> list[str]:
         str(seed),
         "--no-progress",
         "--device",
-        "cpu",
+        args.device,
         "--out",
         str(work / f"{arm}-s{seed}"),
     ]
@@ -188,7 +190,7 @@ def step_te(work: Path, args, seed: int) -> None:
         "distill",
         "trans-encoder",
         "--pairs",
-        "sts-inductive",
+        args.te_pool,
         "--max-pairs",
         str(args.te_pairs),
         "--dev",
@@ -212,7 +214,7 @@ def step_te(work: Path, args, seed: int) -> None:
         str(seed),
         "--no-progress",
         "--device",
-        "cpu",
+        args.device,
         "--out",
         str(work / f"te-s{seed}"),
     ]
@@ -231,6 +233,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1, help="student epochs (every arm)")
     ap.add_argument("--teacher-init", default="default")
     ap.add_argument("--teacher-epochs", type=int, default=1)
+    ap.add_argument("--teacher-batch-size", type=int, default=16)
+    ap.add_argument("--teacher-eval-steps", type=int, default=200)
+    ap.add_argument(
+        "--unlabeled-from",
+        default="sickr-train,sts12,sts13,sts14,sts15,sts16,sts-companion",
+        help="sets the unlabeled pairs are drawn from (scores dropped)",
+    )
+    ap.add_argument("--te-pool", default="sts-inductive", help="Trans-Encoder unlabeled pool")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--te-pairs", type=int, default=1000)
     ap.add_argument("--te-bi-epochs", type=int, default=1)
     ap.add_argument("--results", default=str(ROOT / "bench/results/distill"))

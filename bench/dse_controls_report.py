@@ -82,7 +82,7 @@ def dse_summary(work: Path, seeds: list[int]) -> dict:
     return {"per_seed": per_seed, "fixed_rows": fixed, "goal_per_seed": goal}
 
 
-def dse_table(summary: dict) -> dict:
+def dse_table(summary: dict, teacher_init: str = "default") -> dict:
     rows = []
     fx = summary["fixed_rows"]
     for key, label in (("teacher", "teacher (cross-encoder)"), ("student_start", "student start")):
@@ -110,10 +110,15 @@ def dse_table(summary: dict) -> dict:
         "title": "DSE with 500 gold pairs and teacher-labelled pairs, against its controls (Spearman x100)",
         "columns": ["model", "seeds", *SETS.values(), "selection split"],
         "rows": rows,
-        "notes": "Student all-MiniLM-L6-v2; teacher a MiniLM-L6 cross-encoder trained on STS-B train minus a "
+        "notes": f"Student all-MiniLM-L6-v2; teacher a cross-encoder on {_init_name(teacher_init)} trained on "
+        "STS-B train minus a "
         "500-pair selection split that shares no text with it; selection on that split only. Unlabeled pairs: "
         f"SICK train and STS12-16/companion minus every STS-B train, STS-B dev and SICK-R dev pair. {verdict}.",
     }
+
+
+def _init_name(init: str) -> str:
+    return "all-MiniLM-L6-v2 (MiniLM-L6)" if init == "default" else init
 
 
 def te_summary(work: Path, seeds: list[int]) -> dict:
@@ -205,7 +210,7 @@ def write_reports(work: Path, args, command: str, docs: Path | None = None) -> N
         **base,
         "setting": {"selection_split": split, "teacher_fit": teacher and teacher.get("fit"), "arms": ARMS},
         **dse,
-        "report": dse_table(dse),
+        "report": dse_table(dse, getattr(args, "teacher_init", "default")),
     }
     atomic_write_json(out / "dse_controls.json", dse_doc)
     te = te_summary(work, seeds)
