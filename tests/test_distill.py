@@ -571,3 +571,31 @@ def test_train_cross_encoder_never_worse_than_its_start(toy, tmp_path):
     a = CrossEncoder.load(str(start), device="cpu").score(pairs).values
     b = CrossEncoder.load(str(tmp_path / "out" / "model"), device="cpu").score(pairs).values
     np.testing.assert_array_equal(a, b)
+
+
+def test_selection_split_shares_no_text_either_way():
+    """A training row is dropped when a sentence of it equals, contains or is contained in a
+    selection sentence (normalised text), so neither side holds a phrase of the other."""
+    from pairsmith.distill.data import PairSet
+    from pairsmith.distill.selection import selection_split
+    from pairsmith.distill.textnorm import normalise_text
+
+    rng = random.Random(3)
+    s1 = [f"{_sent(rng)} number {i}" for i in range(62)]
+    s2 = [f"{_sent(rng)} other {i}" for i in range(62)]
+    _, sel, _ = selection_split(PairSet("p", s1, s2, np.arange(62, dtype=np.float32)), 10, seed=0)
+    assert not {s1[60], s1[61]} & set(sel.s1)  # rows 60, 61 stay on the training side
+    # plant there a super-phrase and a sub-phrase of selection sentences (other casing, punctuation)
+    s1[60], s2[60] = f"Prefix: {sel.s1[0].upper()} and more", "unrelated words here"
+    s1[61], s2[61] = "x y z", normalise_text(sel.s2[1])[:12]
+    ps = PairSet("p", s1, s2, np.arange(62, dtype=np.float32))
+    train, sel2, info = selection_split(ps, 10, seed=0)
+    assert sel2.s1 == sel.s1 and s1[60] not in train.s1 and s1[61] not in train.s1
+    assert info["dropped_sharing_text"] >= 2
+    sel_n = [normalise_text(t) for t in sel2.s1 + sel2.s2]
+    for t in train.s1 + train.s2:
+        n = normalise_text(t)
+        assert not any(n in s or s in n for s in sel_n), t
+    assert len(train) + len(sel2) + info["dropped_sharing_text"] == 62
+    with pytest.raises(InvalidInput, match="selection split"):
+        selection_split(ps, 0, seed=0)
