@@ -377,7 +377,7 @@ def test_dse_with_knn_augmentation(toy, tmp_path):
     silver = [table[pair_key(a, b)] for a, b in zip(saved_pairs["s1"], saved_pairs["s2"], strict=True)]
     expect = float(np.mean(1 / (1 + np.exp(-np.array(silver)))))
     # the report rounds to 4 decimals
-    assert rep["teacher_cache"]["augment_teacher_score"]["mean"] == pytest.approx(expect, abs=1e-4)
+    assert rep["teacher_cache"]["silver_teacher_score"]["mean"] == pytest.approx(expect, abs=1e-4)
     assert rep["fit"]["examples"] == 24 + n_aug
     saved = json.loads((out / "augment_pairs.json").read_text())
     assert len(saved["s1"]) == n_aug
@@ -404,7 +404,7 @@ def test_test_threshold_is_chosen_on_dev_not_test():
     test = PairSet("test", ["c"] * 6, ["d"] * 6, np.array([0, 1, 1, 1, 1, 1], dtype=np.float32))
     s_dev = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
     s_test = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])  # its own best threshold is ~0.15, dev's ~0.5
-    row = _rows_eval(s_dev, dev, s_test, test, PairMetric.ACCURACY)
+    row = _rows_eval(lambda ps: s_dev if ps is dev else s_test, dev, test, {}, PairMetric.ACCURACY)
     thr = row["dev"]["threshold"]
     assert 0.3 < thr < 0.7 and row["test"]["threshold"] == thr
     assert row["test"]["accuracy"] == pytest.approx(100 * 3 / 6)  # 0.4 and 0.3 wrong, 0.1 right, ...
