@@ -81,7 +81,7 @@ def _sets(spec: str | None) -> tuple[str, ...]:
 
 
 def _require_arg(p: argparse.ArgumentParser) -> None:
-    from pairsmith.distill.selection import EXIT_NOT_IMPROVED
+    from pairsmith.distill.fit_config import EXIT_NOT_IMPROVED
 
     p.add_argument(
         "--require-improvement",
@@ -167,7 +167,7 @@ def _cmd_trans_encoder(args) -> int:
 
 
 def _guard_args(p: argparse.ArgumentParser) -> None:
-    from pairsmith.distill.selection import DROP_MARGIN, LABEL_STD_FLOOR, RANK_FLOOR
+    from pairsmith.distill.fit_config import DROP_MARGIN, LABEL_STD_FLOOR, RANK_FLOOR
 
     g = p.add_argument_group("collapse guard")
     g.add_argument(

@@ -15,6 +15,7 @@ import numpy as np
 
 from pairsmith.distill import metrics
 from pairsmith.distill.data import PairSet
+from pairsmith.distill.fit_config import DROP_MARGIN, EXIT_NOT_IMPROVED, LABEL_STD_FLOOR, RANK_FLOOR
 from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
 from pairsmith.encoders.source import ModelSource
 from pairsmith.errors import InvalidInput
@@ -161,8 +162,7 @@ def selection_split(ps: PairSet, n: int, seed: int) -> tuple[PairSet, PairSet, d
 
 # --------------------------------------------------------------------------- never worse than the start
 
-# ``--require-improvement``: the exit code of a job whose trained models did not beat its start model.
-EXIT_NOT_IMPROVED = 3
+# EXIT_NOT_IMPROVED (the ``--require-improvement`` exit code) lives in fit_config: the CLI reads it torch-free.
 
 
 class StartCandidate:
@@ -242,9 +242,7 @@ def finish(report: dict, what: str, *, require_improvement: bool = False, out=No
 # Documented floors (docs/distillation.md). Healthy pseudo-labels on STS-like pairs spread with a
 # standard deviation of 0.15-0.25 on the [0, 1] scale and agree with the other model's scores at a
 # Spearman of 0.6-0.9; a cross-encoder that learned nothing gives std ~0.01 and agreement near 0.
-LABEL_STD_FLOOR = 0.02  # standard deviation of pseudo-labels, [0, 1] scale
-RANK_FLOOR = 0.3  # Spearman (-1..1) between a model's pseudo-labels and the other model's scores
-DROP_MARGIN = 5.0  # selection-score points (x100) a fit may fall below its start before it counts as collapse
+# The floors' values: LABEL_STD_FLOOR, RANK_FLOOR, DROP_MARGIN in fit_config (torch-free, for the CLI).
 
 
 @dataclass(frozen=True)
