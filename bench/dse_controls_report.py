@@ -152,11 +152,15 @@ def te_summary(work: Path, seeds: list[int]) -> dict:
         per_seed[seed] = {
             "start": {s: c0.get("eval", {}).get(s) for s in SETS} | {"selection": c0.get("dev")},
             "best_bi": {s: best.get("eval", {}).get(s) for s in SETS} | {"selection": best.get("dev")},
+            # a cycle the guard stopped after its bi fit has no eval row: the fit's best selection score
             "trained_bi": {s: trained.get("eval", {}).get(s) for s in SETS}
-            | {"selection": trained.get("dev")},
+            | {"selection": trained.get("dev", (trained.get("fit") or {}).get("trained_score"))},
             "cross": {s: cross.get("eval", {}).get(s) for s in SETS} | {"selection": cross.get("dev")},
             "best_bi_cycle": best_cycle,
-            "improved": rep.get("improved"),
+            # reports written before a guard-stopped fit counted as "trained" say null: read it off best-bi
+            "improved": rep.get("improved")
+            if rep.get("improved") is not None
+            else (best_cycle is not None and best_cycle > 0),
             "collapsed": rep.get("collapsed"),
             "pool_pairs": rep.get("unlabeled_pairs"),
             "setting": rep.get("evaluation_setting"),

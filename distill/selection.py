@@ -206,12 +206,12 @@ def outcome(start_score: float | None, trained_score: float | None) -> dict:
 
     ``start_score``: the start model; ``trained_score``: the best any trained model reached;
     ``best_score``: the exported model's (the higher of the two; the start wins a tie);
-    ``improved``: True only when a trained model scored strictly above the start. All None when
-    the job had no selection set to compare on.
+    ``improved``: True only when a trained model scored strictly above the start (False when
+    nothing was trained). All None when the job had no selection set to compare on.
     """
     improved = best = None
-    if start_score is not None and trained_score is not None:
-        improved = bool(trained_score > start_score)
+    if start_score is not None:  # nothing trained at all (e.g. the guard stopped it) is not an improvement
+        improved = trained_score is not None and bool(trained_score > start_score)
         best = trained_score if improved else start_score
     r = lambda x: None if x is None else round(float(x), 4)  # noqa: E731
     return {

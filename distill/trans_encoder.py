@@ -518,6 +518,10 @@ def _finalise(ctx: _Ctx) -> None:
             best[name] = {"cycle": c_best, "dev": scored.get(c_best)}
             if kind == "bi":
                 trained = [s for c, s in scored.items() if c > 0]
+                for c in range(1, ctx.cfg.cycles + 1):  # a fit the guard stopped before its eval step
+                    fit = ctx.state.info(f"c{c}/bi/{i}").get("fit") or {}
+                    if c not in scored and fit.get("trained_score") is not None:
+                        trained.append(fit["trained_score"])
                 start = ctx.state.info(f"c0/eval/bi/{i}").get("dev")
                 best[name].update(outcome(start, max(trained) if trained else None))
     ctx.state.mark("final", best=best, cycles=ctx.cfg.cycles)

@@ -527,6 +527,9 @@ def test_collapse_guard_stops_the_cycle_and_the_run_ends_cleanly(toy, tmp_path):
     assert col["model"] == "cycle 1 bi-encoder m0 labels" and col["value"] < 0.9
     assert not (tmp_path / "g" / "cycle1" / "cross-m0").exists()  # no fit on collapsed labels
     assert rep["best"]["best-bi"]["cycle"] == 0 and "best-cross" not in rep["best"]
+    assert (
+        rep["improved"] is False and rep["best_score"] == rep["start_score"] and rep["trained_score"] is None
+    )
     np.testing.assert_array_equal(_emb(tmp_path / "g" / "best-bi"), _emb(toy / "bi0"))
 
 
@@ -599,3 +602,18 @@ def test_selection_split_shares_no_text_either_way():
     assert len(train) + len(sel2) + info["dropped_sharing_text"] == 62
     with pytest.raises(InvalidInput, match="selection split"):
         selection_split(ps, 0, seed=0)
+
+
+def test_collapse_guard_fit_drop_keeps_the_start(toy, tmp_path):
+    """A bi-encoder fit whose best selection score falls more than the margin below its start stops
+    the run; the report counts it as trained (improved false, its score kept) and exports the start."""
+    dev = _start_dev(toy / "bi0", tmp_path / "dev.tsv")
+    bi = FitConfig(epochs=1, batch_size=8, lr=1e-2, max_length=32, warmup_ratio=0.0)
+    cfg = _cfg(toy, cycles=2, dev=str(dev), eval_sets=(), collapse_guard=True, label_std_floor=0.0,
+               rank_floor=-1.0, drop_margin=0.0, bi=bi)  # fmt: skip
+    rep = te.run_trans_encoder(cfg, tmp_path / "d", device="cpu", progress=False)
+    col = rep["collapsed"]
+    assert col["figure"] == "fit_drop" and col["model"] == "cycle 1 bi m0" and col["value"] < 0
+    assert rep["improved"] is False and rep["trained_score"] is not None
+    assert rep["trained_score"] < rep["start_score"] == rep["best_score"]
+    assert rep["best"]["best-bi"]["cycle"] == 0 and not (tmp_path / "d" / "cycle2").exists()
