@@ -152,9 +152,10 @@ def te_summary(work: Path, seeds: list[int]) -> dict:
         per_seed[seed] = {
             "start": {s: c0.get("eval", {}).get(s) for s in SETS} | {"selection": c0.get("dev")},
             "best_bi": {s: best.get("eval", {}).get(s) for s in SETS} | {"selection": best.get("dev")},
-            # a cycle the guard stopped after its bi fit has no eval row: the fit's best selection score
-            "trained_bi": {s: trained.get("eval", {}).get(s) for s in SETS}
-            | {"selection": trained.get("dev", (trained.get("fit") or {}).get("trained_score"))},
+            # the best selection score any trained state of the cycle-1 bi fit reached (a state that lost
+            # to the start is not kept, so it has no reported-set figures)
+            "trained_bi": {s: None for s in SETS}
+            | {"selection": (trained.get("fit") or {}).get("trained_score")},
             "cross": {s: cross.get("eval", {}).get(s) for s in SETS} | {"selection": cross.get("dev")},
             "best_bi_cycle": best_cycle,
             # reports written before a guard-stopped fit counted as "trained" say null: read it off best-bi
@@ -180,7 +181,7 @@ def te_table(summary: dict) -> dict:
     for key, label in (
         ("start", "start bi-encoder"),
         ("cross", "cycle-1 cross-encoder"),
-        ("trained_bi", "cycle-1 bi-encoder"),
+        ("trained_bi", "cycle-1 bi-encoder fit, best trained state"),
         ("best_bi", "exported best-bi"),
     ):
         vals = [r[key] for r in runs.values()]
