@@ -73,6 +73,30 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+_OUTCOME = ["start_score", "best_score", "trained_score", "improved"]
+
+
+def _sets(spec: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (spec or "").split(",") if x.strip() and x.strip() != "none")
+
+
+def _require_arg(p: argparse.ArgumentParser) -> None:
+    from pairsmith.distill.fit_config import EXIT_NOT_IMPROVED
+
+    p.add_argument(
+        "--require-improvement",
+        action="store_true",
+        help=f"exit with code {EXIT_NOT_IMPROVED} (not 0) when no trained model beat the start model "
+        "on the selection set",
+    )
+
+
+def _finish(report: dict, what: str, args) -> int:
+    from pairsmith.distill.selection import finish
+
+    return finish(report, what, require_improvement=args.require_improvement)
+
+
 def _print(report: dict, keys: list[str]) -> None:
     print(json.dumps({k: report[k] for k in keys if k in report}, indent=2, default=str))
 
@@ -99,6 +123,10 @@ def _cmd_trans_encoder(args) -> int:
         symmetric_labels=args.symmetric_labels,
         symmetric_eval=args.symmetric_eval,
         warm_start=args.warm_start,
+        collapse_guard=not args.no_collapse_guard,
+        label_std_floor=args.label_std_floor,
+        rank_floor=args.rank_floor,
+        drop_margin=args.drop_margin,
         cross=_fit_from(args, "cross", args.seed),
         bi=_fit_from(args, "bi", args.seed),
         seed=args.seed,
@@ -115,6 +143,8 @@ def _cmd_trans_encoder(args) -> int:
     summary = {
         "setting": report["evaluation_setting"]["setting"],
         "per_cycle_score": f"eval average without the selection set {report.get('selection_set')} (avg_heldout)",
+        **{k: report.get(k) for k in _OUTCOME},
+        "collapsed": report.get("collapsed"),
         "best": report["best"],
         "per_cycle": [
             {
@@ -133,7 +163,36 @@ def _cmd_trans_encoder(args) -> int:
         "out": args.out,
     }
     print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return _finish(report, "distill trans-encoder", args)
+
+
+def _guard_args(p: argparse.ArgumentParser) -> None:
+    from pairsmith.distill.fit_config import DROP_MARGIN, LABEL_STD_FLOOR, RANK_FLOOR
+
+    g = p.add_argument_group("collapse guard")
+    g.add_argument(
+        "--label-std-floor",
+        type=float,
+        default=LABEL_STD_FLOOR,
+        help=f"stop a cycle when a model's pseudo-labels spread less (std, [0, 1] scale; default {LABEL_STD_FLOOR})",
+    )
+    g.add_argument(
+        "--rank-floor",
+        type=float,
+        default=RANK_FLOOR,
+        help="stop a cycle when a model's pseudo-labels agree less with the other model's scores "
+        f"(Spearman, -1..1; default {RANK_FLOOR})",
+    )
+    g.add_argument(
+        "--drop-margin",
+        type=float,
+        default=DROP_MARGIN,
+        help="stop a cycle when a bi-encoder fit's best selection score falls this many points "
+        f"(x100) below its start (default {DROP_MARGIN})",
+    )
+    g.add_argument(
+        "--no-collapse-guard", action="store_true", help="never stop a cycle (the official behaviour)"
+    )
 
 
 def _register_trans_encoder(sub) -> None:
@@ -173,6 +232,8 @@ def _register_trans_encoder(sub) -> None:
     p.add_argument("--symmetric-labels", action="store_true", help="cross labels: mean of both orders")
     p.add_argument("--symmetric-eval", action="store_true", help="cross dev/eval: mean of both orders")
     p.add_argument("--warm-start", action="store_true", help="each cycle continues from the previous models")
+    _guard_args(p)
+    _require_arg(p)
     _fit_args(p, "cross", CROSS_DEFAULT, "cross-encoder")
     _fit_args(p, "bi", BI_DEFAULT, "bi-encoder")
     _common(p)
@@ -194,20 +255,26 @@ def _cmd_dse(args) -> int:
         alpha=args.alpha,
         dev=args.dev,
         test=args.test,
+        eval_sets=_sets(args.eval_sets),
         metric=args.metric,
         score_range=args.score_range,
         teacher_symmetric=args.teacher_symmetric,
         use_labels=not args.no_labels,
         max_pairs=args.max_pairs,
+        gold_limit=args.gold_limit,
+        unlabeled=args.unlabeled,
+        unlabeled_limit=args.unlabeled_limit,
+        silver_weight=args.silver_weight,
         augment=args.augment,
         augment_k=args.augment_k,
+        teacher_cache=args.teacher_cache,
         fit=_fit_from(args, "", args.seed),
     )
     with _scorer(args) as scorer:  # --engine ray: teacher scores from Ray actors
         kw = {"resume": args.resume, "device": args.device, "progress": not args.no_progress}
         report = run_dse(cfg, args.out, pair_scorer=scorer, **kw)
-    _print(report, ["rows", "augment", "teacher_cache", "wall_s"])
-    return 0
+    _print(report, [*_OUTCOME, "rows", "unlabeled", "overlap", "augment", "teacher_cache", "wall_s"])
+    return _finish(report, "distill dse", args)
 
 
 def _register_dse(sub) -> None:
@@ -220,7 +287,10 @@ def _register_dse(sub) -> None:
         "(1-alpha)*task + alpha*MSE to the teacher's cached pair scores.",
     )
     p.add_argument(
-        "--teacher", required=True, help="cross-encoder directory (or a train cross-encoder --out)"
+        "--teacher",
+        required=True,
+        help="cross-encoder directory (or a train cross-encoder --out); 'student': the student's own "
+        "start labels the pairs (the no-teacher control)",
     )
     p.add_argument("--student", default="default", help="bi-encoder the student starts from")
     p.add_argument(
@@ -228,13 +298,31 @@ def _register_dse(sub) -> None:
     )
     p.add_argument("--head", default="cosine", choices=["cosine", "mlp"])
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher term (0: labels only)")
-    p.add_argument("--dev", default=None, help="labeled dev set: selection and threshold")
+    p.add_argument(
+        "--unlabeled",
+        default=None,
+        help="unscored pairs (set names or file) the teacher labels: silver rows, teacher term only; "
+        "pairs found in the gold or in the dev/test/eval sets are dropped",
+    )
+    p.add_argument("--unlabeled-limit", type=int, default=None, help="a seeded subset of --unlabeled")
+    p.add_argument("--gold-limit", type=int, default=None, help="a seeded subset of N gold pairs")
+    p.add_argument(
+        "--silver-weight", type=float, default=1.0, help="weight of a silver row's teacher term (default 1)"
+    )
+    p.add_argument(
+        "--dev", default=None, help="labeled selection set: checkpoints, start vs trained, threshold"
+    )
     p.add_argument("--test", default=None, help="labeled test set (reported only)")
+    p.add_argument("--eval-sets", default=None, help="comma-separated labeled sets, reported only")
     p.add_argument("--metric", default="auto", choices=["auto", "spearman", "accuracy"])
     p.add_argument("--score-range", default=None, help="LO,HI mapping gold scores to [0, 1]")
     p.add_argument("--teacher-symmetric", action="store_true", help="teacher score = mean of both orders")
+    p.add_argument(
+        "--teacher-cache", default=None, help="teacher score cache (default OUT/teacher_cache.npz)"
+    )
     p.add_argument("--no-labels", action="store_true", help="ignore gold labels (teacher only)")
     p.add_argument("--max-pairs", type=int, default=None)
+    _require_arg(p)
     p.add_argument(
         "--augment",
         default="none",
@@ -289,8 +377,8 @@ def _cmd_train_cross(args) -> int:
     report = train_cross_encoder(
         cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress
     )
-    _print(report, ["train_pairs", "metric", "dev", "test", "wall_s"])
-    return 0
+    _print(report, [*_OUTCOME, "train_pairs", "metric", "dev", "test", "wall_s"])
+    return _finish(report, "train cross-encoder", args)
 
 
 def _register_train(sub) -> None:
@@ -310,6 +398,7 @@ def _register_train(sub) -> None:
     p.add_argument("--one-order", action="store_true", help="train on (a, b) only (default: both orders)")
     p.add_argument("--symmetric-eval", action="store_true", help="dev/test scores: mean of both orders")
     p.add_argument("--max-pairs", type=int, default=None)
+    _require_arg(p)
     _fit_args(p, "", TRAIN_CROSS_DEFAULT, "cross-encoder")
     _common(p)
     p.set_defaults(func=_cmd_train_cross)

@@ -35,6 +35,7 @@ def _cmd(args) -> int:
         loss=args.loss,
         score_range=args.score_range,
         max_pairs=args.max_pairs,
+        dev=args.dev,
         pooler_lr=args.pooler_lr,
         contrastive_scale=args.scale,
         checkpoint_steps=args.checkpoint_steps,
@@ -60,9 +61,12 @@ def _cmd(args) -> int:
 
         torch.set_num_threads(args.threads)
     report = run(cfg, args.out, device=args.device, progress=not args.no_progress)
-    keys = ["train_pairs", "loss", "encoder_params", "pooler_params", "pooler_pct_of_encoder", "wall_s"]
+    keys = ["start_score", "best_score", "trained_score", "improved", "train_pairs", "loss"]
+    keys += ["encoder_params", "pooler_params", "pooler_pct_of_encoder", "wall_s"]
     print(json.dumps({k: report[k] for k in keys} | {"model": f"{args.out}/model"}, indent=2))
-    return 0
+    from pairsmith.distill.selection import finish
+
+    return finish(report, "train embedding", require_improvement=args.require_improvement)
 
 
 def register(subparsers) -> None:
@@ -72,7 +76,8 @@ def register(subparsers) -> None:
         "embedding",
         help="fine-tune a bi-encoder: mean, multi-layer or last-layer trainable pooling",
         description="Scored pairs: cosine regression; unscored pairs / QA positives: contrastive with "
-        "in-batch negatives. Fixed budget, final weights (no checkpoint selection).",
+        "in-batch negatives. With --dev: the start model is scored first and kept as a candidate, and "
+        "the best epoch (or the start) is saved; without: fixed budget, final weights.",
     )
     p.add_argument("--model", default="default", help="bi-encoder to start from (default: the packaged one)")
     p.add_argument("--pooling", default="mean", choices=["mean", "multi-layer", "last-layer"])
@@ -84,6 +89,14 @@ def register(subparsers) -> None:
     p.add_argument("--loss", default="auto", choices=["auto", "cosine", "contrastive"])
     p.add_argument("--score-range", default=None, help="LO,HI mapping scores to [0, 1] (auto for known sets)")
     p.add_argument("--max-pairs", type=int, default=None, help="subsample the training pairs")
+    p.add_argument(
+        "--dev", default=None, help="scored selection set: start vs trained, best epoch (default: none)"
+    )
+    p.add_argument(
+        "--require-improvement",
+        action="store_true",
+        help="exit with code 3 (not 0) when no trained model beat the start model on --dev",
+    )
     p.add_argument("--out", required=True, help="output directory (model/, checkpoints/, report.json)")
     g = p.add_argument_group("pooler (multi-layer, last-layer)")
     g.add_argument("--latents", type=int, default=16, help="learned latents Nq (default 16)")

@@ -28,6 +28,7 @@ from pairsmith.distill.data import PairSet
 from pairsmith.distill.fit_config import DEFAULT_SEED
 from pairsmith.distill.textnorm import norm_pair_key
 from pairsmith.errors import InvalidInput
+from pairsmith.vectors import normalize_rows
 
 
 class Sampling(enum.Enum):
@@ -78,9 +79,7 @@ def augment_pairs(
     if sampling is Sampling.KNN:
         if encode is None:
             raise InvalidInput("--augment knn needs an encoder for the training sentences")
-        vec = np.asarray(encode(sentences), dtype=np.float32)
-        vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
-        partners = _knn(vec, k)
+        partners = _knn(normalize_rows(np.asarray(encode(sentences), dtype=np.float32)), k)
     else:
         rng = np.random.default_rng(seed)
         n = len(sentences)

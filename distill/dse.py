@@ -37,16 +37,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pairsmith.distill import metrics
 from pairsmith.distill.augment import Sampling, augment_pairs
 from pairsmith.distill.data import PairSet
 from pairsmith.distill.fit_config import DSE_FIT_DEFAULT, FitConfig
 from pairsmith.distill.losses import DSEHead, DSELoss
-from pairsmith.distill.pairsets import load_pairs, pair_key, scale_scores, score_range_for, subsample
+from pairsmith.distill.pairsets import (
+    _unordered_norm_keys,
+    load_pairs,
+    pair_key,
+    scale_scores,
+    score_range_for,
+    subsample,
+)
 from pairsmith.distill.runstate import RunState, save_dir_atomic, save_npz_atomic, write_json_atomic
-from pairsmith.distill.selection import PairMetric, binary_metrics, pair_metric
+from pairsmith.distill.selection import PairMetric, binary_metrics, outcome, pair_metric
 from pairsmith.distill.supervised import resolve_cross_dir
+from pairsmith.distill.textnorm import norm_pair_key
 from pairsmith.distill.train import PairEmbedder, run_fit
 from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
+from pairsmith.encoders.postprocess import pair_cosine, sigmoid
 from pairsmith.errors import FailedPrecondition, InvalidInput, parse_enum
 
 log = logging.getLogger(__name__)
@@ -104,13 +114,11 @@ class DSEStudent:
     def pair_scores_from_vectors(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Scores in [0, 1] for cosine (as cos) and mlp (sigmoid of the logit) heads."""
         if self.head is None:
-            un = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-            vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-            return np.einsum("nd,nd->n", un, vn).astype(np.float32)
+            return pair_cosine(u, v)
         dev = next(self.head.parameters()).device
         with torch.inference_mode():
             z = self.head(torch.from_numpy(u).to(dev), torch.from_numpy(v).to(dev))
-        return torch.sigmoid(z).cpu().numpy().astype(np.float32)
+        return sigmoid(z.cpu().numpy())
 
     def score(self, s1: list[str], s2: list[str], batch_size: int = 64) -> np.ndarray:
         uniq = list(dict.fromkeys([*s1, *s2]))
@@ -175,6 +183,9 @@ def teacher_logits(
 
 # --------------------------------------------------------------------------- config and run
 
+# ``--teacher student``: the student's own start labels the unlabeled pairs (the no-teacher control).
+STUDENT_TEACHER = "student"
+
 
 @dataclass(frozen=True)
 class DSEConfig:
@@ -182,17 +193,24 @@ class DSEConfig:
     pairs: str  # training pairs; gold scores used for the task term when present
     student: str = "default"
     head: str = DSEHead.COSINE.value
-    alpha: float = 0.5  # weight of the teacher term (DSE's distillation_coeff)
-    dev: str | None = None
+    alpha: float = 0.5  # weight of the teacher term on gold rows (DSE's distillation_coeff)
+    dev: str | None = None  # selection set: checkpoints and the start-model comparison
     test: str | None = None
+    eval_sets: tuple[str, ...] = ()  # reported only, never used for selection
     metric: str = "auto"  # spearman | accuracy | auto (accuracy for 0/1 gold)
     score_range: str | None = None
     teacher_symmetric: bool = False  # teacher score = mean over both orders (official: one order)
     use_labels: bool = True
     max_pairs: int | None = None
+    gold_limit: int | None = None  # a seeded subset of the gold pairs (the few-gold setting)
+    unlabeled: str | None = None  # unscored pairs labelled by the teacher only (silver rows)
+    unlabeled_limit: int | None = None  # a seeded subset of them
+    silver_weight: float = 1.0  # weight of a silver row's teacher term (a gold row's is alpha)
     mlp_hidden: int = 512
     augment: str = Sampling.NONE.value  # extra teacher-labelled pairs from the training sentences
     augment_k: int = 1  # partners per training sentence
+    teacher_cache: str | None = None  # where teacher scores are cached (default: out/teacher_cache.npz)
+    keep_start: bool = True  # the start student is a candidate (never exported worse than it)
     fit: FitConfig = field(default_factory=lambda: DSE_FIT_DEFAULT)
 
     def __post_init__(self) -> None:
@@ -202,6 +220,14 @@ class DSEConfig:
             raise InvalidInput(f"--augment-k: must be >= 1, got {self.augment_k}")
         if not 0.0 <= self.alpha <= 1.0:
             raise InvalidInput(f"--alpha: must be in [0, 1], got {self.alpha}")
+        if not self.silver_weight >= 0.0:
+            raise InvalidInput(f"--silver-weight: must be >= 0, got {self.silver_weight}")
+        for name in ("gold_limit", "unlabeled_limit"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise InvalidInput(f"--{name.replace('_', '-')}: must be >= 1, got {v}")
+        if self.unlabeled and self.alpha == 0.0:
+            raise InvalidInput("--unlabeled pairs are labelled by the teacher only; they need --alpha > 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -215,24 +241,97 @@ def _metric(cfg: DSEConfig, gold: np.ndarray | None) -> PairMetric:
     return PairMetric.SPEARMAN
 
 
-def _rows_eval(
-    scores_dev, dev: PairSet | None, scores_test, test: PairSet | None, metric: PairMetric
-) -> dict:
+def _rows_eval(score, dev: PairSet | None, test: PairSet | None, evals: dict, metric: PairMetric) -> dict:
+    """One report row: ``score(set)`` on dev (selection), test and every eval set (reported only)."""
     row: dict = {}
     thr = None
     if dev is not None:
         if metric is PairMetric.ACCURACY:
-            m = binary_metrics(scores_dev, dev.scores)
+            m = binary_metrics(score(dev), dev.scores)
             thr = m["threshold"]
             row["dev"] = m
         else:
-            row["dev"] = {"spearman": pair_metric(scores_dev, dev.scores, metric)}
+            row["dev"] = {"spearman": pair_metric(score(dev), dev.scores, metric)}
     if test is not None:
         if metric is PairMetric.ACCURACY:
-            row["test"] = binary_metrics(scores_test, test.scores, thr)  # threshold chosen on dev
+            row["test"] = binary_metrics(score(test), test.scores, thr)  # threshold chosen on dev
         else:
-            row["test"] = {"spearman": pair_metric(scores_test, test.scores, metric)}
+            row["test"] = {"spearman": pair_metric(score(test), test.scores, metric)}
+    if evals:
+        row["eval"] = {name: round(metrics.spearman(score(ps), ps.scores), 3) for name, ps in evals.items()}
     return row
+
+
+def _load_eval(spec: str) -> PairSet:
+    return load_pairs(spec, labeled=True, dedup=False, for_training=False)
+
+
+def _gold(cfg: DSEConfig) -> PairSet:
+    train = subsample(load_pairs(cfg.pairs, labeled=cfg.use_labels), cfg.max_pairs, cfg.fit.seed)
+    if cfg.gold_limit is not None and cfg.gold_limit < len(train):
+        # its own stream, so --gold-limit picks the same pairs whatever --max-pairs did
+        idx = np.sort(
+            np.random.default_rng([cfg.fit.seed, 1]).choice(len(train), cfg.gold_limit, replace=False)
+        )
+        train = PairSet(
+            f"{train.name}[gold {cfg.gold_limit}]",
+            [train.s1[i] for i in idx],
+            [train.s2[i] for i in idx],
+            train.scores[idx] if train.scores is not None else None,
+        )
+    return train
+
+
+def _unlabeled(cfg: DSEConfig, train: PairSet, held: dict[str, PairSet]) -> tuple[PairSet, dict]:
+    """The silver pairs: ``--unlabeled`` minus every pair (normalised, either order) of the gold
+    and of the selection/reported sets, then a seeded subset. Returns them and the counts."""
+    if not cfg.unlabeled:
+        return PairSet("none", [], []), {}
+    raw = load_pairs(cfg.unlabeled, labeled=False)
+    banned = {"gold pairs": _unordered_norm_keys(train.s1, train.s2)}
+    banned.update((name, _unordered_norm_keys(ps.s1, ps.s2)) for name, ps in held.items())
+    keys = [norm_pair_key(a, b) for a, b in raw.pairs]
+    found = {name: sum(k in ban for k in keys) for name, ban in banned.items()}
+    every = set().union(*banned.values())
+    idx = [i for i, k in enumerate(keys) if k not in every]
+    if not idx:
+        raise InvalidInput(f"--unlabeled {cfg.unlabeled}: every pair is a gold, selection or evaluation pair")
+    unl = PairSet(raw.name, [raw.s1[i] for i in idx], [raw.s2[i] for i in idx])
+    unl = subsample(unl, cfg.unlabeled_limit, cfg.fit.seed)
+    info = {"given": len(raw), "dropped_overlap": found, "used": len(unl)}
+    log.info(
+        "unlabeled %s: %d pairs given, %d used (overlap dropped: %s)",
+        cfg.unlabeled,
+        len(raw),
+        len(unl),
+        found,
+    )
+    return unl, info
+
+
+def overlap_report(train: PairSet, silver: PairSet, held: dict[str, PairSet]) -> dict:
+    """For every selection/reported set: the fraction of its pairs (normalised, either order)
+    that the gold and the silver training pairs hold."""
+    gold_keys = _unordered_norm_keys(train.s1, train.s2)
+    silver_keys = _unordered_norm_keys(silver.s1, silver.s2)
+    out: dict = {}
+    for name, ps in held.items():
+        keys = [norm_pair_key(a, b) for a, b in ps.pairs]
+        n = max(len(keys), 1)
+        out[name] = {
+            "gold": round(sum(k in gold_keys for k in keys) / n, 4),
+            "silver": round(sum(k in silver_keys for k in keys) / n, 4),
+        }
+    return out
+
+
+def _teacher_selected_on(teacher_dir: str) -> str | None:
+    """The set a ``train cross-encoder`` teacher was selected on, read from its report (if any)."""
+    rep = Path(teacher_dir).parent / "report.json"
+    try:
+        return json.loads(rep.read_text()).get("selected_on") if rep.exists() else None
+    except (OSError, ValueError):
+        return None
 
 
 def run_dse(
@@ -249,7 +348,7 @@ def run_dse(
     out = Path(out)
     dev_name = resolve_device(device)
     head_kind = parse_enum(DSEHead, cfg.head, "--head")
-    train = subsample(load_pairs(cfg.pairs, labeled=cfg.use_labels), cfg.max_pairs, cfg.fit.seed)
+    train = _gold(cfg)
     y = None
     if cfg.use_labels:
         y = scale_scores(train.scores, score_range_for(cfg.pairs, train.scores, cfg.score_range))  # type: ignore[arg-type]
@@ -259,9 +358,13 @@ def run_dse(
     if sampling is not Sampling.NONE and cfg.alpha == 0.0:
         raise InvalidInput("--augment adds pairs only the teacher labels; it needs --alpha > 0")
     metric = _metric(cfg, train.scores if cfg.use_labels else None)
-    dev = load_pairs(cfg.dev, labeled=True, dedup=False, for_training=False) if cfg.dev else None
-    test = load_pairs(cfg.test, labeled=True, dedup=False, for_training=False) if cfg.test else None
-    teacher_dir = resolve_cross_dir(cfg.teacher)
+    dev = _load_eval(cfg.dev) if cfg.dev else None
+    test = _load_eval(cfg.test) if cfg.test else None
+    evals = {name: _load_eval(name) for name in cfg.eval_sets}
+    held = {**({cfg.dev: dev} if dev else {}), **({cfg.test: test} if test else {}), **evals}
+    unl, unl_info = _unlabeled(cfg, train, held)
+    self_teacher = cfg.teacher == STUDENT_TEACHER
+    teacher_dir = cfg.student if self_teacher else resolve_cross_dir(cfg.teacher)
     state = RunState(out, cfg.to_dict(), resume=resume, kind="dse")
     write_json_atomic(out / "config.json", {"kind": "dse", **cfg.to_dict()})
     report: dict = {
@@ -270,29 +373,45 @@ def run_dse(
         "config": cfg.to_dict(),
         "train_pairs": len(train),
         "metric": metric.value,
-        "selected_on": cfg.dev,  # the dev set picks the checkpoint: its row is optimistic, test is not
+        "selected_on": cfg.dev,  # picks the checkpoint and decides start vs trained: its row is optimistic
+        "reported_on": [s for s in [cfg.test, *cfg.eval_sets] if s],
     }
+    if not self_teacher:
+        t_sel = _teacher_selected_on(teacher_dir)
+        report["teacher_selected_on"] = t_sel
+        if t_sel and t_sel in report["reported_on"]:
+            log.warning("the teacher was selected on %s, a reported set: its row there is optimistic", t_sel)
+    if unl_info:
+        report["unlabeled"] = unl_info
     report["rows"] = {}
 
     start_encoder = functools.cache(
         lambda: BiEncoder.load(cfg.student, device=dev_name, backend="torch")
     )  # read-only uses
 
-    # 0. optional silver pairs (teacher-labelled only) built from the training sentences
+    # 0. silver pairs (teacher-labelled only): --unlabeled, and optionally built from the training sentences
     aug = _augment_step(cfg, sampling, train, dev, test, state, out, start_encoder)
     if len(aug):
         report["augment"] = state.info("augment")
-    fit_pairs = train.pairs + aug.pairs
+    silver = PairSet("silver", unl.s1 + aug.s1, unl.s2 + aug.s2)
+    report["overlap"] = overlap_report(train, silver, held)
+    fit_pairs = train.pairs + silver.pairs
 
     # 1. teacher scores (cached by pair text) and the teacher's own row. The teacher as it is now
     # identifies the cache: a teacher retrained in place since the run started is refused on --resume.
-    need_teacher = cfg.alpha > 0 or dev is not None or test is not None
-    teacher = functools.cache(lambda: CrossEncoder.load(teacher_dir, device=dev_name, backend="torch"))
+    need_teacher = cfg.alpha > 0 or bool(held)
+    cache_path = Path(cfg.teacher_cache) if cfg.teacher_cache else out / "teacher_cache.npz"
     meta = None
+    if self_teacher:
+        teacher = start_encoder
+        fp = lambda: f"student-start:{start_encoder().fingerprint}"  # noqa: E731
+    else:
+        teacher = functools.cache(lambda: CrossEncoder.load(teacher_dir, device=dev_name, backend="torch"))
+        fp = lambda: teacher().fingerprint  # noqa: E731
     if need_teacher:
         meta = {
-            "fingerprint": teacher().fingerprint,
-            "max_length": teacher().max_length,
+            "fingerprint": fp(),
+            "max_length": teacher().max_length if not self_teacher else None,
             "symmetric": cfg.teacher_symmetric,
         }
         before = state.info("teacher").get("meta")
@@ -302,25 +421,25 @@ def run_dse(
                 "the cached teacher scores would be stale: start a new --out directory"
             )
     if need_teacher and not state.is_done("teacher"):
-        ce = teacher()
-        cache = TeacherCache(out / "teacher_cache.npz", meta)
-        fn = lambda ps: teacher_logits(ce, ps, cfg.teacher_symmetric, progress)  # noqa: E731
-        if pair_scorer is not None:  # the same logits, scored elsewhere (e.g. Ray actors)
+        cache = TeacherCache(cache_path, meta)
+        if self_teacher:
+            fn = lambda ps: student_logits(start_encoder(), ps)  # noqa: E731
+        else:
+            fn = lambda ps: teacher_logits(teacher(), ps, cfg.teacher_symmetric, progress)  # noqa: E731
+        if pair_scorer is not None and not self_teacher:  # the same logits, scored elsewhere (e.g. Ray)
             kw = {"kind": "cross", "activation": "raw", "symmetric": cfg.teacher_symmetric}
             fn = lambda ps: pair_scorer(str(teacher_dir), ps, **kw)  # noqa: E731
         t0 = time.time()
         t_fit, n_new = cache.lookup(fit_pairs, fn) if cfg.alpha > 0 else (None, 0)
-        sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
-        sd = sig(cache.lookup(dev.pairs, fn)[0]) if dev is not None else None
-        stt = sig(cache.lookup(test.pairs, fn)[0]) if test is not None else None
-        row = _rows_eval(sd, dev, stt, test, metric)
+        row = _rows_eval(lambda ps: sigmoid(cache.lookup(ps.pairs, fn)[0]), dev, test, evals, metric)
         cache_info = {"pairs_scored": n_new, "seconds": round(time.time() - t0, 1)}
-        if t_fit is not None and len(aug):
-            silver = sig(t_fit[len(train) :])
-            cache_info["augment_teacher_score"] = {
-                "mean": round(float(silver.mean()), 4),
-                "p10": round(float(np.percentile(silver, 10)), 4),
-                "p90": round(float(np.percentile(silver, 90)), 4),
+        if t_fit is not None and len(silver):
+            sv = sigmoid(t_fit[len(train) :])
+            cache_info["silver_teacher_score"] = {
+                "mean": round(float(sv.mean()), 4),
+                "std": round(float(sv.std()), 4),
+                "p10": round(float(np.percentile(sv, 10)), 4),
+                "p90": round(float(np.percentile(sv, 90)), 4),
             }
         state.mark("teacher", row=row, cache=cache_info, meta=meta)
     if need_teacher:
@@ -329,10 +448,15 @@ def run_dse(
 
     # 2. the student's starting point (cosine of the undistilled model)
     if not state.is_done("student-start"):
-        start = DSEStudent(start_encoder(), None)
-        sd = start.score(dev.s1, dev.s2) if dev is not None else None
-        stt = start.score(test.s1, test.s2) if test is not None else None
-        state.mark("student-start", row=_rows_eval(sd, dev, stt, test, metric))
+        # the row depends on the student and the sets only: runs that share a teacher cache share it
+        side = cache_path.with_suffix(".start.json")
+        key = json.dumps([start_encoder().fingerprint, metric.value, _sets_digest(dev, test, evals)])
+        rows = json.loads(side.read_text()) if side.exists() else {}
+        if key not in rows:
+            start = DSEStudent(start_encoder(), None)
+            rows[key] = _rows_eval(lambda ps: start.score(ps.s1, ps.s2), dev, test, evals, metric)
+            write_json_atomic(side, rows)
+        state.mark("student-start", row=rows[key])
     report["rows"]["student_start"] = state.info("student-start").get("row")
 
     # 3. the fit
@@ -340,11 +464,11 @@ def run_dse(
     if not state.is_done("fit"):
         t_logit = None
         if cfg.alpha > 0:
-            cache = TeacherCache(out / "teacher_cache.npz", meta)  # empty unless made by this teacher
+            cache = TeacherCache(cache_path, meta)  # empty unless made by this teacher
 
             def refuse(_pairs):
                 raise FailedPrecondition(
-                    f"{out}/teacher_cache.npz: lost pairs or made by another teacher since the teacher step; "
+                    f"{cache_path}: lost pairs or made by another teacher since the teacher step; "
                     "start a new --out directory"
                 )
 
@@ -353,24 +477,48 @@ def run_dse(
         torch.manual_seed(cfg.fit.seed)  # the new head's weights: the same for the same --seed
         head = MLPHead(enc.dim, cfg.mlp_hidden).to(dev_name) if head_kind is DSEHead.MLP else None
         fit_set, fit_y = train, y
-        if len(aug):  # silver rows carry no gold label (NaN): teacher term only
-            fit_set = PairSet(f"{train.name}+{aug.name}", train.s1 + aug.s1, train.s2 + aug.s2)
-            if y is not None:
-                fit_y = np.concatenate([y, np.full(len(aug), np.nan, dtype=np.float32)])
+        if len(silver):  # silver rows carry no gold label (NaN): teacher term only
+            fit_set = PairSet(f"{train.name}+silver", train.s1 + silver.s1, train.s2 + silver.s2)
+            fit_y = np.concatenate(
+                [
+                    y if y is not None else np.full(len(train), np.nan, np.float32),
+                    np.full(len(silver), np.nan, np.float32),
+                ]
+            )
         res = fit_dse(enc, head, fit_set, fit_y, t_logit, cfg, dev, metric, dev_name, progress)
         save_dir_atomic(student_dir, lambda d: _save_student(enc, head, d))
         state.mark("fit", fit=res.as_dict())
     report["fit"] = state.info("fit").get("fit")
+    report.update(outcome(report["fit"].get("start_score"), report["fit"].get("trained_score")))
 
     if not state.is_done("student-eval"):
         st = DSEStudent.load(student_dir, device=dev_name)
-        sd = st.score(dev.s1, dev.s2) if dev is not None else None
-        stt = st.score(test.s1, test.s2) if test is not None else None
-        state.mark("student-eval", row=_rows_eval(sd, dev, stt, test, metric))
+        state.mark(
+            "student-eval", row=_rows_eval(lambda ps: st.score(ps.s1, ps.s2), dev, test, evals, metric)
+        )
     report["rows"]["student"] = state.info("student-eval").get("row")
     report["wall_s"] = round(state.elapsed(), 1)
     write_json_atomic(out / "report.json", report)
     return report
+
+
+def _sets_digest(dev: PairSet | None, test: PairSet | None, evals: dict[str, PairSet]) -> str:
+    """A hash of the evaluation sets' content (pairs and scores, in their roles)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for role, ps in [("dev", dev), ("test", test), *evals.items()]:
+        if ps is None:
+            continue
+        h.update(json.dumps([role, ps.s1, ps.s2, [float(x) for x in ps.scores]]).encode("utf-8"))
+    return h.hexdigest()[:32]
+
+
+def student_logits(enc: BiEncoder, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """The start student's cosines as logits (the no-teacher control's "teacher"; sigmoid gives them back)."""
+    cos = enc.similarity([a for a, _ in pairs], [b for _, b in pairs], batch_size=64)
+    p = np.clip(np.asarray(cos, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p)).astype(np.float32)
 
 
 def _augment_step(cfg, sampling, train, dev, test, state, out: Path, start_encoder) -> PairSet:
@@ -426,7 +574,9 @@ def fit_dse(
     tt = torch.as_tensor(t_logit) if t_logit is not None else None
     gold_all = torch.as_tensor(y) if y is not None else None  # NaN: a silver (teacher-only) row
     criterion = DSELoss(
-        cfg.alpha if y is not None else 1.0, head=DSEHead.COSINE if head is None else DSEHead.MLP
+        cfg.alpha if y is not None else 1.0,
+        head=DSEHead.COSINE if head is None else DSEHead.MLP,
+        silver_weight=cfg.silver_weight,
     )
 
     def loss(idx: np.ndarray) -> torch.Tensor:
@@ -454,6 +604,7 @@ def fit_dse(
         lengths=pe.lengths,
         desc="dse student",
         progress=progress,
+        keep_start=cfg.keep_start,
     )
 
 

@@ -9,7 +9,10 @@
   counted as each other's negatives). Contrastive batches are drawn at random (no length
   grouping: the batch is the set of negatives).
 - optimisation: :func:`pairsmith.distill.train.run_fit` (AdamW, warm-up + linear decay, clipping),
-  the new pooler at its own rate (``pooler_lr``), fixed budget, final weights (no selection).
+  the new pooler at its own rate (``pooler_lr``). With ``dev`` (a scored set) the start model (a
+  new pooler as it starts) is scored first and kept as a candidate, each epoch end is evaluated and
+  the best weights are saved: never worse than the start there (``improved`` in the report);
+  without ``dev``: fixed budget, final weights.
 
 Output directory::
 
@@ -36,13 +39,16 @@ import torch.nn.functional as F
 
 from pairsmith.distill.data import PairSet, load_retrieval_set
 from pairsmith.distill.fit_config import FitConfig
+from pairsmith.distill.losses import CosineMSELoss
 from pairsmith.distill.pairsets import load_pairs, scale_scores, score_range_for, subsample
 from pairsmith.distill.runstate import check_out_dir, save_dir_atomic, write_json_atomic
+from pairsmith.distill.selection import PairMetric, make_evaluator, outcome
 from pairsmith.distill.train import FitResult, PairEmbedder, run_fit
 from pairsmith.encoders import BiEncoder
 from pairsmith.encoders.modules import enable_all_layers
 from pairsmith.encoders.modules.layer_pooling import LayerPooling, PoolerKind, make_pooler
 from pairsmith.encoders.runtime import resolve_device
+from pairsmith.encoders.source import resolve_model
 from pairsmith.errors import InvalidInput, parse_enum
 
 log = logging.getLogger(__name__)
@@ -92,6 +98,8 @@ class TrainEmbeddingConfig:
     loss: str = "auto"
     score_range: str | None = None  # "LO,HI" mapping scores to [0, 1]; auto for known sets
     max_pairs: int | None = None
+    dev: str | None = None  # scored selection set: start vs trained, best epoch
+    keep_start: bool = True  # with dev: the start model is a candidate
     pooler_lr: float = 1e-3
     contrastive_scale: float = 20.0
     checkpoint_steps: int = 0  # 0: a checkpoint at each epoch end only
@@ -227,10 +235,6 @@ def contrastive_loss(
     return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
 
 
-def cosine_loss(u: torch.Tensor, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(F.cosine_similarity(u, v, dim=-1), y.to(u.device))  # (B,) vs (B,)
-
-
 # --------------------------------------------------------------------------- the job
 
 
@@ -269,12 +273,17 @@ def train_embedding(
     if loss_kind is EmbeddingLoss.CONTRASTIVE and fit.length_grouping:
         fit = dataclasses.replace(fit, length_grouping=False)  # the batch is the negatives: keep it random
     pe = PairEmbedder(st, train.s1, train.s2, fit.max_length, dev_name)
+    cosine_mse = CosineMSELoss()
+    evaluator = None
+    if cfg.dev:
+        dev = load_pairs(cfg.dev, labeled=True, dedup=False, for_training=False)
+        evaluator = make_evaluator("bi", st, resolve_model(cfg.model), dev, PairMetric.SPEARMAN)
     y_all = torch.as_tensor(np.asarray(train.scores, dtype=np.float32)) if train.scores is not None else None
 
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
         u, v = pe.pair_embeddings(idx)  # (B, D) each
         if loss_kind is EmbeddingLoss.COSINE:
-            return cosine_loss(u, v, y_all[idx])  # type: ignore[index]
+            return cosine_mse(u, v, y_all[idx])  # type: ignore[index]
         return contrastive_loss(u, v, pe.ia[idx], pe.ib[idx], cfg.contrastive_scale)
 
     ckpt_dir = out / "checkpoints"
@@ -299,9 +308,13 @@ def train_embedding(
         progress=progress,
         optimizer=make_optimizer(st, cfg),
         on_step=on_step,
+        evaluator=evaluator,
+        keep_start=cfg.keep_start,
     )
     _save_model(st, out / MODEL_SUBDIR)
     report["fit"] = res.as_dict()
+    report["selected_on"] = cfg.dev
+    report.update(outcome(res.start_score, res.trained_score))
     report["wall_s"] = round(time.time() - t0, 1)
     write_json_atomic(out / "report.json", report)
     return report
@@ -315,7 +328,6 @@ __all__ = [
     "TrainEmbeddingConfig",
     "build_model",
     "contrastive_loss",
-    "cosine_loss",
     "load_training_pairs",
     "parameter_report",
     "train_embedding",

@@ -18,6 +18,12 @@ from dataclasses import dataclass
 from pairsmith.errors import InvalidInput
 
 DEFAULT_SEED = 2021  # the Trans-Encoder paper's seed; every job's --seed default
+# ``--require-improvement``: the exit code of a job whose trained models did not beat its start model.
+EXIT_NOT_IMPROVED = 3
+# Collapse-guard floors (:class:`pairsmith.distill.selection.CollapseGuard`, docs/distillation.md).
+LABEL_STD_FLOOR = 0.02  # standard deviation of pseudo-labels, [0, 1] scale
+RANK_FLOOR = 0.3  # Spearman (-1..1) between a model's pseudo-labels and the other model's scores
+DROP_MARGIN = 5.0  # selection points (x100) a fit may fall below its start before it counts as collapse
 
 
 @dataclass(frozen=True)

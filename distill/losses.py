@@ -94,7 +94,7 @@ class DSELoss(nn.Module):
       regresses log-odds); the task term is BCE-with-logits(s, y).
 
     Rows whose gold ``y`` is NaN are teacher-labelled only (silver pairs): task weight 0,
-    teacher weight 1. With no gold at all (``gold=None``) every row is teacher-only; with no
+    teacher weight ``silver_weight`` (default 1). With no gold at all (``gold=None``) every row is teacher-only; with no
     teacher (``teacher_logits=None``, alpha 0) every row is task-only.
 
     Inputs: ``s`` (B,), ``gold`` (B,) in [0, 1] or NaN, or None; ``teacher_logits`` (B,) or
@@ -106,11 +106,16 @@ class DSELoss(nn.Module):
         value = loss(F.cosine_similarity(u, v), gold, teacher_logits)
     """
 
-    def __init__(self, alpha: float, head: DSEHead | str = DSEHead.COSINE) -> None:
+    def __init__(
+        self, alpha: float, head: DSEHead | str = DSEHead.COSINE, silver_weight: float = 1.0
+    ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise InvalidInput(f"DSE alpha: must be in [0, 1], got {alpha}")
+        if not silver_weight >= 0.0:
+            raise InvalidInput(f"DSE silver weight: must be >= 0, got {silver_weight}")
         self.alpha = float(alpha)
+        self.silver_weight = float(silver_weight)
         self.head = head if isinstance(head, DSEHead) else DSEHead(str(head))
 
     def teacher_target(self, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -125,7 +130,7 @@ class DSELoss(nn.Module):
             has = ~torch.isnan(gold.to(device))
         alpha = torch.tensor(self.alpha, device=device)
         w_task = torch.where(has, 1 - alpha, torch.zeros((), device=device))
-        w_teacher = torch.where(has, alpha, torch.ones((), device=device))
+        w_teacher = torch.where(has, alpha, torch.full((), self.silver_weight, device=device))
         return w_task, w_teacher
 
     def forward(

@@ -6,7 +6,8 @@ orders by default, selecting the best dev checkpoint. Output directory::
 
     out/model/       the cross-encoder (sentence-transformers CrossEncoder directory)
     out/config.json  this run's TrainCrossConfig
-    out/report.json  data sizes, per-evaluation dev scores, final dev (and test) metrics, wall time
+    out/report.json  data sizes, per-evaluation dev scores, final dev (and test) metrics, wall time,
+                     start_score / best_score / improved (the start model is always a candidate)
     out/state.json   finished steps, for --resume
 """
 
@@ -21,7 +22,14 @@ from pathlib import Path
 from pairsmith.distill.fit_config import TRAIN_CROSS_DEFAULT, FitConfig
 from pairsmith.distill.pairsets import load_pairs, scale_scores, score_range_for, subsample
 from pairsmith.distill.runstate import RunState, save_dir_atomic, write_json_atomic
-from pairsmith.distill.selection import PairMetric, binary_metrics, cross_scores, make_evaluator, pair_metric
+from pairsmith.distill.selection import (
+    PairMetric,
+    binary_metrics,
+    cross_scores,
+    make_evaluator,
+    outcome,
+    pair_metric,
+)
 from pairsmith.distill.train import fit_cross_encoder
 from pairsmith.encoders import CrossEncoder
 from pairsmith.encoders.runtime import resolve_device
@@ -43,6 +51,7 @@ class TrainCrossConfig:
     both_orders: bool = True  # train on (a, b) and (b, a)
     symmetric_eval: bool = False  # score dev/test as the mean of both orders
     max_pairs: int | None = None  # subsample the training pairs (CPU budgets)
+    keep_start: bool = True  # the start model (a fresh head: scored as it is) is a candidate
     fit: FitConfig = field(default_factory=lambda: TRAIN_CROSS_DEFAULT)
 
     def to_dict(self) -> dict:
@@ -131,10 +140,12 @@ def train_cross_encoder(
             evaluator=evaluator,
             desc="cross-encoder",
             progress=progress,
+            keep_start=cfg.keep_start,
         )
         save_dir_atomic(model_dir, lambda d: ce.save(d))
         state.mark("fit", fit=res.as_dict())
     report["fit"] = state.info("fit").get("fit")
+    report.update(outcome(report["fit"].get("start_score"), report["fit"].get("trained_score")))
     ce = CrossEncoder.load(str(model_dir), device=dev_name, backend="torch")
     if dev is not None:
         s = cross_scores(ce.st_model, ce.source, dev.s1, dev.s2, symmetric=cfg.symmetric_eval)

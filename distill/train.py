@@ -46,8 +46,10 @@ class FitResult:
     steps: int = 0
     examples: int = 0
     seconds: float = 0.0
-    best_score: float | None = None
-    best_step: int | None = None
+    start_score: float | None = None  # the model before training, on the selection set
+    best_score: float | None = None  # the returned weights' (the start's when nothing beat it)
+    best_step: int | None = None  # 0: the start was kept
+    trained_score: float | None = None  # the best any trained state reached
     history: list[dict] = field(default_factory=list)  # [{"step", "epoch", "score"}]
     final_loss: float | None = None
 
@@ -98,12 +100,19 @@ def run_fit(
     progress: bool = True,
     optimizer: torch.optim.Optimizer | None = None,
     on_step: Callable[[int], None] | None = None,
+    keep_start: bool = True,
 ) -> FitResult:
     """The shared loop: ``batch_loss(indices)`` returns the loss of one batch of example indices.
 
-    ``optimizer`` replaces the default AdamW groups (e.g. a higher rate for a new head);
-    ``on_step(step)`` runs after each optimiser step (e.g. checkpoints).
+    With an ``evaluator`` the model as it starts is scored first (``FitResult.start_score``) and
+    kept as a candidate (:class:`~pairsmith.distill.selection.StartCandidate`): the weights that
+    come back are the best evaluated ones, the start's included, so a fit never returns a model
+    that scores below its start on the selection set. ``keep_start=False`` leaves the start out
+    (the official codes' behaviour). ``optimizer`` replaces the default AdamW groups (e.g. a
+    higher rate for a new head); ``on_step(step)`` runs after each optimiser step (e.g. checkpoints).
     """
+    from pairsmith.distill.selection import StartCandidate
+
     if n == 0:
         raise InvalidInput(f"{desc}: no training examples")
     torch.manual_seed(cfg.seed)
@@ -120,20 +129,24 @@ def run_fit(
     opt = optimizer if optimizer is not None else _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     res = FitResult()
-    best_state: dict[str, torch.Tensor] | None = None
+    start = None
+    if evaluator is not None:
+        model.eval()
+        start = float(evaluator())
+        res.start_score = round(start, 4)
+        log.info("%s: start dev %.2f", desc, start)
+    keeper = StartCandidate(model, start if keep_start else None)
     t0 = time.time()
     step = 0
     ema = None
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress)
 
     def evaluate(epoch: int) -> None:
-        nonlocal best_state
+        model.eval()
         score = float(evaluator())  # type: ignore[misc]
         res.history.append({"step": step, "epoch": epoch, "score": round(score, 4)})
         log.info("%s: step %d epoch %d dev %.2f", desc, step, epoch, score)
-        if res.best_score is None or score > res.best_score:
-            res.best_score, res.best_step = score, step
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        keeper.offer(score, step)
         model.train()
 
     for epoch in range(cfg.epochs):
@@ -158,8 +171,10 @@ def run_fit(
         if evaluator is not None:
             evaluate(epoch)
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if evaluator is not None:
+        keeper.restore()
+        res.best_score, res.best_step = keeper.best_score, keeper.best_step
+        res.trained_score = keeper.trained_score
     model.eval()
     res.steps = step
     res.seconds = time.time() - t0
@@ -216,6 +231,7 @@ def fit_bi_encoder(
     evaluator: Evaluator | None = None,
     desc: str = "bi-encoder",
     progress: bool = True,
+    keep_start: bool = True,
 ) -> FitResult:
     """MSE between cos(f(a), f(b)) and ``targets`` (sentence-transformers' CosineSimilarityLoss)."""
     y_all = torch.as_tensor(np.asarray(targets, dtype=np.float32))
@@ -229,7 +245,15 @@ def fit_bi_encoder(
         return criterion(u, v, y_all[idx])
 
     return run_fit(
-        st_model, len(s1), loss, cfg, evaluator=evaluator, lengths=pe.lengths, desc=desc, progress=progress
+        st_model,
+        len(s1),
+        loss,
+        cfg,
+        evaluator=evaluator,
+        lengths=pe.lengths,
+        desc=desc,
+        progress=progress,
+        keep_start=keep_start,
     )
 
 
@@ -248,6 +272,7 @@ def fit_cross_encoder(
     evaluator: Evaluator | None = None,
     desc: str = "cross-encoder",
     progress: bool = True,
+    keep_start: bool = True,
 ) -> FitResult:
     """BCE-with-logits of the one-logit cross-encoder against ``targets``.
 
@@ -281,4 +306,5 @@ def fit_cross_encoder(
         lengths=enc.token_counts,
         desc=desc,
         progress=progress,
+        keep_start=keep_start,
     )

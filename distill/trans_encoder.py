@@ -53,7 +53,18 @@ from pairsmith.distill.runstate import (
     save_npz_atomic,
     write_json_atomic,
 )
-from pairsmith.distill.selection import PairMetric, bi_scores, cross_scores, make_evaluator
+from pairsmith.distill.selection import (
+    DROP_MARGIN,
+    LABEL_STD_FLOOR,
+    RANK_FLOOR,
+    Collapse,
+    CollapseGuard,
+    PairMetric,
+    bi_scores,
+    cross_scores,
+    make_evaluator,
+    outcome,
+)
 from pairsmith.distill.train import fit_bi_encoder, fit_cross_encoder
 from pairsmith.encoders import BiEncoder, CrossEncoder
 from pairsmith.errors import InvalidInput, parse_enum
@@ -78,6 +89,13 @@ class TransEncoderConfig:
     symmetric_labels: bool = False  # cross -> bi labels average both orders (official: one order)
     symmetric_eval: bool = False  # cross-encoder dev/eval scores average both orders
     warm_start: bool = False  # start each cycle's fits from the previous cycle (official: fresh)
+    keep_start: bool = (
+        True  # the starting bi-encoder is a candidate for best-bi (official: trained cycles only)
+    )
+    collapse_guard: bool = True  # stop a cycle on collapsed pseudo-labels or a fit far below its start
+    label_std_floor: float = LABEL_STD_FLOOR
+    rank_floor: float = RANK_FLOOR
+    drop_margin: float = DROP_MARGIN
     cross: FitConfig = CROSS_DEFAULT
     bi: FitConfig = BI_DEFAULT
     seed: int = DEFAULT_SEED
@@ -91,6 +109,10 @@ class TransEncoderConfig:
             raise InvalidInput(f"--cross-init: {len(self.cross_init)} given for {len(self.models)} models")
         parse_enum(LabelRange, self.label_range, "--label-range")
         parse_enum(Combine, self.combine, "--combine")
+        self.guard()  # validates the floors
+
+    def guard(self) -> CollapseGuard:
+        return CollapseGuard(self.label_std_floor, self.rank_floor, self.drop_margin, self.collapse_guard)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,6 +232,8 @@ def run_trans_encoder(
         _eval_step(ctx, 0, "bi", i, lambda i=i: _start_bi(ctx, i))
     _ensemble_step(ctx, 0, "bi")
     for c in range(1, cfg.cycles + 1):
+        if _collapsed(ctx) is not None:
+            break  # a collapsed cycle ends the run: the next one would start from the same models
         _cycle(ctx, c)
     _finalise(ctx)
     report = build_report(ctx)
@@ -266,6 +290,8 @@ def _cycle(ctx: _Ctx, c: int) -> None:
     cfg, st, pool = ctx.cfg, ctx.state, ctx.pool
     cdir = _cdir(ctx, c)
     t0 = time.time()
+    if st.is_done(f"c{c}/collapsed"):
+        return
     # 1. bi -> labels
     if not st.is_done(f"c{c}/labels-bi"):
         raw = []
@@ -288,6 +314,10 @@ def _cycle(ctx: _Ctx, c: int) -> None:
         }
         log_stats(f"cycle {c} bi labels (before {cfg.label_range})", stats["combined"])
         st.mark(f"c{c}/labels-bi", stats=stats)
+        prev = _cdir(ctx, c - 1) / "labels-cross.npy"  # what these bi-encoders were fitted to
+        other = np.load(prev) if c > 1 and prev.exists() else None
+        if _guard_labels(ctx, c, "bi", raw, other):
+            return
     y_bi = np.load(cdir / "labels-bi.npy")
     # 2. cross fits
     ctx.for_models(lambda i: _fit(ctx, c, i, "cross", y_bi))
@@ -314,14 +344,47 @@ def _cycle(ctx: _Ctx, c: int) -> None:
         }
         log_stats(f"cycle {c} cross labels", stats["targets"])
         st.mark(f"c{c}/labels-cross", stats=stats)
+        if _guard_labels(ctx, c, "cross", raw, y_bi):
+            return
     y_cross = np.load(cdir / "labels-cross.npy")
     # 4. bi fits
     ctx.for_models(lambda i: _fit(ctx, c, i, "bi", y_cross))
+    guard = cfg.guard()
+    for i in range(len(cfg.models)):
+        fit = st.info(f"c{c}/bi/{i}").get("fit", {})
+        hit = guard.check_fit(f"cycle {c} bi {ctx.tags[i]}", fit.get("start_score"), fit.get("trained_score"))
+        if hit is not None:
+            _mark_collapse(ctx, c, hit)
+            return
     for i in range(len(cfg.models)):
         _eval_step(ctx, c, "bi", i, lambda i=i: _bi_at(ctx, c, i))
     _ensemble_step(ctx, c, "bi")
     if not st.is_done(f"c{c}/done"):
         st.mark(f"c{c}/done", cycle_s=round(time.time() - t0, 1))
+
+
+def _guard_labels(ctx: _Ctx, c: int, kind: str, raw: list[np.ndarray], other: np.ndarray | None) -> bool:
+    """Check each model's pseudo-labels; on collapse, record it and say so (True: stop the cycle)."""
+    guard = ctx.cfg.guard()
+    for i, scores in enumerate(raw):
+        hit = guard.check_labels(f"cycle {c} {kind}-encoder {ctx.tags[i]} labels", scores, other)
+        if hit is not None:
+            _mark_collapse(ctx, c, hit)
+            return True
+    return False
+
+
+def _mark_collapse(ctx: _Ctx, c: int, hit: Collapse) -> None:
+    log.warning("%s", hit.message())
+    ctx.state.mark(f"c{c}/collapsed", **hit.as_dict())
+
+
+def _collapsed(ctx: _Ctx) -> dict | None:
+    """The first recorded collapse, or None."""
+    for c in range(1, ctx.cfg.cycles + 1):
+        if ctx.state.is_done(f"c{c}/collapsed"):
+            return {"cycle": c, **ctx.state.info(f"c{c}/collapsed")}
+    return None
 
 
 def _fit(ctx: _Ctx, c: int, i: int, kind: str, targets: np.ndarray) -> None:
@@ -350,6 +413,7 @@ def _fit(ctx: _Ctx, c: int, i: int, kind: str, targets: np.ndarray) -> None:
         evaluator=ev,
         desc=f"cycle {c} {kind} {ctx.tags[i]}",
         progress=ctx.progress,
+        keep_start=cfg.keep_start,
         **extra,
     )
     save_dir_atomic(_cdir(ctx, c) / f"{kind}-{ctx.tags[i]}", lambda d: model.save(d))
@@ -426,21 +490,43 @@ def _ensemble_step(ctx: _Ctx, c: int, kind: str) -> None:
 
 
 def _finalise(ctx: _Ctx) -> None:
-    """Copy the best bi- and cross-encoder of each model (dev score over the trained cycles)."""
+    """Copy the best bi- and cross-encoder of each model by dev score.
+
+    Bi-encoder candidates: the starting model (cycle 0, unless ``keep_start`` is off) and every
+    trained cycle; the start wins a tie and is exported as it was loaded. Cross-encoder candidates:
+    the trained cycles (there is no starting cross-encoder). A cycle stopped by the collapse guard
+    offers only the models it finished and evaluated.
+    """
     if ctx.state.info("final").get("cycles") == ctx.cfg.cycles:
         return  # done for this number of cycles (a resume with more cycles selects again)
     best: dict = {}
+    first = {"bi": 0 if ctx.cfg.keep_start else 1, "cross": 1}
     for i, tag in enumerate(ctx.tags):
         for kind in ("bi", "cross"):
             scores = {
-                c: ctx.state.info(f"c{c}/eval/{kind}/{i}").get("dev") for c in range(1, ctx.cfg.cycles + 1)
+                c: ctx.state.info(f"c{c}/eval/{kind}/{i}").get("dev")
+                for c in range(first[kind], ctx.cfg.cycles + 1)
             }
             scored = {c: s for c, s in scores.items() if s is not None}
-            c_best = max(scored, key=lambda c: scored[c]) if scored else ctx.cfg.cycles
+            done = [c for c in range(1, ctx.cfg.cycles + 1) if (_cdir(ctx, c) / f"{kind}-{tag}").is_dir()]
+            if not scored and not done:
+                continue  # e.g. the guard stopped cycle 1 before any cross-encoder was trained
+            c_best = max(scored, key=lambda c: (scored[c], -c)) if scored else done[-1]  # ties: earliest
             name = f"best-{kind}" + (f"-{tag}" if len(ctx.tags) > 1 else "")
-            src = _cdir(ctx, c_best) / f"{kind}-{tag}"
-            save_dir_atomic(ctx.out / name, lambda d, src=src: _copy_tree(src, d))
+            if kind == "bi" and c_best == 0:
+                save_dir_atomic(ctx.out / name, lambda d, i=i: _start_bi(ctx, i).save(d))
+            else:
+                src = _cdir(ctx, c_best) / f"{kind}-{tag}"
+                save_dir_atomic(ctx.out / name, lambda d, src=src: _copy_tree(src, d))
             best[name] = {"cycle": c_best, "dev": scored.get(c_best)}
+            if kind == "bi":
+                trained = [s for c, s in scored.items() if c > 0]
+                for c in range(1, ctx.cfg.cycles + 1):  # a fit the guard stopped before its eval step
+                    fit = ctx.state.info(f"c{c}/bi/{i}").get("fit") or {}
+                    if c not in scored and fit.get("trained_score") is not None:
+                        trained.append(fit["trained_score"])
+                start = ctx.state.info(f"c0/eval/bi/{i}").get("dev")
+                best[name].update(outcome(start, max(trained) if trained else None))
     ctx.state.mark("final", best=best, cycles=ctx.cfg.cycles)
 
 
@@ -474,6 +560,9 @@ def build_report(ctx: _Ctx) -> dict:
             row["cycle_s"] = st.info(f"c{c}/done").get("cycle_s")
         cycles.append(row)
     ov = overlap(ctx.pool, [*cfg.eval_sets, *([cfg.dev] if cfg.dev else [])])
+    best = st.info("final").get("best") or {}
+    first_bi = best.get("best-bi", best.get(f"best-bi-{ctx.tags[0]}", {}))
+    head = {k: first_bi.get(k) for k in ("start_score", "best_score", "trained_score", "improved")}
     return {
         "kind": "trans-encoder",
         "code": st.code,
@@ -486,7 +575,9 @@ def build_report(ctx: _Ctx) -> dict:
         "evaluation_setting": ov.as_dict(),
         "devices": ctx.devices,
         "cycles": cycles,
-        "best": st.info("final").get("best"),
+        "best": best,
+        **head,
+        "collapsed": _collapsed(ctx),
         "wall_s": round(st.elapsed(), 1),
     }
 

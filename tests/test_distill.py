@@ -52,6 +52,7 @@ def _cfg(toy, **kw) -> te.TransEncoderConfig:
         eval_sets=(str(toy / "dev.tsv"), str(toy / "other.tsv")),
         cross=FitConfig(epochs=1, batch_size=8, lr=1e-3, max_length=32, eval_steps=4),
         bi=FitConfig(epochs=1, batch_size=8, lr=1e-3, max_length=32, warmup_ratio=0.0),
+        collapse_guard=False,  # random tiny models agree on nothing; the guard has tests of its own
     )
     base.update(kw)
     return te.TransEncoderConfig(**base)
@@ -161,7 +162,7 @@ def test_self_distillation_cycle(toy, tmp_path):
     from pairsmith.encoders import BiEncoder, CrossEncoder
 
     out = tmp_path / "self"
-    rep = te.run_trans_encoder(_cfg(toy), out, device="cpu", progress=False)
+    rep = te.run_trans_encoder(_cfg(toy, keep_start=False), out, device="cpu", progress=False)
     for name in ("best-bi", "best-cross", "config.json", "report.json", "dev_scores.png", "state.json"):
         assert (out / name).exists(), name
     # loadable by plain sentence-transformers and by pairsmith
@@ -195,7 +196,7 @@ def test_self_distillation_cycle(toy, tmp_path):
     assert c1["labels_bi"]["targets"]["n"] == 30 and rep["wall_s"] > 0
     assert json.loads((out / "report.json").read_text())["best"] == rep["best"]
     cfg = te.load_config(out / "config.json")
-    assert cfg == _cfg(toy)
+    assert cfg == _cfg(toy, keep_start=False)
 
 
 def test_mutual_distillation_cycle(toy, tmp_path):
@@ -471,3 +472,150 @@ def test_resume_refuses_a_run_written_by_other_code(toy, tmp_path, monkeypatch):
     monkeypatch.setattr(runstate, "code_version", lambda: dirty)
     with pytest.raises(FailedPrecondition, match="uncommitted changes abc"):
         runstate.RunState(tmp_path / "r", cfg, resume=True, kind="k")
+
+
+# --------------------------------------------------------------------------- never worse, collapse guard
+
+
+def _start_dev(model_dir, path, n: int = 16, seed: int = 21, cross: bool = False):
+    """A selection set scored by the start model itself: nothing trained can rank it better."""
+    from pairsmith.encoders import BiEncoder, CrossEncoder
+
+    rng = random.Random(seed)
+    a = [f"{_sent(rng)} {i}" for i in range(n)]
+    b = [f"{_sent(rng)} {i}" for i in range(n)]
+    if cross:
+        y = CrossEncoder.load(str(model_dir), device="cpu").score(list(zip(a, b, strict=True))).values
+    else:
+        y = BiEncoder.load(str(model_dir), device="cpu").similarity(a, b)
+    path.write_text("".join(f"{x}\t{z}\t{float(c):.6f}\n" for x, z, c in zip(a, b, y, strict=True)))
+    return path
+
+
+def _emb(folder, texts=("cat runs fast", "a man plays guitar", "dog eats food")):
+    from pairsmith.encoders import BiEncoder
+
+    return BiEncoder.load(str(folder), device="cpu").encode(list(texts), normalize=False).vectors
+
+
+def test_trans_encoder_collapsed_run_exports_the_start(toy, tmp_path, capsys):
+    """Nothing trained beats the start on the selection set: best-bi is the start model (same
+    embeddings), the report says improved false, the CLI says so and --require-improvement exits 3."""
+    from pairsmith.cli.main import main
+    from pairsmith.distill.selection import EXIT_NOT_IMPROVED
+
+    dev = _start_dev(toy / "bi0", tmp_path / "dev.tsv")
+    argv = ["distill", "trans-encoder", "--pairs", str(toy / "pairs.tsv"), "--models", str(toy / "bi0"),
+            "--cycles", "1", "--dev", str(dev), "--eval-sets", "none", "--cross-epochs", "1",
+            "--cross-batch-size", "8", "--cross-max-length", "32", "--bi-epochs", "1", "--bi-batch-size", "8",
+            "--bi-max-length", "32", "--bi-lr", "1e-2", "--no-collapse-guard", "--device", "cpu",
+            "--no-progress", "--require-improvement", "--out", str(tmp_path / "te")]  # fmt: skip
+    assert main(argv) == EXIT_NOT_IMPROVED
+    assert "nothing trained beat the start model" in capsys.readouterr().err
+    rep = json.loads((tmp_path / "te" / "report.json").read_text())
+    assert rep["improved"] is False and rep["best"]["best-bi"]["cycle"] == 0
+    assert rep["best_score"] == rep["start_score"] >= rep["trained_score"]
+    np.testing.assert_array_equal(_emb(tmp_path / "te" / "best-bi"), _emb(toy / "bi0"))
+    assert (tmp_path / "te" / "best-cross").is_dir()  # the trained cross-encoder is still exported
+
+
+def test_collapse_guard_stops_the_cycle_and_the_run_ends_cleanly(toy, tmp_path):
+    """Pseudo-labels below the spread floor stop the cycle before any fit; the report names the
+    model, the figure and the floor; the start is exported as best-bi."""
+    cfg = _cfg(toy, cycles=2, eval_sets=(), collapse_guard=True, label_std_floor=0.9)
+    rep = te.run_trans_encoder(cfg, tmp_path / "g", device="cpu", progress=False)
+    col = rep["collapsed"]
+    assert col["cycle"] == 1 and col["figure"] == "label_std" and col["floor"] == 0.9
+    assert col["model"] == "cycle 1 bi-encoder m0 labels" and col["value"] < 0.9
+    assert not (tmp_path / "g" / "cycle1" / "cross-m0").exists()  # no fit on collapsed labels
+    assert rep["best"]["best-bi"]["cycle"] == 0 and "best-cross" not in rep["best"]
+    assert (
+        rep["improved"] is False and rep["best_score"] == rep["start_score"] and rep["trained_score"] is None
+    )
+    np.testing.assert_array_equal(_emb(tmp_path / "g" / "best-bi"), _emb(toy / "bi0"))
+
+
+def test_collapse_guard_figures():
+    from pairsmith.distill.selection import CollapseGuard
+
+    g = CollapseGuard(std_floor=0.02, rank_floor=0.3, drop_margin=5.0)
+    rng = np.random.default_rng(0)
+    good = rng.uniform(0, 1, 200)
+    assert g.check_labels("m", good, good + rng.normal(0, 0.05, 200)) is None
+    flat = g.check_labels("cross m0", 0.55 + rng.normal(0, 0.005, 200))
+    assert flat.figure == "label_std" and "cross m0" in flat.message() and "0.02" in flat.message()
+    noise = g.check_labels("cross m0", good, rng.uniform(0, 1, 200))
+    assert noise.figure == "rank_agreement" and noise.value < 0.3
+    assert g.check_fit("bi m0", 86.7, 80.9).figure == "fit_drop"
+    assert g.check_fit("bi m0", 86.7, 83.0) is None and g.check_fit("bi m0", None, 1.0) is None
+    off = CollapseGuard(enabled=False)
+    assert off.check_labels("m", np.zeros(5)) is None and off.check_fit("m", 90.0, 0.0) is None
+    with pytest.raises(InvalidInput, match="collapse guard"):
+        CollapseGuard(rank_floor=2.0)
+
+
+def test_train_cross_encoder_never_worse_than_its_start(toy, tmp_path):
+    """Continuing a cross-encoder that already ranks the selection set perfectly: the start is kept."""
+    from pairsmith.distill.supervised import TrainCrossConfig, train_cross_encoder
+    from pairsmith.encoders import CrossEncoder
+    from tests.tiny import make_tiny_cross_encoder
+
+    start = make_tiny_cross_encoder(tmp_path / "start", seed=2)
+    dev = _start_dev(start, tmp_path / "dev.tsv", cross=True)
+    cfg = TrainCrossConfig(
+        data=str(toy / "dev.tsv"),
+        init=str(start),
+        dev=str(dev),
+        metric="spearman",
+        score_range="0,5",
+        fit=FitConfig(epochs=2, batch_size=8, lr=1e-2, max_length=32),
+    )
+    rep = train_cross_encoder(cfg, tmp_path / "out", device="cpu", progress=False)
+    assert rep["improved"] is False and rep["best_score"] == rep["start_score"] >= rep["trained_score"]
+    pairs = [("cat runs fast", "dog eats"), ("a man sings", "a woman sings")]
+    a = CrossEncoder.load(str(start), device="cpu").score(pairs).values
+    b = CrossEncoder.load(str(tmp_path / "out" / "model"), device="cpu").score(pairs).values
+    np.testing.assert_array_equal(a, b)
+
+
+def test_selection_split_shares_no_text_either_way():
+    """A training row is dropped when a sentence of it equals, contains or is contained in a
+    selection sentence (normalised text), so neither side holds a phrase of the other."""
+    from pairsmith.distill.data import PairSet
+    from pairsmith.distill.selection import selection_split
+    from pairsmith.distill.textnorm import normalise_text
+
+    rng = random.Random(3)
+    s1 = [f"{_sent(rng)} number {i}" for i in range(62)]
+    s2 = [f"{_sent(rng)} other {i}" for i in range(62)]
+    _, sel, _ = selection_split(PairSet("p", s1, s2, np.arange(62, dtype=np.float32)), 10, seed=0)
+    assert not {s1[60], s1[61]} & set(sel.s1)  # rows 60, 61 stay on the training side
+    # plant there a super-phrase and a sub-phrase of selection sentences (other casing, punctuation)
+    s1[60], s2[60] = f"Prefix: {sel.s1[0].upper()} and more", "unrelated words here"
+    s1[61], s2[61] = "x y z", normalise_text(sel.s2[1])[:12]
+    ps = PairSet("p", s1, s2, np.arange(62, dtype=np.float32))
+    train, sel2, info = selection_split(ps, 10, seed=0)
+    assert sel2.s1 == sel.s1 and s1[60] not in train.s1 and s1[61] not in train.s1
+    assert info["dropped_sharing_text"] >= 2
+    sel_n = [normalise_text(t) for t in sel2.s1 + sel2.s2]
+    for t in train.s1 + train.s2:
+        n = normalise_text(t)
+        assert not any(n in s or s in n for s in sel_n), t
+    assert len(train) + len(sel2) + info["dropped_sharing_text"] == 62
+    with pytest.raises(InvalidInput, match="selection split"):
+        selection_split(ps, 0, seed=0)
+
+
+def test_collapse_guard_fit_drop_keeps_the_start(toy, tmp_path):
+    """A bi-encoder fit whose best selection score falls more than the margin below its start stops
+    the run; the report counts it as trained (improved false, its score kept) and exports the start."""
+    dev = _start_dev(toy / "bi0", tmp_path / "dev.tsv")
+    bi = FitConfig(epochs=1, batch_size=8, lr=1e-2, max_length=32, warmup_ratio=0.0)
+    cfg = _cfg(toy, cycles=2, dev=str(dev), eval_sets=(), collapse_guard=True, label_std_floor=0.0,
+               rank_floor=-1.0, drop_margin=0.0, bi=bi)  # fmt: skip
+    rep = te.run_trans_encoder(cfg, tmp_path / "d", device="cpu", progress=False)
+    col = rep["collapsed"]
+    assert col["figure"] == "fit_drop" and col["model"] == "cycle 1 bi m0" and col["value"] < 0
+    assert rep["improved"] is False and rep["trained_score"] is not None
+    assert rep["trained_score"] < rep["start_score"] == rep["best_score"]
+    assert rep["best"]["best-bi"]["cycle"] == 0 and not (tmp_path / "d" / "cycle2").exists()

@@ -101,7 +101,7 @@ def test_cosine_student_end_to_end(toy, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "cos"
-    rep = run_dse(_cfg(toy), out, device="cpu", progress=False)
+    rep = run_dse(_cfg(toy, keep_start=False), out, device="cpu", progress=False)  # always the trained one
     assert rep["metric"] == "accuracy"
     for row in ("teacher", "student_start", "student"):
         assert {"accuracy", "f1", "threshold"} <= set(rep["rows"][row]["test"]), row
@@ -125,7 +125,7 @@ def test_cosine_student_end_to_end(toy, tmp_path):
     start = DSEStudent.load(toy / "student", device="cpu").score(["cat runs"], ["dog eats"])
     assert abs(float(start[0]) - float(st.score(["cat runs"], ["dog eats"])[0])) > 1e-5  # it trained
     # resume of a finished run does no work and gives the same report
-    again = run_dse(_cfg(toy), out, resume=True, device="cpu", progress=False)
+    again = run_dse(_cfg(toy, keep_start=False), out, resume=True, device="cpu", progress=False)
     assert again["rows"] == rep["rows"]
 
 
@@ -180,6 +180,139 @@ def test_cli_dse(toy, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert set(printed["rows"]) == {"teacher", "student_start", "student"}
     assert json.loads((out / "config.json").read_text())["kind"] == "dse"
+    # gold + unlabeled, reported sets, a shared teacher cache, and the no-teacher control
+    extra = ["--gold-limit", "10", "--unlabeled", str(toy / "unlabeled.tsv"), "--eval-sets", str(toy / "test.tsv"),
+             "--silver-weight", "0.5", "--teacher-cache", str(tmp_path / "cache.npz")]  # fmt: skip
+    argv2 = [
+        *argv[: argv.index("--out")],
+        *extra,
+        "--out",
+        str(tmp_path / "cli2"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(argv2) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rows"]["student"]["eval"][str(toy / "test.tsv")] is not None
+    assert printed["unlabeled"]["used"] == 14 and printed["unlabeled"]["dropped_overlap"]["gold pairs"] == 10
+    assert (tmp_path / "cache.npz").exists() and (tmp_path / "cache.start.json").exists()
+    argv3 = [a if a != str(toy / "teacher") else "student" for a in argv2]
+    argv3[argv3.index("--teacher-cache") + 1] = str(tmp_path / "self.npz")
+    argv3[argv3.index("--out") + 1] = str(tmp_path / "cli3")
+    assert main(argv3) == 0
+
+
+# --------------------------------------------------------------------------- gold + unlabeled, controls, never worse
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + f" {i}" for i in range(n)]
+
+
+def test_gold_limit_unlabeled_silver_rows_and_overlap(toy, tmp_path):
+    """--gold-limit takes a seeded subset; --unlabeled pairs become silver rows (teacher term only),
+    minus those found in the gold or the selection/reported sets, and the overlap is reported."""
+    dev_lines = (toy / "val.tsv").read_text().splitlines()
+    fresh = _sentences(20, 5)
+    unl = [f"{fresh[i]}\t{fresh[i + 10]}" for i in range(10)]
+    unl += ["\t".join(x.split("\t")[:2]).upper() for x in dev_lines[:3]]  # dev pairs, other casing
+    gold_lines = (toy / "train.tsv").read_text().splitlines()
+    unl += ["\t".join(gold_lines[0].split("\t")[:2][::-1])]  # a training pair in the other order
+    (tmp_path / "unl.tsv").write_text("\n".join(unl) + "\n")
+    cfg = _cfg(toy, gold_limit=24, unlabeled=str(tmp_path / "unl.tsv"), alpha=0.5, silver_weight=2.0)
+    rep = run_dse(cfg, tmp_path / "u", device="cpu", progress=False)
+    assert rep["train_pairs"] == 24
+    assert rep["unlabeled"]["given"] == 14 and rep["unlabeled"]["used"] == 10
+    assert rep["unlabeled"]["dropped_overlap"][str(toy / "val.tsv")] == 3
+    assert rep["unlabeled"]["dropped_overlap"]["gold pairs"] == 1
+    assert rep["overlap"][str(toy / "val.tsv")]["silver"] == 0.0
+    # the silver rows are trained on: every epoch sees gold + silver, the teacher scored them all
+    assert rep["fit"]["examples"] == 24 + 10
+    assert rep["teacher_cache"]["pairs_scored"] == 34
+    assert {"start_score", "best_score", "improved"} <= set(rep)
+    small = run_dse(
+        _cfg(toy, gold_limit=5, alpha=0.0, dev=None, test=None), tmp_path / "g", device="cpu", progress=False
+    )
+    assert small["train_pairs"] == 5 and small["fit"]["examples"] == 5
+    with pytest.raises(InvalidInput, match="alpha"):
+        _cfg(toy, unlabeled=str(tmp_path / "unl.tsv"), alpha=0.0)
+
+
+def test_silver_weight_scales_the_teacher_term_of_silver_rows():
+    import torch
+
+    from pairsmith.distill.losses import DSELoss
+
+    s = torch.tensor([0.5, 0.5])
+    gold = torch.tensor([1.0, float("nan")])
+    t = torch.tensor([0.0, 0.0])  # sigmoid 0.5: no teacher error on either row
+    t_far = torch.tensor([0.0, 10.0])  # the silver row's teacher says ~1
+    base = DSELoss(0.5, silver_weight=1.0)
+    assert float(base(s, gold, t)) == pytest.approx(0.5 * 0.25 / 2)
+    w1, w3 = DSELoss(0.5, silver_weight=1.0)(s, gold, t_far), DSELoss(0.5, silver_weight=3.0)(s, gold, t_far)
+    silver_err = (0.5 - float(torch.sigmoid(torch.tensor(10.0)))) ** 2
+    assert float(w3) - float(w1) == pytest.approx(2 * silver_err / 2, rel=1e-5)
+    with pytest.raises(InvalidInput, match="silver"):
+        DSELoss(0.5, silver_weight=-1.0)
+
+
+def test_no_teacher_control_uses_the_start_student(toy, tmp_path):
+    """--teacher student: the student's own start labels the silver pairs (the control arm)."""
+    fresh = _sentences(16, 9)
+    (tmp_path / "unl.tsv").write_text("".join(f"{fresh[i]}\t{fresh[i + 8]}\n" for i in range(8)))
+    rep = run_dse(
+        _cfg(toy, teacher="student", unlabeled=str(tmp_path / "unl.tsv"), test=None, metric="spearman"),
+        tmp_path / "self",
+        device="cpu",
+        progress=False,
+    )
+    # the "teacher" row is the start student's own cosine: same ranking, same dev Spearman
+    assert rep["rows"]["teacher"]["dev"]["spearman"] == pytest.approx(
+        rep["rows"]["student_start"]["dev"]["spearman"], abs=1e-6
+    )
+    assert rep["fit"]["examples"] == 24 + 8 and "teacher_selected_on" not in rep
+
+
+def _embeddings(folder, texts):
+    from pairsmith.encoders import BiEncoder
+
+    return BiEncoder.load(str(folder), device="cpu").encode(texts, normalize=False).vectors
+
+
+def start_labelled_dev(student, path, n: int = 16, seed: int = 11):
+    """A selection set scored by the start model itself: nothing trained can rank it better."""
+    from pairsmith.encoders import BiEncoder
+
+    sents = _sentences(2 * n, seed)
+    a, b = sents[:n], sents[n:]
+    cos = BiEncoder.load(str(student), device="cpu").similarity(a, b)
+    path.write_text("".join(f"{x}\t{y}\t{float(c):.6f}\n" for x, y, c in zip(a, b, cos, strict=True)))
+    return path
+
+
+def test_never_worse_than_the_start(toy, tmp_path, capsys):
+    """A fit that cannot beat the start on the selection set exports the start unchanged, says so,
+    reports improved false, and --require-improvement turns that into exit code 3."""
+    from pairsmith.cli.main import main
+    from pairsmith.distill.selection import EXIT_NOT_IMPROVED
+
+    dev = start_labelled_dev(toy / "student", tmp_path / "dev.tsv")
+    texts = ["cat runs fast", "a man plays guitar", "dog eats food"]
+    argv = ["distill", "dse", "--teacher", str(toy / "teacher"), "--student", str(toy / "student"),
+            "--pairs", str(toy / "train.tsv"), "--dev", str(dev), "--metric", "spearman", "--score-range", "0,1",
+            "--epochs", "2", "--lr", "1e-2", "--batch-size", "8", "--max-length", "32",
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["improved"] is False and rep["best_score"] == rep["start_score"] >= rep["trained_score"]
+    assert rep["fit"]["history"] and rep["fit"]["best_step"] == 0
+    assert "nothing trained beat the start model" in capsys.readouterr().err
+    np.testing.assert_array_equal(
+        _embeddings(tmp_path / "a" / "student", texts), _embeddings(toy / "student", texts)
+    )
+    assert main([*argv, "--out", str(tmp_path / "b"), "--require-improvement"]) == EXIT_NOT_IMPROVED
 
 
 # --------------------------------------------------------------------------- augmentation (silver pairs)
@@ -244,7 +377,7 @@ def test_dse_with_knn_augmentation(toy, tmp_path):
     silver = [table[pair_key(a, b)] for a, b in zip(saved_pairs["s1"], saved_pairs["s2"], strict=True)]
     expect = float(np.mean(1 / (1 + np.exp(-np.array(silver)))))
     # the report rounds to 4 decimals
-    assert rep["teacher_cache"]["augment_teacher_score"]["mean"] == pytest.approx(expect, abs=1e-4)
+    assert rep["teacher_cache"]["silver_teacher_score"]["mean"] == pytest.approx(expect, abs=1e-4)
     assert rep["fit"]["examples"] == 24 + n_aug
     saved = json.loads((out / "augment_pairs.json").read_text())
     assert len(saved["s1"]) == n_aug
@@ -271,7 +404,7 @@ def test_test_threshold_is_chosen_on_dev_not_test():
     test = PairSet("test", ["c"] * 6, ["d"] * 6, np.array([0, 1, 1, 1, 1, 1], dtype=np.float32))
     s_dev = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
     s_test = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])  # its own best threshold is ~0.15, dev's ~0.5
-    row = _rows_eval(s_dev, dev, s_test, test, PairMetric.ACCURACY)
+    row = _rows_eval(lambda ps: s_dev if ps is dev else s_test, dev, test, {}, PairMetric.ACCURACY)
     thr = row["dev"]["threshold"]
     assert 0.3 < thr < 0.7 and row["test"]["threshold"] == thr
     assert row["test"]["accuracy"] == pytest.approx(100 * 3 / 6)  # 0.4 and 0.3 wrong, 0.1 right, ...

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pairsmith.distill.embedding import contrastive_loss, cosine_loss
+from pairsmith.distill.embedding import contrastive_loss
+from pairsmith.distill.losses import CosineMSELoss
 from pairsmith.encoders import BiEncoder
 
 WORDS = ["cat", "dog", "rain", "sun", "music", "river", "bread", "train", "snow", "code", "tree", "boat"]
@@ -50,7 +51,7 @@ def test_contrastive_loss_is_in_batch_cross_entropy_with_duplicates_masked():
 
 def test_cosine_loss_is_mse_of_cosine():
     u, v = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 1.0]])
-    assert torch.allclose(cosine_loss(u, v, torch.tensor([0.5, 1.0])), torch.tensor(0.125))
+    assert torch.allclose(CosineMSELoss()(u, v, torch.tensor([0.5, 1.0])), torch.tensor(0.125))
 
 
 def _mse_on(model_dir: str, rows) -> float:
@@ -144,3 +145,29 @@ def test_served_trained_model_answers_embed_and_search(trained, tmp_path):
     finally:
         ch.close()
         st.stop()
+
+
+def test_never_worse_than_the_start(tmp_path):
+    """With --dev the start is scored first and kept: a fit that cannot beat it saves the start."""
+    import json
+
+    from pairsmith.cli.main import main
+    from pairsmith.encoders import BiEncoder
+    from tests.test_distill import _start_dev
+    from tests.tiny import make_tiny_bi_encoder
+
+    start = make_tiny_bi_encoder(tmp_path / "start", seed=5)
+    dev = _start_dev(start, tmp_path / "dev.tsv")
+    rows = [f"cat runs fast {i}\tdog eats food {i}\t{i % 5}" for i in range(16)]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    argv = ["train", "embedding", "--model", str(start), "--data", str(tmp_path / "train.tsv"),
+            "--score-range", "0,5", "--dev", str(dev), "--epochs", "2", "--lr", "1e-2", "--batch-size", "8",
+            "--max-length", "32", "--device", "cpu", "--no-progress", "--require-improvement",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 3
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["improved"] is False and rep["best_score"] == rep["start_score"] >= rep["trained_score"]
+    texts = ["a man plays guitar", "dog eats food"]
+    a = BiEncoder.load(str(start), device="cpu").encode(texts, normalize=False).vectors
+    b = BiEncoder.load(str(tmp_path / "out" / "model"), device="cpu").encode(texts, normalize=False).vectors
+    np.testing.assert_array_equal(a, b)
