@@ -113,9 +113,9 @@ def dse_table(
         for seed, g in met.items()
     ]
     verdict = (
-        "goal met on every finished seed"
+        "DSE ≥ labels-only + 1.0 and above the no-teacher control on both sets, on every finished seed"
         if met and all(v["met"] for g in met.values() for v in g.values())
-        else "goal not met"
+        else "DSE is not ≥ labels-only + 1.0 and above the no-teacher control on both sets on every seed"
         if met
         else "no seed finished all three arms"
     )
