@@ -26,6 +26,15 @@ def stub_for(target: str, channel_options=None):
     return ch, pb_grpc.PairsmithServiceStub(ch)
 
 
+def call_code(fn, *args, **kw) -> tuple[grpc.StatusCode, str]:
+    """Call an RPC and return (status code, details); OK and "" when it succeeds."""
+    try:
+        fn(*args, **kw)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
 def health_status(channel, service: str = "") -> int:
     return (
         health_pb2_grpc.HealthStub(channel)

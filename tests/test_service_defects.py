@@ -21,7 +21,7 @@ import pytest
 from pairsmith.service.config import ServeConfig
 from pairsmith.service.server import ServerThread
 from pairsmith.service.store.index_store import IndexStore
-from tests.service_util import NOT_SERVING, SERVING, SubprocessServer, health_status, pb, stub_for
+from tests.service_util import NOT_SERVING, SERVING, SubprocessServer, call_code, health_status, pb, stub_for
 
 C = grpc.StatusCode
 DIM = 32  # the tiny models' embedding size
@@ -55,14 +55,6 @@ def stub(server):
     ch.close()
 
 
-def _code(fn, *args, **kw) -> tuple[grpc.StatusCode, str]:
-    try:
-        fn(*args, **kw)
-    except grpc.RpcError as exc:
-        return exc.code(), exc.details() or ""
-    return C.OK, ""
-
-
 def _create(stub, name: str, factory: str = "IDMap2,Flat", metric=pb.METRIC_COSINE):
     return stub.CreateIndex(pb.CreateIndexRequest(name=name, factory=factory, metric=metric), timeout=60)
 
@@ -88,7 +80,7 @@ def test_getindex_while_index_is_created_upserted_dropped(server, stub):
                 lambda: s.Search(pb.SearchRequest(index="race", vector=q, top_k=3), timeout=30),
                 lambda: s.ListIndexes(pb.ListIndexesRequest(), timeout=30),
             ):
-                code, msg = _code(call)
+                code, msg = call_code(call)
                 if code not in (C.OK, C.NOT_FOUND):
                     bad.append(f"{code.name}: {msg}")
         ch.close()
@@ -147,7 +139,7 @@ def test_store_drop_never_closes_what_a_reader_holds(tmp_path):
 )
 def test_factory_refused_before_faiss_builds(stub, factory, why):
     t0 = time.perf_counter()
-    code, msg = _code(_create, stub, "big", factory)
+    code, msg = call_code(_create, stub, "big", factory)
     assert code == C.INVALID_ARGUMENT, msg
     assert why in msg and "factory" in msg, msg
     assert time.perf_counter() - t0 < 5
@@ -164,7 +156,7 @@ def test_text_over_char_cap_refused_early_and_in_info(stub):
         (stub.Rerank, pb.RerankRequest(query="q", texts=["a", big]), "texts[1]"),
     ]
     for method, req, field in cases:
-        code, msg = _code(method, req, timeout=30)
+        code, msg = call_code(method, req, timeout=30)
         assert code == C.INVALID_ARGUMENT and field in msg and str(MAX_CHARS) in msg, msg
     assert len(stub.Embed(pb.EmbedRequest(texts=["x" * MAX_CHARS])).embeddings) == 1
 
@@ -264,7 +256,7 @@ def test_malformed_protobuf_is_invalid_argument_on_unary_and_streams(server):
         (lambda: _raw(ch, "Upsert", "stream_unary")(iter([DEEP_UPSERT]), timeout=10)),
     ]
     for call in cases:
-        code, msg = _code(call)
+        code, msg = call_code(call)
         assert code == C.INVALID_ARGUMENT, (code, msg)
         assert "malformed" in msg and "Traceback" not in msg
     assert server.server.metrics.decode_failures.labels("Embed")._value.get() == before + 1
@@ -304,7 +296,7 @@ def test_sigterm_drains_embed_stream_and_health_is_not_serving(tiny_bi_dir, tmp_
     time.sleep(0.3)
     ch2 = grpc.insecure_channel(srv.target)
     assert health_status(ch2) == NOT_SERVING  # UNAVAILABLE before the fix
-    code, _ = _code(pb_stub(ch2).Embed, pb.EmbedRequest(texts=["new call"]), timeout=10)
+    code, _ = call_code(pb_stub(ch2).Embed, pb.EmbedRequest(texts=["new call"]), timeout=10)
     assert code == C.UNAVAILABLE
     t.join(60)
     assert errors == [] and replies == list(range(n))
@@ -326,7 +318,7 @@ def pb_stub(channel):
     "name", ["abc\n", "abc\n\n", "../x", "a/b", "/abs", "a\x00b", "ａbc", "a" * 65, "Abc"]
 )
 def test_index_names_that_could_escape_or_confuse_are_refused(server, stub, name):
-    code, msg = _code(_create, stub, name)
+    code, msg = call_code(_create, stub, name)
     assert code == C.INVALID_ARGUMENT and "name" in msg
     root = server.config.store_root / "indexes"
     assert not [p for p in root.iterdir() if p.name.startswith("abc") or "\n" in p.name]
@@ -336,14 +328,14 @@ def test_rerank_without_top_n_returns_up_to_max_top_k(stub):
     texts = [f"candidate {i}" for i in range(MAX_TOP_K + 8)]
     res = stub.Rerank(pb.RerankRequest(query="q", texts=texts, method=pb.SCORE_METHOD_BI_ENCODER))
     assert len(res.results) == MAX_TOP_K  # refused with "top_n: must be in 1..16" before the fix
-    code, msg = _code(stub.Rerank, pb.RerankRequest(query="q", texts=texts, top_n=MAX_TOP_K + 1))
+    code, msg = call_code(stub.Rerank, pb.RerankRequest(query="q", texts=texts, top_n=MAX_TOP_K + 1))
     assert code == C.INVALID_ARGUMENT and "top_n" in msg
 
 
 def test_empty_embed_is_invalid_argument(stub):
-    code, msg = _code(stub.Embed, pb.EmbedRequest(texts=[]), timeout=10)
+    code, msg = call_code(stub.Embed, pb.EmbedRequest(texts=[]), timeout=10)
     assert code == C.INVALID_ARGUMENT and "texts" in msg and "empty" in msg
-    code, msg = _code(lambda: list(stub.EmbedStream(iter([pb.EmbedStreamRequest()]), timeout=10)))
+    code, msg = call_code(lambda: list(stub.EmbedStream(iter([pb.EmbedStreamRequest()]), timeout=10)))
     assert code == C.INVALID_ARGUMENT and "message[0].texts" in msg
 
 
@@ -359,7 +351,7 @@ def test_huge_and_tiny_vectors_normalise_and_zero_is_refused(stub):
             q = (scale * direction).astype("<f4").tobytes()
             hits = stub.Search(pb.SearchRequest(index="scale", vector=q, top_k=2)).hits
             assert hits[0].id == ident and hits[0].score == pytest.approx(1.0, abs=1e-5)
-    code, msg = _code(
+    code, msg = call_code(
         stub.Upsert, iter([pb.UpsertRequest(index="scale", items=[_vec_item("z", np.zeros(DIM))])])
     )
     assert code == C.INVALID_ARGUMENT and "zero vector" in msg
@@ -371,7 +363,7 @@ def test_upsert_text_limits_name_the_text_and_embed_nothing(server, stub):
     _create(stub, "texts")
     batches_before = server.server.rt.bi_batcher.batches_run
     big = pb.UpsertItem(id="big", text="z" * (MAX_CHARS + 1))
-    code, msg = _code(stub.Upsert, iter([pb.UpsertRequest(index="texts", items=[big])]))
+    code, msg = call_code(stub.Upsert, iter([pb.UpsertRequest(index="texts", items=[big])]))
     assert code == C.INVALID_ARGUMENT and "items[0].text" in msg and str(MAX_CHARS) in msg, msg
     # A text under the char cap whose stored copy (payload.text) plus payload exceeds 64 KiB.
     from google.protobuf import struct_pb2
@@ -379,7 +371,7 @@ def test_upsert_text_limits_name_the_text_and_embed_nothing(server, stub):
     s = struct_pb2.Struct()
     s.update({"blob": "b" * 65_000})
     item = pb.UpsertItem(id="p", text="t" * 1000, payload=s)
-    code, msg = _code(stub.Upsert, iter([pb.UpsertRequest(index="texts", items=[item])]))
+    code, msg = call_code(stub.Upsert, iter([pb.UpsertRequest(index="texts", items=[item])]))
     assert code == C.INVALID_ARGUMENT and "items[0].text" in msg and "store_text" in msg, msg
     assert server.server.rt.bi_batcher.batches_run == batches_before  # refused before embedding
 
@@ -387,10 +379,10 @@ def test_upsert_text_limits_name_the_text_and_embed_nothing(server, stub):
 # -- 12: messages, metrics, start-up errors, leftovers, reflection --------------------------------------
 def test_errors_leak_no_paths_or_index_names(server, stub):
     _create(stub, "secret-name")
-    code, msg = _code(stub.GetIndex, pb.GetIndexRequest(name="nope"))
+    code, msg = call_code(stub.GetIndex, pb.GetIndexRequest(name="nope"))
     assert code == C.NOT_FOUND
     assert "secret-name" not in msg and str(server.config.store_root) not in msg and "/" not in msg
-    code, msg = _code(_create, stub, "pq", "IVF16,PQ7")  # 32 % 7 != 0: a FAISS C++ assertion
+    code, msg = call_code(_create, stub, "pq", "IVF16,PQ7")  # 32 % 7 != 0: a FAISS C++ assertion
     assert code == C.INVALID_ARGUMENT, msg
     assert ".cpp" not in msg and "/" not in msg and "Error in" not in msg, msg
 

@@ -31,7 +31,7 @@ from pairsmith.service.store.db import IndexDb
 from pairsmith.service.store.faiss_index import MAX_VECTOR_NORM
 from pairsmith.service.store.index_store import IndexStore, UpsertItem
 from pairsmith.service.store.live import StoreConfig
-from tests.service_util import SubprocessServer, pb, pb_grpc, stub_for
+from tests.service_util import SubprocessServer, call_code, pb, pb_grpc, stub_for
 
 C = grpc.StatusCode
 DIM = 32  # the tiny models' embedding size
@@ -58,14 +58,6 @@ def stub(server):
     ch.close()
 
 
-def _code(fn, *args, **kw) -> tuple[grpc.StatusCode, str]:
-    try:
-        fn(*args, **kw)
-    except grpc.RpcError as exc:
-        return exc.code(), exc.details() or ""
-    return C.OK, ""
-
-
 def _vec(value: float | np.ndarray) -> bytes:
     return np.broadcast_to(np.asarray(value, dtype="<f4"), (DIM,)).astype("<f4").tobytes()
 
@@ -80,7 +72,7 @@ def _upsert(stub, index: str, items: list[pb.UpsertItem], **kw):
 )
 def test_huge_finite_vectors_never_store_or_score_inf_or_nan(stub, name, metric, huge):
     stub.CreateIndex(pb.CreateIndexRequest(name=name, metric=metric), timeout=60)
-    code, msg = _code(_upsert, stub, name, [pb.UpsertItem(id="huge", vector=_vec(huge))])
+    code, msg = call_code(_upsert, stub, name, [pb.UpsertItem(id="huge", vector=_vec(huge))])
     assert code == C.INVALID_ARGUMENT, (code, msg)
     assert "message[0].items[0].vector" in msg and "1e+18" in msg, msg
     # Just under the bound is stored and scores finite, whatever the query on this index.
@@ -91,7 +83,7 @@ def test_huge_finite_vectors_never_store_or_score_inf_or_nan(stub, name, metric,
     for query in (_vec(edge), _vec(-edge), _vec(1.0)):
         hits = stub.Search(pb.SearchRequest(index=name, vector=query, top_k=2), timeout=60).hits
         assert len(hits) == 2 and all(np.isfinite(h.score) for h in hits), [h.score for h in hits]
-    code, msg = _code(stub.Search, pb.SearchRequest(index=name, vector=_vec(huge), top_k=1), timeout=60)
+    code, msg = call_code(stub.Search, pb.SearchRequest(index=name, vector=_vec(huge), top_k=1), timeout=60)
     assert code == C.INVALID_ARGUMENT and msg.startswith("query:") and "1e+18" in msg, (code, msg)
 
 
@@ -110,7 +102,7 @@ def test_store_refuses_overflowing_vectors_and_cosine_still_normalises(tmp_path)
 # -- 5: Delete cap, rerank with a non-string text, metrics endpoint -----------------------------------
 def test_delete_caps_ids_like_every_other_list(stub):
     stub.CreateIndex(pb.CreateIndexRequest(name="del-cap"), timeout=60)
-    code, msg = _code(
+    code, msg = call_code(
         stub.Delete, pb.DeleteRequest(index="del-cap", ids=[f"i{n}" for n in range(MAX_TEXTS + 1)])
     )
     assert code == C.INVALID_ARGUMENT and msg.startswith("ids:") and str(MAX_TEXTS) in msg, (code, msg)
@@ -131,7 +123,9 @@ def test_rerank_leaves_out_a_candidate_without_string_text(stub):
     assert sorted(h.id for h in res.hits) == ["d0", "d1", "d2", "d3"]  # FAILED_PRECONDITION before
     # No candidate with text at all: still a clear FAILED_PRECONDITION.
     stage = pb.RerankStage(method=pb.SCORE_METHOD_BI_ENCODER, text_field="title")
-    code, msg = _code(stub.Search, pb.SearchRequest(index="rr-text", text="rivers", rerank=stage), timeout=60)
+    code, msg = call_code(
+        stub.Search, pb.SearchRequest(index="rr-text", text="rivers", rerank=stage), timeout=60
+    )
     assert code == C.FAILED_PRECONDITION and "'title'" in msg, (code, msg)
 
 
@@ -248,7 +242,7 @@ def test_more_indexes_than_descriptors_allow_open_all_answer(tiny_bi_dir, tmp_pa
                 ("upsert", stub.Upsert, iter([pb.UpsertRequest(index=name, items=[pb.UpsertItem(id="a", vector=_vec(1.0))])])),
                 ("search", stub.Search, pb.SearchRequest(index=name, vector=_vec(1.0), top_k=1)),
             ):  # fmt: skip
-                code, msg = _code(fn, req, timeout=60)
+                code, msg = call_code(fn, req, timeout=60)
                 codes[code.name] = codes.get(code.name, 0) + 1
                 assert code in (C.OK, C.RESOURCE_EXHAUSTED), (label, name, code, msg)
                 if code is C.RESOURCE_EXHAUSTED:
@@ -275,7 +269,7 @@ def test_create_index_on_full_disk_is_resource_exhausted_and_leaves_nothing(serv
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(IndexDb, "create", staticmethod(full))
-    code, msg = _code(stub.CreateIndex, pb.CreateIndexRequest(name="full-new"), timeout=60)
+    code, msg = call_code(stub.CreateIndex, pb.CreateIndexRequest(name="full-new"), timeout=60)
     assert code == C.RESOURCE_EXHAUSTED and "disk is full" in msg and "'full-new'" in msg, (code, msg)
     indexes = server.config.store_root / "indexes"
     assert not (indexes / "full-new").exists() and not list(indexes.glob(".creating-*"))
@@ -312,7 +306,7 @@ def test_create_index_on_a_really_full_filesystem(tiny_bi_dir, small_fs):
                 except OSError:
                     pass
         for i in range(3):
-            code, msg = _code(stub.CreateIndex, pb.CreateIndexRequest(name=f"full{i}"), timeout=60)
+            code, msg = call_code(stub.CreateIndex, pb.CreateIndexRequest(name=f"full{i}"), timeout=60)
             assert code == C.RESOURCE_EXHAUSTED, (code, msg)
         assert sorted(p.name for p in (small_fs / "data" / "indexes").iterdir()) == ["before"]
         hits = stub.Search(pb.SearchRequest(index="before", vector=_vec(1.0), top_k=1), timeout=60).hits
