@@ -168,13 +168,14 @@ def test_dse_loss_mask_learning_and_errors():
 
 
 def test_run_fit_restores_the_best_evaluated_weights():
-    """Scores 3, 1, 2 at the three evaluations: the weights seen at the first one must come back."""
+    """The start scores 9 (left out: keep_start=False), then 3, 1, 2: the weights seen at the first
+    trained evaluation must come back."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     x = torch.randn(12, 4)
     y = torch.randn(12)
     seen: list[torch.Tensor] = []
-    scores = iter([3.0, 1.0, 2.0])
+    scores = iter([9.0, 3.0, 1.0, 2.0])
 
     def evaluator() -> float:
         seen.append(model.weight.detach().clone())
@@ -184,10 +185,26 @@ def test_run_fit_restores_the_best_evaluated_weights():
         return ((model(x[idx]).view(-1) - y[idx]) ** 2).mean()
 
     cfg = FitConfig(epochs=3, batch_size=4, lr=0.5, warmup_ratio=0.0, max_length=8)
-    res = run_fit(model, 12, batch_loss, cfg, evaluator=evaluator, progress=False)
-    assert res.best_score == 3.0 and res.best_step == 3 and len(seen) == 3
-    assert not torch.equal(seen[0], seen[2])  # training moved the weights after the best evaluation
-    assert torch.equal(model.weight.detach(), seen[0])
+    res = run_fit(model, 12, batch_loss, cfg, evaluator=evaluator, progress=False, keep_start=False)
+    assert res.best_score == 3.0 and res.best_step == 3 and len(seen) == 4
+    assert not torch.equal(seen[1], seen[3])  # training moved the weights after the best evaluation
+    assert torch.equal(model.weight.detach(), seen[1])
+
+
+def test_run_fit_keeps_the_start_when_no_evaluation_beats_it():
+    """The start scores 5, training scores 3, 1, 2: the start's weights come back."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    start = model.weight.detach().clone()
+    x, y = torch.randn(12, 4), torch.randn(12)
+    scores = iter([5.0, 3.0, 1.0, 2.0])
+
+    def batch_loss(idx):
+        return ((model(x[idx]).view(-1) - y[idx]) ** 2).mean()
+
+    cfg = FitConfig(epochs=3, batch_size=4, lr=0.5, warmup_ratio=0.0, max_length=8)
+    run_fit(model, 12, batch_loss, cfg, evaluator=lambda: next(scores), progress=False)
+    assert torch.equal(model.weight.detach(), start)
 
 
 def test_fit_bi_encoder_moves_cosines_towards_targets(tiny_bi_dir):
