@@ -43,3 +43,19 @@ def machine_line(facts: dict | None = None) -> str:
         f"{f['physical_cores']} cores, auto engine {eng['backend']}/{eng['variant']}, "
         f"load {f['load_avg_1m']}, {f['date']}"
     )
+
+
+def provenance(argv: list[str], repo) -> dict:
+    """The keys every result JSON starts with: the command line (repo paths made relative), the
+    commit, the machine (ISA included) and the date."""
+    import shlex
+    import subprocess
+
+    return {
+        "command": "python " + " ".join(shlex.quote(a.replace(f"{repo}/", "")) for a in argv),
+        "code": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": machine_facts(),
+        "date": time.strftime("%Y-%m-%d"),
+    }

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import shlex
 import signal
 import subprocess
 import sys
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_common import machine_facts  # noqa: E402
+from bench_common import provenance  # noqa: E402
 
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2 as pb  # noqa: E402
 from pairsmith.service.gen.pairsmith.v1 import pairsmith_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -309,12 +308,7 @@ def main() -> int:
     if args.quick:
         args.indexes = min(args.indexes, 300)
     out: dict = {
-        "command": "python " + " ".join(shlex.quote(a.replace(f"{REPO}/", "")) for a in sys.argv),
-        "code": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
-        "machine": machine_facts(),
-        "date": time.strftime("%Y-%m-%d"),
+        **provenance(sys.argv, REPO),
         "shared_machine": True,
         "model": args.model,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset (torch default)"),

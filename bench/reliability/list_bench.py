@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_common import machine_facts  # noqa: E402
+from bench_common import provenance  # noqa: E402
 
 from pairsmith.service.store.index_store import IndexStore, UpsertItem  # noqa: E402
 
@@ -64,12 +62,7 @@ def main() -> int:
         store.close()
     fast_ms, slow_ms = float(np.median(fast)) * 1e3, float(np.median(slow)) * 1e3
     doc = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "code": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
-        "machine": machine_facts(),
-        "date": time.strftime("%Y-%m-%d"),
+        **provenance(sys.argv, REPO),
         "shared_machine": True,
         "indexes": args.indexes,
         "items_per_index": args.items,
