@@ -8,15 +8,18 @@ Steps (each job uses one thread: ``OMP_NUM_THREADS=1``):
 
 - ``split``: STS-B train is split into a training part and a 500-pair selection part that share no
   text (:func:`pairsmith.distill.selection.selection_split`); files under ``--work``.
-- ``teacher``: a cross-encoder trained on the training part, its checkpoint chosen on the selection
-  part (``pairsmith train cross-encoder``).
-- ``unlabeled``: pairs the teacher never saw (SICK train, STS12-16 and the STS companion, unscored),
-  minus every pair that occurs, normalised, in STS-B train, STS-B dev or SICK-R dev; a seeded subset.
+- ``teacher``: a cross-encoder (from all-mpnet-base-v2: ``--teacher-init``) trained on the training
+  part plus SICK-R train (``--teacher-extra``, scores mapped onto 0..5), its checkpoint chosen on
+  the selection part (``pairsmith train cross-encoder``).
+- ``unlabeled``: pairs the teacher never saw (STS12-16 and the STS companion, unscored), minus every
+  pair that occurs, normalised, in STS-B train, the teacher's extra sets, STS-B dev or SICK-R dev; a
+  seeded subset.
 - per seed, three students from the same start, selected on the selection part, reported on STS-B dev
   and SICK-R dev: ``labels`` (the ``--gold`` gold pairs only), ``self`` (the same recipe with the
   student's own start labelling the unlabeled pairs: no teacher), ``dse`` (the teacher labels them).
-- per seed, ``te``: one Trans-Encoder cycle on ``sts-inductive`` minus the selection pairs, selected
-  on the selection part, reported on STS-B dev and SICK-R dev.
+- per seed, ``te``: one Trans-Encoder cycle on ``sts-inductive`` minus the selection pairs, mutual
+  between the default model and all-mpnet-base-v2 (``--te-models``), selected on the selection part;
+  the default model's bi-encoder is reported on STS-B dev and SICK-R dev.
 
 ``--report`` (the default last step) writes ``bench/results/distill/dse_controls.json`` and
 ``bench/results/distill/trans_encoder_inductive.json`` from whatever runs have finished.
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 REPORTED = ["stsb-dev", "sickr-dev"]
 ARMS = {"labels": "labels-only (gold only)", "self": "no-teacher control", "dse": "DSE student"}
+EXTRA_RANGES = {"sickr-train": (1.0, 5.0)}  # gold score ranges of the extra teacher sets
 STEPS = ["split", "teacher", "unlabeled", "arms", "te", "report"]
 
 
@@ -73,16 +77,32 @@ def _write_tsv(path: Path, ps, with_scores: bool) -> None:
 
 
 def step_split(work: Path, args) -> None:
+    from pairsmith.distill.data import PairSet
     from pairsmith.distill.pairsets import load_pairs
     from pairsmith.distill.selection import selection_split
 
-    if (work / "split.json").exists():
+    if not (work / "split.json").exists():
+        train, sel, info = selection_split(load_pairs("stsb-train", labeled=True), args.selection, 0)
+        _write_tsv(work / "stsb-train-part.tsv", train, True)
+        _write_tsv(work / "stsb-selection.tsv", sel, True)
+        (work / "split.json").write_text(json.dumps(info))
+        print("split:", info, flush=True)
+    path = work / "teacher-train.tsv"
+    if path.exists():
         return
-    train, sel, info = selection_split(load_pairs("stsb-train", labeled=True), args.selection, 0)
-    _write_tsv(work / "stsb-train-part.tsv", train, True)
-    _write_tsv(work / "stsb-selection.tsv", sel, True)
-    (work / "split.json").write_text(json.dumps(info))
-    print("split:", info, flush=True)
+    train = load_pairs(str(work / "stsb-train-part.tsv"), labeled=True)
+    for name in args.teacher_extra.split(",") if args.teacher_extra else []:
+        extra = load_pairs(name, labeled=True)
+        lo, hi = EXTRA_RANGES.get(name, (0.0, 5.0))  # onto STS-B's 0..5
+        scores = [(float(y) - lo) * 5.0 / (hi - lo) for y in extra.scores]
+        train = PairSet(
+            "teacher-train",
+            [*train.s1, *extra.s1],
+            [*train.s2, *extra.s2],
+            [*map(float, train.scores), *scores],
+        )
+    _write_tsv(path, train, True)
+    print(f"teacher data: {len(train)} pairs", flush=True)
 
 
 def step_teacher(work: Path, args) -> None:
@@ -91,7 +111,7 @@ def step_teacher(work: Path, args) -> None:
         "train",
         "cross-encoder",
         "--data",
-        str(work / "stsb-train-part.tsv"),
+        str(work / "teacher-train.tsv"),
         "--dev",
         str(work / "stsb-selection.tsv"),
         "--score-range",
@@ -113,6 +133,7 @@ def step_teacher(work: Path, args) -> None:
         args.device,
         "--out",
         str(work / "teacher"),
+        *(["--one-order"] if args.teacher_one_order else []),
     ]
     _run(cmd, work / "teacher", work / "teacher.log")
 
@@ -127,7 +148,8 @@ def step_unlabeled(work: Path, args) -> None:
     if path.exists():
         return
     pool = load_pairs(args.unlabeled_from)
-    pool = drop_pairs_in(pool, ["stsb-train", *REPORTED])
+    extra = args.teacher_extra.split(",") if args.teacher_extra else []
+    pool = drop_pairs_in(pool, ["stsb-train", *extra, *REPORTED])
     idx = np.sort(
         np.random.default_rng(0).choice(len(pool), size=min(args.unlabeled, len(pool)), replace=False)
     )
@@ -191,6 +213,8 @@ def step_te(work: Path, args, seed: int) -> None:
         "trans-encoder",
         "--pairs",
         args.te_pool,
+        "--models",
+        *args.te_models,
         "--max-pairs",
         str(args.te_pairs),
         "--dev",
@@ -228,21 +252,36 @@ def main() -> None:
     ap.add_argument("--steps", default="all", help=f"comma list of {STEPS} or 'all'")
     ap.add_argument("--selection", type=int, default=500, help="selection pairs split off STS-B train")
     ap.add_argument("--gold", type=int, default=500, help="gold STS-B train pairs per student")
-    ap.add_argument("--unlabeled", type=int, default=1000, help="teacher-labelled pairs per student")
+    ap.add_argument("--unlabeled", type=int, default=2000, help="teacher-labelled pairs per student")
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--epochs", type=int, default=1, help="student epochs (every arm)")
-    ap.add_argument("--teacher-init", default="default")
+    ap.add_argument(
+        "--teacher-init", default="mpnet", help="transformer the teacher cross-encoder starts from"
+    )
+    ap.add_argument(
+        "--teacher-extra",
+        default="sickr-train",
+        help="labeled sets the teacher also trains on (scores mapped onto 0..5; '' for none); their "
+        "pairs are dropped from the unlabeled pool",
+    )
     ap.add_argument("--teacher-epochs", type=int, default=1)
     ap.add_argument("--teacher-batch-size", type=int, default=16)
+    ap.add_argument("--teacher-one-order", action="store_true", help="teacher trains on (a, b) only")
     ap.add_argument("--teacher-eval-steps", type=int, default=200)
     ap.add_argument(
         "--unlabeled-from",
-        default="sickr-train,sts12,sts13,sts14,sts15,sts16,sts-companion",
+        default="sts12,sts13,sts14,sts15,sts16,sts-companion",
         help="sets the unlabeled pairs are drawn from (scores dropped)",
     )
     ap.add_argument("--te-pool", default="sts-inductive", help="Trans-Encoder unlabeled pool")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--te-pairs", type=int, default=1000)
+    ap.add_argument(
+        "--te-models",
+        nargs="+",
+        default=["default", "mpnet"],
+        help="Trans-Encoder models: one is self-distillation, several mutual (the first is reported)",
+    )
     ap.add_argument("--te-bi-epochs", type=int, default=1)
     ap.add_argument("--results", default=str(ROOT / "bench/results/distill"))
     ap.add_argument("--pairsmith", default=str(ROOT / ".venv/bin/pairsmith"))
@@ -251,6 +290,16 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     steps = STEPS if args.steps == "all" else args.steps.split(",")
+    if "split" in steps or not (work / "setting.json").exists():  # what the report reads back
+        keys = ("gold", "unlabeled", "alpha", "epochs", "teacher_init", "teacher_extra", "teacher_epochs",
+                "teacher_one_order", "unlabeled_from", "te_pool", "te_pairs", "te_models", "te_bi_epochs")  # fmt: skip
+        setting = {k: getattr(args, k) for k in keys}
+        argv = sys.argv[1:]
+        if "--steps" in argv:  # the experiment is every step
+            i = argv.index("--steps")
+            argv = argv[:i] + argv[i + 2 :]
+        setting["command"] = ".venv/bin/python bench/dse_controls.py " + " ".join(map(shlex.quote, argv))
+        (work / "setting.json").write_text(json.dumps(setting, indent=1))
     for s in ("split", "teacher", "unlabeled"):
         if s in steps:
             globals()[f"step_{s}"](work, args)

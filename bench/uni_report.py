@@ -7,6 +7,10 @@ warm Uni-Encoder R@1 >= fine-tuned bi-encoder R@1 + 2 on every evaluation set (m
 seeds), and no warm Uni-Encoder seed below the untrained bi-encoder.
 
     .venv/bin/python bench/uni_report.py runs/uni-warm --json bench/results/uni/warm_three_arms.json
+
+``--reuse OLD.json`` adds the runs recorded in an earlier report of the same budget for every
+(arm, seed) the folder does not hold (e.g. a seed added later); each such run keeps the commit it
+was recorded at (``from``), and a budget that differs is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +29,24 @@ ARMS = {
     "uni": "Uni-Encoder, warm (context-blind, gated)",
     "cross": "cross-encoder, warm (gated, one candidate per row)",
 }
+
+
+BUDGET_KEYS = (
+    "model",
+    "data",
+    "max_contexts",
+    "batch_size",
+    "epochs",
+    "lr",
+    "gate_lr",
+    "bi_scale",
+    "max_context_tokens",
+    "max_candidate_tokens",
+    "negatives",
+    "select",
+    "select_limit",
+    "eval_limit",
+)
 
 
 def _set_key(name: str) -> str:
@@ -55,11 +77,39 @@ def _gate_note(runs: list[dict]) -> str:
     )
 
 
+def _root_code(root: Path) -> str | None:
+    return (root / "CODE").read_text().strip() if (root / "CODE").is_file() else None
+
+
+def _budget(cfg: dict) -> dict:
+    return {k: cfg.get(k) for k in BUDGET_KEYS}
+
+
+def _reuse(old_path: Path, runs: list[dict], untrained: dict) -> dict:
+    """Add ``old_path``'s runs for the (arm, seed) pairs ``runs`` lacks; return the untrained row."""
+    old = json.loads(old_path.read_text())
+    have = {(r["arm"], r["seed"]) for r in runs}
+    budget = _budget(runs[0]["config"]) if runs else old["budget"]
+    if budget != old["budget"]:
+        diff = {
+            k: (old["budget"].get(k), budget.get(k)) for k in budget if old["budget"].get(k) != budget.get(k)
+        }
+        raise SystemExit(f"--reuse {old_path}: another budget (old, new): {diff}")
+    for r in old["runs"]:
+        if (r["arm"], r["seed"]) not in have:
+            runs.append({**r, "from": f"{old_path} (code {r.get('code') or old.get('code')})"})
+    runs.sort(key=lambda r: (r["arm"], r["seed"]))
+    return untrained or old.get("untrained", {})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", help="the experiment's output folder")
     ap.add_argument("--json", required=True, help="where to write the report")
     ap.add_argument("--code", default=None, help="commit the runs used (default: ROOT/CODE)")
+    ap.add_argument(
+        "--reuse", default=None, help="an earlier report JSON whose runs fill missing (arm, seed)"
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_common import machine_facts
@@ -84,12 +134,15 @@ def main() -> int:
                 "eval": {_set_key(k): v for k, v in rep["eval"].items()},
                 "gates": _gates(rep_path.parent / "model"),
                 "config": rep["config"],
+                "code": (rep.get("code") or {}).get("commit") or _root_code(root),
             }
         )
     untrained = {}
     if (root / "untrained.json").is_file():
         for row in json.loads((root / "untrained.json").read_text())["rows"]:
             untrained[_set_key(row["set"])] = {k: row[k] for k in ("R@1", "R@2", "R@5", "MRR", "cases")}
+    if args.reuse:
+        untrained = _reuse(Path(args.reuse), runs, untrained)
     sets = sorted({s for r in runs for s in r["eval"]})
     summary: dict = {}
     for arm in ARMS:
@@ -142,8 +195,8 @@ def main() -> int:
                 x = summary[arm][f"{s} {m}"]
                 cells.append(f"{x['mean']:.2f}" + (f" ± {x['std']:.2f}" if x["std"] is not None else ""))
         rows.append([label, ",".join(map(str, summary[arm]["seeds"]))] + cells)
-    cfg = runs[0]["config"] if runs else {}
-    code = args.code or ((root / "CODE").read_text().strip() if (root / "CODE").is_file() else None)
+    cfg = next((r["config"] for r in runs if "from" not in r), runs[0]["config"] if runs else {})
+    code = args.code or _root_code(root)
     out = {
         "command": " ".join(["python", *sys.argv]),
         "experiment_command": "CONTEXTS={} EVAL_LIMIT={} SELECT_LIMIT={} bash bench/uni_experiment.sh {}".format(
@@ -153,25 +206,7 @@ def main() -> int:
         "machine": machine_facts(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "shared_machine": "2 vCPU shared with other jobs (load average well above 2); one thread per run",
-        "budget": {
-            k: cfg.get(k)
-            for k in (
-                "model",
-                "data",
-                "max_contexts",
-                "batch_size",
-                "epochs",
-                "lr",
-                "gate_lr",
-                "bi_scale",
-                "max_context_tokens",
-                "max_candidate_tokens",
-                "negatives",
-                "select",
-                "select_limit",
-                "eval_limit",
-            )
-        },  # fmt: skip
+        "budget": _budget(cfg),
         "untrained": untrained,
         "summary": summary,
         "goals": goals,
