@@ -13,7 +13,11 @@ import sys
 
 def _cmd_train(args) -> int:
     from pairsmith.distill.byte2word import Byte2WordTrainConfig, train_byte2word
+    from pairsmith.distill.selection import finish
+    from pairsmith.errors import InvalidInput
 
+    if args.require_improvement and args.select == "none":
+        raise InvalidInput("--require-improvement: needs a selection set (--select), not 'none'")
     cfg = Byte2WordTrainConfig(
         out=args.out,
         mlm_corpus=args.mlm_corpus,
@@ -32,6 +36,9 @@ def _cmd_train(args) -> int:
         seed=args.seed,
         threads=args.threads,
         eval_noise=not args.no_noise_eval,
+        select=args.select,
+        select_rows=args.select_rows,
+        eval_steps=args.eval_steps,
     )
     report = train_byte2word(cfg)
     keys = [
@@ -40,12 +47,15 @@ def _cmd_train(args) -> int:
         "params_input_embedding",
         "mlm_loss_first50",
         "mlm_loss_last50",
+        "start_score",
+        "best_score",
+        "improved",
         "dev_acc",
         "wall_s",
     ]
     print(json.dumps({k: report.get(k) for k in keys}, indent=1))
     print(f"model: {args.out}  (report.json beside it)")
-    return 0
+    return finish(report, "train byte2word", require_improvement=args.require_improvement)
 
 
 def _cmd_corpus(args) -> int:
@@ -69,6 +79,8 @@ def _train_subparsers(subparsers) -> argparse._SubParsersAction:
 
 
 def register(subparsers) -> None:
+    from pairsmith.distill.fit_config import EXIT_NOT_IMPROVED
+
     sub = _train_subparsers(subparsers)
     p = sub.add_parser(
         "byte2word", help="Byte2Word (or --tokenizer wordpiece baseline): MLM + classification"
@@ -95,6 +107,25 @@ def register(subparsers) -> None:
         default=1.0,
         help="initial std of the byte pooler's learned queries (bytes only; default 1.0, selective from "
         "the first step; 0.02 = the BERT-style init, near-uniform attention)",
+    )
+    p.add_argument(
+        "--select",
+        default="split",
+        help="selection set the fine-tune keeps its best model on, the start's included: 'split' (default: "
+        "--select-rows rows held out of the task's training rows, sharing no text with the rest), a "
+        "'sentence<TAB>label' file, or 'none' (the last step is the model)",
+    )
+    p.add_argument("--select-rows", type=int, default=2000, help="rows held out by --select split")
+    p.add_argument(
+        "--eval-steps",
+        type=int,
+        default=0,
+        help="score the selection set every N fine-tuning steps (default 0: at the end only)",
+    )
+    p.add_argument(
+        "--require-improvement",
+        action="store_true",
+        help=f"exit with code {EXIT_NOT_IMPROVED} (not 0) when nothing fine-tuned beat the start model on the selection set",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -10,9 +10,13 @@ corpus, steps, batch size and optimiser (the comparison is fair by construction)
   masked word is masked and predicts its own id (standard whole-word-masking MLM).
 
 Then the encoder and a classifier on its mean-pooled states are fine-tuned on the task. The
-output directory is a sentence-transformers model (WordEncoder + mean Pooling) with the heads in
-``heads/``, ``train_config.json`` and ``report.json``. No checkpoint is selected on dev: the last
-step is the model (dev is a reported column).
+fine-tune never hands back less than it started from: the start model (the encoder as MLM left it
+and the new classifier as initialised) is scored on the selection set first (accuracy x100) and
+kept as a candidate (:class:`~pairsmith.distill.selection.StartCandidate`); the best evaluated
+weights, the start's included, are the model. The selection set is held out of the task's training
+rows (:func:`~pairsmith.distill.byte2word_data.selection_split`) or read from a file; dev is a
+reported column, never used to pick. The output directory is a sentence-transformers model
+(WordEncoder + mean Pooling) with the heads in ``heads/``, ``train_config.json`` and ``report.json``.
 """
 
 from __future__ import annotations
@@ -26,9 +30,16 @@ from pathlib import Path
 import numpy as np
 
 from pairsmith.atomic import atomic_write_json
-from pairsmith.distill.byte2word_data import read_advglue_sst2, read_corpus, task_sets
+from pairsmith.distill.byte2word_data import (
+    read_advglue_sst2,
+    read_corpus,
+    read_labelled,
+    selection_split,
+    task_sets,
+)
 from pairsmith.distill.data import data_root
 from pairsmith.distill.provenance import code_version
+from pairsmith.distill.selection import outcome
 from pairsmith.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -39,6 +50,10 @@ SIZES: dict[str, dict[str, int]] = {
     "small": {"d_model": 128, "n_layers": 2, "n_heads": 4, "d_ff": 256, "d_byte": 64, "n_queries": 2, "pool_heads": 4, "max_seq_length": 48},
 }  # fmt: skip
 NOISE_SEEDS = (0, 1, 2)
+# The selection split of the task's training rows (``select="split"``): seed and minimum words of a
+# held-out row, fixed so runs of every seed and unit are compared on the same rows.
+SELECT_SEED = 0
+SELECT_MIN_WORDS = 10
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,9 @@ class Byte2WordTrainConfig:
     seed: int = 0
     threads: int = 1
     eval_noise: bool = True
+    select: str = "split"  # split (held out of the task's training rows) | none | a labelled FILE
+    select_rows: int = 2000  # rows held out by select="split"
+    eval_steps: int = 0  # score the selection set every N fine-tuning steps (0: at the end only)
 
     def __post_init__(self) -> None:
         if self.unit not in ("bytes", "wordpiece"):
@@ -78,6 +96,24 @@ class Byte2WordTrainConfig:
             raise InvalidInput(f"--query-std: must be > 0, got {self.query_std}")
         if self.max_steps < 0 or self.ft_steps < 0 or self.batch_size < 1:
             raise InvalidInput("--max-steps/--ft-steps must be >= 0 and --batch-size >= 1")
+        if not self.select:
+            raise InvalidInput("--select: expected split, none or a labelled file")
+        if self.select_rows < 1 or self.eval_steps < 0:
+            raise InvalidInput(
+                f"--select-rows must be >= 1 and --eval-steps >= 0, got {self.select_rows} and {self.eval_steps}"
+            )
+
+
+@dataclass
+class FineTuneResult:
+    """A fine-tune scored on a selection set (scores: accuracy x100 on it)."""
+
+    losses: list[float]
+    start_score: float  # the start model: the encoder and classifier as the fine-tune found them
+    best_score: float  # the weights the trainer holds now (the start's when nothing beat it)
+    best_step: int  # 0: the start was kept
+    trained_score: float | None  # the best any trained state reached (None: no step was taken)
+    history: list[dict]  # [{"step", "score"}] of the trained states
 
 
 class Trainer:
@@ -212,7 +248,7 @@ class Trainer:
         return self.clf(mean_pool(states, feats["attention_mask"]))  # (B, n_labels)
 
     # -- loops ---------------------------------------------------------------------------------
-    def _loop(self, params, steps: int, lr: float, loss_fn, name: str) -> list[float]:
+    def _loop(self, params, steps: int, lr: float, loss_fn, name: str, on_step=None) -> list[float]:
         import torch
         from tqdm import tqdm
 
@@ -225,7 +261,7 @@ class Trainer:
         )
         losses: list[float] = []
         self.encoder.train()
-        for _ in tqdm(range(steps), desc=name, mininterval=30, disable=None):
+        for step in tqdm(range(1, steps + 1), desc=name, mininterval=30, disable=None):
             loss = loss_fn()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -233,6 +269,8 @@ class Trainer:
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step)
         self.encoder.eval()
         return losses
 
@@ -243,7 +281,8 @@ class Trainer:
             params, steps, self.cfg.lr, lambda: self.mlm_loss(self.rng.sample(corpus, bs)), "mlm"
         )
 
-    def finetune(self, rows: list[tuple[str, int]], steps: int) -> list[float]:
+    def finetune(self, rows: list[tuple[str, int]], steps: int, on_step=None) -> list[float]:
+        """``steps`` classification steps; the last step is the model (see :meth:`finetune_selected`)."""
         import torch
         import torch.nn.functional as F
 
@@ -254,9 +293,63 @@ class Trainer:
             batch = self.rng.sample(rows, self.cfg.batch_size)
             return F.cross_entropy(self.logits([t for t, _ in batch]), torch.tensor([y for _, y in batch]))
 
-        out = self._loop(params, steps, self.cfg.ft_lr, step, "finetune")
+        out = self._loop(params, steps, self.cfg.ft_lr, step, "finetune", on_step)
         self.clf.eval()
         return out
+
+    def finetune_selected(
+        self, rows: list[tuple[str, int]], steps: int, select: list[tuple[str, int]], eval_steps: int = 0
+    ) -> FineTuneResult:
+        """Fine-tune, never ending below the start on ``select``.
+
+        The start (encoder and classifier as they are now; a new classifier is scored as
+        initialised) is scored first and kept as a candidate; the trained model is scored every
+        ``eval_steps`` steps and after the last one. Only a strictly higher score replaces the kept
+        weights, and the kept ones are loaded at the end: when nothing trained beat the start, the
+        encoder and classifier are the start's again, bit for bit.
+        """
+        import torch
+
+        from pairsmith.distill.selection import StartCandidate
+
+        if not select:
+            raise InvalidInput("selection set: no rows")
+        start = self.select_score(select)
+        log.info("finetune: start selection accuracy %.2f", start)
+        # Both trained parts in one module, so one snapshot holds the whole candidate.
+        keeper = StartCandidate(torch.nn.ModuleDict({"encoder": self.encoder, "classifier": self.clf}), start)
+        history: list[dict] = []
+
+        def evaluate(step: int) -> None:
+            score = self.select_score(select)
+            history.append({"step": step, "score": round(score, 4)})
+            log.info("finetune: step %d selection accuracy %.2f", step, score)
+            keeper.offer(score, step)
+
+        def on_step(step: int) -> None:
+            if eval_steps and step % eval_steps == 0 and step < steps:
+                evaluate(step)
+                self.encoder.train()  # evaluation left both in eval mode
+                self.clf.train()
+
+        losses = self.finetune(rows, steps, on_step)
+        if steps:
+            evaluate(steps)
+        keeper.restore()
+        self.encoder.eval()
+        self.clf.eval()
+        return FineTuneResult(
+            losses=losses,
+            start_score=start,
+            best_score=float(keeper.best_score),  # type: ignore[arg-type]
+            best_step=int(keeper.best_step),  # type: ignore[arg-type]
+            trained_score=keeper.trained_score,
+            history=history,
+        )
+
+    def select_score(self, rows: list[tuple[str, int]]) -> float:
+        """Accuracy x100 on ``rows`` (the selection metric)."""
+        return 100.0 * self.accuracy(rows)
 
     def accuracy(self, rows: list[tuple[str, int]], batch: int = 128) -> float:
         import torch
@@ -327,14 +420,24 @@ def train_byte2word(cfg: Byte2WordTrainConfig) -> dict:
     labels = sorted({y for _, y in train_rows})
     if labels != list(range(len(labels))):
         raise InvalidInput(f"--task: labels must be 0..n-1, got {labels[:10]}")
+    fit_rows, select_rows, select_info = _selection(cfg, train_rows, task_name, len(labels))
     tr = Trainer(cfg, n_labels=len(labels))
     mlm = tr.pretrain(corpus, cfg.max_steps)
     t_mlm = time.time() - t0
-    ft = tr.finetune(train_rows, cfg.ft_steps)
+    if select_rows is None:  # --select none: no selection set, the last step is the model
+        ft = tr.finetune(fit_rows, cfg.ft_steps)
+        select_info |= outcome(None, None) | {"best_step": None, "select_history": None}
+    else:
+        sel = tr.finetune_selected(fit_rows, cfg.ft_steps, select_rows, cfg.eval_steps)
+        ft = sel.losses
+        select_info |= outcome(sel.start_score, sel.trained_score)
+        select_info |= {"best_step": sel.best_step, "select_history": sel.history}
     report: dict = {
         "unit": cfg.unit,
         "size": cfg.size,
         "task": task_name,
+        "fit_rows": len(fit_rows),
+        **select_info,
         "corpus_sentences": len(corpus),
         "params_total": sum(p.numel() for p in tr.encoder.parameters()),
         "params_input_embedding": tr.encoder.input_embedding_params(),
@@ -358,8 +461,37 @@ def train_byte2word(cfg: Byte2WordTrainConfig) -> dict:
     return report
 
 
+def _selection(
+    cfg: Byte2WordTrainConfig, train_rows: list[tuple[str, int]], task_name: str, n_labels: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]] | None, dict]:
+    """(fit rows, selection rows or None, report keys) for ``cfg.select``."""
+    if cfg.select == "none":
+        return train_rows, None, {"select_set": None, "select_metric": None}
+    if cfg.select == "split":
+        try:
+            sp = selection_split(train_rows, cfg.select_rows, min_words=SELECT_MIN_WORDS, seed=SELECT_SEED)
+        except InvalidInput as e:
+            raise InvalidInput(
+                f"--select split: {e}; pass a smaller --select-rows, --select FILE or --select none"
+            ) from e
+        info = {
+            "select_set": f"{task_name} train, held out (seed {SELECT_SEED})",
+            "select_split": sp.stats(),
+        }
+        fit, select = sp.fit, sp.select
+    else:
+        fit, select = train_rows, read_labelled(Path(cfg.select))
+        bad = sorted({y for _, y in select} - set(range(n_labels)))
+        if bad:
+            raise InvalidInput(
+                f"--select {cfg.select}: labels {bad[:10]} are not among the task's 0..{n_labels - 1}"
+            )
+        info = {"select_set": Path(cfg.select).name}
+    return fit, select, info | {"select_rows": len(select), "select_metric": "accuracy x100"}
+
+
 def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
-__all__ = ["SIZES", "Byte2WordTrainConfig", "Trainer", "robustness", "train_byte2word"]
+__all__ = ["SIZES", "Byte2WordTrainConfig", "FineTuneResult", "Trainer", "robustness", "train_byte2word"]

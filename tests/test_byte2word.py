@@ -357,7 +357,8 @@ def test_cli_trains_on_a_task_file(tmp_path, monkeypatch):
     task.write_text("".join(f"{s}\t{i % 2}\n" for i, s in enumerate(CORPUS)))
     out = tmp_path / "m"
     rc = main(["train", "byte2word", "--mlm-corpus", str(corpus), "--task", str(task), "--task-dev", str(task),
-               "--config", "tiny", "--max-steps", "3", "--ft-steps", "2", "--batch-size", "4", "--out", str(out)])  # fmt: skip
+               "--config", "tiny", "--max-steps", "3", "--ft-steps", "2", "--batch-size", "4", "--select", str(task),
+               "--out", str(out)])  # fmt: skip
     assert rc == 0 and (out / "report.json").is_file() and (out / "modules.json").is_file()
     report = json.loads((out / "report.json").read_text())
     assert report["commit"] == "before0" and report["code"]["commit"] == "before0"
