@@ -160,6 +160,7 @@ def run(args) -> None:
                     byte_layers=layers if unit == "bytes" else 0,
                     query_std=qstd,
                     seed=seed,
+                    select="none",  # all of SST-2 train, the last step: the budget is the choice
                 )
             )
             print(json.dumps({k: rep[k] for k in ("unit", "dev_acc", "wall_s")} | {"seed": seed}), flush=True)
