@@ -8,7 +8,7 @@ seeds), and no warm Uni-Encoder seed below the untrained bi-encoder.
 
     .venv/bin/python bench/uni_report.py runs/uni-warm --json bench/results/uni/warm_three_arms.json
 
-``--reuse OLD.json`` adds the runs recorded in an earlier report of the same budget for every
+``--reuse OLD.json`` (or ``--reuse REV:bench/results/uni/....json``) adds the runs recorded in an earlier report of the same budget for every
 (arm, seed) the folder does not hold (e.g. a seed added later); each such run keeps the commit it
 was recorded at (``from``), and a budget that differs is refused.
 """
@@ -85,9 +85,21 @@ def _budget(cfg: dict) -> dict:
     return {k: cfg.get(k) for k in BUDGET_KEYS}
 
 
-def _reuse(old_path: Path, runs: list[dict], untrained: dict) -> dict:
-    """Add ``old_path``'s runs for the (arm, seed) pairs ``runs`` lacks; return the untrained row."""
-    old = json.loads(old_path.read_text())
+def _read_reuse(spec: str) -> dict:
+    """A report JSON from a file, or from git as ``REV:PATH`` (a committed earlier version)."""
+    if Path(spec).is_file() or ":" not in spec:
+        return json.loads(Path(spec).read_text())
+    import subprocess
+
+    return json.loads(
+        subprocess.run(["git", "show", spec], check=True, capture_output=True, text=True).stdout
+    )
+
+
+def _reuse(spec: str, runs: list[dict], untrained: dict) -> dict:
+    """Add the runs of report ``spec`` for the (arm, seed) pairs ``runs`` lacks; return the untrained row."""
+    old = _read_reuse(spec)
+    old_path = spec
     have = {(r["arm"], r["seed"]) for r in runs}
     budget = _budget(runs[0]["config"]) if runs else old["budget"]
     if budget != old["budget"]:
@@ -142,7 +154,7 @@ def main() -> int:
         for row in json.loads((root / "untrained.json").read_text())["rows"]:
             untrained[_set_key(row["set"])] = {k: row[k] for k in ("R@1", "R@2", "R@5", "MRR", "cases")}
     if args.reuse:
-        untrained = _reuse(Path(args.reuse), runs, untrained)
+        untrained = _reuse(args.reuse, runs, untrained)
     sets = sorted({s for r in runs for s in r["eval"]})
     summary: dict = {}
     for arm in ARMS:
@@ -197,13 +209,27 @@ def main() -> int:
         rows.append([label, ",".join(map(str, summary[arm]["seeds"]))] + cells)
     cfg = next((r["config"] for r in runs if "from" not in r), runs[0]["config"] if runs else {})
     code = args.code or _root_code(root)
+    experiment = (
+        (root / "COMMAND").read_text().strip()  # the runs were made by hand, not by the script
+        if (root / "COMMAND").is_file()
+        else "CONTEXTS={} EVAL_LIMIT={} SELECT_LIMIT={} bash bench/uni_experiment.sh {}".format(
+            cfg.get("max_contexts"), cfg.get("eval_limit"), cfg.get("select_limit"), root
+        )
+    )
+    machine = machine_facts()
+    added_note = ""
+    if args.reuse:  # the reused runs' own experiment and machine; the new runs' machine beside them
+        old = _read_reuse(args.reuse)
+        experiment = [experiment, old.get("experiment_command")]
+        new = [f"{r['arm']} seed {r['seed']}" for r in runs if "from" not in r]
+        if old.get("machine") and old["machine"].get("feature_set") != machine.get("feature_set"):
+            added_note = f" Made later on another CPU ({machine.get('feature_set')}): {', '.join(new)}."
+        machine = {**old["machine"], "added_runs": {"runs": new, "machine": machine}}
     out = {
         "command": " ".join(["python", *sys.argv]),
-        "experiment_command": "CONTEXTS={} EVAL_LIMIT={} SELECT_LIMIT={} bash bench/uni_experiment.sh {}".format(
-            cfg.get("max_contexts"), cfg.get("eval_limit"), cfg.get("select_limit"), root
-        ),
+        "experiment_command": experiment,
         "code": code,
-        "machine": machine_facts(),
+        "machine": machine,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "shared_machine": "2 vCPU shared with other jobs (load average well above 2); one thread per run",
         "budget": _budget(cfg),
@@ -229,6 +255,7 @@ def main() -> int:
                 )
                 + ". "
                 + _gate_note(runs)
+                + added_note
             ),
         },
     }
