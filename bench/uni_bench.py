@@ -7,7 +7,8 @@ hits all three alike. Contexts and candidates come from DailyDialog++ dev (its 1
 context; N > 15 borrows responses of the next contexts) or, with ``--data mutual-heldout``, from
 MuTual's held-out part (longer contexts, 4 options per context; N > 4 borrows likewise). The
 cross-encoder runs through pairsmith's pipeline (``CrossEncoder.score``, batch 32); the Uni-Encoder
-through ``rank``.
+through ``rank`` (on a BERT/RoBERTa backbone its block attention, ``encoders/uni_block.py``; the
+JSON's ``uni_attention`` says which).
 
     flock /tmp/pairsmith-cpu.lock .venv/bin/python bench/uni_bench.py --json runs/uni/bench.json
 
@@ -81,6 +82,7 @@ def main() -> int:
         return " ".join(ds.contexts[i]), pool[starts[i] : starts[i] + n]
 
     layers = int(uni.model.backbone.config.num_hidden_layers)
+    uni_attention = "block" if uni.pipeline().tokenizer.block else "dense"
 
     def tokens(c: str, k: list[str]) -> tuple[int, int]:
         """(tokens of the Uni-Encoder's rows, tokens of the N cross-encoder pairs) for one case."""
@@ -153,6 +155,7 @@ def main() -> int:
         "contexts": args.contexts,
         "layers": layers,
         "cross_last_layer": cross_last_layer,
+        "uni_attention": uni_attention,
         "reps": args.reps,
         "limits": {"context": args.max_context_tokens, "candidate": args.max_candidate_tokens},
         "platform": platform.platform(),
@@ -190,7 +193,8 @@ def main() -> int:
                 for r in rows
             ],
             "notes": f"Median of {args.reps} interleaved runs x {args.contexts} contexts per N; ceiling = the "
-            f"cross-encoder's linear-layer token work over the Uni-Encoder's ({cross_last_layer} last layer). "
+            f"cross-encoder's linear-layer token work over the Uni-Encoder's ({cross_last_layer} last layer); "
+            f"Uni-Encoder attention: {uni_attention}. "
             "ratios measured side by side, not absolute times, are the result.",
         },  # fmt: skip
     }
