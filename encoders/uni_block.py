@@ -81,11 +81,32 @@ class BlockIndex:
 
 
 BUCKET_EDGES = (8, 16, 32, 64, 128, 256)  # own-span blocks are padded within these length classes
+# A length class joins the next longer one when that pads fewer extra (query, key) pairs than this:
+# a bucket costs ~10 tensor operations per layer, about what a couple of thousand pairs cost.
+MERGE_PAIRS = 2048
 
 
-def block_index(spans, valid) -> BlockIndex:
-    """``spans`` (B, T) (-1 context and padding, k for candidate k), ``valid`` (B, T) bool."""
+def _group_classes(counts: list[int], widths: list[int], merge_pairs: int) -> list[list[int]]:
+    """Length classes (ascending) -> groups of consecutive classes, one bucket each."""
+    groups: list[list[int]] = []
+    n = w = 0
+    for i, (c, wi) in enumerate(zip(counts, widths, strict=True)):
+        if groups and n * (wi * wi - w * w) <= merge_pairs:  # pad the group so far to wi
+            groups[-1].append(i)
+            n += c
+        else:
+            groups.append([i])
+            n = c
+        w = wi
+    return groups
+
+
+def block_index(spans, valid, merge_pairs: int | None = None) -> BlockIndex:
+    """``spans`` (B, T) (-1 context and padding, k for candidate k), ``valid`` (B, T) bool;
+    ``merge_pairs``: see :data:`MERGE_PAIRS` (the default)."""
     import torch
+
+    merge_pairs = MERGE_PAIRS if merge_pairs is None else merge_pairs
 
     b, t = spans.shape
     dev = spans.device
@@ -106,8 +127,12 @@ def block_index(spans, valid) -> BlockIndex:
         lengths = torch.bincount(key, minlength=b * n)  # (B * n,)
         edges = torch.tensor(BUCKET_EDGES, device=dev)
         cls = torch.bucketize(lengths, edges)  # (B * n,) length class (last: longer than all edges)
-        for c in torch.unique(cls[lengths > 0]).tolist():
-            spans_in = ((cls == c) & (lengths > 0)).nonzero(as_tuple=True)[0]  # (S,)
+        cls = torch.where(lengths > 0, cls, -1)  # -1: no such candidate
+        present = torch.unique(cls[cls >= 0])  # (C,) ascending
+        counts = [int((cls == c).sum()) for c in present]
+        widths = [int(lengths[cls == c].max()) for c in present]
+        for group in _group_classes(counts, widths, merge_pairs):
+            spans_in = torch.isin(cls, present[group]).nonzero(as_tuple=True)[0]  # (S,)
             slot = torch.full((b * n,), -1, dtype=torch.long, device=dev)
             slot[spans_in] = torch.arange(len(spans_in), device=dev)
             sel = slot[key] >= 0  # (K,) tokens of this class

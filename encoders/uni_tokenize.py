@@ -52,6 +52,10 @@ from tokenizers import Tokenizer as RustTokenizer
 from pairsmith.encoders.types import Encoded, TokenBatch
 from pairsmith.errors import FailedPrecondition, InvalidInput, parse_enum
 
+# A block tokenizer still builds the dense mask for batches narrower than this: there one fused
+# masked attention per layer costs less than the blocks' several smaller ones (measured crossover
+# ~150-180 tokens, MiniLM, one CPU thread); the two compute the same scores.
+BLOCK_MIN_TOKENS = 160
 NEG = -1.0e4  # additive bias for a blocked key: exp(-1e4) is exactly 0 in fp32 and fp16; fits fp16
 CANDIDATE_POSITIONS = ("after-context", "from-start")
 HEADS = ("linear", "cosine")
@@ -277,9 +281,10 @@ class UniTokenizer:
         )
 
     def with_mask(self, mask: str | UniMask, *, block: bool | None = None) -> UniTokenizer:
-        """A copy for ``mask``. ``block=True``: batches carry no ``attention_bias``, only the mask's
-        name (``uni_arrow``) for a torch scorer that computes attention per segment
-        (``uni_block.py``); ``None`` keeps this tokenizer's choice. ONNX graphs need the dense mask.
+        """A copy for ``mask``. ``block=True``: batches of at least :data:`BLOCK_MIN_TOKENS` tokens
+        carry no ``attention_bias``, only the mask's name (``uni_arrow``) for a torch scorer that
+        computes attention per segment (``uni_block.py``); ``None`` keeps this tokenizer's choice.
+        ONNX graphs need the dense mask.
         """
         other = object.__new__(UniTokenizer)
         other.__dict__.update(self.__dict__)
@@ -415,7 +420,7 @@ class UniTokenizer:
         input_ids, spans, valid = pack_rows(ids, self.pad_id)  # (B, T) x3
         cfg = self.config
         types = (spans >= 0).astype(np.int64) * cfg.candidate_type if cfg.uses_type_ids else None  # (B, T)
-        if self.block:  # the scorer derives the pattern from spans: no T x T array at all
+        if self.block and spans.shape[1] >= BLOCK_MIN_TOKENS:  # the scorer reads the pattern from spans
             bias, extras = None, {"uni_arrow": np.array([self.mask is UniMask.ARROW])}
         else:
             bias, extras = attention_bias(spans, valid, self.mask), {}

@@ -38,11 +38,25 @@ ITEMS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def block_everywhere(monkeypatch):
+    """These rows are short: a block tokenizer would hand them the dense mask (cheaper there)."""
+    import pairsmith.encoders.uni_tokenize as ut
+
+    monkeypatch.setattr(ut, "BLOCK_MIN_TOKENS", 0)
+
+
 def _scores(model, tok, items, *, block: bool, grad: bool, max_row_tokens: int | None = None):
     enc, _, _ = tok.encode_groups(items, max_row_tokens=max_row_tokens)
     feats = to_features(tok.with_mask(tok.mask, block=block).pad(enc.ids), "cpu")
     with torch.set_grad_enabled(grad):
         return model(feats)["scores"], len(enc.ids)  # (B, G)
+
+
+def _spans_valid(tok, items):
+    enc, _, _ = tok.encode_groups(items)
+    f = to_features(tok.pad(enc.ids), "cpu")
+    return f["spans"], f["attention_mask"].bool()
 
 
 def _assert_block_equals_dense(uni: UniEncoder, mask: UniMask, grad: bool, items=ITEMS, rows: int = 3):
@@ -72,12 +86,18 @@ def linear(tmp_path_factory) -> UniEncoder:
     return UniEncoder.from_backbone(str(d), config=SMALL, device="cpu", seed=0)
 
 
+@pytest.mark.parametrize("buckets", ["merged", "per-class"])
 @pytest.mark.parametrize("grad", [False, True], ids=["fused", "autograd"])
 @pytest.mark.parametrize("gates", ["closed", "open"])
 @pytest.mark.parametrize("mask", list(UniMask))
-def test_warm_head_block_equals_dense(warm, mask, gates, grad):
+def test_warm_head_block_equals_dense(warm, mask, gates, grad, buckets, monkeypatch):
     """Gates at init (-30) and open (-2 .. 0); no autograd runs the fused kernel, autograd the
-    plain operations."""
+    plain operations; candidates in one own-span bucket or one per length class."""
+    import pairsmith.encoders.uni_block as ub
+
+    if buckets == "per-class":
+        monkeypatch.setattr(ub, "MERGE_PAIRS", 0)
+        assert len(ub.block_index(*_spans_valid(warm.tokenizer, ITEMS)).buckets) > 1
     if gates == "open":
         _open_gates(warm)
     try:
@@ -190,7 +210,7 @@ def test_block_index_buckets_cover_every_candidate_token_once():
     valid = torch.ones_like(spans, dtype=torch.bool)
     valid[0, 16] = False
     valid[1, 6:] = False
-    idx = block_index(spans, valid)
+    idx = block_index(spans, valid, merge_pairs=0)  # every length class its own bucket
     assert (idx.lx, idx.lx_min) == (3, 2) and not idx.cand_from_lx
     seen = sorted(
         (int(r), int(p))
@@ -201,10 +221,12 @@ def test_block_index_buckets_cover_every_candidate_token_once():
         (int(r), int(p)) for r, p in zip(*((spans >= 0) & valid).nonzero(as_tuple=True), strict=True)
     )
     assert seen == want
-    assert [bk.row.shape[1] for bk in idx.buckets] == [
-        3,
-        10,
-    ]  # span 1 of row 0 (10 tokens) gets its own class
+    # span 1 of row 0 (10 tokens) is in a class of its own
+    assert [bk.row.shape[1] for bk in idx.buckets] == [3, 10]
+    # by default 4 spans padded from 3 to 10 tokens cost less than a second bucket
+    merged = block_index(spans, valid)
+    assert [bk.row.shape[1] for bk in merged.buckets] == [10]
+    assert int(merged.buckets[0].member.sum()) == len(want)
 
 
 # -- other backbones ---------------------------------------------------------------------------------
@@ -255,3 +277,18 @@ def test_default_model_block_equals_dense(mask):
     _open_gates(uni, seed=4)
     cands = [f"candidate number {i} says {'something longer ' * (i % 4)}hello" for i in range(20)]
     _assert_block_equals_dense(uni, mask, grad=False, items=[(ITEMS[0][0], cands), ITEMS[1]], rows=2)
+
+
+def test_short_batches_keep_the_dense_mask(warm, monkeypatch):
+    """A block tokenizer hands batches under BLOCK_MIN_TOKENS the dense mask, longer ones none."""
+    import pairsmith.encoders.uni_tokenize as ut
+
+    monkeypatch.setattr(ut, "BLOCK_MIN_TOKENS", 40)
+    tok = warm.tokenizer.with_mask(UniMask.ARROW, block=True)
+    short, _, _ = tok.encode_groups([(["Hi?"], ["Yes.", "No."])])
+    long, _, _ = tok.encode_groups(ITEMS[:1], max_row_tokens=10**6)
+    assert tok.pad(short.ids).attention_bias is not None
+    batch = tok.pad(long.ids)
+    assert (
+        batch.shape[1] >= 40 and batch.attention_bias is None and batch.extras["uni_arrow"].tolist() == [True]
+    )
