@@ -9,17 +9,20 @@ BERT-family layers from their own modules (``attention.self.query/key/value``,
 ``attention.output``, ``intermediate``, ``output``) and computes only the blocks the mask
 leaves open, per layer and head::
 
-    context-part   all queries (B, heads, T, dh) x context keys (B, heads, Lx, dh) -> (B, heads, T, Lx)
-                   (+ gate_c2x on candidate queries)
-    own-span part  candidate queries (B, N, heads, Lc, dh) x their own keys -> (B, N, heads, Lc, Lc)
-    arrow only     context queries x every key of the row -> (B, heads, Lx, T) (+ gate_x2c on
-                   candidate keys)
+    context part   every query (B, heads, T, dh) x the context keys (B, heads, Lx, dh)
+    own span       candidate queries x their own span's keys, spans padded within length buckets
+                   (S, heads, L, dh) x (S, heads, L, dh)
+    arrow only     context queries x the row's candidate keys (B, heads, Lx, T - Lx)
 
-A candidate query's two parts are one softmax, merged by their maxima and sums (the
-log-sum-exp merge of flash attention), so the result is the dense path's to fp32 rounding.
-Every piece is linear in N for a fixed candidate length. Linear layers run on the row layout
-(B, T, H), the same tokens the dense path computes. Padding queries are not the dense path's
-(they attend to the context here, to themselves there); they reach no score.
+Each part is a softmax attention that also returns its log-sum-exp (torch's fused CPU kernel
+without autograd, plain tensor operations with it); one query's parts merge exactly into one
+softmax (``o = o1 * sigmoid(lse1 - lse2) + o2 * sigmoid(lse2 - lse1)``, the merge of flash
+attention), so the result is the dense path's to fp32 rounding. The warm head's gates are one
+constant per head over a whole part (c2x over a candidate query's context keys, x2c over a
+context query's candidate keys), so they are added to that part's log-sum-exp, not to T x T
+logits. Every piece is linear in N for a fixed candidate length. Linear layers run on the row
+layout (B, T, H), the same tokens the dense path computes. Padding queries are not the dense
+path's (they attend to the context here, to themselves there); they reach no score.
 
 Exact only where a layer is plain post-LN BERT attention with absolute positions (BERT, MiniLM,
 RoBERTa: :func:`block_support`); other backbones (MPNet's relative position bias) keep the dense
