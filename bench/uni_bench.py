@@ -7,7 +7,8 @@ hits all three alike. Contexts and candidates come from DailyDialog++ dev (its 1
 context; N > 15 borrows responses of the next contexts) or, with ``--data mutual-heldout``, from
 MuTual's held-out part (longer contexts, 4 options per context; N > 4 borrows likewise). The
 cross-encoder runs through pairsmith's pipeline (``CrossEncoder.score``, batch 32); the Uni-Encoder
-through ``rank``.
+through ``rank`` (on a BERT/RoBERTa backbone its block attention, ``encoders/uni_block.py``, for
+batches of ``BLOCK_MIN_TOKENS`` or more; each row's ``uni_attention`` says which path its cases took).
 
     flock /tmp/pairsmith-cpu.lock .venv/bin/python bench/uni_bench.py --json runs/uni/bench.json
 
@@ -81,6 +82,16 @@ def main() -> int:
         return " ".join(ds.contexts[i]), pool[starts[i] : starts[i] + n]
 
     layers = int(uni.model.backbone.config.num_hidden_layers)
+    from pairsmith.encoders.uni_tokenize import BLOCK_MIN_TOKENS
+
+    block_ok = uni.pipeline().tokenizer.block
+    uni_attention = f"block for batches of >= {BLOCK_MIN_TOKENS} tokens" if block_ok else "dense"
+
+    def attention_path(c: str, k: list[str]) -> str:
+        """Which attention rank() ran for this case: a batch's padded width decides, and one case's
+        rows share a batch (a chunk of 1,024 tokens is the longest), so its longest row does."""
+        rows = uni.tokenizer.encode_groups([(c, k)])[0]
+        return "block" if block_ok and max(len(r) for r in rows.ids) >= BLOCK_MIN_TOKENS else "dense"
 
     def tokens(c: str, k: list[str]) -> tuple[int, int]:
         """(tokens of the Uni-Encoder's rows, tokens of the N cross-encoder pairs) for one case."""
@@ -133,6 +144,7 @@ def main() -> int:
             "uni_tokens": round(uni_tok, 1),
             "cross_tokens": round(cross_tok, 1),
             "ceiling": round(ceiling(uni_tok, cross_tok, n), 2),
+            "uni_attention": "/".join(sorted({attention_path(*case(i, n)) for i in range(args.contexts)})),
         }
         for m in ("arrow", "context_blind"):
             row[f"{m}_of_ceiling"] = round(row[f"speedup_{m}"] / row["ceiling"], 2)
@@ -153,6 +165,7 @@ def main() -> int:
         "contexts": args.contexts,
         "layers": layers,
         "cross_last_layer": cross_last_layer,
+        "uni_attention": uni_attention,
         "reps": args.reps,
         "limits": {"context": args.max_context_tokens, "candidate": args.max_candidate_tokens},
         "platform": platform.platform(),
@@ -190,7 +203,8 @@ def main() -> int:
                 for r in rows
             ],
             "notes": f"Median of {args.reps} interleaved runs x {args.contexts} contexts per N; ceiling = the "
-            f"cross-encoder's linear-layer token work over the Uni-Encoder's ({cross_last_layer} last layer). "
+            f"cross-encoder's linear-layer token work over the Uni-Encoder's ({cross_last_layer} last layer); "
+            f"Uni-Encoder attention: {uni_attention}. "
             "ratios measured side by side, not absolute times, are the result.",
         },  # fmt: skip
     }

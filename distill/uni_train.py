@@ -222,6 +222,9 @@ class Trainable:
         self.head = resolve_head(cfg)
         ucfg = _uni_config(cfg, groups)
         self.uni: UniEncoder | None = None
+        # Training keeps the dense (B, 1, T, T) mask. The block path (what rank() runs) is
+        # differentiable with the same gradients (tests/test_uni_block.py), but it draws attention
+        # dropout differently, so a run and its golden one-step bits would change.
         if self.head is Head.WARM:
             self.uni = _warm_uni(cfg, device, groups, kind)
             self.module = self.uni.model

@@ -73,6 +73,8 @@ def config_for_backbone(hf_config, base: UniConfig | None) -> UniConfig:
 def _scorer_class():
     import torch
 
+    from pairsmith.encoders.uni_block import block_hidden, block_support, dense_bias
+
     class UniScorer(torch.nn.Module):
         """Backbone + span-mean + linear head; ``forward(features) -> {"scores": (B, max_groups)}``.
 
@@ -85,11 +87,19 @@ def _scorer_class():
             self.backbone = backbone
             self.head = torch.nn.Linear(int(backbone.config.hidden_size), 1)
             self.max_groups = int(max_groups)
+            self.block_unsupported = block_support(backbone)  # None: block attention is exact here
 
         def hidden(self, features: dict):
-            """The backbone's last layer (B, T, H) under the row's positions and 4-D mask."""
+            """The backbone's last layer (B, T, H) under the row's positions and 4-D mask, or block
+            by block (``uni_block.py``) where the batch names its mask instead (``uni_arrow``)."""
             ids = features["input_ids"]  # (B, T)
-            bias = features.get("attention_bias")  # (B, 1, T, T) additive, or None (padding only)
+            bias = features.get("attention_bias")  # (B, 1, T, T) additive, or None
+            if bias is None and features.get("uni_arrow") is not None:
+                arrow = bool(features["uni_arrow"].reshape(-1)[0])
+                if self.block_unsupported is None:
+                    return block_hidden(self.backbone, features, arrow=arrow)  # (B, T, H)
+                valid = features["attention_mask"].bool()
+                bias = dense_bias(features["spans"], valid, arrow, self.head.weight.dtype)
             mask = bias.to(self.head.weight.dtype) if bias is not None else features["attention_mask"]
             kwargs = {"input_ids": ids, "attention_mask": mask}
             for name in ("token_type_ids", "position_ids"):
@@ -180,7 +190,9 @@ class UniEncoder:
         self.device = device
         self.backend_kind = backend_kind
         self._keepalive = keepalive
-        self._pipes = {m: Pipeline(tokenizer.with_mask(m), backend) for m in UniMask}
+        # torch on a BERT/RoBERTa backbone: block attention, no (B, 1, T, T) mask (uni_block.py)
+        block = model is not None and getattr(model, "block_unsupported", "") is None
+        self._pipes = {m: Pipeline(tokenizer.with_mask(m, block=block), backend) for m in UniMask}
 
     @property
     def config(self) -> UniConfig:

@@ -14,7 +14,9 @@ A row is ``[CLS] context [SEP] [CLS] cand_1 [SEP] ... [CLS] cand_k [SEP]``:
   (the newest turn always gets the first), so dropping old turns never relabels the others;
 - ``spans``: -1 for the context, ``k`` for every token of the row's k-th candidate (its
   [CLS] and [SEP] included: the score is the mean over the whole span);
-- ``attention_bias`` (B, 1, T, T) additive, built vectorised from ``spans``:
+- ``attention_bias`` (B, 1, T, T) additive, built vectorised from ``spans`` (a ``block``
+  tokenizer leaves it out and names the mask in ``uni_arrow``: the torch scorer then attends
+  segment by segment, ``uni_block.py``):
 
   ==============  ==========================================  ==============================
   mask            context rows attend to                      candidate rows attend to
@@ -50,6 +52,10 @@ from tokenizers import Tokenizer as RustTokenizer
 from pairsmith.encoders.types import Encoded, TokenBatch
 from pairsmith.errors import FailedPrecondition, InvalidInput, parse_enum
 
+# A block tokenizer still builds the dense mask for batches narrower than this: there one fused
+# masked attention per layer costs less than the blocks' several smaller ones (measured crossover
+# ~150-180 tokens, MiniLM, one CPU thread); the two compute the same scores.
+BLOCK_MIN_TOKENS = 160
 NEG = -1.0e4  # additive bias for a blocked key: exp(-1e4) is exactly 0 in fp32 and fp16; fits fp16
 CANDIDATE_POSITIONS = ("after-context", "from-start")
 HEADS = ("linear", "cosine")
@@ -241,6 +247,7 @@ class UniTokenizer:
         self.config = config
         self.cls_id, self.sep_id, self.pad_id = int(cls_id), int(sep_id), int(pad_id)
         self.mask = UniMask.parse(config.mask)
+        self.block = False  # True: pad() leaves out the (B, 1, T, T) mask (see with_mask)
         self.max_length = int(config.max_row_tokens)
         self.speaker_ids: list[int] = []
         for t in config.speaker_tokens:
@@ -273,10 +280,17 @@ class UniTokenizer:
             rust, config, tid("cls_token", "[CLS]"), tid("sep_token", "[SEP]"), tid("pad_token", "[PAD]")
         )
 
-    def with_mask(self, mask: str | UniMask) -> UniTokenizer:
+    def with_mask(self, mask: str | UniMask, *, block: bool | None = None) -> UniTokenizer:
+        """A copy for ``mask``. ``block=True``: batches of at least :data:`BLOCK_MIN_TOKENS` tokens
+        carry no ``attention_bias``, only the mask's name (``uni_arrow``) for a torch scorer that
+        computes attention per segment (``uni_block.py``); ``None`` keeps this tokenizer's choice.
+        ONNX graphs need the dense mask.
+        """
         other = object.__new__(UniTokenizer)
         other.__dict__.update(self.__dict__)
         other.mask = UniMask.parse(mask)
+        if block is not None:
+            other.block = bool(block)
         return other
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -406,6 +420,10 @@ class UniTokenizer:
         input_ids, spans, valid = pack_rows(ids, self.pad_id)  # (B, T) x3
         cfg = self.config
         types = (spans >= 0).astype(np.int64) * cfg.candidate_type if cfg.uses_type_ids else None  # (B, T)
+        if self.block and spans.shape[1] >= BLOCK_MIN_TOKENS:  # the scorer reads the pattern from spans
+            bias, extras = None, {"uni_arrow": np.array([self.mask is UniMask.ARROW])}
+        else:
+            bias, extras = attention_bias(spans, valid, self.mask), {}
         return TokenBatch(
             input_ids,
             valid.astype(np.int64),
@@ -413,6 +431,7 @@ class UniTokenizer:
             position_ids=position_ids(
                 spans, valid, cfg.position_offset, cfg.candidate_positions == "from-start"
             ),
-            attention_bias=attention_bias(spans, valid, self.mask),
+            attention_bias=bias,
             spans=np.where(valid, spans, -1),
+            extras=extras,
         )

@@ -80,6 +80,8 @@ def encoder_layers(backbone):
 def _gated_class():
     import torch
 
+    from pairsmith.encoders.uni_block import block_hidden, block_support, dense_bias
+
     class GatedCosineScorer(torch.nn.Module):
         """Backbone + per-layer/head cross-segment gates + span pooling + cosine.
 
@@ -99,6 +101,7 @@ def _gated_class():
             self._cross: tuple | None = None  # (c2x, x2c) (B, 1, T, T) during a forward
             for i, layer in enumerate(layers):
                 layer.register_forward_pre_hook(self._hook(i), with_kwargs=True)
+            self.block_unsupported = block_support(backbone)  # None: block attention is exact here
 
         def _hook(self, i: int):
             def add_gate(module, args, kwargs):
@@ -122,19 +125,7 @@ def _gated_class():
             valid = features["attention_mask"].bool()  # (B, T)
             ctx = (spans < 0) & valid  # (B, T)
             cand = spans >= 0  # (B, T)
-            dtype = self.gate_c2x.dtype
-            c2x = (cand[:, None, :, None] & ctx[:, None, None, :]).to(dtype)  # (B, 1, T, T)
-            x2c = (ctx[:, None, :, None] & cand[:, None, None, :]).to(dtype)  # (B, 1, T, T)
-            bias = features.get("attention_bias")  # (B, 1, T, T) additive
-            kwargs = {"input_ids": ids, "attention_mask": bias.to(dtype)}
-            for name in ("token_type_ids", "position_ids"):
-                if features.get(name) is not None:
-                    kwargs[name] = features[name]
-            self._cross = (c2x, x2c)
-            try:
-                h = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
-            finally:
-                self._cross = None
+            h = self._hidden(features, valid, ctx, cand)  # (B, T, H)
             groups = torch.arange(self.max_groups, device=ids.device)  # (G,)
             member = spans[..., None] == groups  # (B, T, G)
             u = self._pool(h, ctx[..., None])[:, 0]  # (B, H)
@@ -142,6 +133,29 @@ def _gated_class():
             u = torch.nn.functional.normalize(u, dim=-1)
             v = torch.nn.functional.normalize(v, dim=-1)
             return {"scores": torch.einsum("bh,bgh->bg", u, v)}  # (B, G)
+
+        def _hidden(self, features: dict, valid, ctx, cand):
+            """The last layer (B, T, H): block by block where the batch names its mask
+            (``uni_arrow``) and the backbone allows it, else dense with the gate hooks."""
+            dtype = self.gate_c2x.dtype
+            bias = features.get("attention_bias")  # (B, 1, T, T) additive, or None (block layout)
+            if bias is None:
+                arrow = bool(features["uni_arrow"].reshape(-1)[0])
+                if self.block_unsupported is None:
+                    gates = (self.gate_c2x, self.gate_x2c)
+                    return block_hidden(self.backbone, features, arrow=arrow, gates=gates)
+                bias = dense_bias(features["spans"], valid, arrow, dtype)
+            c2x = (cand[:, None, :, None] & ctx[:, None, None, :]).to(dtype)  # (B, 1, T, T)
+            x2c = (ctx[:, None, :, None] & cand[:, None, None, :]).to(dtype)  # (B, 1, T, T)
+            kwargs = {"input_ids": features["input_ids"], "attention_mask": bias.to(dtype)}
+            for name in ("token_type_ids", "position_ids"):
+                if features.get(name) is not None:
+                    kwargs[name] = features[name]
+            self._cross = (c2x, x2c)
+            try:
+                return self.backbone(**kwargs).last_hidden_state  # (B, T, H)
+            finally:
+                self._cross = None
 
         def _pool(self, h, member):
             """(B, T, H), (B, T, S) bool -> (B, S, H): each segment's pooled vector."""
