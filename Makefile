@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(VENV)/bin/pip
+PIP := $(PY) -m pip  # not bin/pip: a copied venv's scripts still name the original interpreter
 STAMP := $(VENV)/.pairsmith-setup
 # The CPU torch wheel lies on disk on these machines; a looser torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
