@@ -114,7 +114,11 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
             self.proc.stdin.flush()
-            self.proc.wait(60)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:  # a peer that does not exit on quit
+                self.proc.kill()
+                self.proc.wait()
 
 
 def unit(v: np.ndarray) -> np.ndarray:

@@ -167,6 +167,11 @@ def infinity_optimum_int8(model: Path, art: Path, threads: int, isa: str):
     contain 'quantize', else it picks another ONNX file)."""
     import asyncio
 
+    # Its own hub cache: optimum's optimised copies are cached per provider and *relative model
+    # path* ("."), so another model's copy could be picked up from a shared cache.
+    os.environ["HF_HUB_CACHE"] = str(art / "infinity-hub-cache")
+    if os.environ.get("PAIRSMITH_INFINITY_OPTIMIZE", "1") == "0":  # infinity's default: optimise
+        os.environ["INFINITY_ONNX_DISABLE_OPTIMIZE"] = "1"
     from infinity_emb import AsyncEmbeddingEngine, EngineArgs
 
     src = _int8_file(art / "st-onnx-model", isa)
@@ -245,7 +250,8 @@ def main() -> None:
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol
     print(json.dumps({"ready": True, "load_s": round(load_s, 2), "pid": os.getpid()}), file=out, flush=True)
     if a.prepare_only:
-        return
+        out.flush()
+        os._exit(0)
     cache: dict[str, list[str]] = {}
     for line in sys.stdin:
         req = json.loads(line)
@@ -269,6 +275,9 @@ def main() -> None:
         else:
             reply = {"error": f"unknown op {req['op']!r}"}
         print(json.dumps(reply), file=out, flush=True)
+    out.flush()
+    sys.stderr.flush()
+    os._exit(0)  # some peers (infinity-emb's batch handler) leave non-daemon threads running
 
 
 if __name__ == "__main__":
