@@ -31,6 +31,7 @@ _MODULES = {
     "pairsmith.cli.byte2word": ("train",),
     "pairsmith.cli.train_embedding": ("train",),
     "pairsmith.cli.models": ("models",),
+    "pairsmith.cli.data": ("data",),
 }
 
 EXIT_CODES = {

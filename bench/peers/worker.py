@@ -241,13 +241,16 @@ def main() -> None:
     ap.add_argument("--prepare-only", action="store_true")
     a = ap.parse_args()
     a.artifacts.mkdir(parents=True, exist_ok=True)
+    # The protocol gets its own copy of stdout; everything else written to stdout (library progress
+    # bars, e.g. NNCF's during OpenVINO calibration, and C-level prints) goes to stderr, the log.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     t0 = time.perf_counter()
     encode = CONTENDERS[a.contender](a.model.resolve(), a.artifacts.resolve(), a.threads, a.isa)
     load_s = time.perf_counter() - t0
     encode(WARM_TEXTS, 32)
     encode(WARM_TEXTS[:3], 1)
-    out = sys.stdout
-    sys.stdout = sys.stderr  # library prints must not corrupt the protocol
     print(json.dumps({"ready": True, "load_s": round(load_s, 2), "pid": os.getpid()}), file=out, flush=True)
     if a.prepare_only:
         out.flush()
