@@ -271,3 +271,4 @@ def test_wheel_contains_all_subpackages(tmp_path):
         assert f"{sub.replace('.', '/')}/__init__.py" in names, sub
     assert "pairsmith/cli/main.py" in names
     assert "pairsmith/service/store/index_store.py" in names
+    assert "pairsmith/py.typed" in names  # PEP 561: type checkers read the inline annotations
