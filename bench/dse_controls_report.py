@@ -142,27 +142,40 @@ def _init_name(init: str) -> str:
     return {"default": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}.get(init, init)
 
 
+def _te_model(rep: dict, m: str) -> dict:
+    """One model's rows (``m0``, ``m1``, ...) of a Trans-Encoder report."""
+    c0 = rep["cycles"][0]["bi"][m]
+    best_info = rep.get("best") or {}
+    # self-distillation names it best-bi; mutual runs name one per model (best-bi-m0, ...)
+    best_cycle = (best_info.get(f"best-bi-{m}") or best_info.get("best-bi") or {}).get("cycle")
+    rows = {r["cycle"]: r for r in rep["cycles"]}
+    best = rows.get(best_cycle, {}).get("bi", {}).get(m, {}) if best_cycle is not None else {}
+    trained = rows.get(1, {}).get("bi", {}).get(m, {})
+    cross = rows.get(1, {}).get("cross", {}).get(m, {})
+    return {
+        "start": {s: c0.get("eval", {}).get(s) for s in SETS} | {"selection": c0.get("dev")},
+        "best_bi": {s: best.get("eval", {}).get(s) for s in SETS} | {"selection": best.get("dev")},
+        # the best selection score any trained state of the cycle-1 bi fit reached (a state that lost
+        # to the start is not kept, so it has no reported-set figures)
+        "trained_bi": {s: None for s in SETS}
+        | {"selection": (trained.get("fit") or {}).get("trained_score")},
+        "cross": {s: cross.get("eval", {}).get(s) for s in SETS} | {"selection": cross.get("dev")},
+        "best_bi_cycle": best_cycle,
+    }
+
+
 def te_summary(work: Path, seeds: list[int]) -> dict:
     per_seed = {}
     for seed in seeds:
         rep = _load(work / f"te-s{seed}" / "report.json")
         if rep is None:
             continue
-        c0 = rep["cycles"][0]["bi"]["m0"]
-        best_cycle = (rep.get("best") or {}).get("best-bi", {}).get("cycle")
-        rows = {r["cycle"]: r for r in rep["cycles"]}
-        best = rows.get(best_cycle, {}).get("bi", {}).get("m0", {}) if best_cycle is not None else {}
-        trained = rows.get(1, {}).get("bi", {}).get("m0", {})
-        cross = rows.get(1, {}).get("cross", {}).get("m0", {})
+        first = _te_model(rep, "m0")
+        others = {m: _te_model(rep, m) for m in rep["cycles"][0]["bi"] if m not in ("m0", "ensemble")}
+        best_cycle = first["best_bi_cycle"]
         per_seed[seed] = {
-            "start": {s: c0.get("eval", {}).get(s) for s in SETS} | {"selection": c0.get("dev")},
-            "best_bi": {s: best.get("eval", {}).get(s) for s in SETS} | {"selection": best.get("dev")},
-            # the best selection score any trained state of the cycle-1 bi fit reached (a state that lost
-            # to the start is not kept, so it has no reported-set figures)
-            "trained_bi": {s: None for s in SETS}
-            | {"selection": (trained.get("fit") or {}).get("trained_score")},
-            "cross": {s: cross.get("eval", {}).get(s) for s in SETS} | {"selection": cross.get("dev")},
-            "best_bi_cycle": best_cycle,
+            **first,
+            "other_models": others,
             # reports written before a guard-stopped fit counted as "trained" say null: read it off best-bi
             "improved": rep.get("improved")
             if rep.get("improved") is not None
@@ -183,16 +196,20 @@ def te_summary(work: Path, seeds: list[int]) -> dict:
 def te_table(summary: dict, setting: dict) -> dict:
     runs = summary["per_seed"]
     rows = []
-    for key, label in (
-        ("start", "start bi-encoder"),
-        ("cross", "cycle-1 cross-encoder"),
-        ("trained_bi", "cycle-1 bi-encoder fit, best trained state"),
-        ("best_bi", "exported best-bi"),
-    ):
-        vals = [r[key] for r in runs.values()]
-        cols = [_spread([v[s] for v in vals if v.get(s) is not None]) for s in SETS]
-        sel = _spread([v["selection"] for v in vals if v.get("selection") is not None])
-        rows.append([label, ",".join(str(k) for k in runs), *cols, sel])
+    models = setting.get("te_models") or ["default"]
+    for idx, name in enumerate(models):
+        m = f"m{idx}"
+        prefix = f"{_init_name(name)}: " if len(models) > 1 else ""
+        for key, label in (
+            ("start", "start bi-encoder"),
+            ("cross", "cycle-1 cross-encoder"),
+            ("trained_bi", "cycle-1 bi-encoder fit, best trained state"),
+            ("best_bi", "exported best-bi"),
+        ):
+            vals = [r[key] if m == "m0" else r["other_models"][m][key] for r in runs.values()]
+            cols = [_spread([v[s] for v in vals if v.get(s) is not None]) for s in SETS]
+            sel = _spread([v["selection"] for v in vals if v.get("selection") is not None])
+            rows.append([prefix + label, ",".join(str(k) for k in runs), *cols, sel])
     gain = summary["best_minus_start"]
     improved = sum(1 for r in runs.values() if r["improved"])
     return {
@@ -202,8 +219,8 @@ def te_table(summary: dict, setting: dict) -> dict:
         "rows": rows,
         "notes": f"Pool: {setting.get('te_pairs', 1000):,} pairs of STS-B train + SICK train minus every STS "
         "7-task pair and the selection split; selection on a split of STS-B train that shares no text with the "
-        f"rest. Rows: the {_init_name(setting.get('te_models', ['default'])[0])} bi-encoder and cross-encoder. "
-        "Exported best-bi minus start: "
+        "rest. Exported best-bi minus start "
+        f"({_init_name((setting.get('te_models') or ['default'])[0])}): "
         + ", ".join(f"{SETS[s]} {_spread(v)}" for s, v in gain.items())
         + f"; improved on {improved} of {len(runs)} seeds.",
     }
