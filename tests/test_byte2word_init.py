@@ -7,13 +7,12 @@ them relative to their scale at lr 5e-4) and Byte2Word's pooled word vectors ent
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from torch import nn
 
 from pairsmith.encoders.byte2word.model import WordEncoder
+from tests.byte2word_util import cue_rows
 
 TINY = {
     "d_model": 32,
@@ -94,16 +93,7 @@ def test_old_models_without_the_pool_norm_still_load(tmp_path):
 
 
 def _cue_rows(n: int, seed: int) -> list[tuple[str, int]]:
-    """Label = whether the sentence holds 'good' or 'bad', among random filler words."""
-    rng = random.Random(seed)
-    filler = "the a film movie plot cast story it was is and of scene actor long short".split()
-    rows = []
-    for _ in range(n):
-        y = rng.randrange(2)
-        words = rng.sample(filler, 6)
-        words.insert(rng.randrange(7), "good" if y else "bad")
-        rows.append((" ".join(words), y))
-    return rows
+    return cue_rows(n, seed)
 
 
 def test_from_scratch_byte_model_learns_a_one_word_cue():

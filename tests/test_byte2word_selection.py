@@ -9,7 +9,6 @@ weights bit for bit; ``--require-improvement`` turns that into exit code 3.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -18,21 +17,16 @@ from safetensors.torch import load_file
 
 from pairsmith.cli.main import main
 from pairsmith.distill.fit_config import EXIT_NOT_IMPROVED
+from tests.byte2word_util import cue_rows
 
 FT_STEPS = 60
 
 
+_FILLER = "the a film plot story actor scene music ending camera light night city road".split()
+
+
 def _cue_rows(n: int, seed: int, flip: bool = False) -> list[tuple[str, int]]:
-    """One word decides the label ("good" 1, "bad" 0); a tiny model learns it in tens of steps."""
-    rng = random.Random(seed)
-    filler = "the a film plot story actor scene music ending camera light night city road".split()
-    rows = []
-    for _ in range(n):
-        y = rng.randrange(2)
-        words = rng.sample(filler, 6)
-        words.insert(rng.randrange(7), "good" if y else "bad")
-        rows.append((" ".join(words), 1 - y if flip else y))
-    return rows
+    return cue_rows(n, seed, flip=flip, filler=_FILLER)
 
 
 def _write(path: Path, rows: list[tuple[str, int]]) -> Path:
