@@ -33,7 +33,7 @@ def _cmd_split(args) -> int:
         for i, (a, b) in enumerate(zip(ps.s1, ps.s2, strict=True)):
             row = {"s1": a, "s2": b}
             if ps.scores is not None:
-                row["score"] = float(ps.scores[i])
+                row["score"] = round(float(ps.scores[i]), 6)  # float32 scores without float64 noise
             lines.append(json.dumps(row, ensure_ascii=False))
         atomic_write_bytes(out / f"{name}.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
     summary = {"source": args.data, "seed": args.seed, **info, "files": ["train.jsonl", "selection.jsonl"]}
