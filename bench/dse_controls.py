@@ -158,6 +158,11 @@ def step_unlabeled(work: Path, args) -> None:
     print(f"unlabeled: {len(sub)} of {len(pool)} pairs", flush=True)
 
 
+def _run_tail(args, seed: int, out: Path) -> list[str]:
+    """The options every student and Trans-Encoder job ends with."""
+    return ["--seed", str(seed), "--no-progress", "--device", args.device, "--out", str(out)]
+
+
 def _dse_cmd(work: Path, args, arm: str, seed: int) -> list[str]:
     cmd = [
         *args.ps,
@@ -179,13 +184,7 @@ def _dse_cmd(work: Path, args, arm: str, seed: int) -> list[str]:
         str(args.epochs),
         "--max-length",
         "64",
-        "--seed",
-        str(seed),
-        "--no-progress",
-        "--device",
-        args.device,
-        "--out",
-        str(work / f"{arm}-s{seed}"),
+        *_run_tail(args, seed, work / f"{arm}-s{seed}"),
     ]
     if arm == "labels":
         return [*cmd, "--teacher", str(work / "teacher"), "--alpha", "0"]
@@ -234,13 +233,7 @@ def step_te(work: Path, args, seed: int) -> None:
         "16",
         "--bi-batch-size",
         "32",
-        "--seed",
-        str(seed),
-        "--no-progress",
-        "--device",
-        args.device,
-        "--out",
-        str(work / f"te-s{seed}"),
+        *_run_tail(args, seed, work / f"te-s{seed}"),
     ]
     _run(cmd, work / f"te-s{seed}", work / f"te-s{seed}.log")
 

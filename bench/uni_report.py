@@ -96,10 +96,8 @@ def _read_reuse(spec: str) -> dict:
     )
 
 
-def _reuse(spec: str, runs: list[dict], untrained: dict) -> dict:
-    """Add the runs of report ``spec`` for the (arm, seed) pairs ``runs`` lacks; return the untrained row."""
-    old = _read_reuse(spec)
-    old_path = spec
+def _reuse(old: dict, old_path: str, runs: list[dict], untrained: dict) -> dict:
+    """Add the runs of report ``old`` for the (arm, seed) pairs ``runs`` lacks; return the untrained row."""
     have = {(r["arm"], r["seed"]) for r in runs}
     budget = _budget(runs[0]["config"]) if runs else old["budget"]
     if budget != old["budget"]:
@@ -153,8 +151,9 @@ def main() -> int:
     if (root / "untrained.json").is_file():
         for row in json.loads((root / "untrained.json").read_text())["rows"]:
             untrained[_set_key(row["set"])] = {k: row[k] for k in ("R@1", "R@2", "R@5", "MRR", "cases")}
-    if args.reuse:
-        untrained = _reuse(args.reuse, runs, untrained)
+    old = _read_reuse(args.reuse) if args.reuse else None
+    if old is not None:
+        untrained = _reuse(old, args.reuse, runs, untrained)
     sets = sorted({s for r in runs for s in r["eval"]})
     summary: dict = {}
     for arm in ARMS:
@@ -218,8 +217,7 @@ def main() -> int:
     )
     machine = machine_facts()
     added_note = ""
-    if args.reuse:  # the reused runs' own experiment and machine; the new runs' machine beside them
-        old = _read_reuse(args.reuse)
+    if old is not None:  # the reused runs' own experiment and machine; the new runs' machine beside them
         experiment = [experiment, old.get("experiment_command")]
         new = [f"{r['arm']} seed {r['seed']}" for r in runs if "from" not in r]
         if old.get("machine") and old["machine"].get("feature_set") != machine.get("feature_set"):

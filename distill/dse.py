@@ -43,7 +43,6 @@ from pairsmith.distill.data import PairSet
 from pairsmith.distill.fit_config import DSE_FIT_DEFAULT, FitConfig
 from pairsmith.distill.losses import DSEHead, DSELoss
 from pairsmith.distill.pairsets import (
-    _unordered_norm_keys,
     load_pairs,
     pair_key,
     scale_scores,
@@ -53,7 +52,7 @@ from pairsmith.distill.pairsets import (
 from pairsmith.distill.runstate import RunState, save_dir_atomic, save_npz_atomic, write_json_atomic
 from pairsmith.distill.selection import PairMetric, binary_metrics, outcome, pair_metric
 from pairsmith.distill.supervised import resolve_cross_dir
-from pairsmith.distill.textnorm import norm_pair_key
+from pairsmith.distill.textnorm import norm_pair_key, unordered_pair_keys
 from pairsmith.distill.train import PairEmbedder, run_fit
 from pairsmith.encoders import Activation, BiEncoder, CrossEncoder
 from pairsmith.encoders.postprocess import pair_cosine, sigmoid
@@ -288,8 +287,8 @@ def _unlabeled(cfg: DSEConfig, train: PairSet, held: dict[str, PairSet]) -> tupl
     if not cfg.unlabeled:
         return PairSet("none", [], []), {}
     raw = load_pairs(cfg.unlabeled, labeled=False)
-    banned = {"gold pairs": _unordered_norm_keys(train.s1, train.s2)}
-    banned.update((name, _unordered_norm_keys(ps.s1, ps.s2)) for name, ps in held.items())
+    banned = {"gold pairs": unordered_pair_keys(train.s1, train.s2)}
+    banned.update((name, unordered_pair_keys(ps.s1, ps.s2)) for name, ps in held.items())
     keys = [norm_pair_key(a, b) for a, b in raw.pairs]
     found = {name: sum(k in ban for k in keys) for name, ban in banned.items()}
     every = set().union(*banned.values())
@@ -312,8 +311,8 @@ def _unlabeled(cfg: DSEConfig, train: PairSet, held: dict[str, PairSet]) -> tupl
 def overlap_report(train: PairSet, silver: PairSet, held: dict[str, PairSet]) -> dict:
     """For every selection/reported set: the fraction of its pairs (normalised, either order)
     that the gold and the silver training pairs hold."""
-    gold_keys = _unordered_norm_keys(train.s1, train.s2)
-    silver_keys = _unordered_norm_keys(silver.s1, silver.s2)
+    gold_keys = unordered_pair_keys(train.s1, train.s2)
+    silver_keys = unordered_pair_keys(silver.s1, silver.s2)
     out: dict = {}
     for name, ps in held.items():
         keys = [norm_pair_key(a, b) for a, b in ps.pairs]

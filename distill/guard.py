@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pairsmith.distill.data import PairSet, data_root, read_sts_tab, senteval_subsets
-from pairsmith.distill.textnorm import norm_pair_key
+from pairsmith.distill.textnorm import norm_pair_key, unordered_pair_keys
 from pairsmith.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,6 @@ RELEASED_SPLITS = (
     "mrpc-val",
     "mrpc-test",
 )
-
-
-def _keys(s1: list[str], s2: list[str]) -> set[str]:
-    out: set[str] = set()
-    for a, b in zip(s1, s2, strict=True):
-        out.add(norm_pair_key(a, b))
-        out.add(norm_pair_key(b, a))
-    return out
 
 
 def _protected_pieces(base: Path) -> list[tuple[str, list[str], list[str]]]:
@@ -100,10 +92,10 @@ def protected_pairs(root: str) -> dict[str, str]:
             ps = _load_one(name, base)
         except Exception:  # noqa: BLE001 - an absent split exempts nothing
             continue
-        released |= _keys(ps.s1, ps.s2)
+        released |= unordered_pair_keys(ps.s1, ps.s2)
     out: dict[str, str] = {}
     for piece, s1, s2 in _protected_pieces(base):
-        for k in _keys(s1, s2) - released:
+        for k in unordered_pair_keys(s1, s2) - released:
             out.setdefault(k, piece)
     return out
 

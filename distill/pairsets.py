@@ -30,7 +30,7 @@ from pairsmith.distill.data import (
     read_mrpc,
 )
 from pairsmith.distill.guard import check_not_protected
-from pairsmith.distill.textnorm import norm_pair_key
+from pairsmith.distill.textnorm import norm_pair_key, unordered_pair_keys
 from pairsmith.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def overlap(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | 
     :data:`KNOWN_EVAL_SETS` as well, so a figure on a set the run did not name is not read as
     held-out when the pool holds it.
     """
-    keys = _unordered_norm_keys(pool.s1, pool.s2)
+    keys = unordered_pair_keys(pool.s1, pool.s2)
     known: dict[str, float] = {}
     unavailable: list[str] = []
     for name in dict.fromkeys([*eval_sets, *KNOWN_EVAL_SETS]):
@@ -226,20 +226,12 @@ def overlap(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | 
     return Overlap(per, setting, known, tuple(unavailable))
 
 
-def _unordered_norm_keys(s1: list[str], s2: list[str]) -> set[str]:
-    keys: set[str] = set()
-    for a, b in zip(s1, s2, strict=True):
-        keys.add(norm_pair_key(a, b))
-        keys.add(norm_pair_key(b, a))
-    return keys
-
-
 def drop_pairs_in(pool: PairSet, eval_sets: list[str], root: str | os.PathLike[str] | None = None) -> PairSet:
     """``pool`` without any pair that occurs (in either order, normalised text) in ``eval_sets``."""
     banned: set[str] = set()
     for name in eval_sets:
         ps = load_sts_set(name, root)
-        banned |= _unordered_norm_keys(ps.s1, ps.s2)
+        banned |= unordered_pair_keys(ps.s1, ps.s2)
     idx = [
         i for i, (a, b) in enumerate(zip(pool.s1, pool.s2, strict=True)) if norm_pair_key(a, b) not in banned
     ]

@@ -35,4 +35,13 @@ def norm_pair_key(a: str, b: str) -> str:
     return h.hexdigest()[:32]
 
 
+def unordered_pair_keys(s1: list[str], s2: list[str]) -> set[str]:
+    """:func:`norm_pair_key` of every pair in both orders: membership ignores order and surface form."""
+    keys: set[str] = set()
+    for a, b in zip(s1, s2, strict=True):
+        keys.add(norm_pair_key(a, b))
+        keys.add(norm_pair_key(b, a))
+    return keys
+
+
 __all__ = ["norm_pair_key", "normalise_text"]
